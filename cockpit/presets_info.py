@@ -1,0 +1,82 @@
+"""Preset facts for `cockpit presets` and the picker, measured by `python -m trainers.inspect` in a
+subprocess (torch stays out of the UI process) and cached by the content of the presets and models."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cockpit.fmt import fmt_bytes, fmt_count
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("COCKPIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "cockpit")
+    return Path(base)
+
+
+def _fingerprint() -> str:
+    import trainers
+    from trainers import config
+
+    h = hashlib.sha1()
+    root = Path(trainers.__file__).parent
+    files = sorted(config.presets_dir().glob("*.yaml")) + sorted(root.glob("models/*.py")) + \
+        sorted(root.glob("tasks/*.py")) + [root / "inspect.py", root / "memory.py"]
+    for f in files:
+        try:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        except OSError:
+            pass
+    h.update(str(config.cuda_available()).encode())
+    return h.hexdigest()[:16]
+
+
+def presets_info(refresh: bool = False, names: list[str] | None = None) -> list[dict]:
+    path = cache_dir() / f"presets-{_fingerprint()}.json"
+    if not refresh and names is None and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    cmd = [sys.executable, "-m", "trainers.inspect", "--json", *(names or [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"trainers.inspect failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+    infos = json.loads(out.stdout.strip().splitlines()[-1])
+    if names is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(infos))
+            tmp.replace(path)
+        except OSError:
+            pass
+    return infos
+
+
+def fits(info: dict) -> bool | None:
+    est = info.get("est_vram_bytes")
+    if est is None:
+        return None
+    return est <= info.get("vram_budget_gb", 12) * 2**30
+
+
+def preset_table(infos: list[dict]) -> str:
+    rows = [["preset", "arch", "task", "params", "est. VRAM (full)", "fits", "profile here"]]
+    for i in infos:
+        f = fits(i)
+        rows.append([i["name"], i["arch"], i["task"], fmt_count(i.get("n_params")),
+                     fmt_bytes(i.get("est_vram_bytes")) if i.get("est_vram_bytes") is not None else "n/a",
+                     {True: "yes", False: f"NO (> {i.get('vram_budget_gb', 12):g} GB)", None: "?"}[f],
+                     i.get("profile_here", "?")])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append("est. VRAM: fp32 weights + grads + AdamW state + saved activations of one micro-batch, "
+                 "measured on the meta device (an estimate; bf16 autocast on a GPU saves less).")
+    return "\n".join(lines)

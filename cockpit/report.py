@@ -1,0 +1,213 @@
+"""The headless report of a recorded run (`cockpit --replay FILE`): no TUI, no TTY, no torch.
+
+Summary, a plotext loss chart, the last samples, the per-layer activation-memory table and the system
+summary, all built from the same RunState the TUI renders.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import re
+
+from cockpit.events import ReadStats
+from cockpit.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
+from cockpit.series import plot_series
+from cockpit.state import RunState
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def loss_chart(states: list[tuple[str, RunState]], width: int = 100, height: int = 20, color: bool = False,
+               x_axis: str = "step", smoothing: float = 0.0) -> str:
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("pro" if color else "clear")
+    if not color:
+        plt.clear_color()
+    drawn = False
+    for label, s in states:
+        prefix = f"{label} " if len(states) > 1 else ""
+        if len(s.train):
+            xs, ys = plot_series(s.train.x(x_axis), s.train.values, smoothing, buckets=width)
+            plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}train", marker="braille")
+            drawn = True
+        if len(s.val):
+            xs, ys = plot_series(s.val.x(x_axis), s.val.values, 0.0, buckets=width)
+            plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}val", marker="braille")
+            drawn = True
+    if not drawn:
+        return "(no loss data yet)"
+    plt.title("loss")
+    plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
+    out = plt.build()
+    return out if color else ANSI.sub("", out)
+
+
+def _table(rows: list[list[str]], header: list[str], align: str | None = None) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    align = align or "l" + "r" * (len(header) - 1)
+
+    def line(r):
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(r, widths, align))
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def summary_lines(s: RunState, path: str, stats: ReadStats | None) -> list[str]:
+    unit = "tok" if s.unit == "tokens" else "it"
+    final_val = s.val.values[-1] if len(s.val) else None
+    out = [
+        f"run      {s.run_id or '?'}  ({path})",
+        f"preset   {s.preset or '?'}  arch {s.arch or '?'}  task {s.task or '?'}  profile {s.profile or '?'}",
+        f"params   {fmt_count(s.n_params)}  device {s.device or '?'}" + (f"  ranks {s.world_size}" if s.world_size > 1 else ""),
+        f"steps    {s.step}/{s.max_steps or '?'}  status {s.status}"
+        + (f"  exit code {s.exit_code}" if s.exit_code not in (None, 0) else ""),
+        f"loss     train {fmt_loss(s.loss)}  best val {fmt_loss(s.best_val)}"
+        + (f" @ {s.best_val_step}" if s.best_val_step is not None else "") + f"  final val {fmt_loss(final_val)}",
+        f"speed    {fmt_rate(s.mean_throughput())} {unit}/s  wall {fmt_duration(s.wall_time())}",
+    ]
+    if s.resumes:
+        out.append(f"resumed  from step {', '.join(map(str, s.resumes))}")
+    if s.status == "killed":
+        out.append("ended    without run_end: the trainer was killed (resume with `cockpit train PRESET --resume RUN_DIR`)")
+    notes = []
+    if stats is not None and stats.summary():
+        notes.append(stats.summary())
+    if s.bad_events:
+        notes.append(f"ignored {s.bad_events} events with missing or mistyped fields")
+    if s.unknown_types:
+        notes.append("ignored unknown event types: " + ", ".join(f"{k} ({v})" for k, v in s.unknown_types.items()))
+    if s.out_of_order:
+        notes.append(f"{s.out_of_order} steps out of order (later points replaced)")
+    for n in notes:
+        out.append(f"note     {n}")
+    return out
+
+
+def memory_lines(s: RunState) -> list[str]:
+    if not s.memory:
+        return ["(no memory events)"]
+    m = s.memory
+    layers = [l for l in m["layers"] if isinstance(l, dict)]
+    total_act = sum(int(l.get("activation_bytes") or 0) for l in layers)
+    rows = []
+    for l in layers:
+        a = int(l.get("activation_bytes") or 0)
+        pct = f"{100 * a / total_act:.1f}%" if total_act else "-"
+        rows.append([str(l.get("name")), fmt_bytes(a), pct, fmt_bytes(l.get("param_bytes"))])
+    out = [f"per-layer activation memory at step {m.get('step')} (bytes saved for backward, measured)"]
+    out += _table(rows, ["layer", "activations", "share", "params"])
+    t = m["totals"]
+    parts = [f"{k} {fmt_bytes(t.get(k))}" for k in ("params", "grads", "optimizer", "activations", "peak_allocated")
+             if t.get(k) is not None]
+    if t.get("trainable_params") is not None:
+        parts.append(f"trainable {fmt_count(t['trainable_params'])} params")
+    out.append("totals   " + "  ".join(parts))
+    return out
+
+
+def system_lines(s: RunState) -> list[str]:
+    ev = s.system
+    if not ev:
+        return ["(no system events)"]
+    out = []
+    for g in ev.get("gpus") or []:
+        mem = f"{fmt_bytes(g.get('mem_used'))}/{fmt_bytes(g.get('mem_total'))}"
+        out.append(f"GPU {g.get('index')} {g.get('name')}: {g.get('temp_c')} C, util {g.get('util_pct')}%, "
+                   f"VRAM {mem}, power {g.get('power_w')} W, throttle {', '.join(g.get('throttle') or []) or 'none'}")
+    if not ev.get("gpus"):
+        out.append(f"no NVIDIA GPU ({ev.get('nvml', 'NVML unavailable')}); CPU instead:")
+    cpu = ev.get("cpu") or {}
+    if cpu:
+        hist = [u for u in s.cpu_util_history if u is not None]
+        mean = f", mean {sum(hist) / len(hist):.0f}% over {len(hist)} samples" if hist else ""
+        out.append(f"CPU util {cpu.get('util_pct')}%{mean}; trainer RSS {fmt_bytes(cpu.get('rss'))}; "
+                   f"RAM {fmt_bytes(cpu.get('ram_used'))}/{fmt_bytes(cpu.get('ram_total'))}")
+    return out
+
+
+def experts_lines(s: RunState) -> list[str]:
+    e = s.experts
+    if not e:
+        return []
+    counts = e.get("counts") or []
+    total = sum(c for c in counts if isinstance(c, (int, float))) or 1
+    out = [f"experts  balance loss {e.get('balance_loss')}, dropped tokens {e.get('dropped')}"]
+    for i, c in enumerate(counts):
+        if isinstance(c, (int, float)):
+            out.append(f"  expert {i}: {'#' * int(40 * c / total):<40} {c}")
+    return out
+
+
+def sample_lines(s: RunState, n: int, color: bool, images_dir: Path | None) -> list[str]:
+    out = []
+    for ev in s.samples[-n:]:
+        if ev["kind"] == "text":
+            prompt = ev.get("prompt") or ""
+            out.append(f"--- sample @ step {ev['step']}" + (f" (prompt {prompt!r})" if prompt.strip() else ""))
+            out.extend(ev["text"].rstrip("\n").splitlines()[:20])
+        else:
+            out.append(f"--- image sample @ step {ev['step']} ({ev.get('sampler', '')})"
+                       + (f" classes {ev.get('classes')}" if ev.get("classes") is not None else ""))
+            from cockpit import images
+
+            img = images.decode_image(ev["image"])
+            if images_dir is not None:
+                p = images_dir / f"sample-{ev['step']}.png"
+                images.write_png(p, img)
+                out.append(f"saved {p}")
+            if color:
+                out.append(images.halfblock_ansi(img) if hasattr(images, "halfblock_ansi") else _ansi(images, img))
+            elif images_dir is None:
+                out.append("(colour terminal needed to draw it; --images saves it as PNG)")
+    return out or ["(no samples)"]
+
+
+def _ansi(images, img) -> str:
+    from rich.console import Console
+
+    console = Console(force_terminal=True, color_system="truecolor", width=shutil.get_terminal_size().columns)
+    with console.capture() as cap:
+        console.print(images.halfblock(img))
+    return cap.get().rstrip("\n")
+
+
+def kernel_lines(s: RunState) -> list[str]:
+    if not s.kernels:
+        return []
+    rows = []
+    for ev in s.kernels.values():
+        rows.append([str(ev.get("name")), str(ev.get("shape")), str(ev.get("dtype")), "ok" if ev.get("ok") else "FAIL",
+                     f"{ev.get('max_abs_err', 0):.2e}" if isinstance(ev.get("max_abs_err"), float) else "-",
+                     str(ev.get("torch_ms")), str(ev.get("triton_ms"))])
+    return ["kernels"] + _table(rows, ["kernel", "shape", "dtype", "ok", "max err", "torch ms", "triton ms"], "lllllrr")
+
+
+def use_color() -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    import sys
+
+    return sys.stdout.isatty() and os.environ.get("TERM", "") not in ("", "dumb")
+
+
+def report(path: str, state: RunState, stats: ReadStats | None, *, color: bool | None = None,
+           images_dir: Path | None = None, samples: int = 3) -> str:
+    color = use_color() if color is None else color
+    width = max(60, min(shutil.get_terminal_size((100, 30)).columns, 140))
+    parts = ["\n".join(summary_lines(state, path, stats)), "",
+             loss_chart([(state.preset or "run", state)], width=width - 2, height=18, color=color), "",
+             "\n".join(sample_lines(state, samples, color, images_dir)), "",
+             "\n".join(memory_lines(state)), ""]
+    if state.experts:
+        parts += ["\n".join(experts_lines(state)), ""]
+    if state.kernels:
+        parts += ["\n".join(kernel_lines(state)), ""]
+    parts.append("\n".join(system_lines(state)))
+    if state.error:
+        parts += ["", "error:", state.error.rstrip()]
+    return "\n".join(parts) + "\n"

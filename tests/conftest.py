@@ -1,0 +1,53 @@
+"""Shared test helpers: run a trainer in-process or the cockpit CLI in a subprocess, read logs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("COCKPIT_CACHE", str(ROOT / ".pytest_cache" / "cockpit"))
+
+
+def read_log(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def events_of(path, type_: str) -> list[dict]:
+    return [e for e in read_log(path) if e["type"] == type_]
+
+
+def train_in_process(preset: str, *overrides: str, log, resume: str | None = None) -> int:
+    """Run `python -m trainers` in this process (fast: torch is already imported); signal handlers restored."""
+    from trainers.__main__ import main
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    args = [preset, *overrides, "--log", str(log)]
+    if resume:
+        args += ["--resume", resume]
+    try:
+        return main(args)
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def cockpit(*args: str, timeout: float = 300, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run the `cockpit` CLI as a user would, without a TTY."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cockpit", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd or ROOT, stdin=subprocess.DEVNULL)
+
+
+TINY_GPT = ("model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+            "train.batch_size=8", "train.eval_iters=2", "train.system_interval=0.5")
+
+
+@pytest.fixture
+def tiny_gpt():
+    return TINY_GPT

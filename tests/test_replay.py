@@ -1,0 +1,65 @@
+"""`cockpit --replay`: a report from any log, skipped lines counted, bad files one clear line, no torch."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY_GPT, cockpit, train_in_process
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    log = tmp_path_factory.mktemp("rec") / "events.jsonl"
+    train_in_process("nanogpt", *TINY_GPT, "train.max_steps=20", "train.eval_interval=10", log=log)
+    return log
+
+
+def test_report_has_summary_chart_samples_memory_and_system(recorded):
+    r = cockpit("--replay", str(recorded))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for fragment in ("preset   nanogpt", "params", "device cpu", "steps    20/20", "status completed",
+                     "best val", "tok/s", "wall", "loss", "--- sample @ step 20",
+                     "per-layer activation memory", "transformer.h.0", "no NVIDIA GPU", "CPU util"):
+        assert fragment in out, fragment
+    assert "\x1b[" not in out  # no colour codes without a TTY
+
+
+def test_torn_garbage_and_unknown_lines_replay_and_are_counted(recorded, tmp_path):
+    log = tmp_path / "damaged.jsonl"
+    shutil.copy(recorded, log)
+    with open(log, "a") as f:
+        f.write("this is not json\n")
+        f.write(json.dumps({"v": 1, "type": "future_event", "time": 1.0}) + "\n")
+        f.write('{"v": 1, "type": "step", "step": 21, "lo')  # torn by a kill
+    r = cockpit("--replay", str(log))
+    assert r.returncode == 0, r.stderr
+    assert "skipped 1 of" in r.stdout and "1 not JSON" in r.stdout
+    assert "last line torn" in r.stdout
+    assert "unknown event types: future_event (1)" in r.stdout
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: None, "no such log file"),
+    (lambda p: p.write_text(""), "log is empty"),
+])
+def test_missing_or_empty_log_exits_2_with_one_line(tmp_path, make, fragment):
+    p = tmp_path / "events.jsonl"
+    make(p)
+    r = cockpit("--replay", str(p))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cockpit: error:") and fragment in lines[0]
+
+
+def test_replay_does_not_import_torch(recorded):
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "cockpit", "--replay", str(recorded)],
+                       capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "cockpit.report" in imported
+    assert not any(name == "torch" or name.startswith("torch.") for name in imported)

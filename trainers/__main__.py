@@ -1,0 +1,73 @@
+"""`python -m trainers PRESET [k=v ...] --log FILE [--resume RUN_DIR|CKPT] [--progress] [--commands]`
+
+The trainer subprocess. Exit codes: 0 completed or stopped, 1 run failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from trainers.config import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"cockpit: error: {message}; see `python -m trainers --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m trainers", description="Run one cockpit trainer.")
+    p.add_argument("preset", help="preset name or YAML path")
+    p.add_argument("overrides", nargs="*", help="dotted k=v overrides, e.g. train.max_steps=200")
+    p.add_argument("--log", help="event log path (default runs/<preset>-<timestamp>/events.jsonl)")
+    p.add_argument("--resume", help="run directory or checkpoint to resume from")
+    p.add_argument("--progress", action="store_true", help="print one progress line per log interval")
+    p.add_argument("--commands", action="store_true", help="read JSON-line commands from stdin")
+    return p
+
+
+def main(argv: list[str] | None = None, *, echo=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, echo=echo)
+    except ConfigError as e:
+        print(f"cockpit: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args, echo=None) -> int:
+    from trainers import config
+
+    cfg = config.load(args.preset, args.overrides)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        from trainers.distributed import init_distributed
+
+        init_distributed(cfg, rank, world)
+    from trainers.loop import Controls, Trainer, check_log_writable, prepare
+
+    cfg, log, ckpt = prepare(cfg, args.log, args.resume, args.overrides if args.resume else None)
+    if rank == 0:
+        check_log_writable(log)
+    if args.progress and echo is None and rank == 0:
+        from trainers.progress import Progress
+
+        echo = Progress(sys.stdout)
+    controls = Controls()
+    if args.commands:
+        controls.read_stdin()
+    controls.install_signals()
+    trainer = Trainer(cfg, log, resume=ckpt, echo=echo, controls=controls, rank=rank, world_size=world)
+    code = trainer.run()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

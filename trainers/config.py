@@ -1,0 +1,315 @@
+"""Preset loading and validation. Pure Python (no torch): the cockpit UI imports this.
+
+A preset is a YAML file (presets/NAME.yaml, or any path in the same schema). Its keys are
+checked against a schema: the common keys below, plus the preset's own `model.*`, `data.*` and
+`finetune.*` keys (typed by their default values). `profiles.cpu` holds overrides applied when no
+CUDA device is present (or `profile=cpu`). `k=v` overrides use dotted keys typed by the schema.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad preset or override. str(e) is one line naming the field and the fix."""
+
+
+# key -> (type, default, (min, max) or None, allowed values or None)
+# Types: int, float, bool, str. min/max are inclusive.
+COMMON: dict[str, tuple] = {
+    "name": (str, "", None, None),
+    "arch": (str, "gpt", None, None),
+    "task": (str, "lm", None, ("lm", "sort", "diffusion", "finetune")),
+    "description": (str, "", None, None),
+    "device": (str, "auto", None, ("auto", "cpu", "cuda")),
+    "profile": (str, "auto", None, ("auto", "full", "cpu")),
+    "kernels": (str, "torch", None, ("torch", "triton")),
+    "vram_budget_gb": (float, 12.0, (0.1, 4096.0), None),
+    "data.path": (str, "", None, None),
+    "data.tokenizer": (str, "char", None, ("char", "gpt2")),
+    "data.val_fraction": (float, 0.1, (0.001, 0.5), None),
+    "train.max_steps": (int, 1000, (1, 10**9), None),
+    "train.batch_size": (int, 16, (1, 1 << 20), None),
+    "train.grad_accum": (int, 1, (1, 1 << 16), None),
+    "train.lr": (float, 1e-3, (0.0, 10.0), None),
+    "train.min_lr": (float, 1e-4, (0.0, 10.0), None),
+    "train.warmup_steps": (int, 100, (0, 10**9), None),
+    "train.lr_decay_steps": (int, 0, (0, 10**9), None),
+    "train.weight_decay": (float, 0.1, (0.0, 10.0), None),
+    "train.beta1": (float, 0.9, (0.0, 0.99999), None),
+    "train.beta2": (float, 0.99, (0.0, 0.99999), None),
+    "train.grad_clip": (float, 1.0, (0.0, 1e6), None),
+    "train.eval_interval": (int, 250, (1, 10**9), None),
+    "train.eval_iters": (int, 20, (1, 10**6), None),
+    "train.log_interval": (int, 10, (1, 10**9), None),
+    "train.sample_interval": (int, 500, (0, 10**9), None),
+    "train.sample_tokens": (int, 200, (1, 100_000), None),
+    "train.memory_interval": (int, 500, (0, 10**9), None),
+    "train.checkpoint_interval": (int, 1000, (0, 10**9), None),
+    "train.seed": (int, 1337, (0, 2**63 - 1), None),
+    "train.dtype": (str, "auto", None, ("auto", "float32", "bfloat16", "float16")),
+    "train.activation_checkpointing": (bool, False, None, None),
+    "train.skip_nonfinite": (bool, False, None, None),
+    "train.compile": (bool, False, None, None),
+    "train.system_interval": (float, 2.0, (0.1, 3600.0), None),
+}
+
+# Sections whose keys each preset declares itself (typed by the preset's values).
+OPEN_SECTIONS = ("model", "data", "finetune", "sample")
+
+# Ranges for well-known open keys (model sizes must be positive, probabilities in [0, 1]).
+OPEN_RANGES: dict[str, tuple] = {
+    "model.n_layer": (1, 1000),
+    "model.n_head": (1, 1024),
+    "model.n_embd": (1, 1 << 16),
+    "model.block_size": (1, 1 << 20),
+    "model.dropout": (0.0, 1.0),
+    "model.n_expert": (1, 1024),
+    "model.top_k": (1, 1024),
+    "finetune.rank": (1, 4096),
+    "finetune.dropout": (0.0, 1.0),
+}
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "profiles":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("presets")))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A preset name (`cockpit presets`) or the path of a YAML file."""
+    p = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"preset file {name_or_path} not found; pass an existing YAML file or a preset name")
+        return p
+    cand = presets_dir() / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    names = preset_names()
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see `cockpit presets`"
+    raise ConfigError(f"unknown preset '{name_or_path}'; {hint} (available: {', '.join(names)})")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read preset ({e.__class__.__name__}: {e}); check the file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}; fix the YAML") from None
+    if data is None:
+        raise ConfigError(f"{path}: preset is empty; it needs at least `name`, `arch` and `task`")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a YAML mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _type_name(t: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[t]
+
+
+def coerce(key: str, value: Any, typ: type, source: str) -> Any:
+    """Type a value (from YAML or a k=v string) by the schema; ConfigError names the key."""
+    if isinstance(value, str) and typ is not str:
+        s = value.strip()
+        try:
+            if typ is bool:
+                if s.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if s.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(s)
+            if typ is int:
+                return int(float(s)) if ("e" in s.lower() and float(s).is_integer()) else int(s)
+            if typ is float:
+                return float(s)
+        except ValueError:
+            raise ConfigError(f"{source}: {key}={value!r} must be {_type_name(typ)}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if typ is str and value is None:
+        return ""
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {key}={value!r} must be {_type_name(typ)}")
+    return value
+
+
+def _schema_for(flat_preset: dict[str, Any]) -> dict[str, tuple]:
+    """Common keys plus the preset's own open-section keys, typed by their default values."""
+    schema = dict(COMMON)
+    for key, v in flat_preset.items():
+        if key.split(".")[0] in OPEN_SECTIONS and key not in schema:
+            typ = type(v) if isinstance(v, (bool, int, float, str)) else str
+            if v is None:
+                typ = str
+            schema[key] = (typ, v, OPEN_RANGES.get(key), None)
+    return schema
+
+
+def _check_value(key: str, value: Any, spec: tuple, source: str) -> Any:
+    typ, _default, rng, choices = spec
+    value = coerce(key, value, typ, source)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{source}: {key}={value!r} is not allowed; use one of {', '.join(map(str, choices))}")
+    if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = rng
+        if not (lo <= value <= hi):
+            raise ConfigError(f"{source}: {key}={value!r} is out of range; use a value in [{lo}, {hi}]")
+    return value
+
+
+def _unknown(key: str, known: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else "see the preset file for valid keys"
+    return ConfigError(f"{source}: unknown key '{key}'; {hint}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.max_steps=200)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def cuda_available() -> bool:
+    """True when a CUDA device can be used, without importing torch in this process when avoidable."""
+    env = os.environ.get("COCKPIT_FORCE_CUDA")
+    if env is not None:
+        return env == "1"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return False
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].cuda.is_available()
+    # Cheap probe: an NVIDIA driver exposes this file; torch is not imported by the UI.
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, profile: str | None = None,
+         has_cuda: bool | None = None) -> dict:
+    """Load, validate and resolve a preset. Returns a nested dict with `profile` resolved to full/cpu."""
+    path = preset_path(preset)
+    raw = read_yaml(path)
+    source = str(path) if (os.sep in preset or preset.endswith((".yaml", ".yml"))) else f"preset {preset}"
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{source}: `profiles` must be a mapping like `profiles: {{cpu: {{train: {{...}}}}}}`")
+    flat_raw = flatten(raw)
+    schema = _schema_for(flat_raw)
+    known = sorted(schema)
+    cfg: dict[str, Any] = {k: spec[1] for k, spec in COMMON.items()}
+    for key, v in flat_raw.items():
+        if key not in schema:
+            raise _unknown(key, known, source)
+        cfg[key] = _check_value(key, v, schema[key], source)
+    for pname, pvals in profiles.items():
+        if pname not in ("cpu", "full"):
+            raise ConfigError(f"{source}: unknown profile '{pname}'; profiles are `cpu` (and optional `full`)")
+        for key, v in flatten(pvals or {}).items():
+            if key not in schema:
+                raise _unknown(key, known, f"{source} profiles.{pname}")
+            _check_value(key, v, schema[key], f"{source} profiles.{pname}")
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    overrides = dict(overrides or {})
+    # profile / device overrides decide which profile applies, so read them first.
+    for key in ("profile", "device"):
+        if key in overrides:
+            cfg[key] = _check_value(key, overrides[key], schema[key], "override")
+    if profile:
+        cfg["profile"] = profile
+    if cfg["device"] == "cuda":
+        has_cuda = True
+    elif cfg["device"] == "cpu":
+        has_cuda = False
+    elif has_cuda is None:
+        has_cuda = cuda_available()
+    resolved = cfg["profile"]
+    if resolved == "auto":
+        resolved = "full" if has_cuda else "cpu"
+    if resolved in profiles:
+        for key, v in flatten(profiles[resolved] or {}).items():
+            cfg[key] = _check_value(key, v, schema[key], f"{source} profiles.{resolved}")
+    for key, v in overrides.items():
+        if key not in schema:
+            raise _unknown(key, known, "override")
+        cfg[key] = _check_value(key, v, schema[key], "override")
+    cfg["profile"] = resolved
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if has_cuda else "cpu"
+    if not cfg["name"]:
+        cfg["name"] = path.stem
+    out = unflatten(cfg)
+    out["_source"] = str(path)
+    out["_has_profiles"] = sorted(profiles)
+    return out
+
+
+def strip_private(cfg: dict) -> dict:
+    return {k: copy.deepcopy(v) for k, v in cfg.items() if not k.startswith("_")}
+
+
+def override_resolved(cfg: dict, overrides: dict[str, str] | list[str]) -> dict:
+    """Apply k=v overrides to an already-resolved config (e.g. one stored in a checkpoint, on resume)."""
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    flat = flatten(strip_private(cfg))
+    for key, v in overrides.items():
+        if key not in flat:
+            raise _unknown(key, sorted(flat), "override")
+        old = flat[key]
+        typ = type(old) if isinstance(old, (bool, int, float, str)) else str
+        spec = COMMON.get(key, (typ, old, OPEN_RANGES.get(key), None))
+        flat[key] = _check_value(key, v, spec, "override")
+    out = unflatten(flat)
+    for k, v in cfg.items():
+        if k.startswith("_"):
+            out[k] = v
+    return out

@@ -1,0 +1,76 @@
+"""Preset facts for `cockpit presets` and the picker: parameters and a full-size VRAM estimate.
+
+Each preset's full-size model is built on the meta device (no memory, no time) and one training step's
+forward and backward run there under the activation probe, so the activation bytes come from the real
+graph rather than a formula. The VRAM figure is still an estimate (labelled so): fp32 weights + grads +
+AdamW state (2 x fp32) + fp32 saved activations of one micro-batch; bf16 autocast on the GPU saves less.
+
+    python -m trainers.inspect [--json] [NAME ...]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def inspect_preset(name: str) -> dict:
+    import torch
+
+    from trainers import config
+    from trainers.memory import ActivationProbe
+    from trainers.tasks import load_task
+
+    here = config.load(name)
+    info = {"name": name, "arch": here["arch"], "task": here["task"], "description": here.get("description", ""),
+            "profile_here": here["profile"], "vram_budget_gb": here["vram_budget_gb"],
+            "has_cpu_profile": "cpu" in here["_has_profiles"]}
+    try:
+        cfg = config.load(name, profile="full", has_cuda=True)
+        cfg["device"] = "cpu"  # data stays on the CPU; the model and batch go to the meta device
+        task = load_task(cfg, torch.device("cpu"))
+        with torch.device("meta"):
+            model = task.build_model()
+        params = {id(p): p for p in model.parameters()}.values()
+        n_params = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        weight_bytes = sum(p.numel() * p.element_size() for p in params)
+        batch = task.get_batch("train", 0)
+        batch = tuple(b.to("meta") if torch.is_tensor(b) else b for b in batch) if isinstance(batch, (tuple, list)) \
+            else batch.to("meta")
+        probe = ActivationProbe(model)
+        model.train()
+        with probe.capture():
+            loss = task.loss(model, batch)
+        loss.backward()
+        est = {"weights": weight_bytes, "grads": trainable * 4, "optimizer": trainable * 8,
+               "activations": probe.total}
+        info.update(n_params=n_params, trainable_params=trainable, est_vram_bytes=sum(est.values()),
+                    est_breakdown=est, full_batch=cfg["train"]["batch_size"],
+                    grad_accum=cfg["train"]["grad_accum"])
+    except Exception as e:  # noqa: BLE001 — a preset that cannot be estimated still lists, with the reason
+        info.update(n_params=None, est_vram_bytes=None, error=f"{type(e).__name__}: {e}"[:300])
+    return info
+
+
+def main(argv: list[str]) -> int:
+    from trainers import config
+
+    as_json = "--json" in argv
+    names = [a for a in argv if not a.startswith("--")] or config.preset_names()
+    out = []
+    for n in names:
+        t0 = time.time()
+        info = inspect_preset(n)
+        info["inspect_s"] = round(time.time() - t0, 2)
+        out.append(info)
+    if as_json:
+        print(json.dumps(out))
+    else:
+        for i in out:
+            print(i)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

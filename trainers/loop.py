@@ -1,0 +1,418 @@
+"""The training loop, the same for every preset: the task supplies data, model, loss, eval and samples.
+
+AdamW, linear warm-up then cosine decay to min_lr, gradient accumulation and clipping, bf16 autocast on
+CUDA, eval on a held-out split, samples at each eval and at the end, measured activation memory, atomic
+checkpoints with exact resume, NaN/inf detection, stdin commands (pause/resume/stop/sample/checkpoint) and
+SIGINT/SIGTERM meaning stop. Every observation goes out as an event (trainers/events.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import torch
+
+from trainers import checkpoint as ckpt_io
+from trainers.config import ConfigError, strip_private
+from trainers.events import EventWriter
+from trainers.memory import ActivationProbe, param_bytes_by_layer, totals
+from trainers.system import SystemSampler
+from trainers.tasks import load_task
+
+COMMANDS = ("pause", "resume", "stop", "sample", "checkpoint")
+OOM_HINT = ("out of memory: try a smaller train.batch_size (with train.grad_accum to keep the token batch), "
+            "train.activation_checkpointing=true, a shorter model.block_size, or QLoRA for fine-tuning")
+
+
+def lr_at(step: int, t: dict) -> float:
+    """Linear warm-up for warmup_steps, then cosine decay from lr to min_lr (nanoGPT's get_lr)."""
+    decay_steps = t["lr_decay_steps"] or t["max_steps"]
+    if step < t["warmup_steps"]:
+        return t["lr"] * (step + 1) / (t["warmup_steps"] + 1)
+    if step > decay_steps:
+        return t["min_lr"]
+    ratio = (step - t["warmup_steps"]) / max(1, decay_steps - t["warmup_steps"])
+    coeff = 0.5 * (1.0 + math.cos(math.pi * min(1.0, ratio)))
+    return t["min_lr"] + coeff * (t["lr"] - t["min_lr"])
+
+
+def new_run_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def default_log_path(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" / "events.jsonl"
+
+
+class Controls:
+    """Flags set by stdin commands and signals, read by the loop between steps."""
+
+    def __init__(self):
+        self.paused = threading.Event()
+        self.stop = threading.Event()
+        self.sample = threading.Event()
+        self.checkpoint = threading.Event()
+        self.wake = threading.Event()
+        self.signals = 0
+
+    def command(self, line: str):
+        line = line.strip()
+        if not line:
+            return
+        try:
+            obj = json.loads(line)
+            cmd = obj.get("cmd") if isinstance(obj, dict) else obj
+        except json.JSONDecodeError:
+            cmd = line
+        if cmd == "pause":
+            self.paused.set()
+        elif cmd == "resume":
+            self.paused.clear()
+        elif cmd == "stop":
+            self.stop.set()
+        elif cmd == "sample":
+            self.sample.set()
+        elif cmd == "checkpoint":
+            self.checkpoint.set()
+        self.wake.set()
+
+    def read_stdin(self):
+        def reader():
+            for line in sys.stdin:
+                self.command(line)
+            # stdin closed: the cockpit went away; keep running detached (the log keeps growing)
+        threading.Thread(target=reader, name="cockpit-stdin", daemon=True).start()
+
+    def install_signals(self):
+        def handler(signum, frame):
+            self.signals += 1
+            self.stop.set()
+            self.paused.clear()
+            self.wake.set()
+            if self.signals >= 3:  # third Ctrl-C: the user insists
+                raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an SSH drop must not kill the run
+
+
+class Trainer:
+    def __init__(self, cfg: dict, log_path: str | Path | None, resume: dict | None = None, echo=None,
+                 controls: Controls | None = None, rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.t = cfg["train"]
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.resume = resume
+        self.controls = controls or Controls()
+        self.device = torch.device(cfg["device"] if cfg["device"] != "cuda" else f"cuda:{rank if world_size > 1 else 0}")
+        self.pending_logs: list[tuple[str, str]] = []
+        self.amp_dtype = self._amp_dtype()
+        cfg["_amp_dtype"] = self.amp_dtype
+        torch.manual_seed(self.t["seed"])
+        # Build everything that can fail on bad input before the log file exists.
+        self.task = load_task(cfg, self.device, self._log)
+        self.model = self.task.build_model().to(self.device)
+        self.raw_model = self.model
+        self.optimizer = self.task.configure_optimizer(self.model)
+        self.step = 0
+        self.best_val = float("inf")
+        self.last_val = None
+        self.units = 0
+        self.last_ckpt: str | None = None
+        self.skipped = 0
+        self.run_id = new_run_id(cfg["name"])
+        if resume is not None:
+            self._load_resume(resume)
+        self.log_path = Path(log_path) if log_path else None
+        self.ckpt_path = (self.log_path.parent if self.log_path else Path(".")) / ckpt_io.CKPT_NAME
+        self.writer = EventWriter(self.log_path, echo=echo, enabled=self.is_main)
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def _amp_dtype(self):
+        want = self.t["dtype"]
+        if self.device.type != "cuda":
+            if want in ("bfloat16", "float16"):
+                self.pending_logs.append(("warning", f"train.dtype={want} ignored on CPU: training in float32"))
+            return None
+        if want == "float32":
+            return None
+        if want == "float16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _log(self, level: str, message: str):
+        if getattr(self, "writer", None) is None:
+            self.pending_logs.append((level, message))
+        else:
+            self.writer.emit("log", level=level, message=message)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _load_resume(self, ckpt: dict):
+        self.raw_model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer"):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.run_id = ckpt.get("run_id", self.run_id)
+        m = ckpt.get("metrics") or {}
+        self.best_val = m.get("best_val_loss", float("inf")) if m.get("best_val_loss") is not None else float("inf")
+        self.units = int(m.get("units", 0))
+        self.skipped = int(m.get("skipped_nonfinite", 0))
+        ckpt_io.set_rng_state(ckpt.get("rng") or {}, self.device)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.raw_model.parameters()}.values())
+
+    def save_checkpoint(self, reason: str = "interval") -> str | None:
+        if not self.is_main or self.log_path is None:
+            return None
+        state = {
+            "step": self.step, "run_id": self.run_id, "config": strip_private(self.cfg),
+            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "task": self.task.state_dict(), "rng": ckpt_io.rng_state(self.device),
+            "metrics": {"best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+                        "units": self.units, "skipped_nonfinite": self.skipped},
+        }
+        path = ckpt_io.save(self.ckpt_path, state)
+        self.last_ckpt = str(path)
+        self.writer.emit("checkpoint", step=self.step, path=str(path), reason=reason)
+        return str(path)
+
+    def memory_event(self, probe: ActivationProbe | None, step: int | None = None):
+        """Measured memory of the step whose forward/backward the probe watched (step 0 = the first)."""
+        acts = probe.total if probe else 0
+        layers = probe.table(param_bytes_by_layer(self.raw_model)) if probe else []
+        tot = totals(self.raw_model, self.optimizer, acts, self.device)
+        self.writer.emit("memory", step=self.step if step is None else step, layers=layers, totals=tot,
+                         budget_bytes=int(self.cfg["vram_budget_gb"] * 2**30))
+        return tot, layers
+
+    def evaluate(self):
+        self.raw_model.eval()
+        try:
+            res = self.task.evaluate(self.raw_model, self.step)
+        finally:
+            self.raw_model.train()
+        val = float(res.pop("val_loss"))
+        self.last_val = val
+        if math.isfinite(val) and val < self.best_val:
+            self.best_val = val
+        self.writer.emit("eval", step=self.step, val_loss=val, metrics=res.pop("metrics", {}), **res)
+
+    def samples(self):
+        self.raw_model.eval()
+        try:
+            for payload in self.task.samples(self.raw_model, self.step):
+                self.writer.emit("sample", step=self.step, **payload)
+        finally:
+            self.raw_model.train()
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def train_step(self, step: int, probe: ActivationProbe | None):
+        t = self.t
+        lr = lr_at(step - 1, t)
+        lr = self.task.on_step(self.raw_model, self.optimizer, step, lr)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        total_loss, units = 0.0, 0
+        for micro in range(t["grad_accum"]):
+            batch = self.task.get_batch("train", step * self.world_size + self.rank, micro)
+            units += self.task.batch_units(batch)
+            sync = micro == t["grad_accum"] - 1 or self.world_size == 1
+            ctx = self.model.no_sync() if (self.world_size > 1 and not sync) else _null()
+            with ctx:
+                if probe is not None and micro == 0:
+                    with probe.capture(), self.autocast():
+                        loss = self.task.loss(self.model, batch)
+                else:
+                    with self.autocast():
+                        loss = self.task.loss(self.model, batch)
+                (loss / t["grad_accum"]).backward()
+            total_loss += loss.item() / t["grad_accum"]
+        grad_norm = None
+        if t["grad_clip"] > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), t["grad_clip"]))
+        else:
+            sq = [p.grad.detach().float().norm() ** 2 for p in self.raw_model.parameters() if p.grad is not None]
+            grad_norm = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+        return total_loss, lr, grad_norm, units * self.world_size
+
+    def run(self) -> int:
+        t = self.t
+        cfg_public = strip_private(self.cfg)
+        start_step = self.step
+        self.writer.emit("run_start", run_id=self.run_id, preset=self.cfg["name"], arch=self.cfg["arch"],
+                         task=self.cfg["task"], config=cfg_public, n_params=self.n_params(),
+                         device=str(self.device), profile=self.cfg["profile"], pid=os.getpid(),
+                         unit=self.task.unit, max_steps=t["max_steps"], world_size=self.world_size,
+                         resumed_from=start_step if self.resume is not None else None,
+                         torch=torch.__version__, amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32")
+        for level, message in self.pending_logs:
+            self.writer.emit("log", level=level, message=message)
+        self.pending_logs.clear()
+        sampler = None
+        if self.is_main and t["system_interval"] > 0:
+            sampler = SystemSampler(self.writer.emit, t["system_interval"])
+            self.writer.emit("system", **sampler.sample())
+            sampler.start()
+        t0 = time.time()
+        status, error, exit_code = "completed", None, 0
+        last_log_t, last_log_units = time.time(), self.units
+        tot = None
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self.raw_model.train()
+            while self.step < t["max_steps"]:
+                if self._handle_controls():
+                    status = "stopped"
+                    break
+                step = self.step + 1
+                mi = t["memory_interval"]
+                probe_now = self.step == start_step and start_step == 0 or (mi > 0 and self.step % mi == 0)
+                probe = ActivationProbe(self.raw_model) if (probe_now and self.is_main) else None
+                loss, lr, grad_norm, units = self.train_step(step, probe)
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    what = "loss" if not math.isfinite(loss) else "gradient norm"
+                    if t["skip_nonfinite"]:
+                        self.skipped += 1
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.step = step
+                        self.writer.emit("log", level="warning",
+                                         message=f"step {step}: non-finite {what} ({loss}); update skipped "
+                                                 f"({self.skipped} so far)", step=step, skipped=self.skipped)
+                        continue
+                    where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else "; no checkpoint yet"
+                    raise NonFinite(f"non-finite {what} at step {step} (loss={loss}, grad_norm={grad_norm}){where}")
+                self.optimizer.step()
+                if probe is not None:  # before zero_grad, so grads and optimizer state are counted
+                    tot, _ = self.memory_event(probe, step - 1)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step = step
+                self.units += units
+                if step % t["log_interval"] == 0 or step == t["max_steps"] or step == start_step + 1:
+                    now = time.time()
+                    dt = max(now - last_log_t, 1e-9)
+                    self.writer.emit("step", step=step, loss=loss, lr=lr, grad_norm=grad_norm,
+                                     **{self.task.unit: self.units},
+                                     throughput=(self.units - last_log_units) / dt,
+                                     elapsed=now - t0, max_steps=t["max_steps"])
+                    last_log_t, last_log_units = now, self.units
+                last = step == t["max_steps"]
+                if step % t["eval_interval"] == 0 or last:
+                    self.evaluate()
+                    self.samples()
+                elif t["sample_interval"] and step % t["sample_interval"] == 0:
+                    self.samples()
+                if t["checkpoint_interval"] and step % t["checkpoint_interval"] == 0 and not last:
+                    self.save_checkpoint()
+            self.save_checkpoint("end" if status == "completed" else "stop")
+        except NonFinite as e:
+            status, error, exit_code = "failed", str(e), 1
+        except Exception as e:  # noqa: BLE001 — every failure becomes a run_end the UI can show
+            status, exit_code = "failed", 1
+            tb = traceback.format_exc()
+            if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+                try:
+                    tot, layers = self.memory_event(None)
+                except Exception:
+                    layers = []
+                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\nhint: {OOM_HINT}\n{tb}"
+            else:
+                error = f"{type(e).__name__}: {e}\n{tb}"
+        except KeyboardInterrupt:
+            status, error, exit_code = "stopped", "interrupted", 130
+        finally:
+            if sampler is not None:
+                sampler.stop()
+        wall = time.time() - t0
+        metrics = {"best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+                   "final_val_loss": self.last_val, "wall_time": wall,
+                   "throughput": (self.units / wall) if wall > 0 else None, "unit": self.task.unit,
+                   "skipped_nonfinite": self.skipped, "checkpoint": self.last_ckpt}
+        if self.device.type == "cuda":
+            metrics["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
+        if self.writer.failed is not None:
+            status, exit_code = "failed", 1
+            error = f"log write failed: {self.writer.failed}"
+        self.writer.emit("run_end", status=status, step=self.step, metrics=metrics, error=error,
+                         exit_code=exit_code)
+        self.writer.close()
+        return exit_code
+
+    def _service_commands(self):
+        c = self.controls
+        if c.checkpoint.is_set():
+            c.checkpoint.clear()
+            self.save_checkpoint("command")
+        if c.sample.is_set():
+            c.sample.clear()
+            self.samples()
+
+    def _handle_controls(self) -> bool:
+        """Serve pending commands; block while paused. True when the run must stop."""
+        c = self.controls
+        self._service_commands()
+        if c.paused.is_set() and not c.stop.is_set():
+            self.writer.emit("log", level="info", message=f"paused at step {self.step}", state="paused")
+            while c.paused.is_set() and not c.stop.is_set():
+                c.wake.wait(0.5)
+                c.wake.clear()
+                self._service_commands()
+            if not c.stop.is_set():
+                self.writer.emit("log", level="info", message=f"resumed at step {self.step}", state="running")
+        return c.stop.is_set()
+
+
+class NonFinite(RuntimeError):
+    pass
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None):
+    """(cfg, log_path, checkpoint) for a run; on resume the checkpoint's config wins, plus new overrides."""
+    from trainers.config import override_resolved
+
+    ckpt = None
+    if resume:
+        ckpt = ckpt_io.load(resume)
+        cfg = override_resolved({**ckpt["config"], "_source": cfg.get("_source")}, overrides or {})
+        if not log:
+            log = str(ckpt_io.resolve(resume).parent / "events.jsonl")
+    if not log:
+        log = str(default_log_path(cfg["name"]))
+    return cfg, log, ckpt
+
+
+def check_log_writable(log: str):
+    p = Path(log)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--log {log}: cannot write the event log ({e.strerror}); choose a writable "
+                          "directory") from None
