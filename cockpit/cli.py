@@ -160,7 +160,11 @@ def replay(argv: list[str]) -> int:
     p.add_argument("--replay", nargs="+", required=True, metavar="FILE")
     p.add_argument("--images", action="store_true", help="save image samples as PNG beside the log")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--x", choices=("step", "tokens", "time"), default="step", help="x-axis of the loss chart")
+    p.add_argument("--smooth", type=float, default=0.0, help="EMA smoothing in [0, 1) for train curves")
     a = p.parse_args(argv)
+    if not 0.0 <= a.smooth < 1.0:
+        raise BadInput(f"--smooth {a.smooth} must be in [0, 1)")
     from pathlib import Path
 
     from cockpit.events import ReadStats, check_log
@@ -176,11 +180,12 @@ def replay(argv: list[str]) -> int:
     if len(loaded) > 1:
         from cockpit.compare import compare_report
 
-        sys.stdout.write(compare_report(loaded, color=color))
+        sys.stdout.write(compare_report(loaded, color=color, x_axis=a.x, smoothing=a.smooth))
         return 0
     path, state, stats = loaded[0]
     images_dir = Path(path).parent if a.images else None
-    sys.stdout.write(report(path, state, stats, color=color, images_dir=images_dir))
+    sys.stdout.write(report(path, state, stats, color=color, images_dir=images_dir, x_axis=a.x,
+                            smoothing=a.smooth))
     sys.stdout.flush()
     return 0
 

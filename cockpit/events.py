@@ -92,26 +92,37 @@ def check_log(path: str | Path) -> Path:
 
 def _iter_raw_lines(f, stats: ReadStats, final: bool):
     """Yield complete lines (bytes) from a binary file; lines over MAX_LINE are skipped in chunks."""
-    buf = b""
+    parts: list[bytes] = []  # pieces of the current line (joined once its newline arrives)
+    size = 0
     oversized = False
     while True:
         chunk = f.read(1 << 20)
         if not chunk:
             break
-        buf += chunk
+        start = 0
         while True:
-            nl = buf.find(b"\n")
+            nl = chunk.find(b"\n", start)
             if nl < 0:
-                if len(buf) > MAX_LINE:
-                    oversized, buf = True, b""
+                rest = chunk[start:]
+                if oversized:
+                    pass  # still inside a line over MAX_LINE: drop its bytes
+                elif size + len(rest) > MAX_LINE:
+                    oversized, parts, size = True, [], 0
+                elif rest:
+                    parts.append(rest)
+                    size += len(rest)
                 break
-            line, buf = buf[:nl], buf[nl + 1:]
-            if oversized:
-                oversized = False
+            piece = chunk[start:nl]
+            start = nl + 1
+            if oversized or size + len(piece) > MAX_LINE:
+                oversized, parts, size = False, [], 0
                 stats.lines += 1
                 stats.skip("over 10 MB")
                 continue
+            line = b"".join(parts) + piece if parts else piece
+            parts, size = [], 0
             yield line
+    buf = b"".join(parts)
     if oversized:
         stats.lines += 1
         stats.skip("over 10 MB")

@@ -196,11 +196,12 @@ def use_color() -> bool:
 
 
 def report(path: str, state: RunState, stats: ReadStats | None, *, color: bool | None = None,
-           images_dir: Path | None = None, samples: int = 3) -> str:
+           images_dir: Path | None = None, samples: int = 3, x_axis: str = "step", smoothing: float = 0.0) -> str:
     color = use_color() if color is None else color
     width = max(60, min(shutil.get_terminal_size((100, 30)).columns, 140))
     parts = ["\n".join(summary_lines(state, path, stats)), "",
-             loss_chart([(state.preset or "run", state)], width=width - 2, height=18, color=color), "",
+             loss_chart([(state.preset or "run", state)], width=width - 2, height=18, color=color,
+                        x_axis=x_axis, smoothing=smoothing), "",
              "\n".join(sample_lines(state, samples, color, images_dir)), "",
              "\n".join(memory_lines(state)), ""]
     if state.experts:

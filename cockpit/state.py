@@ -70,6 +70,7 @@ class RunState:
     max_steps: int | None = None
     world_size: int = 1
     start_time: float | None = None
+    run_started: float | None = None     # time of the latest run_start (a resume starts a new segment)
     last_time: float | None = None
     # progress
     status: str = "waiting"     # waiting, running, paused, completed, stopped, failed, killed
@@ -179,6 +180,7 @@ def _run_start(s: RunState, ev: dict):
     if isinstance(resumed, int) and not isinstance(resumed, bool):
         s.resumes.append(resumed)
         s.train.truncate_from(resumed + 1)
+        del s.lrs[len(s.train.steps):]
         s.val.truncate_from(resumed + 1)
         s.end = None
         s.error = None
@@ -200,6 +202,7 @@ def _run_start(s: RunState, ev: dict):
     elif isinstance(s.config.get("train"), dict) and isinstance(s.config["train"].get("max_steps"), int):
         s.max_steps = s.config["train"]["max_steps"]
     s.world_size = ev.get("world_size", 1) if isinstance(ev.get("world_size"), int) else 1
+    s.run_started = ev.get("time") if type(ev.get("time")) in NUM else s.run_started
     s.status = "running"
 
 
@@ -215,12 +218,11 @@ def _step(s: RunState, ev: dict):
     if s.train.steps and step <= s.train.steps[-1]:
         s.out_of_order += 1
         s.train.truncate_from(step)
+        del s.lrs[len(s.train.steps):]
         s.val.truncate_from(step + 1)
     s.train.append(step, loss, units, el)
     lr = _num(ev.get("lr"))
     s.lrs.append(lr)
-    if len(s.lrs) > len(s.train):
-        del s.lrs[:len(s.lrs) - len(s.train)]
     s.step, s.loss, s.lr = step, loss, lr
     s.grad_norm = _num(ev.get("grad_norm"))
     tp = _num(ev.get("throughput"))
@@ -353,7 +355,9 @@ def load_state(path, stats=None) -> RunState:
     """Fold a whole log; a run without run_end whose pid is gone is marked killed."""
     from cockpit.events import read_events
 
+    from cockpit.runs import trainer_alive
+
     s = RunState().apply_all(read_events(path, stats))
-    if s.end is None and not pid_alive(s.pid):
+    if s.end is None and not trainer_alive(s.pid, s.run_started):
         s.mark_killed()
     return s

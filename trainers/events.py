@@ -56,6 +56,28 @@ class EventWriter:
                 self.echo(event)
         return event
 
+    def retry(self, type_: str, **fields) -> bool:
+        """Write one event even after a failure (e.g. the run_end once disk space is back)."""
+        event = {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **fields}
+        if not self.enabled or self.path is None:
+            return False
+        line = json.dumps(_clean(event), separators=(",", ":"), allow_nan=False) + "\n"
+        with self._lock:
+            if self._fh is not None:
+                try:
+                    self._fh.close()  # may raise again while flushing what the full disk refused
+                except OSError:
+                    pass
+            try:
+                # start on a fresh line: the failed write may have left a partial one
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write("\n" + line)
+                self._fh = None
+                return True
+            except OSError:
+                self._fh = None
+                return False
+
     def fsync(self):
         with self._lock:
             if self._fh is not None:

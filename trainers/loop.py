@@ -86,9 +86,15 @@ class Controls:
 
     def read_stdin(self):
         def reader():
-            for line in sys.stdin:
-                self.command(line)
-            # stdin closed: the cockpit went away; keep running detached (the log keeps growing)
+            try:
+                for line in sys.stdin:
+                    self.command(line)
+            except (OSError, ValueError):
+                pass
+            # stdin closed: the cockpit went away. Keep running detached (the log keeps growing); a run
+            # paused by a cockpit that no longer exists would wait for ever, so it resumes.
+            self.paused.clear()
+            self.wake.set()
         threading.Thread(target=reader, name="cockpit-stdin", daemon=True).start()
 
     def install_signals(self):
@@ -114,7 +120,7 @@ class Trainer:
         self.is_main = rank == 0
         self.resume = resume
         self.controls = controls or Controls()
-        self.device = torch.device(cfg["device"] if cfg["device"] != "cuda" else f"cuda:{rank if world_size > 1 else 0}")
+        self.device = torch.device(cfg["device"] if cfg["device"] != "cuda" else f"cuda:{torch.cuda.current_device() if world_size > 1 else 0}")
         self.pending_logs: list[tuple[str, str]] = []
         self.amp_dtype = self._amp_dtype()
         cfg["_amp_dtype"] = self.amp_dtype
@@ -129,6 +135,7 @@ class Trainer:
         self.last_val = None
         self.units = 0
         self.last_ckpt: str | None = None
+        self.last_memory: dict | None = None
         self.skipped = 0
         self.run_id = new_run_id(cfg["name"])
         if resume is not None:
@@ -139,6 +146,8 @@ class Trainer:
         if world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # commands and signals land in the inbox; the loop acts on flags all ranks agreed on (distributed.py)
+            self.inbox, self.controls = self.controls, Controls()
 
     # --- helpers -------------------------------------------------------------------------------------
     def _amp_dtype(self):
@@ -175,23 +184,38 @@ class Trainer:
         self.units = int(m.get("units", 0))
         self.skipped = int(m.get("skipped_nonfinite", 0))
         ckpt_io.set_rng_state(ckpt.get("rng") or {}, self.device)
+        # DDP: rank r takes rows [r*B, (r+1)*B) of a global batch of B*world (distributed.py)
+        was = int(ckpt.get("world_size", 1)) * int((ckpt.get("config") or {}).get("train", {}).get(
+            "batch_size", self.t["batch_size"]))
+        now = self.world_size * self.t["batch_size"]
+        if was != now:
+            keep = f"; set train.batch_size={was // self.world_size} to keep it" if was % self.world_size == 0 else ""
+            self.pending_logs.append(("warning", f"resumed with a global batch of {now} (train.batch_size x "
+                                                 f"{self.world_size} processes), was {was}{keep}"))
 
     def n_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.raw_model.parameters()}.values())
 
     def save_checkpoint(self, reason: str = "interval") -> str | None:
-        if not self.is_main or self.log_path is None:
+        if self.log_path is None:
+            return None
+        if not self.is_main:  # DDP: rank 0 writes the checkpoint; the other ranks wait until it is complete
+            from trainers.distributed import barrier
+            barrier()
             return None
         state = {
             "step": self.step, "run_id": self.run_id, "config": strip_private(self.cfg),
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "task": self.task.state_dict(), "rng": ckpt_io.rng_state(self.device),
+            "task": self.task.state_dict(), "rng": ckpt_io.rng_state(self.device), "world_size": self.world_size,
             "metrics": {"best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                         "units": self.units, "skipped_nonfinite": self.skipped},
         }
         path = ckpt_io.save(self.ckpt_path, state)
         self.last_ckpt = str(path)
         self.writer.emit("checkpoint", step=self.step, path=str(path), reason=reason)
+        if self.world_size > 1:
+            from trainers.distributed import barrier
+            barrier()
         return str(path)
 
     def memory_event(self, probe: ActivationProbe | None, step: int | None = None):
@@ -199,14 +223,18 @@ class Trainer:
         acts = probe.total if probe else 0
         layers = probe.table(param_bytes_by_layer(self.raw_model)) if probe else []
         tot = totals(self.raw_model, self.optimizer, acts, self.device)
+        self.last_memory = {"step": self.step if step is None else step, "layers": layers, "totals": tot}
         self.writer.emit("memory", step=self.step if step is None else step, layers=layers, totals=tot,
                          budget_bytes=int(self.cfg["vram_budget_gb"] * 2**30))
         return tot, layers
 
     def evaluate(self):
+        if not self.is_main:  # DDP: rank 0 evaluates (no collectives); the others wait at the next step's sync
+            return
         self.raw_model.eval()
         try:
-            res = self.task.evaluate(self.raw_model, self.step)
+            with self.task.global_batch(self.world_size):  # DDP: the global batch, as one process would
+                res = self.task.evaluate(self.raw_model, self.step)
         finally:
             self.raw_model.train()
         val = float(res.pop("val_loss"))
@@ -216,6 +244,8 @@ class Trainer:
         self.writer.emit("eval", step=self.step, val_loss=val, metrics=res.pop("metrics", {}), **res)
 
     def samples(self):
+        if not self.is_main:
+            return
         self.raw_model.eval()
         try:
             for payload in self.task.samples(self.raw_model, self.step):
@@ -232,7 +262,7 @@ class Trainer:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         total_loss, units = 0.0, 0
         for micro in range(t["grad_accum"]):
-            batch = self.task.get_batch("train", step * self.world_size + self.rank, micro)
+            batch = self.task.rank_batch("train", step, micro, self.rank, self.world_size)
             units += self.task.batch_units(batch)
             sync = micro == t["grad_accum"] - 1 or self.world_size == 1
             ctx = self.model.no_sync() if (self.world_size > 1 and not sync) else _null()
@@ -245,6 +275,9 @@ class Trainer:
                         loss = self.task.loss(self.model, batch)
                 (loss / t["grad_accum"]).backward()
             total_loss += loss.item() / t["grad_accum"]
+        if self.world_size > 1:  # the loss of the global batch: the mean of the ranks' shares (distributed.py)
+            from trainers.distributed import mean_over_ranks
+            total_loss = mean_over_ranks(total_loss)
         grad_norm = None
         if t["grad_clip"] > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), t["grad_clip"]))
@@ -266,6 +299,9 @@ class Trainer:
         for level, message in self.pending_logs:
             self.writer.emit("log", level=level, message=message)
         self.pending_logs.clear()
+        if self.world_size > 1:  # who trains: every rank's host (all ranks take part in the gather)
+            from trainers.distributed import describe
+            self.writer.emit("log", level="info", **describe(self.t["batch_size"]))
         sampler = None
         if self.is_main and t["system_interval"] > 0:
             sampler = SystemSampler(self.writer.emit, t["system_interval"])
@@ -274,6 +310,7 @@ class Trainer:
         t0 = time.time()
         status, error, exit_code = "completed", None, 0
         last_log_t, last_log_units = time.time(), self.units
+        last_log_step = self.step  # for each rank's step time under DDP
         tot = None
         try:
             if self.device.type == "cuda":
@@ -306,14 +343,21 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step = step
                 self.units += units
+                if self.writer.failed is not None:
+                    raise LogWriteFailed(f"cannot write the event log {self.log_path}: {self.writer.failed}")
                 if step % t["log_interval"] == 0 or step == t["max_steps"] or step == start_step + 1:
                     now = time.time()
                     dt = max(now - last_log_t, 1e-9)
+                    per_rank = {}
+                    if self.world_size > 1:  # `ranks`: each rank's own throughput and step time (distributed.py)
+                        from trainers.distributed import rank_stats
+                        per_rank["ranks"] = rank_stats((self.units - last_log_units) / self.world_size, dt,
+                                                       step - last_log_step)
                     self.writer.emit("step", step=step, loss=loss, lr=lr, grad_norm=grad_norm,
                                      **{self.task.unit: self.units},
                                      throughput=(self.units - last_log_units) / dt,
-                                     elapsed=now - t0, max_steps=t["max_steps"])
-                    last_log_t, last_log_units = now, self.units
+                                     elapsed=now - t0, max_steps=t["max_steps"], **per_rank)
+                    last_log_t, last_log_units, last_log_step = now, self.units, step
                 last = step == t["max_steps"]
                 if step % t["eval_interval"] == 0 or last:
                     self.evaluate()
@@ -323,17 +367,15 @@ class Trainer:
                 if t["checkpoint_interval"] and step % t["checkpoint_interval"] == 0 and not last:
                     self.save_checkpoint()
             self.save_checkpoint("end" if status == "completed" else "stop")
-        except NonFinite as e:
+        except (NonFinite, LogWriteFailed) as e:
             status, error, exit_code = "failed", str(e), 1
         except Exception as e:  # noqa: BLE001 — every failure becomes a run_end the UI can show
             status, exit_code = "failed", 1
             tb = traceback.format_exc()
             if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
-                try:
-                    tot, layers = self.memory_event(None)
-                except Exception:
-                    layers = []
-                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\nhint: {OOM_HINT}\n{tb}"
+                oom_memory = self._oom_memory_table()
+                error = (f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\nhint: {OOM_HINT}\n"
+                         f"{oom_memory}\n{tb}")
             else:
                 error = f"{type(e).__name__}: {e}\n{tb}"
         except KeyboardInterrupt:
@@ -350,11 +392,34 @@ class Trainer:
             metrics["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
         if self.writer.failed is not None:
             status, exit_code = "failed", 1
-            error = f"log write failed: {self.writer.failed}"
-        self.writer.emit("run_end", status=status, step=self.step, metrics=metrics, error=error,
-                         exit_code=exit_code)
+            error = error or f"cannot write the event log {self.log_path}: {self.writer.failed}"
+        end = {"status": status, "step": self.step, "metrics": metrics, "error": error, "exit_code": exit_code}
+        if self.last_memory is not None and status == "failed":
+            end["memory"] = self.last_memory
+        if self.writer.failed is not None:
+            self.writer.retry("run_end", **end)  # space may have been freed meanwhile
+            if self.is_main:
+                where = f"; the last checkpoint is {self.last_ckpt}" if self.last_ckpt else ""
+                print(f"cockpit: error: {error}{where}; free space or choose another --log, then "
+                      f"resume with --resume", file=sys.stderr)
+        else:
+            self.writer.emit("run_end", **end)
         self.writer.close()
         return exit_code
+
+    def _oom_memory_table(self) -> str:
+        """The last measured memory (totals and the largest layers) as text for an OOM error."""
+        from cockpit.fmt import fmt_bytes
+
+        if self.last_memory is None:
+            return "memory: not measured before the failure"
+        tot = self.last_memory["totals"]
+        lines = ["measured memory at step %s: " % self.last_memory["step"] + ", ".join(
+            f"{k} {fmt_bytes(tot.get(k))}" for k in ("params", "grads", "optimizer", "activations", "peak_allocated")
+            if tot.get(k) is not None)]
+        top = sorted(self.last_memory["layers"], key=lambda r: -r["activation_bytes"])[:5]
+        lines += [f"  {r['name']}: activations {fmt_bytes(r['activation_bytes'])}" for r in top]
+        return "\n".join(lines)
 
     def _service_commands(self):
         c = self.controls
@@ -365,15 +430,23 @@ class Trainer:
             c.sample.clear()
             self.samples()
 
+    def _sync_controls(self):
+        """DDP: turn every rank's inbox of commands and signals into the same flags on all ranks."""
+        if self.world_size > 1:
+            from trainers.distributed import sync_controls
+            sync_controls(self.inbox, self.controls)
+
     def _handle_controls(self) -> bool:
         """Serve pending commands; block while paused. True when the run must stop."""
         c = self.controls
+        self._sync_controls()
         self._service_commands()
         if c.paused.is_set() and not c.stop.is_set():
             self.writer.emit("log", level="info", message=f"paused at step {self.step}", state="paused")
             while c.paused.is_set() and not c.stop.is_set():
                 c.wake.wait(0.5)
                 c.wake.clear()
+                self._sync_controls()
                 self._service_commands()
             if not c.stop.is_set():
                 self.writer.emit("log", level="info", message=f"resumed at step {self.step}", state="running")
@@ -381,6 +454,10 @@ class Trainer:
 
 
 class NonFinite(RuntimeError):
+    pass
+
+
+class LogWriteFailed(RuntimeError):
     pass
 
 
@@ -407,7 +484,13 @@ def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None):
     return cfg, log, ckpt
 
 
+MIN_FREE_BYTES = 64 * 2**20
+
+
 def check_log_writable(log: str):
+    """Before training: the log's directory must be writable and have room for logs and checkpoints."""
+    import shutil
+
     p = Path(log)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -416,3 +499,10 @@ def check_log_writable(log: str):
     except OSError as e:
         raise ConfigError(f"--log {log}: cannot write the event log ({e.strerror}); choose a writable "
                           "directory") from None
+    try:
+        free = shutil.disk_usage(p.parent).free
+    except OSError:
+        return
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"--log {log}: only {free / 2**20:.0f} MiB free on that disk; free some space or "
+                          "choose another directory")

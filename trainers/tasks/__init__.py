@@ -6,6 +6,7 @@ resumed run sees exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import torch
@@ -31,6 +32,28 @@ class Task:
 
     def get_batch(self, split: str, step: int, micro: int = 0):
         raise NotImplementedError
+
+    def rank_batch(self, split: str, step: int, micro: int = 0, rank: int = 0, world: int = 1):
+        """Rank `rank`'s share of the global batch under DDP (trainers/distributed.py): rows
+        [rank*B, (rank+1)*B) of the batch one process with batch_size B*world draws for (split, step, micro).
+        So N ranks see exactly the samples, and take exactly the steps, of one process with N times the batch."""
+        if world == 1:
+            return self.get_batch(split, step, micro)
+        b = self.cfg["train"]["batch_size"]
+        with self.global_batch(world):
+            batch = self.get_batch(split, step, micro)
+        return take_rows(batch, rank * b, (rank + 1) * b)
+
+    @contextlib.contextmanager
+    def global_batch(self, world: int):
+        """Inside, train.batch_size (which get_batch and evaluate read) is the global batch: B x world."""
+        t = self.cfg["train"]
+        b = t["batch_size"]
+        t["batch_size"] = b * world
+        try:
+            yield
+        finally:
+            t["batch_size"] = b
 
     def batch_units(self, batch) -> int:
         """Tokens (or items) in one micro-batch, for throughput."""
@@ -74,6 +97,17 @@ class Task:
     def state_dict(self) -> dict:
         """What a checkpoint needs besides weights to rebuild this task (e.g. the tokenizer)."""
         return {}
+
+
+def take_rows(batch, start: int, stop: int):
+    """Rows [start, stop) of every batch-first tensor in a batch (a tensor, or tuples/lists/dicts of them)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop] if batch.dim() > 0 else batch
+    if isinstance(batch, dict):
+        return {k: take_rows(v, start, stop) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(take_rows(v, start, stop) for v in batch)
+    return batch
 
 
 def load_task(cfg: dict, device, log=None) -> Task:

@@ -1,0 +1,177 @@
+"""The cockpit TUI (Textual): the preset picker, the run screen, watch and replay, the runs browser.
+
+    cockpit                      picker, then the run screen
+    cockpit PRESET [k=v ...]     launch at once (validated by the CLI first)
+    cockpit watch FILE           the run screen on a growing (tailed) or finished (replayed) log
+    cockpit runs                 the runs browser
+
+Nothing here imports torch: the trainer runs in a subprocess (cockpit/trainer_proc.py), preset facts are
+measured in one (cockpit/presets_info.py), and the screens draw a RunState folded by cockpit/state.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from cockpit.messages import LaunchRequested
+
+
+class CockpitApp(App):
+    CSS_PATH = "styles/cockpit.tcss"
+    TITLE = "cockpit"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
+
+    def __init__(self, preset: str | None = None, overrides=(), resolved: dict | None = None,
+                 watch: str | None = None, log: str | None = None, resume: str | None = None, nproc: int = 1,
+                 *, start: str = "picker", presets: list[dict] | None = None, runs_dir: str | None = None,
+                 trainer_env: dict | None = None, trainer_cwd: str | None = None):
+        super().__init__()
+        self.start = ("launch" if preset else "watch" if watch else start)
+        self.preset, self.overrides, self.resolved = preset, list(overrides), resolved
+        self.watch_path, self.log_path, self.resume, self.nproc = watch, log, resume, nproc
+        self.presets = presets                  # injected preset facts (tests); None: measure them
+        self.runs_dir = runs_dir
+        self.trainer_env, self.trainer_cwd = trainer_env, trainer_cwd
+        self.farewell: str | None = None        # printed by run_tui after the UI is gone
+        self.last_run = None                    # the RunScreen of the latest launched run
+        self.exit_status = 0
+
+    # --- start-up ------------------------------------------------------------------------------------
+    def on_mount(self):
+        if self.start == "launch":
+            self.launch(self.preset, self.overrides, log=self.log_path, resume=self.resume, nproc=self.nproc)
+        elif self.start == "watch":
+            self.open_log(self.watch_path)
+        elif self.start == "runs":
+            self.open_runs()
+        else:
+            self.show_picker()
+
+    def picker(self):
+        from cockpit.screens.picker import PickerScreen
+
+        for screen in self.screen_stack:
+            if isinstance(screen, PickerScreen):
+                return screen
+        return None
+
+    def show_picker(self):
+        from cockpit.screens.picker import PickerScreen
+
+        if self.picker() is None:
+            self.push_screen(PickerScreen(self.presets))
+
+    # --- runs ----------------------------------------------------------------------------------------
+    def on_launch_requested(self, msg: LaunchRequested):
+        self.launch(msg.preset, msg.overrides)
+
+    def launch(self, preset: str, overrides=(), log: str | None = None, resume: str | None = None,
+               nproc: int = 1):
+        from cockpit.screens.run import RunScreen
+        from cockpit.trainer_proc import TrainerProcess
+        from cockpit.tui_logic import default_log_path
+
+        alive = [s for s in self.screen_stack if isinstance(s, RunScreen) and s.alive]
+        if alive:
+            self.notify("a run is already going; stop it (x) or quit first", severity="warning")
+            return
+        name = (self.resolved or {}).get("name") if preset == self.preset and self.resolved else None
+        name = name or Path(preset).stem
+        if not log and resume:
+            rd = Path(resume)
+            log = str((rd if rd.is_dir() else rd.parent) / "events.jsonl")
+        log_path = Path(log) if log else default_log_path(name, self.runs_dir)
+        proc = TrainerProcess(preset, list(overrides), log_path, resume=resume, nproc=nproc,
+                              cwd=self.trainer_cwd, env=self.trainer_env)
+        try:
+            proc.start()
+        except OSError as e:
+            self.notify(f"could not start the trainer: {e}", severity="error")
+            return
+        screen = RunScreen(proc)
+        self.last_run = screen
+        self.push_screen(screen)
+
+    def open_log(self, path: str | Path):
+        """The run screen on an existing log: a finished run replays, a live one is tailed."""
+        from cockpit.screens.run import RunScreen
+        from cockpit.trainer_proc import LogSource
+
+        self.push_screen(RunScreen(LogSource(path)))
+
+    def open_runs(self):
+        from cockpit.screens.runs import RunsScreen
+
+        self.push_screen(RunsScreen(self.runs_dir))
+
+    def run_ended(self, screen):
+        """A launched trainer exited: the exit status of `cockpit` follows the latest run."""
+        if screen is self.last_run:
+            self.exit_status = 1 if screen.state.status == "failed" else 0
+
+    def back_to_picker(self, screen):
+        """Leave a run screen (or the browser) for the picker, creating it when the app started elsewhere."""
+        self.pop_screen()
+        if self.picker() is None and not any(type(s).__name__ == "RunsScreen" for s in self.screen_stack):
+            self.show_picker()
+
+    # --- quitting ------------------------------------------------------------------------------------
+    def live_run_screen(self):
+        from cockpit.screens.run import RunScreen
+
+        for s in reversed(self.screen_stack):
+            if isinstance(s, RunScreen) and s.alive:
+                return s
+        return None
+
+    def action_quit(self):
+        self.request_quit()
+
+    def request_quit(self):
+        """Quit, asking first when a trainer launched here is still running."""
+        live = self.live_run_screen()
+        if live is not None:
+            if live.quit_when_done:
+                live.source.terminate()   # second request while stopping: SIGTERM the whole session
+                self.exit()
+                return
+            live.ask_quit()
+            return
+        watched = self.watched_live()
+        if watched is not None:
+            self.farewell = (f"cockpit: the run is still being written; reattach with: "
+                             f"cockpit watch {watched.source.path}")
+        self.exit()
+
+    def watched_live(self):
+        from cockpit.screens.run import RunScreen
+
+        for s in self.screen_stack:
+            if isinstance(s, RunScreen) and not s.source.launched and s.writer_alive:
+                return s
+        return None
+
+    def leave_running(self, screen):
+        """Quit the UI, the trainer keeps going headless (its own session; the log keeps growing). A paused
+        run is resumed first: nobody could resume it once the pipe is gone."""
+        if screen.state.status == "paused" or screen.note == "pausing…":
+            screen.source.send("resume")
+        screen.source.close()
+        self.farewell = (f"cockpit: the run continues headless (pid {screen.source.pid}), writing "
+                         f"{screen.source.path}\nreattach with: cockpit watch {screen.source.path}")
+        self.exit()
+
+
+def run_tui(preset: str | None = None, overrides=(), resolved: dict | None = None, watch: str | None = None,
+            log: str | None = None, resume: str | None = None, nproc: int = 1, runs: str | None = None) -> int:
+    """The `cockpit` UI; returns the exit code (1 when the latest launched run failed).
+    `runs=DIR` opens the runs browser on DIR (`cockpit runs`)."""
+    app = CockpitApp(preset, overrides, resolved, watch, log, resume, nproc,
+                     start="runs" if runs is not None else "picker", runs_dir=runs)
+    app.run()
+    if app.farewell:
+        print(app.farewell)
+    return app.exit_status

@@ -1,0 +1,237 @@
+"""Comparing runs: one overlaid loss chart and one table (`cockpit --replay A B C`, and the TUI's compare
+screen, which reuses the pure functions here).
+
+    compare_report(loaded)       the headless comparison: chart of every run's train and val loss, a legend
+                                 (preset and run id), then ONE table: identity, best val, tokens/s, peak
+                                 memory and each config key whose value differs between the runs
+    compare_rows(states)         that table as rows of text cells; rows[0] is the header
+    run_label(state)             "<preset> <run id without the preset prefix>", the legend and column title
+    peak_memory(state)           (bytes, kind): the CUDA allocator's peak, or on CPU the measured sum of
+                                 activations + params + grads + optimizer state
+    diff_rows(states)            the config-difference rows alone
+
+No torch, no Textual.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from cockpit.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
+from cockpit.runs import config_diff
+from cockpit.series import plot_series
+from cockpit.state import RunState
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# one colour (xterm-256) per run: blue, orange, green, pink, yellow, cyan, purple, red
+COLORS = [39, 208, 40, 199, 226, 51, 141, 196]
+# without colour, runs are told apart by their markers: train line / val points
+MARKERS = [("•", "o"), ("+", "#"), ("x", "%"), ("*", "@"), ("-", "="), (":", "&"), ("~", "$"), ("^", "?")]
+# config keys that say nothing a row above does not already say
+SKIP_KEYS = ("name", "arch", "description")
+CELL = 28   # widest table cell before truncation
+
+
+def run_label(s: RunState, fallback: str = "run") -> str:
+    preset = s.preset or "?"
+    rid = s.run_id or fallback
+    short = rid[len(preset) + 1:] if rid.startswith(preset + "-") else rid
+    return f"{preset} {short}"
+
+
+def unique_labels(states: list[RunState], paths: list[str] | None = None) -> list[str]:
+    labels = [run_label(s, Path(paths[i]).parent.name if paths else f"run{i + 1}") for i, s in enumerate(states)]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:  # the same log given twice: keep the columns apart
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} ({seen[lab]})")
+    return out
+
+
+def peak_memory(s: RunState) -> tuple[float | None, str]:
+    """(bytes, kind): kind "allocator" (CUDA's peak allocated) when measured on a GPU, else "sum" (activations
+    saved for backward + params + grads + optimizer state, each measured, at the probes' worst step)."""
+    peaks = []
+    if s.end and isinstance(s.end.get("metrics"), dict):
+        peaks.append(s.end["metrics"].get("peak_allocated"))
+    peaks += [t.get("peak_allocated") for _, t in s.memory_history if isinstance(t, dict)]
+    peaks = [p for p in peaks if type(p) in (int, float)]
+    if peaks:
+        return float(max(peaks)), "allocator"
+    sums = []
+    for _, t in s.memory_history:
+        if not isinstance(t, dict):
+            continue
+        parts = [t.get(k) for k in ("activations", "params", "grads", "optimizer")]
+        parts = [p for p in parts if type(p) in (int, float)]
+        if parts:
+            sums.append(float(sum(parts)))
+    if sums:
+        return max(sums), "sum"
+    return None, ""
+
+
+MEMORY_TAG = {"allocator": "CUDA", "sum": "sum"}
+MEMORY_NOTES = {
+    "allocator": "(CUDA) = the CUDA allocator's peak (torch.cuda.max_memory_allocated)",
+    "sum": "(sum) = activations saved for backward + params + grads + optimizer state, measured by the memory probe",
+}
+
+
+def memory_notes(states: list[RunState]) -> list[str]:
+    """The footnotes that say what each `peak memory` tag in the table means."""
+    kinds = {peak_memory(s)[1] for s in states}
+    return [MEMORY_NOTES[k] for k in ("allocator", "sum") if k in kinds]
+
+
+def _value(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (int, str)):
+        return str(v) if v != "" else '""'
+    return json.dumps(v, default=str)
+
+
+def _cut(text: str, width: int = CELL) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def diff_rows(states: list[RunState]) -> list[list[str]]:
+    """[key, value per run] for each dotted config key whose values differ ("-": not in that run's config)."""
+    diff = config_diff([s.config for s in states])
+    return [[k, *(_cut(_value(v)) for v in vals)] for k, vals in diff.items() if k not in SKIP_KEYS]
+
+
+def compare_rows(states: list[RunState], paths: list[str] | None = None) -> list[list[str]]:
+    """The comparison table as text cells: rows[0] = ["", label per run], then one row per quantity and one
+    per differing config key. Every row has len(states) + 1 cells."""
+    labels = unique_labels(states, paths)
+    rows = [["", *labels]]
+
+    def row(name, cells):
+        rows.append([name, *cells])
+
+    row("arch", [s.arch or "?" for s in states])
+    row("status", [s.status for s in states])
+    row("steps", [f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step) for s in states])
+    row("best val loss", [fmt_loss(s.best_val) + (f" @ {s.best_val_step}" if s.best_val_step is not None else "")
+                          for s in states])
+    row("last train loss", [fmt_loss(s.loss) for s in states])
+    units = {s.unit for s in states}
+    if len(units) == 1:
+        row("tokens/s" if units == {"tokens"} else "items/s", [fmt_rate(s.mean_throughput()) for s in states])
+    else:
+        row("throughput", [f"{fmt_rate(s.mean_throughput())} {'tok' if s.unit == 'tokens' else 'it'}/s"
+                           for s in states])
+    row("peak memory", [f"{fmt_bytes(b)} ({MEMORY_TAG[k]})" if b is not None else "-"
+                        for b, k in map(peak_memory, states)])
+    row("params", [fmt_count(s.n_params) for s in states])
+    row("device", [s.device or "?" for s in states])
+    row("wall time", [fmt_duration(s.wall_time()) for s in states])
+    rows.extend(diff_rows(states))
+    return rows
+
+
+def table_text(rows: list[list[str]], differing_from: int | None = None) -> str:
+    """Aligned text of compare_rows' output: names left, values right-aligned under their run."""
+    n = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    out = []
+    for j, r in enumerate(rows):
+        if differing_from is not None and j == differing_from:
+            out.append("config differences (keys whose values differ)")
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        out.append("  ".join(cells).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: int = 20, color: bool = False,
+                  x_axis: str = "step", smoothing: float = 0.0) -> str:
+    """Every run's train curve (a line) and val points on one plotext chart, the same smoothing for all,
+    then a legend (one line per run: its markers or colour, and its label) below the plot so it never
+    hides the curves. x_axis: step, tokens or time."""
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("pro" if color else "clear")
+    if not color:
+        plt.clear_color()
+    legend = []
+    drawn = False
+    for i, (label, s) in enumerate(runs):
+        train_m, val_m = MARKERS[i % len(MARKERS)]
+        c = COLORS[i % len(COLORS)]
+        style = {"color": c} if color else {}
+        parts = []
+        if len(s.train):
+            xs, ys = plot_series(s.train.x(x_axis), s.train.values, smoothing, buckets=width)
+            plt.plot(xs.tolist(), ys.tolist(), marker="braille" if color else train_m, **style)
+            parts.append(f"{'⣿' if color else train_m * 2} train")
+            drawn = True
+        if len(s.val):
+            xs, ys = plot_series(s.val.x(x_axis), s.val.values, 0.0, buckets=width)
+            plt.scatter(xs.tolist(), ys.tolist(), marker=val_m, **style)
+            parts.append(f"{val_m} val")
+            drawn = True
+        key = "  ".join(parts) if parts else "(no loss data)"
+        if color:
+            key = f"\x1b[38;5;{c}m{key}\x1b[0m"
+        legend.append(f"  {key:<{len(key) + max(0, 16 - len(ANSI.sub('', key)))}}  {label}")
+    if not drawn:
+        return "(no loss data yet)"
+    title = "loss" + (f" (EMA smoothing {smoothing:g})" if smoothing > 0 else "")
+    plt.title(title)
+    plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
+    out = plt.build()
+    if not color:
+        out = ANSI.sub("", out)
+    return out.rstrip("\n") + "\n" + "\n".join(legend)
+
+
+def _use_color() -> bool:
+    from cockpit.report import use_color
+
+    return use_color()
+
+
+def compare_report(loaded: list[tuple[str, RunState, object]], color: bool | None = None, *,
+                   width: int | None = None, x_axis: str = "step", smoothing: float = 0.0) -> str:
+    """The headless comparison of several runs: loaded = [(log path, RunState, ReadStats | None), ...]."""
+    color = _use_color() if color is None else color
+    width = width or max(60, min(shutil.get_terminal_size((100, 30)).columns, 140))
+    paths = [p for p, _, _ in loaded]
+    states = [s for _, s, _ in loaded]
+    labels = unique_labels(states, paths)
+    rows = compare_rows(states, paths)
+    n_fixed = len(rows) - len(diff_rows(states))
+    parts = [f"comparing {len(states)} runs (x axis: {x_axis})",
+             *(f"  {lab}: {p}" for lab, p in zip(labels, paths)), "",
+             compare_chart(list(zip(labels, states)), width=width - 2, height=20, color=color, x_axis=x_axis,
+                           smoothing=smoothing), "",
+             table_text(rows, differing_from=n_fixed if n_fixed < len(rows) else None)]
+    if n_fixed == len(rows):
+        parts.append("(the runs' configs are identical)")
+    parts += [f"peak memory: {n}" for n in memory_notes(states)]
+    notes = []
+    for lab, (_, s, stats) in zip(labels, loaded):
+        summary = stats.summary() if stats is not None and hasattr(stats, "summary") else ""
+        if summary:
+            notes.append(f"note     {lab}: {summary}")
+        if s.bad_events:
+            notes.append(f"note     {lab}: ignored {s.bad_events} events with missing or mistyped fields")
+        if s.status == "failed" and s.error:
+            notes.append(f"note     {lab}: failed: {s.error.strip().splitlines()[0]}")
+    if notes:
+        parts += [""] + notes
+    return "\n".join(parts) + "\n"

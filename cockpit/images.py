@@ -1,0 +1,98 @@
+"""Image samples in the terminal and on disk. Pure: numpy and rich only, no torch (cockpit starts fast).
+
+    decode_image(payload)           a `sample` event (or its `image` field) -> (H, W, C) uint8
+    halfblock(img, max_width=None)  -> rich.text.Text: one "▀" per two pixel rows, foreground = the top
+                                       pixel, background = the bottom pixel, in true colour
+    write_png(path, img)            a PNG file (zlib only), for `cockpit --replay FILE --images`
+"""
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from rich.style import Style
+from rich.text import Text
+
+UPPER_HALF = "\u2580"  # ▀
+
+
+def decode_image(payload: dict) -> np.ndarray:
+    """{"image": {"h", "w", "c", "data": base64 of HWC uint8}} or the inner dict -> (H, W, C) uint8."""
+    img = payload.get("image", payload)
+    try:
+        h, w, c = int(img["h"]), int(img["w"]), int(img["c"])
+        raw = base64.b64decode(img["data"], validate=True)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not an image payload ({e.__class__.__name__}: {e})") from None
+    if c not in (1, 3, 4) or len(raw) != h * w * c:
+        raise ValueError(f"image payload holds {len(raw)} bytes, expected h*w*c = {h}*{w}*{c}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(h, w, c)
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 1|3|4) uint8 -> (H, W, 3) uint8 (grey replicated, alpha dropped)."""
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        return np.repeat(img, 3, axis=-1)
+    return img[..., :3]
+
+
+def shrink(img: np.ndarray, max_width: int | None) -> np.ndarray:
+    """Downscale by the smallest integer factor that fits max_width columns (box average), keeping the aspect."""
+    if not max_width or img.shape[1] <= max_width:
+        return img
+    f = -(-img.shape[1] // max(1, max_width))  # ceil
+    if img.shape[0] < f:  # too short to average f rows: keep every f-th pixel
+        return img[::f, ::f]
+    h, w = img.shape[0] // f * f, img.shape[1] // f * f
+    blocks = img[:h, :w].reshape(h // f, f, w // f, f, -1).astype(np.float32)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def halfblock(img: np.ndarray, max_width: int | None = None) -> Text:
+    """Render an image as ceil(H/2) lines of W "▀" cells: fg = pixel (2r, x), bg = pixel (2r+1, x).
+
+    An odd last row leaves the bottom half unstyled (the terminal's background).
+    """
+    rgb = to_rgb(shrink(img, max_width))
+    h, w, _ = rgb.shape
+    text = Text(no_wrap=True, overflow="crop")
+    styles: dict[tuple, Style] = {}
+    for r in range(0, h, 2):
+        top = rgb[r]
+        bottom = rgb[r + 1] if r + 1 < h else None
+        for x in range(w):
+            key = (*top[x].tolist(), *(bottom[x].tolist() if bottom is not None else ()))
+            style = styles.get(key)
+            if style is None:
+                fg = "rgb({},{},{})".format(*key[:3])
+                style = Style.parse(f"{fg} on rgb({key[3]},{key[4]},{key[5]})" if len(key) == 6 else fg)
+                styles[key] = style
+            text.append(UPPER_HALF, style)
+        if r + 2 < h:
+            text.append("\n")
+    return text
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """Encode (H, W) or (H, W, 1|3|4) uint8 as an 8-bit grey/RGB/RGBA PNG (filter 0 on every row)."""
+    img = np.ascontiguousarray(img if img.ndim == 3 else img[..., None], dtype=np.uint8)
+    h, w, c = img.shape
+    color = {1: 0, 3: 2, 4: 6}[c]
+    rows = np.concatenate([np.zeros((h, 1), dtype=np.uint8), img.reshape(h, w * c)], axis=1)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 9)) + _chunk(b"IEND", b""))
+
+
+def write_png(path: str | Path, img: np.ndarray) -> Path:
+    path = Path(path)
+    path.write_bytes(png_bytes(img))
+    return path

@@ -1,0 +1,115 @@
+"""`cockpit kernels [--json] [--only NAME[,NAME]] ...`: the PyTorch vs Triton kernel table.
+
+The benchmark runs in a subprocess (`python -m kernels.bench --json`), so this module, like the rest of the
+cockpit CLI, never imports torch or triton: it validates the arguments, streams the child's `kernel`
+events and prints them as JSON lines (--json) or as table rows while they arrive. The kernels panel of the
+TUI uses `bench_command` and `parse_line` the same way to stay responsive and re-run one kernel at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from kernels import _table
+from kernels.bench import BadArgs, build_parser, parse_dtypes, parse_names
+
+
+def bench_command(only: list[str] | str | None = None, dtype: str | None = None, *extra: str) -> list[str]:
+    """argv of the benchmark subprocess emitting JSON lines, e.g. bench_command(["rmsnorm"])."""
+    cmd = [sys.executable, "-m", "kernels.bench", "--json"]
+    if only:
+        cmd += ["--only", only if isinstance(only, str) else ",".join(only)]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    return cmd + list(extra)
+
+
+def bench_env() -> dict[str, str]:
+    """The child's environment: this checkout's `kernels` package first on the path (the PyPI package of
+    the same name must not shadow it)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def parse_line(line: str) -> dict | None:
+    """A `kernel` or `log` event from one line of the child's output; None for anything else."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        ev = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return ev if isinstance(ev, dict) and ev.get("type") in ("kernel", "log") else None
+
+
+def _forwarded(args) -> list[str]:
+    out = []
+    if args.only:
+        out += ["--only", ",".join(parse_names(args.only))]
+    out += ["--dtype", ",".join(parse_dtypes(args.dtype))]
+    if args.all_shapes:
+        out.append("--all-shapes")
+    if args.device != "auto":
+        out += ["--device", args.device]
+    if args.reps:
+        out += ["--reps", str(args.reps)]
+    if args.compile is not None:
+        out.append("--compile" if args.compile else "--no-compile")
+    out += ["--seed", str(args.seed)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser(prog="cockpit kernels").parse_args(argv)
+        forwarded = _forwarded(args)
+    except BadArgs as e:
+        print(f"cockpit: error: {e}; see `cockpit kernels --help`", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    cmd = [sys.executable, "-m", "kernels.bench", "--json", *forwarded]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=bench_env(), bufsize=1)
+    except OSError as e:
+        print(f"cockpit: error: cannot start the kernel benchmark ({e})", file=sys.stderr)
+        return 1
+    events: list[dict] = []
+    with_compile = None
+    try:
+        for line in proc.stdout:
+            ev = parse_line(line)
+            if ev is None:
+                continue
+            if args.json:
+                print(line.rstrip("\n"), flush=True)
+                if ev["type"] == "kernel":
+                    events.append(ev)
+                continue
+            if ev["type"] != "kernel":
+                continue
+            if with_compile is None:
+                with_compile = "compile_ms" in ev
+                print(_table.banner(ev))
+                print(_table.header(with_compile))
+            events.append(ev)
+            print(_table.row(ev, with_compile), flush=True)
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        return 1
+    if not args.json and events:
+        print(_table.summary(events))
+    if rc not in (0, 1):
+        print(f"cockpit: error: the kernel benchmark exited with status {rc} "
+              f"after {len(events)} result(s); run `python -m kernels.bench` to see why", file=sys.stderr)
+        return 1
+    return rc

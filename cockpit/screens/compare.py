@@ -1,0 +1,159 @@
+"""The comparison view: the marked runs' train and val curves overlaid on one chart (a colour per run,
+legend with preset and run id), x-axis by step, tokens or wall time, the same smoothing for all; beside it
+one table per cockpit/compare.py: best val loss, tokens/s, peak memory and every config key that differs.
+Live runs keep growing here too (each log is tailed like the run screen's)."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from cockpit.messages import RunsLoaded
+from cockpit.tui_logic import SMOOTHING_LEVELS, TICK_S, X_AXES, cycle
+from cockpit.widgets.loss_plot import PALETTE, LossPlot
+
+# plotext colour names -> Rich colour names for the legend
+RICH_COLOR = {"orange": "dark_orange", "gray": "grey50"}
+
+
+class CompareScreen(Screen):
+    BINDINGS = [
+        Binding("t", "x_axis", "X-axis"),
+        Binding("e", "smoothing", "EMA"),
+        Binding("l", "log_y", "Log-y"),
+        Binding("escape", "back", "Back"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, logs: list, refresh: bool = True):
+        super().__init__()
+        self.logs = [str(p) for p in logs]
+        self.sources = []
+        self.states = []
+        self.labels: list[str] = []
+        self.loaded = False
+        self.refresh_live = refresh
+        self._versions = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compare"):
+            yield LossPlot(id="compare-plot", empty_message="loading the runs…")
+            with Horizontal(id="compare-side"):
+                yield Static("", id="compare-legend")
+                yield DataTable(cursor_type="row", zebra_stripes=True, id="compare-table")
+        yield Footer()
+
+    def on_mount(self):
+        self.query_one("#compare-plot").border_title = f"loss · {len(self.logs)} runs"
+        self.query_one("#compare-legend").border_title = "runs"
+        self.query_one("#compare-table").border_title = "differences"
+        self.load()
+
+    @work(thread=True, exclusive=True, group="compare-load")
+    def load(self):
+        from cockpit.state import RunState
+        from cockpit.trainer_proc import LogSource
+
+        loaded = []
+        try:
+            for path in self.logs:
+                src = LogSource(path)
+                state = RunState()
+                while True:
+                    events = src.poll()
+                    if not events:
+                        break
+                    state.apply_all(events)
+                loaded.append((src, state))
+        except Exception as e:  # noqa: BLE001
+            self.post_message(RunsLoaded(loaded, f"{type(e).__name__}: {e}"))
+            return
+        self.post_message(RunsLoaded(loaded))
+
+    def on_runs_loaded(self, msg: RunsLoaded):
+        from cockpit.compare import unique_labels
+        from cockpit.runs import trainer_alive
+
+        if msg.error:
+            self.notify(f"reading a log failed: {msg.error}", severity="error")
+        self.sources = [src for src, _ in msg.runs]
+        self.states = [st for _, st in msg.runs]
+        for s in self.states:
+            if s.end is None and not trainer_alive(s.pid, None):
+                s.mark_killed()
+        self.labels = unique_labels(self.states, [str(src.path) for src in self.sources])
+        self.loaded = True
+        self.redraw()
+        if self.refresh_live and any(s.end is None and s.status != "killed" for s in self.states):
+            self.set_interval(TICK_S * 4, self.tick)
+
+    def tick(self):
+        for src, s in zip(self.sources, self.states):
+            if s.end is None and s.status != "killed":
+                s.apply_all(src.poll())
+        self.redraw()
+
+    def redraw(self):
+        versions = tuple(s.version for s in self.states)
+        if versions == self._versions:
+            return
+        self._versions = versions
+        plot = self.query_one(LossPlot)
+        plot.set_runs(list(zip(self.labels, self.states)))
+        plot.border_subtitle = plot.subtitle()
+        legend = Text(no_wrap=True, overflow="ellipsis")
+        for i, (label, src) in enumerate(zip(self.labels, self.sources)):
+            color = PALETTE[i % len(PALETTE)]
+            legend.append("━━ ", style=RICH_COLOR.get(color, color))
+            legend.append(label, style="bold")
+            legend.append(f"  {src.path.parent.name}\n", style="dim")
+        legend.append("train: line · val: dots", style="dim")
+        self.query_one("#compare-legend", Static).update(legend)
+        self.fill_table()
+
+    def fill_table(self):
+        from cockpit.compare import compare_rows, memory_notes
+
+        rows = compare_rows(self.states, [str(src.path) for src in self.sources])
+        table = self.query_one("#compare-table", DataTable)
+        table.clear(columns=True)
+        header = rows[0]
+        for i, title in enumerate(header):
+            color = PALETTE[(i - 1) % len(PALETTE)]
+            table.add_column(Text(title or "", style=f"bold {RICH_COLOR.get(color, color)}" if i else ""),
+                             key=f"c{i}")
+        for r in rows[1:]:
+            table.add_row(Text(r[0], style="bold"), *r[1:])
+        notes = memory_notes(self.states)
+        table.border_subtitle = notes[0] if notes else ""
+
+    # --- view keys -----------------------------------------------------------------------------------
+    def _plot(self, **kw):
+        plot = self.query_one(LossPlot)
+        plot.configure(**kw)
+        plot.border_subtitle = plot.subtitle()
+
+    def action_x_axis(self):
+        self._plot(x_axis=cycle(X_AXES, self.query_one(LossPlot).x_axis))
+
+    def action_smoothing(self):
+        self._plot(smoothing=cycle(SMOOTHING_LEVELS, self.query_one(LossPlot).smoothing))
+
+    def action_log_y(self):
+        self._plot(log_y=not self.query_one(LossPlot).log_y)
+
+    def action_back(self):
+        self.app.pop_screen()
+
+    def action_help(self):
+        from cockpit.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen("run comparison", self))
+
+    def action_quit(self):
+        self.app.request_quit()

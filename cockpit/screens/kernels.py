@@ -1,0 +1,201 @@
+"""`k`: the kernels panel. Runs `python -m cockpit kernels --json` (PyTorch reference vs Triton kernel:
+correctness, time, memory) in a subprocess worker and shows the table plus a bar chart of speedup and
+memory saving; Enter re-runs the highlighted kernel alone (`--only NAME`), `r` re-runs all."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from cockpit.messages import KernelEvent, KernelsDone
+from cockpit.widgets.kernel_chart import KernelChart, kernel_metrics
+from cockpit.widgets.kernels_table import KernelsTable
+
+COLUMNS = ("kernel", "shape", "dtype", "backend", "ok", "max err", "torch ms", "triton ms", "speedup", "mem saved")
+
+
+def kernels_available() -> bool:
+    return importlib.util.find_spec("cockpit.kernels_cmd") is not None
+
+
+def kernels_argv(only: str | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "cockpit", "kernels", "--json"]
+    return argv + ["--only", only] if only else argv
+
+
+def _key(ev: dict) -> tuple:
+    return (str(ev.get("name")), str(ev.get("shape")), str(ev.get("dtype")))
+
+
+def _f(x, fmt):
+    return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+class KernelsScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "rerun_one", "Re-run kernel", show=False),
+        Binding("r", "rerun_all", "Re-run all"),
+        Binding("escape,q", "close", "Back"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+    ]
+
+    def __init__(self, events: list[dict] | None = None, autorun: bool = True, argv_for=kernels_argv):
+        super().__init__()
+        self.results: dict[tuple, dict] = {_key(e): e for e in (events or [])}
+        self.autorun = autorun
+        self.argv_for = argv_for
+        self.generation = 0
+        self.running: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.last_log = ""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="kernels"):
+            yield Static("", id="kernels-status")
+            yield KernelsTable(cursor_type="row", zebra_stripes=True, id="kernels-table")
+            with VerticalScroll(id="kernels-chart-box"):
+                yield KernelChart(id="kernels-chart")
+        yield Footer()
+
+    def on_mount(self):
+        table = self.query_one(DataTable)
+        for c in COLUMNS:
+            table.add_column(c, key=c)
+        self.query_one("#kernels-chart-box").border_title = "Triton vs PyTorch"
+        self.refill()
+        if not kernels_available():
+            self.set_status(Text.assemble(
+                ("The kernels comparison is not available yet: ", "bold yellow"),
+                "cockpit/kernels_cmd.py (`cockpit kernels --json`) is not in this install. "
+                "It comes with the kernels issue; nothing was run."))
+            return
+        if self.autorun:
+            self.run_kernels(None)
+        else:
+            self.set_status(Text("r runs the comparison", style="dim"))
+
+    def set_status(self, text):
+        self.query_one("#kernels-status", Static).update(text)
+
+    def refill(self):
+        table = self.query_one(DataTable)
+        row = table.cursor_row
+        table.clear()
+        events = list(self.results.values())
+        for ev in events:
+            speed, saving = kernel_metrics(ev)
+            ok = Text("ok", style="green") if ev.get("ok") else Text("FAIL", style="bold red")
+            shape = ev.get("shape")
+            shape = "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else str(shape)
+            table.add_row(str(ev.get("name")), shape, str(ev.get("dtype")), str(ev.get("backend", "-")), ok,
+                          _f(ev.get("max_abs_err"), ".1e"), _f(ev.get("torch_ms"), ".3f"),
+                          _f(ev.get("triton_ms"), ".3f"), _f(speed, ".3g") + ("x" if speed else ""),
+                          (_f(saving * 100, ".1f") + "%") if saving is not None else "-")
+        if events and row is not None:
+            table.move_cursor(row=min(row, len(events) - 1))
+        self.query_one(KernelChart).set_events(events)
+
+    # --- the subprocess ------------------------------------------------------------------------------
+    def run_kernels(self, only: str | None):
+        if self.running is not None:
+            self.notify(f"already running ({self.running})", severity="warning")
+            return
+        self.generation += 1
+        self.running = only or "all kernels"
+        argv = self.argv_for(only)
+        shown = "cockpit kernels --json" + (f" --only {only}" if only else "")
+        from trainers.config import cuda_available
+
+        slow = "" if cuda_available() else " (no GPU: Triton runs in its interpreter, which takes a while)"
+        self.set_status(Text(f"running {shown} …{slow}", style="yellow"))
+        self._worker(argv, self.generation)
+
+    @work(thread=True, group="kernels")
+    def _worker(self, argv: list[str], generation: int):
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+        except OSError as e:
+            self.post_message(KernelsDone(-1, str(e), generation))
+            return
+        self.proc = proc
+        other = []
+        for line in proc.stdout:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                other.append(line.rstrip())
+                continue
+            if isinstance(ev, dict) and ev.get("type", "kernel") == "kernel" and "name" in ev:
+                self.post_message(KernelEvent(ev, generation))
+            elif isinstance(ev, dict) and ev.get("type") == "log" and isinstance(ev.get("message"), str):
+                self.post_message(KernelEvent(ev, generation))
+        err = proc.stderr.read()
+        rc = proc.wait()
+        tail = "\n".join((other + err.splitlines())[-8:])
+        self.post_message(KernelsDone(rc, tail, generation))
+
+    def on_kernel_event(self, msg: KernelEvent):
+        if msg.generation != self.generation:
+            return
+        if msg.event.get("type") == "log":
+            self.last_log = msg.event["message"]
+            self.set_status(Text(f"running {self.running} … {self.last_log}", style="yellow"))
+            return
+        self.results[_key(msg.event)] = msg.event
+        self.refill()
+
+    def on_kernels_done(self, msg: KernelsDone):
+        if msg.generation != self.generation:
+            return
+        what, self.running, self.proc = self.running, None, None
+        failed = [e for e in self.results.values() if not e.get("ok", True)]
+        if msg.returncode == 0 or (msg.returncode == 1 and failed):
+            text = Text(f"done: {what}" + (f" · {len(failed)} FAILED the tolerance check" if failed else ""),
+                        style="red" if failed else "green")
+            if self.last_log:
+                text.append(f"\n{self.last_log}", style="dim")
+            text.append("\nEnter re-runs the highlighted kernel, r re-runs all", style="dim")
+            self.set_status(text)
+        else:
+            self.set_status(Text.assemble((f"`cockpit kernels --json` failed (exit {msg.returncode})", "bold red"),
+                                          ("\n" + msg.output) if msg.output else ""))
+
+    # --- actions -------------------------------------------------------------------------------------
+    def action_rerun_one(self):
+        table = self.query_one(DataTable)
+        events = list(self.results.values())
+        if not kernels_available():
+            self.notify("cockpit/kernels_cmd.py is not available yet", severity="warning")
+        elif events and table.cursor_row is not None:
+            self.run_kernels(str(events[table.cursor_row].get("name")))
+
+    @on(DataTable.RowSelected)
+    def _selected(self, _event):
+        self.action_rerun_one()
+
+    def action_rerun_all(self):
+        if not kernels_available():
+            self.notify("cockpit/kernels_cmd.py is not available yet", severity="warning")
+        else:
+            self.run_kernels(None)
+
+    def action_close(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+        self.generation += 1
+        self.app.pop_screen()
+
+    def action_help(self):
+        from cockpit.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen("kernels", self))

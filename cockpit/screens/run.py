@@ -1,0 +1,294 @@
+"""The run screen: loss, samples, memory and GPU panes, the error pane of a failed run, and the status line.
+
+It is a view of one RunState folded from the event stream by the shared reducer (cockpit/state.py): a
+timer every TICK_S seconds reads the new bytes of the log once (never a polling storm), folds every new
+event, and redraws only when something changed, so a burst of events renders once. The first catch-up
+read of an existing log (a finished run replays, a live one is watched) runs in a worker thread.
+"""
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from cockpit.messages import StateLoaded
+from cockpit.state import RunState
+from cockpit.tui_logic import SMOOTHING_LEVELS, TICK_S, X_AXES, cycle, failure_event, run_title
+from cockpit.widgets.error_pane import ErrorPane
+from cockpit.widgets.gpu_pane import GpuPane
+from cockpit.widgets.loss_plot import LossPlot
+from cockpit.widgets.memory_pane import MemoryPane
+from cockpit.widgets.samples_pane import SamplesPane
+from cockpit.widgets.status_line import StatusLine
+
+
+class RunScreen(Screen):
+    BINDINGS = [
+        Binding("p", "pause", "Pause/resume"),
+        Binding("s", "sample", "Sample"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("x", "stop", "Stop"),
+        Binding("k", "kernels", "Kernels"),
+        Binding("q", "quit", "Quit"),
+        Binding("e", "smoothing", "EMA"),
+        Binding("l", "log_y", "Log-y"),
+        Binding("t", "x_axis", "X-axis"),
+        Binding("m", "markers", "Markers"),
+        Binding("left_square_bracket", "older", "Older sample", key_display="["),
+        Binding("right_square_bracket", "newer", "Newer sample", key_display="]"),
+        Binding("d", "sample_diff", "Sample diff"),
+        Binding("left_curly_bracket", "diff_right(-1)", "Diff: right side older", key_display="{", show=False),
+        Binding("right_curly_bracket", "diff_right(1)", "Diff: right side newer", key_display="}", show=False),
+        Binding("escape", "back", "Back"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+    ]
+
+    def __init__(self, source, *, follow_pid: bool = True):
+        super().__init__()
+        self.source = source
+        self.state = RunState()
+        self.loaded = False
+        self.finished = False          # the launched trainer's process has exited and was accounted for
+        self.note: str | None = None   # "pausing…", "stopping…": a command sent, not yet acknowledged
+        self.quit_when_done = False
+        self.follow_pid = follow_pid
+        self._drawn = -1
+        self._drawn_note: str | None = None
+        self._plot_sig = None
+        self._timer = None
+        self._started_at: float | None = None   # time of the latest run_start (its pid is the writer)
+
+    # --- layout --------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Vertical(id="run"):
+            with Horizontal(id="run-top"):
+                yield LossPlot(id="loss")
+                yield SamplesPane(id="samples")
+            with Horizontal(id="run-bottom"):
+                yield MemoryPane(id="memory")
+                yield GpuPane(id="gpu")
+            yield ErrorPane(id="error")
+            yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self):
+        self.query_one("#loss").border_title = "loss"
+        self.query_one("#samples").border_title = "samples"
+        self.query_one("#memory").border_title = "memory"
+        self.query_one("#gpu").border_title = "GPU"
+        self.query_one(StatusLine).update_state(None)
+        self.catch_up()
+
+    @work(thread=True, exclusive=True, group="catch-up")
+    def catch_up(self):
+        """Fold everything already in the log (a finished run: all of it) off the UI thread."""
+        state = RunState()
+        try:
+            while True:
+                events = self.source.poll()
+                if not events:
+                    break
+                self._fold(state, events)
+        except Exception as e:  # noqa: BLE001
+            self.post_message(StateLoaded(state, f"{type(e).__name__}: {e}"))
+            return
+        self.post_message(StateLoaded(state))
+
+    def on_state_loaded(self, msg: StateLoaded):
+        self.state = msg.state
+        self.loaded = True
+        if msg.error:
+            self.notify(f"reading the log failed: {msg.error}", severity="error")
+        self.tick()
+        self._timer = self.set_interval(TICK_S, self.tick)
+
+    # --- the tick: fold new events, notice the trainer ending, redraw once ---------------------------
+    def tick(self):
+        s = self.state
+        self._fold(s, self.source.poll())
+        if self.source.launched and not self.finished:
+            rc = self.source.returncode()
+            if rc is not None:
+                self._trainer_exited(rc)
+        elif (not self.source.launched and s.end is None and s.status != "killed" and self.follow_pid
+              and s.pid and s.run_id):
+            self._check_writer()
+        if self.note and self._acknowledged():
+            self.note = None
+        if s.version != self._drawn or self.note != self._drawn_note:
+            self.redraw()
+
+    def _fold(self, state: RunState, events: list[dict]):
+        for ev in events:
+            state.apply(ev)
+            if ev.get("type") == "run_start" and isinstance(ev.get("time"), (int, float)):
+                self._started_at = float(ev["time"])
+
+    def _trainer_exited(self, rc: int):
+        s = self.state
+        s.apply_all(self.source.finish())
+        if s.end is None:
+            s.apply(failure_event(s, rc, self.source.out_path))
+        if s.exit_code is None:
+            s.exit_code = rc
+        s.version += 1
+        self.finished = True
+        self.note = None
+        self.app.run_ended(self)
+        if self.quit_when_done:
+            self.app.exit()
+
+    def _check_writer(self):
+        """Watching someone else's run: once its trainer is gone without run_end, it was killed."""
+        from cockpit.runs import trainer_alive
+
+        s = self.state
+        if not trainer_alive(s.pid, self._started_at):
+            s.apply_all(self.source.finish())
+            if s.end is None:
+                s.mark_killed()
+                s.version += 1
+
+    def _acknowledged(self) -> bool:
+        s = self.state
+        return {"pausing…": s.status == "paused", "resuming…": s.status == "running"}.get(
+            self.note, s.ended)
+
+    @property
+    def alive(self) -> bool:
+        """The trainer this screen launched is still running."""
+        return self.source.launched and not self.finished and self.source.returncode() is None
+
+    @property
+    def writer_alive(self) -> bool:
+        """Someone is still writing this log (our trainer, or a watched one)."""
+        if self.source.launched:
+            return self.alive
+        return self.state.end is None and self.state.status in ("running", "paused", "waiting")
+
+    def redraw(self):
+        s = self.state
+        self._drawn = s.version
+        self._drawn_note = self.note
+        loss = self.query_one(LossPlot)
+        sig = (len(s.train), len(s.val), len(s.checkpoints), len(s.skipped_steps), len(s.throttle_steps),
+               len(s.resumes), s.out_of_order)
+        if sig != self._plot_sig:
+            self._plot_sig = sig
+            loss.set_runs([(s.preset or "run", s)])
+        loss.border_title = run_title(s) if s.run_id else "loss"
+        loss.border_subtitle = loss.subtitle()
+        self.query_one(SamplesPane).update_state(s)
+        self.query_one(MemoryPane).update_state(s)
+        gpu = self.query_one(GpuPane)
+        gpu.border_title = "GPU" if (s.system or {}).get("gpus") else "system"
+        gpu.update_state(s)
+        self.query_one(ErrorPane).update_state(s)
+        self.query_one(StatusLine).update_state(s, self.note)
+
+    # --- commands to the trainer ---------------------------------------------------------------------
+    def _send(self, cmd: str, note: str | None) -> bool:
+        if not self.writer_alive:
+            self.notify(f"the run has ended ({self.state.status}); `{cmd}` needs a live trainer",
+                        severity="warning")
+            return False
+        why = self.source.send(cmd, self.state.pid)
+        if why:
+            self.notify(why, severity="warning")
+            return False
+        if note:
+            self.note = note
+            self.redraw()
+        return True
+
+    def action_pause(self):
+        if self.state.status == "paused" or self.note == "pausing…":
+            self._send("resume", "resuming…")
+        else:
+            self._send("pause", "pausing…")
+
+    def action_sample(self):
+        if self._send("sample", None):
+            self.notify("sample requested: it appears after the current step")
+
+    def action_checkpoint(self):
+        if self._send("checkpoint", None):
+            self.notify("checkpoint requested: it is written after the current step")
+
+    def action_stop(self):
+        self._send("stop", "stopping…")
+
+    def action_kernels(self):
+        from cockpit.screens.kernels import KernelsScreen
+
+        self.app.push_screen(KernelsScreen(list(self.state.kernels.values())))
+
+    # --- view keys -----------------------------------------------------------------------------------
+    def _plot(self, **kw):
+        loss = self.query_one(LossPlot)
+        loss.configure(**kw)
+        loss.border_subtitle = loss.subtitle()
+
+    def action_smoothing(self):
+        self._plot(smoothing=cycle(SMOOTHING_LEVELS, self.query_one(LossPlot).smoothing))
+
+    def action_log_y(self):
+        self._plot(log_y=not self.query_one(LossPlot).log_y)
+
+    def action_x_axis(self):
+        self._plot(x_axis=cycle(X_AXES, self.query_one(LossPlot).x_axis))
+
+    def action_markers(self):
+        self._plot(show_markers=not self.query_one(LossPlot).show_markers)
+
+    def action_older(self):
+        self.query_one(SamplesPane).step_back()
+
+    def action_newer(self):
+        self.query_one(SamplesPane).step_forward()
+
+    def action_sample_diff(self):
+        why = self.query_one(SamplesPane).toggle_diff()
+        if why:
+            self.notify(why, severity="warning")
+
+    def action_diff_right(self, delta: int):
+        self.query_one(SamplesPane).move_diff_right(delta)
+
+    # --- leaving -------------------------------------------------------------------------------------
+    def action_back(self):
+        if self.alive:
+            self.notify("the run is still going: x stops it; q quits (and can leave it running headless)",
+                        severity="warning")
+            return
+        self.app.back_to_picker(self)
+
+    def action_quit(self):
+        self.app.request_quit()
+
+    def ask_quit(self):
+        """q with the trainer alive: stop it, or leave it running headless."""
+        from cockpit.screens.quit import QuitScreen
+
+        def chosen(choice):
+            if choice == "stop":
+                if self.source.send("stop") is None:
+                    self.note = "stopping…"
+                    self.quit_when_done = True
+                    self.redraw()
+                    self.notify("stopping: the trainer writes a checkpoint, then the cockpit exits")
+            elif choice == "leave":
+                self.app.leave_running(self)
+        self.app.push_screen(QuitScreen(str(self.source.path)), chosen)
+
+    def action_help(self):
+        from cockpit.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen("run screen", self))
+
+    def on_unmount(self):
+        if self._timer is not None:
+            self._timer.stop()

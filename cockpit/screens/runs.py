@@ -1,0 +1,261 @@
+"""The runs browser (`r` in the picker, `cockpit runs`): every run under the runs directory with preset,
+architecture, status, steps, best val loss, tokens/s, params, wall time and start date, from the run index
+(cockpit/runs.py: built from the logs alone, re-read every 2 s). Sortable by any column, `/` filters
+(words, `field:text`, `best_val<2`), Enter opens a run (a finished one replays, a running one is watched
+live), space marks several and `c` compares them, `d` deletes the highlighted run after asking."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from cockpit.messages import RunsIndexed
+from cockpit.widgets.runs_table import RunsTable
+
+STATUS_STYLE = {"running": "bold green", "completed": "green", "stopped": "yellow", "failed": "bold red",
+                "killed": "red", "empty": "dim", "unreadable": "dim red"}
+REFRESH_S = 2.0
+
+
+class RunsScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open", "Open", show=False),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare"),
+        Binding("s", "sort_next", "Sort"),
+        Binding("S", "sort_reverse", "Reverse", key_display="S"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("d", "delete", "Delete"),
+        Binding("escape", "back", "Back"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+    KEYS_HELP = {"↑/↓, j/k": "move", "click a column title": "sort by it (again: reverse)",
+            "filter examples": "gpt · status:killed · best_val<2 · steps>=1000 · model.n_layer:4"}
+
+    def __init__(self, root: str | None = None, refresh_s: float | None = REFRESH_S):
+        super().__init__()
+        from cockpit.runs import COLUMNS, runs_root
+
+        self.root = runs_root(root)
+        self.columns = COLUMNS
+        self.runs: list = []
+        self.shown: list = []
+        self.marked: set[str] = set()
+        self.sort_key = "started"
+        self.reverse = True
+        self.query_text = ""
+        self.refresh_s = refresh_s
+        self.loaded = False
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="runs"):
+            yield Static("", id="runs-title")
+            yield Input(placeholder="filter: words, field:text, best_val<2, steps>=1000, model.n_layer:4",
+                        id="runs-filter")
+            yield RunsTable(cursor_type="row", zebra_stripes=True, id="runs-table")
+            yield Static("", id="runs-detail")
+        yield Footer()
+
+    def on_mount(self):
+        table = self.query_one(RunsTable)
+        table.add_column(" ", key="mark", width=1)
+        for key, title in self.columns:
+            table.add_column(title, key=key)
+        self.reindex()
+        if self.refresh_s:
+            self.set_interval(self.refresh_s, self.reindex)
+        table.focus()
+
+    @work(thread=True, exclusive=True, group="runs-index")
+    def reindex(self):
+        from cockpit.runs import index_runs
+
+        try:
+            self.post_message(RunsIndexed(index_runs(self.root)))
+        except Exception as e:  # noqa: BLE001
+            self.post_message(RunsIndexed([], f"{type(e).__name__}: {e}"))
+
+    def on_runs_indexed(self, msg: RunsIndexed):
+        if msg.error:
+            self.notify(f"reading the runs failed: {msg.error}", severity="error")
+        self.runs = msg.runs
+        self.loaded = True
+        self.refill()
+
+    # --- the table -----------------------------------------------------------------------------------
+    def refill(self):
+        from cockpit.runs import filter_runs, run_cells, sort_runs
+
+        table = self.query_one(RunsTable)
+        keep = self.highlighted()
+        keep = str(keep.path) if keep is not None else None
+        shown = sort_runs(filter_runs(self.runs, self.query_text), self.sort_key, reverse=self.reverse)
+        self.shown = shown
+        row = table.cursor_row
+        table.clear()
+        for r in shown:
+            cells = run_cells(r)
+            status_i = [k for k, _ in self.columns].index("status")
+            cells[status_i] = Text(cells[status_i], style=STATUS_STYLE.get(r.status, ""))
+            mark = Text("●", style="bold yellow") if str(r.path) in self.marked else ""
+            table.add_row(mark, *cells, key=str(r.path))
+        paths = [str(r.path) for r in shown]
+        if keep in paths:
+            table.move_cursor(row=paths.index(keep), scroll=False)
+        elif shown and row is not None:
+            table.move_cursor(row=min(row, len(shown) - 1))
+        self.show_title()
+        self.show_detail()
+
+    def show_title(self):
+        arrow = "↓" if self.reverse else "↑"
+        title = dict(self.columns).get(self.sort_key, self.sort_key)
+        text = Text.assemble(("runs", "bold"), f"  {self.root}/  ·  {len(self.shown)}",
+                             f" of {len(self.runs)}" if len(self.shown) != len(self.runs) else "",
+                             " runs", f"  ·  sorted by {title} {arrow}")
+        if self.query_text:
+            text.append(f"  ·  filter {self.query_text!r}", style="cyan")
+        if self.marked:
+            text.append(f"  ·  {len(self.marked)} marked (c compares)", style="yellow")
+        self.query_one("#runs-title", Static).update(text)
+
+    def highlighted(self):
+        table = self.query_one(RunsTable)
+        if not self.shown or table.cursor_row is None or not 0 <= table.cursor_row < len(self.shown):
+            return None
+        return self.shown[table.cursor_row]
+
+    def show_detail(self):
+        r = self.highlighted()
+        detail = self.query_one("#runs-detail", Static)
+        if r is None:
+            detail.border_title = ""
+            detail.update(Text(f"no runs under {self.root}/ yet: launch one from the picker" if not self.runs
+                               else "no run matches the filter; / then clear it", style="dim"))
+            return
+        detail.border_title = r.run_id or r.name
+        text = Text.assemble(("log ", "dim"), str(r.log))
+        if r.error:
+            text.append("\nerror ", style="dim")
+            text.append(r.error, style="red")
+        model = r.config.get("model") if isinstance(r.config, dict) else None
+        if isinstance(model, dict) and model:
+            text.append("\nmodel ", style="dim")
+            text.append("  ".join(f"{k}={v}" for k, v in model.items()))
+        detail.update(text)
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _highlighted(self, _event):
+        self.show_detail()
+
+    @on(DataTable.RowSelected, "#runs-table")
+    def _selected(self, _event):
+        self.action_open()
+
+    @on(DataTable.HeaderSelected, "#runs-table")
+    def _header(self, event: DataTable.HeaderSelected):
+        key = event.column_key.value
+        if key in dict(self.columns):
+            self.reverse = not self.reverse if key == self.sort_key else False
+            self.sort_key = key
+            self.refill()
+
+    # --- actions -------------------------------------------------------------------------------------
+    def action_open(self):
+        r = self.highlighted()
+        if r is None:
+            return
+        if r.status in ("empty", "unreadable"):
+            self.notify(f"{r.log}: nothing to show ({r.status})", severity="warning")
+            return
+        self.app.open_log(r.log)
+
+    def action_mark(self):
+        r = self.highlighted()
+        if r is None:
+            return
+        key = str(r.path)
+        self.marked.symmetric_difference_update({key})
+        self.query_one(RunsTable).action_cursor_down()
+        self.refill()
+
+    def action_compare(self):
+        chosen = [r for r in self.runs if str(r.path) in self.marked]
+        if len(chosen) < 2:
+            self.notify("mark at least two runs with space, then c compares them", severity="warning")
+            return
+        from cockpit.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen([r.log for r in chosen]))
+
+    def action_sort_next(self):
+        keys = [k for k, _ in self.columns]
+        self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)] if self.sort_key in keys else keys[0]
+        self.reverse = False
+        self.refill()
+
+    def action_sort_reverse(self):
+        self.reverse = not self.reverse
+        self.refill()
+
+    def action_filter(self):
+        inp = self.query_one("#runs-filter", Input)
+        inp.add_class("-shown")
+        inp.focus()
+
+    @on(Input.Changed, "#runs-filter")
+    def _filter_changed(self, event: Input.Changed):
+        self.query_text = event.value
+        self.refill()
+
+    @on(Input.Submitted, "#runs-filter")
+    def _filter_done(self, _event):
+        self.query_one(RunsTable).focus()
+
+    def action_delete(self):
+        r = self.highlighted()
+        if r is None:
+            return
+        from cockpit.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool):
+            if not yes:
+                return
+            from cockpit.runs import RunsError, delete_run
+
+            try:
+                gone = delete_run(r.path, self.root)
+            except RunsError as e:
+                self.notify(str(e), severity="error")
+                return
+            self.marked.discard(str(r.path))
+            self.runs = [x for x in self.runs if x.path != r.path]
+            self.refill()
+            self.notify(f"deleted {gone}")
+        self.app.push_screen(ConfirmScreen(
+            "delete run", f"Delete {r.path}/ and everything in it (its log, checkpoints, samples)?\n"
+                          f"{r.preset} · {r.status} · {r.steps} steps. This cannot be undone."), answered)
+
+    def action_back(self):
+        inp = self.query_one("#runs-filter", Input)
+        if inp.has_focus:
+            if inp.value:
+                inp.value = ""
+            inp.remove_class("-shown")
+            self.query_one(RunsTable).focus()
+            return
+        self.app.back_to_picker(self)
+
+    def action_help(self):
+        from cockpit.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen("runs browser", self))
+
+    def action_quit(self):
+        self.app.request_quit()
+

@@ -1,0 +1,166 @@
+"""Where a run screen's events come from: a trainer subprocess this cockpit launched, or a log on disk.
+
+Both are polled from a timer (cockpit.tui_logic.TICK_S): one stat and one read of the new bytes per tick,
+no polling storm, and nothing here ever blocks the UI: commands go down a non-blocking pipe, the trainer's
+stdout/stderr go to a file beside its log (trainer.out) so a crash's traceback survives the UI.
+No Textual and no torch here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from cockpit.events import Follower
+from cockpit.tui_logic import OUT_NAME
+
+COMMANDS = ("pause", "resume", "stop", "sample", "checkpoint")
+
+
+class LogSource:
+    """Events of a log written by someone else (`cockpit watch FILE`, a run opened from the browser).
+
+    Commands cannot go down a pipe we do not hold; `stop` is delivered as SIGTERM to the trainer pid of the
+    log's run_start (the trainer treats SIGTERM as stop: checkpoint, then run_end stopped)."""
+
+    launched = False
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.follower = Follower(self.path)
+        self.out_path = self.path.parent / OUT_NAME
+
+    def poll(self) -> list[dict]:
+        return self.follower.poll()
+
+    def finish(self) -> list[dict]:
+        return self.follower.finish()
+
+    def returncode(self) -> int | None:
+        return None
+
+    def send(self, cmd: str, pid: int | None = None) -> str | None:
+        """Deliver a command; returns None when sent, else why not (one line for the user)."""
+        if cmd != "stop":
+            return (f"`{cmd}` needs a trainer this cockpit launched (commands go down its stdin); "
+                    "this log is only watched. `x` (stop) works: it sends SIGTERM")
+        if not pid:
+            return "no trainer pid in this log's run_start; cannot stop it from here"
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return f"trainer pid {pid} is gone"
+        except PermissionError:
+            return f"not allowed to signal trainer pid {pid}"
+        return None
+
+    def close(self):
+        pass
+
+
+class TrainerProcess:
+    """One trainer launched by the cockpit: `python -m trainers PRESET ... --log LOG --commands`.
+
+    start_new_session=True puts it in its own session, so neither Ctrl-C in the cockpit's terminal nor a
+    dropped SSH connection reaches it; it keeps running (headless, writing its log) after the UI exits."""
+
+    launched = True
+
+    def __init__(self, preset: str, overrides: list[str], log: str | Path, resume: str | None = None,
+                 nproc: int = 1, cwd: str | Path | None = None, env: dict | None = None):
+        self.preset, self.overrides, self.resume, self.nproc = preset, list(overrides), resume, nproc
+        self.path = Path(log)
+        self.out_path = self.path.parent / OUT_NAME
+        self.follower = Follower(self.path)
+        self.cwd, self.env = cwd, env
+        self.proc: subprocess.Popen | None = None
+        self._stdin_fd: int | None = None
+        self._pending = b""
+
+    def argv(self) -> list[str]:
+        from cockpit.launch import torchrun_argv, trainer_argv
+
+        if self.nproc > 1:
+            args = [self.preset, *self.overrides, "--log", str(self.path), "--commands"]
+            if self.resume:
+                args += ["--resume", self.resume]
+            return torchrun_argv(self.nproc, args)
+        return trainer_argv(self.preset, self.overrides, str(self.path), self.resume)
+
+    def start(self) -> "TrainerProcess":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.out_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=self.cwd, env=env, start_new_session=True, close_fds=True)
+        self._stdin_fd = self.proc.stdin.fileno()
+        os.set_blocking(self._stdin_fd, False)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> list[dict]:
+        self._flush()
+        return self.follower.poll()
+
+    def finish(self) -> list[dict]:
+        return self.follower.finish()
+
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send(self, cmd: str, pid: int | None = None) -> str | None:
+        """Queue one JSON-line command for the trainer's stdin; never blocks (a full pipe keeps the rest for
+        the next tick). Returns None when queued, else why not."""
+        if cmd not in COMMANDS:
+            return f"unknown command {cmd!r}"
+        if not self.alive:
+            return "the trainer is not running"
+        self._pending += (json.dumps({"cmd": cmd}) + "\n").encode()
+        self._flush()
+        return None
+
+    def _flush(self):
+        if not self._pending or self._stdin_fd is None:
+            return
+        try:
+            n = os.write(self._stdin_fd, self._pending)
+            self._pending = self._pending[n:]
+        except BlockingIOError:
+            pass
+        except (BrokenPipeError, OSError):
+            self._pending = b""
+
+    def terminate(self):
+        """SIGTERM (= stop with a checkpoint) to the trainer's whole session (torchrun and its ranks)."""
+        if self.alive:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                self.proc.terminate()
+
+    def kill(self):
+        if self.alive:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+
+    def close(self):
+        """Let go of the pipe (the UI is leaving): the trainer's stdin reader ends, training goes on.
+        Commands still queued (a full pipe) are sent first."""
+        self._flush()
+        if self.proc is not None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass

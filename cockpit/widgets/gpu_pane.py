@@ -1,0 +1,91 @@
+"""The GPU pane: temperature, utilisation, VRAM used/total with a gauge and a history sparkline, power and
+throttle reasons (NVML, sampled by the trainer). Without an NVIDIA GPU: a clear "no NVIDIA GPU" line with
+NVML's reason, then CPU utilisation and RAM instead."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+from cockpit.fmt import fmt_bytes
+from cockpit.tui_logic import gpu_summary, hbar, sparkline, throttle_text
+
+
+def _num(x):
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+class GpuPane(Widget):
+    DEFAULT_CSS = """
+    GpuPane { height: 1fr; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.state = None
+
+    def update_state(self, state):
+        self.state = state
+        self.refresh()
+
+    def render(self):
+        s = self.state
+        info = gpu_summary(s) if s is not None else {}
+        if not info:
+            return Text("no system sample yet", style="dim")
+        w = max(20, self.size.width)
+        out = Text(no_wrap=True, overflow="ellipsis")
+        if "gpus" in info:
+            for g in info["gpus"]:
+                self._gpu(out, g, s, w)
+        else:
+            out.append("no NVIDIA GPU", style="bold yellow")
+            out.append(" here: training runs on the CPU\n")
+            out.append(f"NVML: {info['no_gpu']}\n", style="dim")
+        cpu = info.get("cpu") or {}
+        if cpu:
+            self._cpu(out, cpu, s, w, brief="gpus" in info)
+        out.rstrip()
+        return out
+
+    def _gpu(self, out: Text, g: dict, s, w: int):
+        out.append(f"GPU {g.get('index', 0)} {g.get('name', '?')}\n", style="bold")
+        temp, util, power = _num(g.get("temp_c")), _num(g.get("util_pct")), _num(g.get("power_w"))
+        out.append("temp ", style="dim")
+        out.append(f"{temp:.0f}°C" if temp is not None else "-", style="red" if temp and temp >= 85 else "")
+        out.append("  util ", style="dim")
+        out.append(f"{util:.0f}%" if util is not None else "-")
+        out.append("  power ", style="dim")
+        out.append(f"{power:.0f} W\n" if power is not None else "-\n")
+        used, total = _num(g.get("mem_used")), _num(g.get("mem_total"))
+        frac = used / total if used is not None and total else 0.0
+        gw = max(6, w - 24)
+        out.append("VRAM ", style="dim")
+        out.append(hbar(frac, gw), style="red" if frac > 0.95 else "yellow" if frac > 0.8 else "green")
+        out.append(f" {fmt_bytes(used)}/{fmt_bytes(total)}\n")
+        out.append("VRAM ", style="dim")
+        out.append(sparkline(s.gpu_mem_history, w - 5, 0, 100) + "\n", style="green")
+        out.append("util ", style="dim")
+        out.append(sparkline(s.gpu_util_history, w - 5, 0, 100) + "\n", style="cyan")
+        thr = throttle_text(g.get("throttle"))
+        out.append("throttle ", style="dim")
+        out.append(thr + "\n", style="red" if thr != "none" else "")
+
+    def _cpu(self, out: Text, cpu: dict, s, w: int, brief: bool):
+        util = _num(cpu.get("util_pct"))
+        cores = cpu.get("cores")
+        out.append("CPU  ", style="dim")
+        out.append(f"{util:.0f}%" if util is not None else "-")
+        if cores:
+            out.append(f" of {cores} cores", style="dim")
+        if not brief:
+            out.append("\n     ")
+            out.append(sparkline(s.cpu_util_history, w - 5, 0, 100), style="cyan")
+        out.append("\n")
+        used, total, rss = _num(cpu.get("ram_used")), _num(cpu.get("ram_total")), _num(cpu.get("rss"))
+        if used is not None and total:
+            out.append("RAM  ", style="dim")
+            out.append(hbar(used / total, max(6, w - 24)), style="green")
+            out.append(f" {fmt_bytes(used)}/{fmt_bytes(total)}\n")
+        if rss is not None:
+            out.append("trainer RSS ", style="dim")
+            out.append(f"{fmt_bytes(rss)}\n")

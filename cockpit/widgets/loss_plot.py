@@ -1,0 +1,154 @@
+"""The loss chart: train and val curves of one run (or several, overlaid, in the comparison view).
+
+Smoothing (EMA) is computed on the full data, then min/max buckets (about two points per column) keep
+every spike while a 1,000,000-step run draws as fast as a 1,000-step one. Keys on the screen change the
+EMA strength, log-y, the x-axis (step, tokens, wall time) and the markers (checkpoints, evals, lr phase
+changes, skipped non-finite steps, GPU throttling, resumes).
+"""
+from __future__ import annotations
+
+import numpy as np
+from rich.text import Text
+from textual_plotext import PlotextPlot
+
+from cockpit.tui_logic import (MARKERS, X_LABELS, GrowingArray, SmoothCache, marker_steps, nice_ticks,
+                               series_for_plot, steps_to_x, tick_label)
+
+PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
+
+
+class LossPlot(PlotextPlot):
+    """`runs`: [(label, RunState)]. One run: train (cyan) + val (orange). Several: a colour per run,
+    train as a line and val as a dotted line of the same colour."""
+
+    def __init__(self, *, empty_message: str = "waiting for the first step…", **kwargs):
+        super().__init__(**kwargs)
+        self.runs: list[tuple[str, object]] = []
+        self.smoothing = 0.0
+        self.log_y = False
+        self.x_axis = "step"
+        self.show_markers = True
+        self.empty_message = empty_message
+        self._caches: dict[tuple, object] = {}
+        self.drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # label -> (xs, ys): what was drawn last
+
+    def set_runs(self, runs: list[tuple[str, object]]):
+        if [id(s) for _, s in runs] != [id(s) for _, s in self.runs]:
+            self._caches.clear()
+        self.runs = list(runs)
+        self.refresh()
+
+    def configure(self, *, smoothing=None, log_y=None, x_axis=None, show_markers=None):
+        if smoothing is not None:
+            self.smoothing = smoothing
+        if log_y is not None:
+            self.log_y = log_y
+        if x_axis is not None:
+            self.x_axis = x_axis
+        if show_markers is not None:
+            self.show_markers = show_markers
+        self.refresh()
+
+    def subtitle(self) -> str:
+        """The legend of a single-run chart (colours, marker letters present) and the view settings, as
+        Textual markup for the border subtitle; the chart itself stays free for the curves."""
+        parts = []
+        single = len(self.runs) == 1
+        if single:
+            s = self.runs[0][1]
+            parts.append("[cyan]━[/] train" + (f" EMA {self.smoothing:g}" if self.smoothing else "")
+                         + (" [orange]━[/] val" if len(s.val) else ""))
+            if self.show_markers:
+                present = [f"{MARKERS[k][1]} {MARKERS[k][0]}" for k, v in marker_steps(s).items() if v]
+                if present:
+                    parts.append(" ".join(present))
+        elif self.smoothing:
+            parts.append(f"EMA {self.smoothing:g}")
+        parts.append(f"x: {X_LABELS[self.x_axis]}")
+        if self.log_y:
+            parts.append("log-y")
+        if single and not self.show_markers:
+            parts.append("markers off")
+        return " · ".join(parts)
+
+    # --- drawing -----------------------------------------------------------------------------------
+    def _cache(self, key, kind):
+        c = self._caches.get(key)
+        if c is None:
+            c = self._caches[key] = kind()
+        return c
+
+    def _series(self, idx: int, kind: str, curve, state, width: int, smoothing: float):
+        """Downsampled (xs, ys) of one curve; the list->array conversion and the EMA are incremental."""
+        epoch = (state.out_of_order, len(state.resumes))
+        x = self._cache((idx, kind, "x", self.x_axis), GrowingArray).get(curve.x(self.x_axis), epoch)
+        y = self._cache((idx, kind, "y"), GrowingArray).get(curve.values, epoch)
+        smooth = self._cache((idx, kind, "ema"), SmoothCache)
+        return series_for_plot(x, y, width, smoothing, self.log_y, smooth, epoch)
+
+    def draw(self, width: int) -> bool:
+        plt = self.plt
+        plt.clear_figure()
+        self.drawn = {}
+        many = len(self.runs) > 1
+        buckets = max(8, width)
+        ys_all = []
+        for i, (label, s) in enumerate(self.runs):
+            color = PALETTE[i % len(PALETTE)]
+            prefix = f"{label} " if many else ""
+            if len(s.train):
+                if self.smoothing and not many:
+                    xr, yr = self._series(i, "train", s.train, s, buckets, 0.0)
+                    if xr.size:
+                        plt.plot(xr.tolist(), yr.tolist(), color="gray", marker="braille")
+                xs, ys = self._series(i, "train", s.train, s, buckets, self.smoothing)
+                if xs.size:
+                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}train" if many else None, color=color,
+                             marker="braille")
+                    self.drawn[f"{prefix}train"] = (xs, ys)
+                    ys_all.append(ys)
+            if len(s.val):
+                xs, ys = self._series(i, "val", s.val, s, buckets, 0.0)
+                if xs.size:
+                    vcolor = PALETTE[1] if not many else color
+                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}val" if many else None, color=vcolor,
+                             marker="braille" if not many else "dot")
+                    self.drawn[f"{prefix}val"] = (xs, ys)
+                    ys_all.append(ys)
+        if not ys_all:
+            return False
+        finite = np.concatenate([y[np.isfinite(y)] for y in ys_all])
+        if self.show_markers and not many and finite.size:
+            self._draw_markers(self.runs[0][1], float(finite.min()))
+        if self.log_y:
+            plt.yscale("log")
+        xs_all = [xy[0] for k, xy in self.drawn.items() if not k.startswith("marker:") and xy[0].size]
+        lo = min(float(x.min()) for x in xs_all)
+        hi = max(float(x.max()) for x in xs_all)
+        ticks = nice_ticks(lo, hi, max(3, min(8, width // 10)), integer=self.x_axis != "time")
+        if ticks:
+            plt.xticks(ticks, [tick_label(t, self.x_axis) for t in ticks])
+        plt.xlabel(X_LABELS[self.x_axis])
+        return True
+
+    def _draw_markers(self, s, y_floor: float):
+        """A rug of letters along the bottom of the chart (C checkpoint, E eval, L lr phase, S skipped,
+        T throttle, R resume), at the x of each event."""
+        plt = self.plt
+        for kind, steps in marker_steps(s).items():
+            if not steps:
+                continue
+            _label, char, color = MARKERS[kind]
+            xs = steps_to_x(s.train, steps, self.x_axis)
+            xs = xs[np.isfinite(xs)]
+            if xs.size == 0:
+                continue
+            plt.scatter(xs.tolist(), [y_floor] * int(xs.size), marker=char, color=color)
+            self.drawn[f"marker:{kind}"] = (xs, np.full(xs.size, y_floor))
+
+    def render(self):
+        if not self.runs or not any(len(s.train) or len(s.val) for _, s in self.runs):
+            return Text(self.empty_message, style="dim")
+        if not self.draw(self.size.width):
+            return Text("no finite loss values to draw" + (" on a log scale" if self.log_y else ""), style="dim")
+        return super().render()

@@ -1,0 +1,63 @@
+"""The memory pane: per-layer activation bytes (measured by saved-tensor hooks) as bars, and params,
+grads, optimizer state, activations and peak allocated against the VRAM budget."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+from cockpit.fmt import fmt_bytes
+from cockpit.tui_logic import hbar, memory_rows, short_layer_name
+
+
+class MemoryPane(Widget):
+    DEFAULT_CSS = """
+    MemoryPane { height: 1fr; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.state = None
+
+    def update_state(self, state):
+        self.state = state
+        self.refresh()
+
+    def render(self):
+        s = self.state
+        if s is None or not s.memory:
+            return Text("no memory measurement yet (the first one comes with step 1)", style="dim")
+        w, h = max(20, self.size.width), max(4, self.size.height)
+        layers, totals, budget = memory_rows(s)
+        out = Text(no_wrap=True, overflow="ellipsis")
+        tmap = dict(totals)
+        used, what = tmap.get("peak alloc"), "peak allocated"
+        if used is None:
+            used = sum(v or 0 for k, v in totals if k in ("params", "grads", "optimizer", "activations"))
+            what = "sum of the parts; no allocator on CPU"
+        frac = used / budget if budget else 0.0
+        figures = f" {fmt_bytes(used)} of {fmt_bytes(budget)}"
+        gauge_w = max(6, min(30, w - 6 - len(figures)))
+        out.append("VRAM ", style="bold")
+        out.append(hbar(frac, gauge_w), style="red" if frac > 1 else "yellow" if frac > 0.8 else "green")
+        out.append(figures, style="red bold" if frac > 1 else "")
+        out.append(f" ({what})\n", style="dim")
+        names = {"params": "params", "grads": "grads", "optimizer": "optim", "activations": "acts"}
+        parts = [f"{names[k]} {fmt_bytes(v)}" for k, v in totals if v is not None and k in names]
+        out.append("  ".join(parts) + "\n")
+        room = h - 3
+        if room <= 0 or not layers:
+            return out
+        out.append(f"activations by layer (measured @ step {s.memory.get('step')})\n", style="dim")
+        biggest = max(a for _, a, _ in layers) or 1
+        name_w = min(max(len(n) for n, _, _ in layers), max(8, w // 4))
+        bar_w = max(4, w - name_w - 12)
+        shown = layers if len(layers) <= room else layers[:max(0, room - 1)]
+        for name, a, _p in shown:
+            out.append(f"{short_layer_name(name, name_w):<{name_w}} ")
+            out.append(hbar(a / biggest, bar_w), style="cyan")
+            out.append(f" {fmt_bytes(a):>10}\n")
+        if len(shown) < len(layers):
+            rest = layers[len(shown):]
+            out.append(f"… {len(rest)} more layers, {fmt_bytes(sum(a for _, a, _ in rest))}\n", style="dim")
+        out.rstrip()
+        return out

@@ -1,0 +1,169 @@
+"""The samples pane: the latest generated sample with its step, scrollable back through earlier ones;
+image samples (diffusion presets) drawn with half-block characters in true colour (cockpit/images.py);
+and the sample diff: the same prompt's output at two chosen steps side by side, new words highlighted."""
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Static
+
+from cockpit.tui_logic import diff_pair_default, fit_grid, same_prompt_indices, sample_heading, word_diff
+
+
+def render_image(ev: dict, width: int, height: int):
+    """A Rich renderable of an image sample fitted to width x height cells (class columns of a sample grid
+    reflow onto several lines), or a one-line reason it cannot be drawn."""
+    try:
+        from cockpit import images
+    except ImportError as e:
+        return Text(f"(cannot draw image samples: cockpit.images is not available: {e})", style="yellow")
+    try:
+        img = images.decode_image(ev["image"])
+        fitted = fit_grid(img, ev.get("grid"), max(4, width), max(2, 2 * height))
+        return images.halfblock(fitted)
+    except Exception as e:  # noqa: BLE001 — a malformed payload must not take the UI down
+        return Text(f"(image sample could not be decoded: {type(e).__name__}: {e})", style="red")
+
+
+class SamplesPane(Widget):
+    DEFAULT_CSS = """
+    SamplesPane { height: 1fr; width: 1fr; }
+    SamplesPane > #sample-heading { height: 1; color: $text-muted; }
+    SamplesPane > VerticalScroll { height: 1fr; scrollbar-size-vertical: 1; }
+    SamplesPane #sample-body { width: 1fr; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.state = None
+        self.index: int | None = None          # None: follow the latest sample
+        self.diff: tuple[int, int] | None = None
+        self._count = -1
+        self._shown_key = None
+        self._image_cache: dict[int, object] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static("no samples yet", id="sample-heading")
+        with VerticalScroll():
+            yield Static("", id="sample-body")
+
+    # --- navigation ----------------------------------------------------------------------------------
+    @property
+    def samples(self) -> list:
+        return self.state.samples if self.state is not None else []
+
+    def current_index(self) -> int | None:
+        n = len(self.samples)
+        if not n:
+            return None
+        return n - 1 if self.index is None else min(self.index, n - 1)
+
+    def step_back(self):
+        i = self.current_index()
+        if self.diff is not None:
+            self._move_diff(0, -1)
+        elif i is not None:
+            self.index = max(0, i - 1)
+            self._redraw()
+
+    def step_forward(self):
+        i = self.current_index()
+        if self.diff is not None:
+            self._move_diff(0, +1)
+        elif i is not None:
+            self.index = None if i + 1 >= len(self.samples) - 1 else i + 1
+            self._redraw()
+
+    def latest(self):
+        self.index = None
+        self._redraw()
+
+    def toggle_diff(self) -> str | None:
+        """Side by side on/off; returns why not when there is no pair with the same prompt."""
+        if self.diff is not None:
+            self.diff = None
+            self._redraw()
+            return None
+        i = self.current_index()
+        pair = None
+        if i is not None and self.samples[i].get("kind") == "text":
+            same = same_prompt_indices(self.samples, self.samples[i].get("prompt"))
+            if len(same) >= 2:
+                pair = (same[0], i) if same[0] != i else (i, same[-1])
+        pair = pair or diff_pair_default(self.samples)
+        if pair is None:
+            return "the sample diff needs two text samples with the same prompt"
+        self.diff = pair
+        self._redraw()
+        return None
+
+    def move_diff_right(self, delta: int):
+        if self.diff is not None:
+            self._move_diff(1, delta)
+
+    def _move_diff(self, side: int, delta: int):
+        a, b = self.diff
+        same = same_prompt_indices(self.samples, self.samples[a].get("prompt"))
+        cur = (a, b)[side]
+        pos = same.index(cur) if cur in same else 0
+        pos = min(max(pos + delta, 0), len(same) - 1)
+        new = list(self.diff)
+        new[side] = same[pos]
+        self.diff = (new[0], new[1])
+        self._redraw()
+
+    # --- drawing -------------------------------------------------------------------------------------
+    def on_resize(self, _event):
+        self._redraw()
+
+    def update_state(self, state):
+        self.state = state
+        if len(state.samples) != self._count:
+            self._count = len(state.samples)
+            self._redraw()
+
+    def _redraw(self):
+        if not self.is_mounted:
+            return
+        heading = self.query_one("#sample-heading", Static)
+        body = self.query_one("#sample-body", Static)
+        n = len(self.samples)
+        if not n:
+            heading.update("no samples yet (they come with each eval)")
+            body.update("")
+            return
+        if self.diff is not None:
+            a, b = self.diff
+            ea, eb = self.samples[a], self.samples[b]
+            heading.update(Text(f"sample diff · step {ea.get('step')} vs step {eb.get('step')} "
+                                f"(same prompt; new words highlighted)", style="bold"))
+            grid = Table.grid(expand=True, padding=(0, 1))
+            grid.add_column(ratio=1, overflow="fold")
+            grid.add_column(ratio=1, overflow="fold")
+            left = Text(f"step {ea.get('step')}\n", style="bold")
+            left.append(ea.get("text", ""))
+            right = Text(f"step {eb.get('step')}\n", style="bold")
+            for chunk, tag in word_diff(ea.get("text", ""), eb.get("text", "")):
+                right.append(chunk, style="black on green" if tag == "new" and chunk.strip() else "")
+            grid.add_row(left, right)
+            body.update(grid)
+            return
+        i = self.current_index()
+        ev = self.samples[i]
+        head = Text(sample_heading(ev, i, n), style="bold")
+        if self.index is not None:
+            head.append("  ([ older, ] newer)", style="dim")
+        heading.update(head)
+        if ev.get("kind") == "image":
+            w, h = max(4, self.size.width - 1), max(2, self.size.height - 1)
+            key = (id(ev), w, h)
+            if key not in self._image_cache:
+                if len(self._image_cache) > 64:
+                    self._image_cache.clear()
+                self._image_cache[key] = render_image(ev, w, h)
+            body.update(self._image_cache[key])
+        else:
+            body.update(Text(ev.get("text", "")))

@@ -1,0 +1,130 @@
+"""`python -m kernels.bench`: every fused Triton kernel against its PyTorch reference.
+
+    python -m kernels.bench [--json] [--only NAME[,NAME]] [--dtype float32,bfloat16] [--all-shapes]
+                            [--device auto|cpu|cuda] [--reps N] [--compile | --no-compile]
+
+On a CUDA machine: preset shapes (GPT-2: 8x1024 tokens, 768 wide, 50257 vocab; Mamba-130M ...), timings
+by triton.testing.do_bench, and torch.compile of the same PyTorch code as a third column. Without CUDA:
+the kernels run through Triton's CPU interpreter at small shapes; correctness is real, timings are
+interpreter timings, not GPU timings. One row (or with --json one `kernel` event, DESIGN.md) per kernel,
+shape and dtype, streamed as each finishes. Exit status: 0 all correct, 1 a kernel failed its check,
+2 bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from kernels import NAMES, _table, use_interpreter
+
+
+class BadArgs(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise BadArgs(message)
+
+
+def build_parser(prog: str = "python -m kernels.bench") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Fused Triton kernels vs PyTorch: correctness, time, peak memory.")
+    p.add_argument("--json", action="store_true", help="emit `kernel` events as JSON lines")
+    p.add_argument("--only", default="", help=f"comma-separated kernels ({', '.join(NAMES)})")
+    p.add_argument("--dtype", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
+    p.add_argument("--all-shapes", action="store_true",
+                   help="on CPU also run the awkward (odd-sized) shape of every kernel")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--reps", type=int, default=0, help="timed repetitions on CPU (default 1; CUDA: do_bench)")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="also time torch.compile of the PyTorch code (default on CUDA)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parse_names(only: str) -> list[str]:
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else list(NAMES)
+    bad = [n for n in names if n not in NAMES]
+    if bad:
+        raise BadArgs(f"--only: unknown kernel '{bad[0]}'; choose from {', '.join(NAMES)}")
+    return names
+
+
+def parse_dtypes(spec: str) -> list[str]:
+    dtypes = [d.strip() for d in spec.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in ("float32", "bfloat16")]
+    if bad or not dtypes:
+        raise BadArgs(f"--dtype: '{bad[0] if bad else spec}' is not supported; use float32, bfloat16 or both")
+    return dtypes
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def event(type_: str, **fields) -> str:
+    return json.dumps(_clean({"v": 1, "type": type_, "time": time.time(), **fields}), allow_nan=False)
+
+
+def run(args, out=sys.stdout) -> int:
+    names, dtypes = parse_names(args.only), parse_dtypes(args.dtype)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BadArgs("--device cuda: no CUDA device is visible; use --device auto or cpu")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        use_interpreter()  # before the kernel modules are imported (and their @triton.jit run)
+    from kernels import _harness
+
+    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    reps = args.reps or 1
+    events, first = [], True
+    for name in names:
+        kernel = _harness.get(name)
+        shapes = kernel.shapes["gpu" if device.type == "cuda" else "cpu"]
+        if device.type == "cpu" and not args.all_shapes:
+            shapes = shapes[:1]
+        for shape in shapes:
+            for dt in dtypes:
+                ev = _harness.run_case(kernel, shape, _harness.DTYPES[dt], device, reps=reps, seed=args.seed,
+                                       compile=compile_)
+                events.append(ev)
+                if args.json:
+                    if first:
+                        print(event("log", level="info", message="kernels: " + _table.banner(ev)), file=out)
+                    print(event("kernel", **ev), file=out, flush=True)
+                else:
+                    if first:
+                        print(_table.banner(ev), file=out)
+                        print(_table.header(compile_), file=out)
+                    print(_table.row(ev, compile_), file=out, flush=True)
+                first = False
+    if args.json:
+        print(event("log", level="info", message="kernels: " + _table.summary(events)), file=out, flush=True)
+    else:
+        print(_table.summary(events), file=out, flush=True)
+    return 0 if all(e.get("ok") for e in events) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except BadArgs as e:
+        print(f"kernels.bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

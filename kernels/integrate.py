@@ -1,0 +1,251 @@
+"""Fused kernels for the trainers (`kernels: triton` in a preset), with a PyTorch fallback.
+
+Models call these functions in place of their PyTorch ops when their Config says `kernels="triton"`:
+
+    from kernels import integrate as fused
+    x = fused.layer_norm(x, weight, bias, eps)            # F.layer_norm
+    x = fused.rms_norm(x, weight, eps)                    # F.rms_norm
+    x = fused.gelu_tanh(x)                                # F.gelu(x, approximate="tanh")
+    x = fused.swiglu(gate, up)                            # F.silu(gate) * up
+    x = fused.rope(x, cos, sin)                           # rotate-half RoPE, x (B, T, H, D)
+    loss = fused.linear_cross_entropy(x, W, targets)      # F.cross_entropy(F.linear(x, W), targets, ignore -1)
+    y = fused.bitlinear(x, w)                             # BitNet b1.58 quantised linear (STE backward)
+    y, h = fused.selective_scan(u, delta, A, B, C, D)     # mamba.selective_scan_chunked
+    y, s = fused.wkv(r, k, v, log_w, u)                   # rwkv.wkv_chunked
+    y, s = fused.retention(q, k, v, gamma)                # retnet.retention_chunkwise
+
+Which implementation runs is decided once per process by `backend()`:
+    "triton"       CUDA is visible and Triton imports: the fused kernels run on CUDA tensors.
+    "interpreter"  no CUDA, but COCKPIT_TRITON_INTERPRET=1: the same kernels through Triton's CPU
+                   interpreter (slow; for tests of the fused path on CPU).
+    "torch"        otherwise: the PyTorch code the kernels are tested against, and ONE log line (logger
+                   "kernels", plus `on_fallback` callbacks) saying why.
+A call whose tensors are not on a device the backend serves (CPU tensors with backend "triton") uses
+the PyTorch code too, so a model moved between devices keeps working.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import interpreting, use_interpreter
+
+log = logging.getLogger("kernels")
+
+_BACKEND: str | None = None
+_REASON = ""
+_fallback_listeners: list[Callable[[str], None]] = []
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def backend() -> str:
+    """'triton', 'interpreter' or 'torch' (see the module docstring); decided once, logged once."""
+    global _BACKEND, _REASON
+    if _BACKEND is not None:
+        return _BACKEND
+    try:
+        import triton  # noqa: F401
+        has_triton = True
+    except ImportError:
+        has_triton = False
+    if not has_triton:
+        _BACKEND, _REASON = "torch", "Triton is not installed (pip install 'cockpit[triton]')"
+    elif torch.cuda.is_available() and not interpreting():
+        _BACKEND = "triton"
+    elif _truthy("COCKPIT_TRITON_INTERPRET"):
+        use_interpreter()
+        _BACKEND = "interpreter"
+    else:
+        _BACKEND, _REASON = "torch", "no CUDA device is visible"
+    if _BACKEND == "torch":
+        message = f"kernels: triton requested but {_REASON}; using the PyTorch implementations instead"
+        log.warning(message)
+        for fn in _fallback_listeners:
+            fn(message)
+    return _BACKEND
+
+
+def on_fallback(fn: Callable[[str], None]) -> None:
+    """Call fn(message) if (and when) `backend()` falls back to PyTorch, e.g. to write a `log` event."""
+    _fallback_listeners.append(fn)
+    if _BACKEND == "torch":
+        fn(f"kernels: triton requested but {_REASON}; using the PyTorch implementations instead")
+
+
+def describe() -> str:
+    """One line for the run log: which kernels a `kernels: triton` run is really using."""
+    b = backend()
+    if b == "triton":
+        return f"kernels: fused Triton kernels on {torch.cuda.get_device_name()}"
+    if b == "interpreter":
+        return "kernels: fused Triton kernels through the CPU interpreter (TRITON_INTERPRET=1; slow)"
+    return f"kernels: triton requested but {_REASON}; using the PyTorch implementations instead"
+
+
+def _reset_for_tests() -> None:
+    global _BACKEND, _REASON
+    _BACKEND, _REASON = None, ""
+
+
+def use_fused(*tensors: torch.Tensor) -> bool:
+    """True when the fused kernels can run on these tensors. Meta tensors (shape and memory inspection,
+    `cockpit presets`) always take the PyTorch path, without deciding or logging anything."""
+    if any(t.device.type == "meta" for t in tensors):
+        return False
+    b = backend()
+    if b == "triton":
+        return all(t.is_cuda for t in tensors)
+    if b == "interpreter":
+        return all(t.device.type == "cpu" for t in tensors)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- ops
+def layer_norm(x, weight, bias=None, eps: float = 1e-5):
+    if use_fused(x, weight):
+        from kernels.layernorm import layer_norm as fused
+
+        return fused(x, weight, bias, eps)
+    return F.layer_norm(x, weight.shape, weight, bias, eps)
+
+
+def rms_norm(x, weight, eps: float = 1e-6):
+    if use_fused(x, weight):
+        from kernels.rmsnorm import rms_norm as fused
+
+        return fused(x, weight, eps)
+    return F.rms_norm(x, weight.shape, weight, eps)
+
+
+def gelu_tanh(x):
+    if use_fused(x):
+        from kernels.gelu import gelu_tanh as fused
+
+        return fused(x)
+    return F.gelu(x, approximate="tanh")
+
+
+def swiglu(gate, up):
+    if use_fused(gate, up):
+        from kernels.swiglu import swiglu as fused
+
+        return fused(gate, up)
+    return F.silu(gate) * up
+
+
+def softmax(x):
+    if use_fused(x):
+        from kernels.softmax import softmax as fused
+
+        return fused(x)
+    return torch.softmax(x, dim=-1)
+
+
+def causal_softmax(x):
+    if use_fused(x):
+        from kernels.softmax import causal_softmax as fused
+
+        return fused(x)
+    T = x.shape[-1]
+    future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+    return torch.softmax(x.masked_fill(future, float("-inf")), dim=-1)
+
+
+def rope(x, cos, sin):
+    """x (B, T, H, D) rotated by cos/sin (T, D/2) (see kernels/rope.py `rope_cache`)."""
+    if use_fused(x):
+        from kernels.rope import rope as fused
+
+        return fused(x, cos, sin)
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def linear_cross_entropy(x, weight, target, bias=None, ignore_index: int = -1):
+    """Mean cross-entropy of x @ weight^T (+ bias) against target; the fused path never builds the logits."""
+    if use_fused(x, weight):
+        from kernels.fused_linear_ce import fused_linear_cross_entropy as fused
+
+        return fused(x, weight, target, bias, ignore_index)
+    logits = F.linear(x, weight, bias)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), target.reshape(-1), ignore_index=ignore_index)
+
+
+def bitlinear(x, weight, eps: float = 1e-5):
+    """BitNet b1.58 linear: ternary absmean weights x int8 absmax activations (see kernels/bitlinear.py)."""
+    if use_fused(x, weight):
+        from kernels.bitlinear import bitlinear as fused
+
+        return fused(x, weight, eps)
+    from trainers.models.bitnet import bitlinear_ref
+
+    return bitlinear_ref(x, weight, eps)
+
+
+def selective_scan(u, delta, A, B, C, D, h0=None, chunk=None):
+    if use_fused(u, delta, A, B, C, D):
+        from kernels.selective_scan import selective_scan as fused
+
+        return fused(u, delta, A, B, C, D, h0)
+    from trainers.models.mamba import selective_scan_chunked
+
+    return selective_scan_chunked(u, delta, A, B, C, D, h0, chunk=chunk)
+
+
+def wkv(r, k, v, log_w, u, state=None, chunk: int = 16):
+    if use_fused(r, k, v, log_w, u):
+        from kernels.wkv import wkv as fused
+
+        return fused(r, k, v, log_w, u, state)
+    from trainers.models.rwkv import wkv_chunked
+
+    return wkv_chunked(r, k, v, log_w, u, state, chunk=chunk)
+
+
+def retention(q, k, v, gamma, state=None, chunk: int = 64):
+    """RetNet retention of q, k (B, H, T, dk), v (B, H, T, dv) with per-head decays gamma (H,)."""
+    if use_fused(q, k, v):
+        from kernels.retention import retention as fused
+
+        return fused(q, k, v, gamma, state)
+    from trainers.models.retnet import retention_chunkwise
+
+    return retention_chunkwise(q, k, v, gamma, chunk, state)
+
+
+# ------------------------------------------------------------------------------------------ modules
+class LayerNorm(nn.Module):
+    """nn.LayerNorm-like (optional bias) on the fused kernel."""
+
+    def __init__(self, ndim: int, bias: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x):
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, ndim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GELUTanh(nn.Module):
+    def forward(self, x):
+        return gelu_tanh(x)

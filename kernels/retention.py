@@ -1,0 +1,219 @@
+"""Chunkwise retention of RetNet (Sun et al. 2023, eq. 7), fused forward and backward
+(the fused-chunk form of flash-linear-attention's retention).
+
+One head with decay γ, q, k (T, dk), v (T, dv), chunks of B tokens, j the position inside a chunk of
+length L, D_nm = γ^(n-m) for n >= m (else 0), ξ_j = γ^(j+1), ζ_j = γ^(L-1-j):
+    O_[i] = (Q_[i] K_[i]^T ⊙ D) V_[i] + (Q_[i] S_{i-1}) ⊙ ξ        (inside the chunk + the carried state)
+    S_i   = γ^L S_{i-1} + (K_[i] ⊙ ζ)^T V_[i]
+Same arguments and results as `trainers.models.retnet.retention_recurrent(q, k, v, gamma, state)`:
+q, k (B, H, T, dk); v (B, H, T, dv); gamma (H,) (a constant buffer, no gradient); state (B, H, dk, dv)
+or None -> y (B, H, T, dv), state.
+
+Forward: one program per (batch x head, block of dv) walks the chunks with S (dk x BLOCK_V) in
+registers; every product is a tl.dot. Backward, two sweeps of the same shape:
+    forward in time:   dQ_[i] = ((dO V^T) ⊙ D) K + (dO ⊙ ξ) S_{i-1}^T
+    backward in time, with dS = dL/dS_i:
+        dV_[i] = (K Q^T ⊙ D^T) dO + (K ⊙ ζ) dS
+        dK_[i] = ((V dO^T) ⊙ D^T) Q + (V dS^T) ⊙ ζ
+        dS    <- γ^L dS + (Q ⊙ ξ)^T dO                        (dS_0 is the gradient of the initial state)
+No (T x T) matrix and no per-step state is stored; dq and dk are summed over dv blocks afterwards.
+For fp32 inputs the products use IEEE fp32 (input_precision="ieee"), for bf16 the tensor cores.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import interpreting
+from kernels._harness import Kernel, generator, next_pow2, randn, register
+
+
+def _retnet():
+    from trainers.models import retnet  # the model file owns the reference definition
+
+    return retnet
+
+
+def reference(q, k, v, gamma, state=None):
+    return _retnet().retention_recurrent(q, k, v, gamma, state)
+
+
+def baseline(q, k, v, gamma, state=None):
+    """What the PyTorch training path runs (chunkwise form, chunk 64): the timing baseline."""
+    return _retnet().retention_chunkwise(q, k, v, gamma, 64, state)
+
+
+@triton.jit
+def _decays(t0, T, log_g, BT: tl.constexpr):
+    """Row mask, ξ, ζ, D and γ^L for the chunk starting at t0."""
+    js = tl.arange(0, BT)
+    rmask = t0 + js < T
+    L = tl.sum(rmask.to(tl.float32), axis=0)
+    jf = js.to(tl.float32)
+    xi = tl.exp((jf + 1.0) * log_g)
+    zeta = tl.where(rmask, tl.exp((L - 1.0 - jf) * log_g), 0.0)
+    diff = jf[:, None] - jf[None, :]
+    D = tl.where(diff >= 0.0, tl.exp(tl.where(diff >= 0.0, diff, 0.0) * log_g), 0.0)
+    return rmask, xi, zeta, D, tl.exp(L * log_g)
+
+
+@triton.jit
+def _ret_fwd(Q, Kx, V, G, S0, O, SOUT, H, T, DK, DV, HAS_S0: tl.constexpr, PREC: tl.constexpr,
+             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
+    js, ks = tl.arange(0, BT), tl.arange(0, BK)
+    vs = pid_v * BV + tl.arange(0, BV)
+    kmask, vmask = ks < DK, vs < DV
+    s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
+    if HAS_S0:
+        S = tl.load(S0 + s_off, mask=kmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    for t0 in range(0, T, BT):
+        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
+        rows = pid_bh * T + t0 + js
+        qk_mask = rmask[:, None] & kmask[None, :]
+        v_mask = rmask[:, None] & vmask[None, :]
+        q = tl.load(Q + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
+        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
+        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        A = tl.dot(q, tl.trans(k), input_precision=PREC) * D
+        o = tl.dot(A, v, input_precision=PREC) + tl.dot(q, S, input_precision=PREC) * xi[:, None]
+        tl.store(O + rows[:, None] * DV + vs[None, :], o.to(O.dtype.element_ty), mask=v_mask)
+        S = S * gL + tl.dot(tl.trans(k * zeta[:, None]), v, input_precision=PREC)
+    tl.store(SOUT + s_off, S, mask=kmask[:, None] & vmask[None, :])
+
+
+@triton.jit
+def _ret_bwd_dq(Q, Kx, V, G, S0, DO, DQ_P, BH, H, T, DK, DV, HAS_S0: tl.constexpr, PREC: tl.constexpr,
+                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
+    js, ks = tl.arange(0, BT), tl.arange(0, BK)
+    vs = pid_v * BV + tl.arange(0, BV)
+    kmask, vmask = ks < DK, vs < DV
+    if HAS_S0:
+        S = tl.load(S0 + pid_bh * DK * DV + ks[:, None] * DV + vs[None, :],
+                    mask=kmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    for t0 in range(0, T, BT):
+        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
+        rows = pid_bh * T + t0 + js
+        qk_mask = rmask[:, None] & kmask[None, :]
+        v_mask = rmask[:, None] & vmask[None, :]
+        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
+        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        do = tl.load(DO + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        dA = tl.dot(do, tl.trans(v), input_precision=PREC) * D
+        dq = tl.dot(dA, k, input_precision=PREC) + tl.dot(do * xi[:, None], tl.trans(S), input_precision=PREC)
+        part = (pid_v * BH * T + rows)[:, None] * DK + ks[None, :]
+        tl.store(DQ_P + part, dq, mask=qk_mask)
+        S = S * gL + tl.dot(tl.trans(k * zeta[:, None]), v, input_precision=PREC)
+
+
+@triton.jit
+def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chunks,
+                 HAS_DSOUT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                 BV: tl.constexpr):
+    pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
+    js, ks = tl.arange(0, BT), tl.arange(0, BK)
+    vs = pid_v * BV + tl.arange(0, BV)
+    kmask, vmask = ks < DK, vs < DV
+    s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
+    if HAS_DSOUT:
+        dS = tl.load(DSOUT + s_off, mask=kmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros([BK, BV], dtype=tl.float32)
+    for ci in range(0, n_chunks):
+        t0 = (n_chunks - 1 - ci) * BT
+        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
+        rows = pid_bh * T + t0 + js
+        qk_mask = rmask[:, None] & kmask[None, :]
+        v_mask = rmask[:, None] & vmask[None, :]
+        q = tl.load(Q + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
+        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
+        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        do = tl.load(DO + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        At = tl.dot(k, tl.trans(q), input_precision=PREC) * tl.trans(D)
+        dv = tl.dot(At, do, input_precision=PREC) + tl.dot(k * zeta[:, None], dS, input_precision=PREC)
+        dAt = tl.dot(v, tl.trans(do), input_precision=PREC) * tl.trans(D)
+        dk = tl.dot(dAt, q, input_precision=PREC) + tl.dot(v, tl.trans(dS), input_precision=PREC) * zeta[:, None]
+        tl.store(DVx + rows[:, None] * DV + vs[None, :], dv.to(DVx.dtype.element_ty), mask=v_mask)
+        tl.store(DK_P + (pid_v * BH * T + rows)[:, None] * DK + ks[None, :], dk, mask=qk_mask)
+        dS = dS * gL + tl.dot(tl.trans(q * xi[:, None]), do, input_precision=PREC)
+    tl.store(DS0 + s_off, dS, mask=kmask[:, None] & vmask[None, :])
+
+
+def _blocks(T: int, dk: int, dv: int) -> tuple[int, int, int]:
+    BK = max(16, next_pow2(dk))
+    if interpreting():
+        return 16, BK, max(16, next_pow2(dv))
+    return 64, BK, max(16, min(next_pow2(dv), 64))
+
+
+class RetentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, gamma, state):
+        B, H, T, dk = q.shape
+        dv = v.shape[-1]
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        gamma = gamma.to(device=q.device, dtype=torch.float32).contiguous()
+        BT, BK, BV = _blocks(T, dk, dv)
+        prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        o = torch.empty_like(v)
+        s_out = torch.empty(B, H, dk, dv, device=q.device, dtype=torch.float32)
+        has_s0 = state is not None
+        s0 = state.contiguous() if has_s0 else s_out
+        _ret_fwd[(B * H, triton.cdiv(dv, BV))](q, k, v, gamma, s0, o, s_out, H, T, dk, dv, HAS_S0=has_s0,
+                                               PREC=prec, BT=BT, BK=BK, BV=BV)
+        ctx.save_for_backward(q, k, v, gamma, *([s0] if has_s0 else []))
+        ctx.has_s0, ctx.prec, ctx.state_dtype = has_s0, prec, state.dtype if has_s0 else None
+        return o, s_out
+
+    @staticmethod
+    def backward(ctx, do, ds_out):
+        q, k, v, gamma, *s0 = ctx.saved_tensors
+        B, H, T, dk = q.shape
+        dv = v.shape[-1]
+        BT, BK, BV = _blocks(T, dk, dv)
+        n_vblk = triton.cdiv(dv, BV)
+        f32 = dict(device=q.device, dtype=torch.float32)
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dq_p = torch.empty(n_vblk, B, H, T, dk, **f32)
+        dk_p = torch.empty(n_vblk, B, H, T, dk, **f32)
+        dvx = torch.empty_like(v)
+        ds0 = torch.empty(B, H, dk, dv, **f32)
+        has_ds = ds_out is not None
+        grid = (B * H, n_vblk)
+        _ret_bwd_dq[grid](q, k, v, gamma, s0[0] if ctx.has_s0 else q, do, dq_p, B * H, H, T, dk, dv,
+                          HAS_S0=ctx.has_s0, PREC=ctx.prec, BT=BT, BK=BK, BV=BV)
+        _ret_bwd_dkv[grid](q, k, v, gamma, do, ds_out.contiguous() if has_ds else q, dk_p, dvx, ds0, B * H, H,
+                           T, dk, dv, triton.cdiv(T, BT), HAS_DSOUT=has_ds, PREC=ctx.prec, BT=BT, BK=BK, BV=BV)
+        ds0 = ds0.to(ctx.state_dtype) if ctx.has_s0 else None
+        return dq_p.sum(0).to(q.dtype), dk_p.sum(0).to(k.dtype), dvx, None, ds0
+
+
+def retention(q, k, v, gamma, state=None):
+    """Fused chunkwise retention; arguments and results as `trainers.models.retnet.retention_recurrent`."""
+    return RetentionFunction.apply(q, k, v, gamma, state)
+
+
+def make_inputs(shape, dtype, device, seed):
+    B, H, T, dk, dv = shape
+    g = generator(device, seed)
+    gamma = 1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32, device=device))  # RetNet's γ_h
+    return {"q": randn((B, H, T, dk), dtype, device, g), "k": randn((B, H, T, dk), dtype, device, g, dk ** -0.5),
+            "v": randn((B, H, T, dv), dtype, device, g), "gamma": gamma,
+            "state": randn((B, H, dk, dv), dtype, device, g, 0.5)}
+
+
+KERNEL = register(Kernel(
+    name="retention", title="RetNet chunkwise retention (recurrent reference from trainers/models/retnet.py)",
+    reference=reference, fused=retention, baseline=baseline, make_inputs=make_inputs,
+    dims="batch x heads x T x dk x dv",
+    shapes={"cpu": [(1, 2, 32, 16, 32), (1, 3, 19, 12, 20)], "gpu": [(8, 12, 1024, 64, 128)]},
+))

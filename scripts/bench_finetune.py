@@ -1,0 +1,228 @@
+"""Fine-tuning benchmark: writes benchmarks/results/finetune.md.
+
+(a) Shakespeare -> Milton on CPU. Trains a nanogpt Shakespeare checkpoint with the CPU profile through the real
+    trainer (`python -m trainers nanogpt ...`), then fine-tunes it on the embedded Milton corpus with the lora and
+    qlora presets, each run capped at --budget seconds of wall-clock (SIGTERM at the cap: the trainer checkpoints
+    and stops). The Milton val loss of the base (step 0) is measured with the fine-tune task's own evaluate() on the
+    untouched model (adapters are a no-op); the fine-tuned loss is the last `eval` event inside the budget.
+(b) Memory of fine-tuning GPT-2 124M (random weights of GPT-2's shape: bytes do not depend on the values) on CPU:
+    full fine-tune vs LoRA vs QLoRA, each measured in its own subprocess: parameter, quantisation-state, gradient,
+    optimizer-state and saved-activation bytes of one training step (trainers.tasks.finetune.measure_method), and
+    the process's peak RSS.
+
+    python scripts/bench_finetune.py [--base-steps 400] [--budget 300] [--skip-a] [--skip-b]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "results" / "finetune.md"
+GPT2_124M = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "dropout": 0.0, "bias": True}
+
+
+def events(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def run_trainer(args: list[str], log: Path, budget: float | None = None) -> tuple[int, float]:
+    """Run `python -m trainers ARGS --log LOG`; SIGTERM (= stop) at `budget` seconds. (exit code, wall s)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if log.exists():
+        log.unlink()
+    t0 = time.time()
+    p = subprocess.Popen([sys.executable, "-m", "trainers", *args, "--log", str(log)], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".stderr"), "w"))
+    try:
+        p.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=120)
+    return p.returncode, time.time() - t0
+
+
+def base_val_loss(method: str, overrides: list[str]) -> float:
+    """The fine-tune task's evaluate() on the model as built (adapters are a no-op): the step-0 val loss."""
+    import torch
+
+    from trainers import config
+    from trainers.tasks import load_task
+
+    cfg = config.load(method, overrides, profile="cpu", has_cuda=False)
+    torch.manual_seed(cfg["train"]["seed"])
+    task = load_task(cfg, torch.device("cpu"))
+    model = task.build_model()
+    model.eval()
+    return task.evaluate(model, 0)["val_loss"]
+
+
+def part_a(work: Path, base_steps: int, budget: float, ft_steps: int) -> dict:
+    base_log = work / "shakespeare" / "events.jsonl"
+    code, wall = run_trainer(["nanogpt", f"train.max_steps={base_steps}", f"train.eval_interval={base_steps}",
+                              "train.sample_interval=0", f"train.checkpoint_interval={base_steps}"], base_log)
+    ev = events(base_log)
+    base_eval = [e for e in ev if e["type"] == "eval"][-1]
+    ckpt = base_log.parent / "ckpt.pt"
+    assert code == 0 and ckpt.is_file(), f"base run failed: {base_log.with_suffix('.stderr').read_text()[-2000:]}"
+    res = {"base": {"steps": base_steps, "wall_s": wall, "shakespeare_val_loss": base_eval["val_loss"],
+                    "ckpt": str(ckpt)}, "runs": {}}
+    for method in ("lora", "qlora"):
+        overrides = [f"finetune.base={ckpt}", f"train.max_steps={ft_steps}", "train.eval_interval=50",
+                     "train.sample_interval=0", f"train.checkpoint_interval={ft_steps}",
+                     "finetune.compare_memory=false"]
+        start = base_val_loss(method, overrides)
+        log = work / method / "events.jsonl"
+        code, wall = run_trainer([method, *overrides], log, budget=budget)
+        ev = events(log)
+        t_start = next(e["time"] for e in ev if e["type"] == "run_start")
+        evals = [e for e in ev if e["type"] == "eval" and e["time"] - t_start <= budget]
+        end = next((e for e in ev if e["type"] == "run_end"), {})
+        last = evals[-1] if evals else None
+        samples = [e for e in ev if e["type"] == "sample"]
+        res["runs"][method] = {
+            "start_val_loss": start, "val_loss": last["val_loss"] if last else None,
+            "step": last["step"] if last else None, "eval_at_s": (last["time"] - t_start) if last else None,
+            "drop_pct": 100 * (start - last["val_loss"]) / start if last else None,
+            "status": end.get("status"), "wall_s": wall, "trainable_params": last["metrics"].get("trainable_params")
+            if last else None, "params": last["metrics"].get("params") if last else None,
+            "sample": samples[-1]["text"][:200] if samples else "",
+            "optimizer_log": next((e["message"] for e in ev if e["type"] == "log" and "optimizer" in e["message"]), ""),
+        }
+    return res
+
+
+def measure_one(method: str, batch: int, seq: int) -> dict:
+    """In a fresh process: one measured training step of `method` on GPT-2 124M, plus peak RSS."""
+    import torch
+
+    from trainers.tasks.finetune import DEFAULTS, build_base, measure_method
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    base = {"arch": "gpt", "model": GPT2_124M, "vocab_size": 50257, "weights": None, "path": ""}
+    ft = {**DEFAULTS, "targets": "all", "rank": 8, "alpha": 16.0}
+    train = {"lr": 1e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 50257, (batch, seq), generator=g)
+    y = torch.randint(0, 50257, (batch, seq), generator=g)
+    t0 = time.time()
+    row = measure_method(lambda: build_base(base), ft, method, (x, y), train, torch.device("cpu"))
+    row["step_s"] = time.time() - t0
+    row["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return row
+
+
+def part_b(batch: int, seq: int) -> list[dict]:
+    rows = []
+    for method in ("full", "lora", "qlora"):
+        out = subprocess.run([sys.executable, __file__, "--measure", method, "--batch", str(batch), "--seq", str(seq)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            raise RuntimeError(f"measuring {method} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def mb(n) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def write_md(a: dict | None, b: list[dict] | None, args) -> str:
+    lines = ["# Fine-tuning: LoRA and QLoRA", "",
+             f"Machine: CPU, 2 cores (shared with other jobs; load average at start {args.load:.1f}), no GPU. "
+             "Date: 2026-11-21. torch " + args.torch + ", bitsandbytes " + args.bnb + ".",
+             f"Produced by `python scripts/bench_finetune.py` ({args.cmd}).", ""]
+    if a:
+        base = a["base"]
+        lines += ["## (a) Shakespeare checkpoint fine-tuned on Milton, CPU", "",
+                  f"Base: `nanogpt` CPU profile (4 layers, 128 wide, 64-character context, char tokenizer) trained "
+                  f"{base['steps']} steps on the embedded Shakespeare through the real trainer in {base['wall_s']:.0f} s; "
+                  f"Shakespeare val loss {base['shakespeare_val_loss']:.3f}.",
+                  f"Fine-tunes: the `lora` and `qlora` presets' CPU profile with `finetune.base=<that ckpt.pt>` "
+                  f"(rank 8, alpha 16, adapters on q, k, v, o, fc, proj; lr 3e-3 cosine; batch 32 x 64), "
+                  f"default corpus = embedded Milton, each capped at {args.budget:.0f} s wall-clock (SIGTERM = stop). "
+                  "Start = the fine-tune task's evaluate() on the model at step 0 (adapters are a no-op, so it is the "
+                  "base's Milton val loss); end = the last eval event inside the budget (same 20 val batches).", "",
+                  "| method | trainable / total params | Milton val loss at step 0 | after | at step | at (s) | drop | goal >= 15% |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for m, r in a["runs"].items():
+            ok = r["drop_pct"] is not None and r["drop_pct"] >= 15
+            lines.append(f"| {m} | {r['trainable_params']:,} / {r['params']:,} | {r['start_val_loss']:.3f} | "
+                         f"{r['val_loss']:.3f} | {r['step']} | {r['eval_at_s']:.0f} | {r['drop_pct']:.1f}% | "
+                         f"{'yes' if ok else 'NO'} |")
+        lines += [""]
+        for m, r in a["runs"].items():
+            lines += [f"- {m} optimizer: {r['optimizer_log']}", f"- {m} last sample: `{r['sample'][:160]!r}`"]
+        lines += [""]
+    if b:
+        lines += ["## (b) Memory of one training step, GPT-2 124M shape, CPU (measured bytes)", "",
+                  f"Model: GPT-2 124M shape (12 layers, 768 wide, vocab 50,257, tied embeddings), random weights; "
+                  f"micro-batch {args.batch} x {args.seq} tokens, float32 on CPU. LoRA/QLoRA: rank 8, alpha 16 on "
+                  "every projection (q, k, v, o, fc, proj). Each method runs in its own process: params = bytes of "
+                  "parameter tensors (NF4 weights as stored, 0.5 B each), quant state = absmax/code tables of the "
+                  "4-bit layers, grads after backward, optimizer state after one step (torch AdamW; bitsandbytes "
+                  "AdamW8bit for QLoRA), activations = tensors saved for backward (saved-tensor hooks, "
+                  "trainers/memory.py), peak RSS = the process's maximum resident set (includes the fp32 base "
+                  "before quantisation, Python and libraries).", "",
+                  "| method | params | trainable | param bytes | quant state | grads | optimizer | activations | sum | peak RSS | step (s) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in b:
+            total = sum(r[k] for k in ("params", "quant_state", "grads", "optimizer", "activations"))
+            lines.append(f"| {r['method']} | {r['n_params']:,} | {r['trainable_params']:,} | {mb(r['params'])} | "
+                         f"{mb(r['quant_state'])} | {mb(r['grads'])} | {mb(r['optimizer'])} | {mb(r['activations'])} | "
+                         f"{mb(total)} | {mb(r['peak_rss'])} | {r['step_s']:.1f} |")
+        lines += [""]
+    lines += ["## Not measured here", "",
+              "- CUDA peak memory (`torch.cuda.max_memory_allocated`) of full / LoRA / QLoRA fine-tuning, bf16 compute, "
+              "and paged 8-bit AdamW: no GPU was lent to this task.",
+              "- The largest GPT-2-shaped model that QLoRA fits under a 12 GB cap: needs a GPU; not measured.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base-steps", type=int, default=400)
+    p.add_argument("--ft-steps", type=int, default=600)
+    p.add_argument("--budget", type=float, default=300.0)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--skip-a", action="store_true")
+    p.add_argument("--skip-b", action="store_true")
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench-finetune"))
+    p.add_argument("--measure", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure:
+        print(json.dumps(measure_one(args.measure, args.batch, args.seq)))
+        return 0
+    import bitsandbytes
+    import torch
+
+    args.load = os.getloadavg()[0]
+    args.torch, args.bnb = torch.__version__, bitsandbytes.__version__
+    args.cmd = " ".join(sys.argv[1:]) or "defaults"
+    a = None if args.skip_a else part_a(Path(args.work), args.base_steps, args.budget, args.ft_steps)
+    b = None if args.skip_b else part_b(args.batch, args.seq)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    (Path(args.work)).mkdir(parents=True, exist_ok=True)
+    (Path(args.work) / "results.json").write_text(json.dumps({"a": a, "b": b}, indent=2, default=str))
+    OUT.write_text(write_md(a, b, args))
+    print(OUT.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Image samples in the terminal and on disk: payload decoding, half-block rendering, PNG writing/reading."""
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from rich.style import Style
+
+from cockpit.images import UPPER_HALF, decode_image, halfblock, png_bytes, write_png
+from trainers.images import read_png
+from trainers.tasks.diffusion import image_grid, image_payload
+
+
+def payload(img: np.ndarray) -> dict:
+    h, w, c = img.shape
+    return {"kind": "image", "image": {"h": h, "w": w, "c": c, "data": base64.b64encode(img.tobytes()).decode()}}
+
+
+def cell_styles(text) -> list[list[Style]]:
+    """The style of every character, line by line."""
+    lines, current = [], []
+    for ch, seg in zip(text.plain, _char_styles(text)):
+        if ch == "\n":
+            lines.append(current)
+            current = []
+        else:
+            current.append(seg)
+    lines.append(current)
+    return lines
+
+
+def _char_styles(text):
+    styles = [None] * len(text.plain)
+    for span in text.spans:
+        for i in range(span.start, span.end):
+            styles[i] = span.style if isinstance(span.style, Style) else Style.parse(span.style)
+    return styles
+
+
+def rgb_of(color) -> tuple:
+    t = color.get_truecolor()
+    return (t.red, t.green, t.blue)
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+def test_decode_image_accepts_the_event_or_its_image_field():
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    p = payload(img)
+    assert np.array_equal(decode_image(p), img)
+    assert np.array_equal(decode_image(p["image"]), img)
+
+
+def test_decode_image_rejects_truncated_or_malformed_data():
+    p = payload(np.zeros((2, 2, 3), dtype=np.uint8))
+    p["image"]["h"] = 3
+    with pytest.raises(ValueError, match="expected h\\*w\\*c"):
+        decode_image(p)
+    with pytest.raises(ValueError, match="not an image payload"):
+        decode_image({"image": {"h": 1, "w": 1, "c": 1, "data": "***"}})
+    with pytest.raises(ValueError, match="not an image payload"):
+        decode_image({"text": "hello"})
+
+
+# --- half blocks ------------------------------------------------------------------------------------
+def test_halfblock_puts_the_top_pixel_in_the_foreground_and_the_bottom_in_the_background():
+    img = np.array([[[255, 0, 0], [0, 255, 0]],
+                    [[0, 0, 255], [10, 20, 30]]], dtype=np.uint8)
+    text = halfblock(img)
+    assert text.plain == UPPER_HALF * 2
+    (a, b), = cell_styles(text)
+    assert rgb_of(a.color) == (255, 0, 0) and rgb_of(a.bgcolor) == (0, 0, 255)
+    assert rgb_of(b.color) == (0, 255, 0) and rgb_of(b.bgcolor) == (10, 20, 30)
+
+
+def test_halfblock_size_is_width_by_half_height_and_an_odd_last_row_has_no_background():
+    img = np.full((5, 7, 1), 200, dtype=np.uint8)  # grey: replicated to rgb
+    text = halfblock(img)
+    lines = text.plain.split("\n")
+    assert len(lines) == 3 and all(line == UPPER_HALF * 7 for line in lines)
+    styles = cell_styles(text)
+    assert rgb_of(styles[0][0].color) == (200, 200, 200) and rgb_of(styles[0][0].bgcolor) == (200, 200, 200)
+    assert rgb_of(styles[2][6].color) == (200, 200, 200) and styles[2][6].bgcolor is None
+
+
+def test_halfblock_shrinks_wide_images_to_max_width_by_averaging():
+    img = np.zeros((4, 32, 3), dtype=np.uint8)
+    img[:, 1::2] = 200  # alternating black/200 columns average to 100
+    text = halfblock(img, max_width=16)
+    lines = text.plain.split("\n")
+    assert [len(line) for line in lines] == [16]  # factor 2: 32 -> 16 columns, 4 -> 2 rows -> 1 line
+    assert rgb_of(cell_styles(text)[0][3].color) == (100, 100, 100)
+    assert len(halfblock(img, max_width=100).plain.split("\n")[0]) == 32
+
+
+def test_halfblock_grid_renders_as_true_colour_text_without_a_terminal():
+    # a 2x3 grid of 4x4 cells, each column a different colour, rendered the way the samples pane does
+    cells = torch.stack([torch.full((3, 4, 4), v) for v in (-1.0, -1.0, 0.0, 0.0, 1.0, 1.0)])
+    cells[4:, 0] = -1.0  # third column: cyan (r = 0, g = b = 255)
+    grid = image_grid(cells, rows=2, cols=3)
+    img = decode_image({"image": image_payload(grid)})
+    assert img.shape == (9, 14, 3)
+    console = Console(color_system="truecolor", width=40, record=True, force_terminal=True, file=io.StringIO())
+    console.print(halfblock(img))
+    out = console.export_text(styles=True, clear=False)
+    lines = console.export_text().rstrip("\n").split("\n")
+    assert len(lines) == 5 and all(line == UPPER_HALF * 14 for line in lines)
+    assert "38;2;0;0;0;48;2;0;0;0m" in out            # column 1: black
+    assert "38;2;128;128;128;48;2;128;128;128m" in out  # column 2: mid grey (0.0 -> 128), also the gaps
+    assert "38;2;0;255;255;48;2;0;255;255m" in out      # column 3: cyan
+
+
+# --- PNG ----------------------------------------------------------------------------------------------
+def chunks(data: bytes) -> dict[bytes, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    out, pos = {}, 8
+    while pos < len(data):
+        (n,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, f"bad CRC in {kind}"
+        out[kind] = out.get(kind, b"") + body
+        pos += 12 + n
+    return out
+
+
+@pytest.mark.parametrize("c", [1, 3, 4])
+def test_write_png_is_a_valid_png_that_round_trips(tmp_path, c):
+    img = np.random.default_rng(c).integers(0, 256, (9, 13, c), dtype=np.uint8)
+    path = write_png(tmp_path / "x.png", img)
+    data = path.read_bytes()
+    ch = chunks(data)
+    w, h, depth, color = struct.unpack(">IIBB", ch[b"IHDR"][:10])
+    assert (w, h, depth, color) == (13, 9, 8, {1: 0, 3: 2, 4: 6}[c])
+    rows = np.frombuffer(zlib.decompress(ch[b"IDAT"]), dtype=np.uint8).reshape(9, 1 + 13 * c)
+    assert np.array_equal(rows[:, 1:].reshape(9, 13, c), img)
+    if c != 4:  # the reader composites alpha on white
+        assert np.array_equal(read_png(data), img)
+
+
+def filtered_png(img: np.ndarray, ftype: int) -> bytes:
+    """Encode with one PNG filter type on every row (what image editors write), to test the decoder."""
+    h, w, c = img.shape
+    a = img.reshape(h, w * c).astype(np.int64)
+    out = []
+    for y in range(h):
+        prev = a[y - 1] if y else np.zeros(w * c, dtype=np.int64)
+        left = np.concatenate([np.zeros(c, dtype=np.int64), a[y, :-c]])
+        upleft = np.concatenate([np.zeros(c, dtype=np.int64), prev[:-c]])
+        if ftype == 1:
+            pred = left
+        elif ftype == 2:
+            pred = prev
+        elif ftype == 3:
+            pred = (left + prev) // 2
+        else:
+            p = left + prev - upleft
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        out.append(bytes([ftype]) + ((a[y] - pred) & 255).astype(np.uint8).tobytes())
+    base = png_bytes(img)
+    ihdr = base[8:8 + 25]
+    idat = zlib.compress(b"".join(out))
+    body = struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat) & 0xFFFFFFFF)
+    return base[:8] + ihdr + body + base[-12:]
+
+
+@pytest.mark.parametrize("ftype", [1, 2, 3, 4])
+def test_png_reader_undoes_every_filter_type(ftype):
+    img = np.random.default_rng(ftype).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    assert np.array_equal(read_png(filtered_png(img, ftype)), img)
+
+
+def test_png_reader_composites_alpha_on_white():
+    img = np.array([[[0, 0, 0, 0], [0, 0, 0, 255], [200, 100, 0, 128]]], dtype=np.uint8)
+    out = read_png(png_bytes(img))
+    assert out.shape == (1, 3, 3)
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [0, 0, 0]
+    assert out[0, 2].tolist() == [227, 177, 127]

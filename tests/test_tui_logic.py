@@ -1,0 +1,277 @@
+"""The TUI's pure logic (cockpit/tui_logic.py, cockpit/trainer_proc.py), tested without a terminal."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cockpit.series import ema
+from cockpit.state import RunState
+from cockpit.tui_logic import (GrowingArray, SmoothCache, cycle, default_log_path, diff_pair_default,
+                               failure_event, filter_presets, fit_grid, hbar, lr_phase_changes, marker_steps,
+                               memory_rows, nice_ticks, preset_cells, same_prompt_indices, series_for_plot,
+                               sparkline, status_fields, steps_to_x, tail_text, tick_label, validate_overrides,
+                               vram_fits, word_diff)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tui"
+
+
+def fixture_state(name: str) -> RunState:
+    from cockpit.events import read_events
+
+    return RunState().apply_all(read_events(FIXTURES / name / "events.jsonl"))
+
+
+# --- picker ------------------------------------------------------------------------------------------
+
+INFOS = [
+    {"name": "nanogpt", "arch": "gpt", "task": "lm", "description": "character-level Shakespeare GPT",
+     "n_params": 10_750_000, "est_vram_bytes": int(4.5 * 2**30), "vram_budget_gb": 12.0, "profile_here": "cpu"},
+    {"name": "dit", "arch": "dit", "task": "diffusion", "description": "Diffusion Transformer on emoji",
+     "n_params": 32_470_000, "est_vram_bytes": int(16.4 * 2**30), "vram_budget_gb": 12.0, "profile_here": "cpu"},
+    {"name": "broken", "arch": "gpt", "task": "lm", "description": "", "n_params": None, "est_vram_bytes": None,
+     "error": "RuntimeError: boom", "vram_budget_gb": 12.0, "profile_here": "cpu"},
+]
+
+
+def test_filter_matches_every_word_in_name_arch_task_or_description():
+    assert [i["name"] for i in filter_presets(INFOS, "shakespeare")] == ["nanogpt"]
+    assert [i["name"] for i in filter_presets(INFOS, "DIFFUSION emoji")] == ["dit"]
+    assert [i["name"] for i in filter_presets(INFOS, "gpt")] == ["nanogpt", "broken"]
+    # a name match ranks above a description match
+    assert [i["name"] for i in filter_presets(INFOS, "dif")] == ["dit"]
+    bitnet = {"name": "bitnet", "arch": "bitnet", "task": "lm", "description": "tracks the nanoGPT curve"}
+    assert [i["name"] for i in filter_presets([bitnet, INFOS[0]], "nano")] == ["nanogpt", "bitnet"]
+    assert [i["name"] for i in filter_presets(INFOS, "transformer")] == ["dit"]
+    assert filter_presets(INFOS, "gpt emoji") == []
+    assert len(filter_presets(INFOS, "  ")) == 3
+
+
+def test_vram_column_marks_presets_that_do_not_fit_the_budget():
+    assert vram_fits(INFOS[0]) is True
+    assert vram_fits(INFOS[1]) is False
+    assert vram_fits(INFOS[2]) is None
+    assert preset_cells(INFOS[1]) == ["dit", "dit", "32.47M", "16.4 GiB / 12 GB", "cpu"]
+    assert preset_cells(INFOS[2])[3] == "n/a / 12 GB"
+    # while the measurement runs, unknown facts show as pending, not as failures
+    assert preset_cells({"name": "x", "arch": "gpt"}, measuring=True)[2:] == ["…", "… / 12 GB", "…"]
+
+
+def test_override_validation_returns_the_configs_one_line_error():
+    items, err, cfg = validate_overrides("nanogpt", "train.max_steps=7 model.n_layer=1")
+    assert err is None and items == ["train.max_steps=7", "model.n_layer=1"]
+    assert cfg["train"]["max_steps"] == 7 and cfg["model"]["n_layer"] == 1
+    _, err, _ = validate_overrides("nanogpt", "train.max_stepz=7")
+    assert "train.max_stepz" in err and "did you mean 'train.max_steps'" in err and "\n" not in err
+    _, err, _ = validate_overrides("nanogpt", "train.max_steps=many")
+    assert "must be an integer" in err
+    _, err, _ = validate_overrides("nanogpt", 'data.path="unclosed')
+    assert "quote" in err
+
+
+# --- drawing helpers ---------------------------------------------------------------------------------
+
+def test_hbar_fills_in_eighths_and_clamps():
+    assert hbar(0.0, 4) == "    "
+    assert hbar(1.0, 4) == "████"
+    assert hbar(0.5, 4) == "██  "
+    assert hbar(1 / 32, 4) == "▏   "
+    assert hbar(7.0, 3) == "███"
+    assert hbar(float("nan"), 3) == "   "
+
+
+def test_sparkline_scales_to_the_range_and_keeps_gaps():
+    assert sparkline([0, 50, 100], 3, 0, 100) == "▁▅█"
+    assert sparkline([1, None, 1], 3) == "▁ ▁"
+    assert sparkline(range(100), 5) == "▁▃▅▆█"       # only the last `width` values: 95..99
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    assert nice_ticks(1, 200, 5) == [50, 100, 150, 200]
+    assert nice_ticks(0, 1, 3) == [0, 0.5, 1]
+    assert nice_ticks(256, 51200, 4) == [20000, 40000]
+    assert tick_label(51200, "tokens") == "51.2k"
+    assert tick_label(90, "time") == "1:30"
+    assert tick_label(1500, "step") == "1500"
+
+
+def test_cycle_wraps_and_starts_over_for_unknown_values():
+    assert cycle(("step", "tokens", "time"), "time") == "step"
+    assert cycle((0.0, 0.6), 0.3) == 0.0
+
+
+# --- the loss chart's data ---------------------------------------------------------------------------
+
+def test_lr_phase_changes_find_the_end_of_warmup_and_of_the_decay():
+    from trainers.config import load
+
+    t = load("nanogpt", ["train.max_steps=100", "train.warmup_steps=10", "train.lr_decay_steps=80"])["train"]
+    # the trainer's schedule (trainers/loop.py lr_at), reproduced without importing torch
+    def lr_at(step):
+        if step < t["warmup_steps"]:
+            return t["lr"] * (step + 1) / (t["warmup_steps"] + 1)
+        if step > 80:
+            return t["min_lr"]
+        ratio = (step - t["warmup_steps"]) / (80 - t["warmup_steps"])
+        return t["min_lr"] + 0.5 * (1 + math.cos(math.pi * ratio)) * (t["lr"] - t["min_lr"])
+    steps = list(range(1, 101))
+    changes = lr_phase_changes(steps, [lr_at(s - 1) for s in steps])
+    assert changes == [(11, "warm-up end"), (81, "decay end")]   # lr_at(80) is already min_lr
+    assert lr_phase_changes([1, 2, 3], [1e-3, 1e-3, 1e-3]) == []
+
+
+def test_markers_come_from_the_run_state_at_the_right_x():
+    s = fixture_state("nanogpt-resumed")
+    m = marker_steps(s)
+    assert m["resume"] == [s.resumes[0]] and 0 < s.resumes[0] < 120
+    assert [st for st, _ in s.checkpoints] == m["checkpoint"] and 40 in m["checkpoint"]
+    assert m["eval"] == s.val.steps and m["lr"]          # warm-up end at least
+    # on the tokens axis a marker sits at the tokens seen by its step
+    x = steps_to_x(s.train, [s.train.steps[10]], "tokens")
+    assert x.tolist() == [s.train.units[10]]
+
+
+def test_growing_array_and_smooth_cache_extend_incrementally_with_the_same_numbers():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=5000).tolist()
+    values[100] = float("nan")
+    values[200] = float("inf")
+    arr, smooth = GrowingArray(), SmoothCache()
+    for n in (10, 11, 2000, 5000):
+        a = arr.get(values[:n])
+        assert np.array_equal(a, np.asarray(values[:n]), equal_nan=True)
+        assert np.allclose(smooth.get(a, 0.9), ema(values[:n], 0.9), equal_nan=True)
+    # a changed history (a resumed run replaced points) is recomputed when the epoch changes
+    values[10:] = [v + 1 for v in values[10:]]
+    assert np.allclose(smooth.get(arr.get(values, epoch=1), 0.9, epoch=1), ema(values, 0.9), equal_nan=True)
+
+
+def test_series_for_plot_keeps_spikes_and_smooths_on_the_full_data():
+    n = 100_000
+    y = np.full(n, 2.0)
+    spikes = [1234, 50_000, 99_999]
+    y[spikes] = 50.0
+    xs, ys = series_for_plot(np.arange(n), y, 100)
+    assert xs.size <= 200
+    for sp in spikes:
+        assert sp in xs.tolist() and ys[xs.tolist().index(sp)] == 50.0
+    xs, ys = series_for_plot(np.arange(n), y, 100, smoothing=0.9)
+    # smoothing happened before downsampling: the drawn maximum is the EMA's, not the raw spike
+    assert 2.0 < ys.max() < 10.0
+    xs, ys = series_for_plot([1, 2, 3], [1.0, -1.0, 0.5], 10, log_y=True)
+    assert xs.tolist() == [1, 3]
+
+
+# --- panes -------------------------------------------------------------------------------------------
+
+def test_status_fields_show_state_step_loss_rate_and_eta():
+    s = fixture_state("nanogpt-tiny")
+    fields = dict(status_fields(s))
+    assert fields[""] == "completed"
+    assert fields["step"] == "200/200"
+    assert fields["loss"] == f"{s.loss:.4f}"
+    assert fields["ETA"] == "--:--"            # finished: no ETA
+    live = RunState()
+    live.apply({"type": "run_start", "time": 0.0, "run_id": "r", "max_steps": 100, "config": {}})
+    for i in (1, 2, 3):
+        live.apply({"type": "step", "time": float(i), "step": i * 10, "loss": 3.0, "lr": 1e-3, "tokens": i * 100,
+                    "elapsed": float(i), "throughput": 100.0})
+    fields = dict(status_fields(live))
+    assert fields["ETA"] == "0:07"             # 20 steps took 2 s; 70 steps to go
+    assert fields["tok/s"] == "100.0"
+    assert dict(status_fields(live, note="stopping…"))[""] == "stopping…"
+
+
+def test_memory_rows_read_layers_totals_and_budget():
+    s = fixture_state("nanogpt-tiny")
+    layers, totals, budget = memory_rows(s)
+    assert budget == 12 * 2**30
+    names = [n for n, _, _ in layers]
+    assert "transformer.h.0" in names
+    assert sum(a for _, a, _ in layers) > 0
+    assert dict(totals)["params"] == s.memory["totals"]["params"]
+
+
+# --- samples -----------------------------------------------------------------------------------------
+
+def test_sample_diff_pairs_the_same_prompt_at_two_steps():
+    samples = [{"kind": "text", "step": 10, "prompt": "\n", "text": "a b"},
+               {"kind": "text", "step": 20, "prompt": "ROMEO:", "text": "x"},
+               {"kind": "text", "step": 30, "prompt": "\n", "text": "a c"}]
+    assert same_prompt_indices(samples, "\n") == [0, 2]
+    assert diff_pair_default(samples[:2]) is None            # the latest prompt appears once
+    assert diff_pair_default(samples) == (0, 2)
+    assert word_diff("the cat sat", "the dog sat") == [("the ", "same"), ("dog", "new"), (" sat", "same")]
+
+
+def test_fit_grid_reflows_class_columns_to_fit_the_pane():
+    rows, cols, ch, cw, pad = 2, 10, 16, 16, 1
+    h, w = rows * (ch + pad) - pad, cols * (cw + pad) - pad
+    img = np.full((h, w, 3), 255, dtype=np.uint8)
+    for j in range(cols):                          # each class column gets its own grey level
+        img[:, j * (cw + pad):j * (cw + pad) + cw] = 10 * j
+    out = fit_grid(img, {"rows": rows, "cols": cols, "cell_h": ch, "cell_w": cw, "pad": pad}, 60, 140)
+    assert out.shape[1] <= 60 and out.shape[0] <= 140
+    assert out.shape[1] == 3 * 17 - 1                # 3 full-size columns per line
+    assert out.shape[0] == 4 * (2 * 17 - 1 + 1) - 1  # 4 lines of 2 cells
+    assert out[0, 0, 0] == 0 and out[0, 17, 0] == 10 and out[34, 0, 0] == 30   # order kept
+    small = fit_grid(img, {"rows": rows, "cols": cols, "cell_h": ch, "cell_w": cw, "pad": pad}, 60, 40)
+    assert small.shape == (2 * 17 + 1, 6 * 9 - 1, 3)            # cells halved: 6 columns per line, 2 lines
+    assert small[0, 9, 0] == 10 and small[18, 0, 0] == 60
+    plain = fit_grid(img, None, 40, 100)
+    assert plain.shape[1] <= 40
+
+
+# --- the trainer's end -------------------------------------------------------------------------------
+
+def test_failure_event_carries_the_exit_code_and_the_output_tail(tmp_path):
+    out = tmp_path / "trainer.out"
+    out.write_text("line 1\nTraceback (most recent call last):\nAssertionError: n_embd must be divisible\n")
+    s = RunState()
+    s.apply(failure_event(s, 1, out))
+    assert s.status == "failed" and s.exit_code == 1
+    assert "without writing run_end" in s.error and "AssertionError: n_embd must be divisible" in s.error
+    s2 = RunState()
+    s2.apply(failure_event(s2, -9, tmp_path / "missing.out"))
+    assert "signal 9" in s2.error
+
+
+def test_tail_text_reads_only_the_end_of_a_big_file(tmp_path):
+    p = tmp_path / "big.out"
+    p.write_text("".join(f"line {i}\n" for i in range(100_000)))
+    tail = tail_text(p, max_lines=3)
+    assert tail.splitlines() == ["line 99997", "line 99998", "line 99999"]
+    assert tail_text(tmp_path / "nope") == ""
+
+
+def test_default_log_path_never_reuses_a_run_directory(tmp_path):
+    a = default_log_path("nanogpt", tmp_path)
+    a.parent.mkdir(parents=True)
+    b = default_log_path("nanogpt", tmp_path)
+    assert a.name == b.name == "events.jsonl"
+    assert a.parent != b.parent and b.parent.name.startswith(a.parent.name)
+
+
+def test_trainer_process_commands_go_down_the_pipe_as_json_lines(tmp_path):
+    """A stand-in trainer echoes its stdin into the log as events; the commands arrive in order."""
+    from cockpit.trainer_proc import TrainerProcess
+
+    log = tmp_path / "run" / "events.jsonl"
+    script = ("import json,sys\n"
+              "f=open(sys.argv[1],'a')\n"
+              "for line in sys.stdin:\n"
+              "    f.write(json.dumps({'type':'log','level':'info','message':json.loads(line)['cmd']})+'\\n'); f.flush()\n"
+              "    if json.loads(line)['cmd']=='stop': break\n")
+    proc = TrainerProcess("nanogpt", [], log)
+    proc.argv = lambda: [sys.executable, "-c", script, str(log)]
+    proc.start()
+    for cmd in ("pause", "resume", "sample", "checkpoint", "stop"):
+        assert proc.send(cmd) is None
+    assert proc.proc.wait(timeout=30) == 0
+    got = [ev["message"] for ev in proc.poll()]
+    assert got == ["pause", "resume", "sample", "checkpoint", "stop"]
+    assert proc.send("pause") == "the trainer is not running"
+    assert proc.send("explode") is not None
+    assert (log.parent / "trainer.out").exists()

@@ -1,0 +1,369 @@
+"""Pilot tests of the cockpit TUI driving REAL trainer subprocesses (tiny configs on the CPU).
+
+Pick a preset by keys and launch it; the panes fill from the trainer; `p` pauses (steps stop advancing),
+`x` stops with a checkpoint and run_end stopped; a trainer that raises shows its traceback and the picker
+launches another run afterwards; `q` with a live run asks, and "leave it running" keeps the trainer going.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cockpit.app import CockpitApp
+from cockpit.screens.picker import PickerScreen
+from cockpit.screens.run import RunScreen
+from cockpit.widgets.error_pane import ErrorPane
+from cockpit.widgets.gpu_pane import GpuPane
+from cockpit.widgets.loss_plot import LossPlot
+from cockpit.widgets.memory_pane import MemoryPane
+from cockpit.widgets.samples_pane import SamplesPane
+from cockpit.widgets.status_line import StatusLine
+
+pytestmark = pytest.mark.slow
+
+SIZE = (120, 40)
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
+        "train.eval_iters=2", "train.log_interval=1", "train.system_interval=0.5", "train.sample_tokens=24",
+        "train.warmup_steps=2", "train.memory_interval=4"]
+# fixed preset facts: the picker does not measure presets in these tests
+INFOS = [
+    {"name": "mingpt", "arch": "mingpt", "task": "lm", "description": "minGPT on Shakespeare", "n_params": 2_750_000,
+     "est_vram_bytes": 4 * 2**30, "vram_budget_gb": 12.0, "profile_here": "cpu"},
+    {"name": "nanogpt", "arch": "gpt", "task": "lm", "description": "nanoGPT on Shakespeare", "n_params": 10_750_000,
+     "est_vram_bytes": int(4.5 * 2**30), "vram_budget_gb": 12.0, "profile_here": "cpu"},
+]
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    d = tmp_path / "runs"
+    monkeypatch.setenv("COCKPIT_RUNS", str(d))
+    return d
+
+
+async def wait_for(pilot, cond, timeout: float = 90.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await pilot.pause(0.1)
+
+
+def run_screens(app) -> list[RunScreen]:
+    return [s for s in app.screen_stack if isinstance(s, RunScreen)] + \
+        [s for s in getattr(app, "_test_run_screens", []) if s not in app.screen_stack]
+
+
+def kill_trainers(screens):
+    for s in screens:
+        if s.source.launched and s.source.returncode() is None:
+            s.source.kill()
+            s.source.proc.wait(timeout=30)
+
+
+def text_of(widget) -> str:
+    r = widget.render()
+    return r.plain if hasattr(r, "plain") else str(r)
+
+
+def log_events(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+async def test_pick_a_preset_by_keys_edit_overrides_and_launch_fills_every_pane(runs_dir):
+    app = CockpitApp(presets=INFOS)
+    screens = []
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen), 10, "the picker")
+            picker = app.screen
+            await pilot.press("slash", *"nano", "enter")          # filter, back to the table
+            assert [i["name"] for i in picker.shown] == ["nanogpt"]
+            await pilot.press("e")                                  # edit overrides
+            await pilot.press(*"train.max_stepz=8", "enter")        # a typo: the one-line error, dialog stays
+            await pilot.pause(0.2)
+            err = app.screen.query_one("#overrides-error")
+            assert "did you mean 'train.max_steps'" in str(err.render())
+            inp = app.screen.query_one("#overrides-input")
+            inp.value = " ".join(TINY + ["train.max_steps=8", "train.eval_interval=4"])   # (typing it is slow)
+            await pilot.press("end", *" train.checkpoint_interval=0", "enter")
+            await pilot.pause(0.2)
+            assert app.screen is picker and "train.max_steps=8" in picker.overrides["nanogpt"]
+            await pilot.press("enter")                              # launch
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the run screen")
+            run = app.screen
+            screens.append(run)
+            assert run.source.preset == "nanogpt" and "model.n_embd=32" in run.source.overrides
+            assert Path(run.source.path).is_relative_to(runs_dir)
+            await wait_for(pilot, lambda: run.state.ended, 120, "the run to end")
+            await pilot.pause(0.5)
+            s = run.state
+            assert s.status == "completed", s.error
+            assert s.step == 8 and len(s.val) == 2 and s.samples
+            assert "train" in run.query_one(LossPlot).drawn and "val" in run.query_one(LossPlot).drawn
+            assert "transformer.h.0" in text_of(run.query_one(MemoryPane)) or "h.0" in text_of(run.query_one(MemoryPane))
+            gpu = text_of(run.query_one(GpuPane))
+            assert ("no NVIDIA GPU" in gpu and "CPU" in gpu) or "VRAM" in gpu
+            heading = str(run.query_one(SamplesPane).query_one("#sample-heading").render())
+            assert "@ step 8" in heading
+            status = text_of(run.query_one(StatusLine))
+            assert "completed" in status and "step 8/8" in status
+            assert app.exit_status == 0
+    finally:
+        kill_trainers(screens)
+
+
+async def test_p_pauses_the_trainer_and_x_stops_it_with_a_checkpoint(runs_dir):
+    app = CockpitApp(preset="nanogpt", overrides=TINY + ["train.max_steps=100000", "train.eval_interval=100000",
+                                                         "train.checkpoint_interval=0"])
+    screens = []
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the run screen")
+            run = app.screen
+            screens.append(run)
+            await wait_for(pilot, lambda: run.state.step >= 3, 120, "three steps")
+            await pilot.press("p")
+            assert "pausing" in text_of(run.query_one(StatusLine))
+            await wait_for(pilot, lambda: run.state.status == "paused", 60, "the trainer to pause")
+            paused_at = run.state.step
+            await pilot.pause(2.0)
+            assert run.state.step == paused_at, "steps advanced while paused"
+            steps_in_log = [e["step"] for e in log_events(run.source.path) if e["type"] == "step"]
+            assert max(steps_in_log) == paused_at
+            assert "paused" in text_of(run.query_one(StatusLine))
+            await pilot.press("p")                                  # resume
+            await wait_for(pilot, lambda: run.state.step > paused_at, 60, "steps after resuming")
+            await pilot.press("x")
+            await wait_for(pilot, lambda: run.state.ended and run.finished, 60, "the stop")
+            s = run.state
+            assert s.status == "stopped"
+            assert s.checkpoints and Path(s.checkpoints[-1][1]).is_file()
+            end = log_events(run.source.path)[-1]
+            assert end["type"] == "run_end" and end["status"] == "stopped" and end["exit_code"] == 0
+            assert run.source.returncode() == 0
+            assert "stopped" in text_of(run.query_one(StatusLine))
+    finally:
+        kill_trainers(screens)
+
+
+async def test_a_trainer_that_raises_shows_its_traceback_and_the_picker_launches_another_run(runs_dir, tmp_path):
+    run_dir = tmp_path / "crash"
+    (run_dir / "ckpt.pt").mkdir(parents=True)   # the checkpoint cannot be written: the trainer raises mid-run
+    app = CockpitApp(preset="nanogpt", overrides=TINY + ["train.max_steps=50", "train.checkpoint_interval=3",
+                                                         "train.eval_interval=1000"],
+                     log=str(run_dir / "events.jsonl"), presets=INFOS)
+    screens = []
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the run screen")
+            run = app.screen
+            screens.append(run)
+            await wait_for(pilot, lambda: run.finished, 120, "the trainer to fail")
+            await pilot.pause(0.3)
+            s = run.state
+            assert s.status == "failed" and s.exit_code == 1
+            pane = run.query_one(ErrorPane)
+            assert pane.has_class("-shown") and pane.display
+            shown = str(pane.query_one("#error-text").render())
+            assert "Traceback (most recent call last)" in shown and "IsADirectoryError" in shown
+            assert "failed (exit 1)" in text_of(run.query_one(StatusLine))
+            assert app.exit_status == 1
+            await pilot.press("escape")                             # back to the picker; the UI is alive
+            await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen), 10, "the picker")
+            picker = app.screen
+            picker.overrides["nanogpt"] = TINY + ["train.max_steps=3", "train.eval_interval=3",
+                                                  "train.checkpoint_interval=0"]
+            await pilot.press("j")                                  # mingpt -> nanogpt
+            assert picker.highlighted()["name"] == "nanogpt"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen is not run, 10,
+                           "a second run screen")
+            second = app.screen
+            screens.append(second)
+            await wait_for(pilot, lambda: second.finished, 120, "the second run to end")
+            assert second.state.status == "completed" and second.state.step == 3
+            assert app.exit_status == 0
+    finally:
+        kill_trainers(screens)
+
+
+async def test_a_trainer_that_dies_before_run_end_shows_its_output_and_exit_code(runs_dir):
+    app = CockpitApp(preset="nanogpt", overrides=TINY[:2] + ["model.n_embd=32", "model.n_head=3"])
+    screens = []
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the run screen")
+            run = app.screen
+            screens.append(run)
+            await wait_for(pilot, lambda: run.finished, 120, "the trainer to exit")
+            await pilot.pause(0.3)
+            s = run.state
+            assert s.status == "failed" and s.exit_code not in (None, 0)
+            shown = str(run.query_one(ErrorPane).query_one("#error-text").render())
+            assert "without writing run_end" in shown and "trainer.out" in shown
+            assert "n_embd" in shown and "n_head" in shown          # the trainer's own words
+    finally:
+        kill_trainers(screens)
+
+
+async def test_q_asks_and_leave_running_keeps_the_trainer_writing_its_log_headless(runs_dir):
+    app = CockpitApp(preset="nanogpt", overrides=TINY + ["train.max_steps=100000", "train.eval_interval=100000",
+                                                         "train.checkpoint_interval=0"])
+    screens = []
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), 10, "the run screen")
+            run = app.screen
+            screens.append(run)
+            await wait_for(pilot, lambda: run.state.step >= 2, 120, "two steps")
+            await pilot.press("q")
+            await pilot.pause(0.2)
+            assert type(app.screen).__name__ == "QuitScreen"
+            await pilot.press("escape")                             # cancel: still here, still running
+            await pilot.pause(0.2)
+            assert app.screen is run and run.alive
+            await pilot.press("q")
+            await pilot.pause(0.2)
+            await pilot.press("l")                                  # leave it running
+            await pilot.pause(0.2)
+        log = run.source.path
+        assert app.farewell and f"cockpit watch {log}" in app.farewell
+        assert run.source.returncode() is None, "the trainer died with the UI"
+        size = log.stat().st_size
+        deadline = time.monotonic() + 60
+        while log.stat().st_size == size and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert log.stat().st_size > size, "the headless trainer stopped writing its log"
+        os.killpg(run.source.pid, signal.SIGTERM)                   # SIGTERM = stop with a checkpoint
+        assert run.source.proc.wait(timeout=60) == 0
+        assert log_events(log)[-1]["status"] == "stopped"
+    finally:
+        kill_trainers(screens)
+
+
+async def test_watch_tails_a_growing_log_and_replays_a_finished_one(tmp_path):
+    src = Path(__file__).parent / "fixtures" / "tui" / "nanogpt-tiny" / "events.jsonl"
+    lines = src.read_text().splitlines(keepends=True)
+    start = json.loads(lines[0])
+    start["pid"] = os.getpid()                       # a live writer: this process
+    start["time"] = time.time()
+    lines[0] = json.dumps(start) + "\n"
+    log = tmp_path / "events.jsonl"
+    log.write_text("".join(lines[:20]))
+    app = CockpitApp(watch=str(log))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, 10, "the log")
+        run = app.screen
+        first = run.state.step
+        assert run.state.status == "running" and first > 0
+        with log.open("a") as f:
+            f.write("".join(lines[20:-1]))
+            f.write(lines[-1][:25])                  # half a line: the writer is mid-write
+        await wait_for(pilot, lambda: run.state.step == 200, 10, "the new steps")
+        assert run.state.status == "running"
+        with log.open("a") as f:
+            f.write(lines[-1][25:])
+        await wait_for(pilot, lambda: run.state.status == "completed", 10, "run_end")
+        assert run.state.bad_events == 0
+        assert "completed" in text_of(run.query_one(StatusLine))
+        await pilot.press("p")                       # commands need a trainer this cockpit launched
+        await pilot.pause(0.2)
+    replay = CockpitApp(watch=str(src))
+    async with replay.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(replay.screen, RunScreen) and replay.screen.loaded, 10, "the log")
+        assert replay.screen.state.status == "completed" and replay.screen.state.step == 200
+
+
+async def test_view_keys_change_smoothing_log_y_x_axis_markers_and_sample_browsing():
+    src = Path(__file__).parent / "fixtures" / "tui" / "nanogpt-tiny" / "events.jsonl"
+    app = CockpitApp(watch=str(src))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, 10, "the log")
+        run = app.screen
+        plot = run.query_one(LossPlot)
+        await pilot.pause(0.2)
+        assert "marker:checkpoint" in plot.drawn and "marker:eval" in plot.drawn
+        await pilot.press("e")
+        assert plot.smoothing == 0.6 and "EMA 0.6" in str(plot.border_subtitle)
+        await pilot.press("l", "t")
+        await pilot.pause(0.2)
+        assert plot.log_y and plot.x_axis == "tokens"
+        xs, _ = plot.drawn["train"]
+        assert xs.max() == run.state.train.units[-1]               # the x-axis is tokens now
+        await pilot.press("t")
+        await pilot.pause(0.2)
+        assert plot.x_axis == "time" and plot.drawn["train"][0].max() == run.state.train.times[-1]
+        await pilot.press("m")
+        await pilot.pause(0.2)
+        assert not any(k.startswith("marker:") for k in plot.drawn)
+        pane = run.query_one(SamplesPane)
+        n = len(run.state.samples)
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        assert pane.current_index() == n - 3
+        assert f"{n - 2}/{n}" in str(pane.query_one("#sample-heading").render())
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        assert pane.index is None                                    # back to following the latest
+        await pilot.press("d")                                       # sample diff: same prompt, two steps
+        await pilot.pause(0.2)
+        heading = str(pane.query_one("#sample-heading").render())
+        a, b = pane.diff
+        assert f"step {run.state.samples[a]['step']} vs step {run.state.samples[b]['step']}" in heading
+        await pilot.press("left_curly_bracket")
+        assert pane.diff[1] < b
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        assert type(app.screen).__name__ == "HelpScreen"
+        keys = dict(app.screen.rows)
+        for key in ("p", "s", "c", "x", "k", "q", "e", "l", "t", "m", "[", "]", "d", "{", "}", "esc", "?"):
+            assert key in keys, f"help lacks {key}"
+        assert keys["p"] == "Pause/resume" and keys["x"] == "Stop"
+        await pilot.press("escape")
+
+
+async def test_kernels_panel_runs_the_comparison_in_a_subprocess_and_draws_speedups(monkeypatch):
+    from cockpit.screens import kernels as kmod
+
+    events = [{"type": "kernel", "name": "rmsnorm", "shape": [8, 64], "dtype": "float32", "backend": "triton",
+               "ok": True, "max_abs_err": 1e-6, "torch_ms": 2.0, "triton_ms": 1.0, "torch_mem": 400, "triton_mem": 100},
+              {"type": "kernel", "name": "swiglu", "shape": [8, 64], "dtype": "float32", "backend": "triton",
+               "ok": False, "max_abs_err": 0.5, "torch_ms": 1.0, "triton_ms": 2.0, "torch_mem": 100, "triton_mem": 100}]
+    calls = []
+
+    def fake_argv(only=None):
+        calls.append(only)
+        chosen = [e for e in events if only in (None, e["name"])]
+        code = "import json,sys\n" + "".join(f"print(json.dumps({e!r}))\n" for e in chosen)
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(kmod, "kernels_available", lambda: True)
+    app = CockpitApp(presets=INFOS)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        app.push_screen(kmod.KernelsScreen(argv_for=fake_argv))
+        await pilot.pause(0.2)
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.running is None and len(screen.results) == 2, 30, "the kernels run")
+        table = screen.query_one("#kernels-table")
+        assert table.row_count == 2
+        chart = text_of(screen.query_one("#kernels-chart"))
+        assert "2x" in chart and "0.5x" in chart and "75.0% mem" in chart and "FAIL" in chart
+        assert "done" in str(screen.query_one("#kernels-status").render())
+        await pilot.press("enter")                                   # re-run the highlighted kernel alone
+        await wait_for(pilot, lambda: screen.running is None and calls[-1] == "rmsnorm", 30, "the re-run")
+        assert calls == [None, "rmsnorm"]
+    monkeypatch.setattr(kmod, "kernels_available", lambda: False)
+    app = CockpitApp(presets=INFOS)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        app.push_screen(kmod.KernelsScreen(argv_for=fake_argv))
+        await pilot.pause(0.2)
+        status = str(app.screen.query_one("#kernels-status").render())
+        assert "not available yet" in status and "kernels_cmd.py" in status
+        assert len(calls) == 2                                       # nothing was run

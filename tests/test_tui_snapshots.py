@@ -1,0 +1,135 @@
+"""SVG snapshots of the cockpit TUI (pytest-textual-snapshot), made deterministic: recorded fixture logs from
+real tiny runs (tests/fixtures/tui), fixed preset facts, no clocks, no live system data.
+
+Update after an intended change: pytest tests/test_tui_snapshots.py --snapshot-update (then look at them)."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from cockpit.app import CockpitApp
+
+HERE = Path(__file__).parent
+FIXTURES = HERE / "fixtures" / "tui"
+RUN_FIXTURES = HERE / "fixtures" / "runs"
+
+# Fixed preset facts (no measurement subprocess): one preset does not fit the 12 GB budget (red).
+PRESETS = [
+    {"name": "dit", "arch": "dit", "task": "diffusion", "n_params": 32_470_000, "est_vram_bytes": int(16.4 * 2**30),
+     "vram_budget_gb": 12.0, "profile_here": "cpu",
+     "description": "DiT, the Diffusion Transformer: patches of a noisy image go through a plain transformer "
+                    "conditioned on the timestep and class by adaLN-Zero."},
+    {"name": "mingpt-sort", "arch": "mingpt", "task": "sort", "n_params": 85_730, "est_vram_bytes": 14_900_000,
+     "vram_budget_gb": 12.0, "profile_here": "cpu",
+     "description": "minGPT's gpt-nano learning to sort six digits: watch exact-match accuracy jump once "
+                    "attention learns to count."},
+    {"name": "nanogpt", "arch": "gpt", "task": "lm", "n_params": 10_750_000, "est_vram_bytes": int(4.5 * 2**30),
+     "vram_budget_gb": 12.0, "profile_here": "cpu",
+     "description": "nanoGPT's character-level Shakespeare GPT: a decoder-only transformer with causal "
+                    "self-attention, learned positions and weight tying. Watch the loss fall from ln(vocab) ~ 4.2 "
+                    "through the \"spaces and vowels\" plateau (~2.5) to words and speaker names (~1.5)."},
+    {"name": "unet", "arch": "unet", "task": "diffusion", "n_params": 38_310_000, "est_vram_bytes": int(6.3 * 2**30),
+     "vram_budget_gb": 12.0, "profile_here": "cpu",
+     "description": "A small class-conditional U-Net DDPM: samples start as pure noise and are denoised by DDIM."},
+]
+
+
+async def settle(pilot, cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "the screen did not load"
+        await pilot.pause(0.05)
+    await pilot.pause(0.3)
+
+
+def loaded_run(app):
+    return lambda: getattr(app.screen, "loaded", False) and type(app.screen).__name__ == "RunScreen"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_picker_snapshot(snap_compare, size):
+    async def before(pilot):
+        await pilot.pause(0.2)
+        await pilot.press("down", "down")        # nanogpt highlighted: its description shows
+    assert snap_compare(CockpitApp(presets=PRESETS), terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_run_screen_snapshot_from_a_recorded_run(snap_compare, size):
+    app = CockpitApp(watch=str(FIXTURES / "nanogpt-tiny" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+    assert snap_compare(app, terminal_size=size, run_before=before)
+
+
+def test_run_screen_snapshot_of_a_failed_run_with_its_traceback(snap_compare):
+    app = CockpitApp(watch=str(FIXTURES / "nanogpt-failed" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
+def test_samples_pane_snapshot_of_an_image_grid(snap_compare):
+    app = CockpitApp(watch=str(FIXTURES / "unet-tiny" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
+def test_sample_diff_snapshot(snap_compare):
+    app = CockpitApp(watch=str(FIXTURES / "nanogpt-tiny" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+        await pilot.press("d", "e", "m")         # sample diff, EMA 0.6, markers off
+        await pilot.pause(0.3)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
+@pytest.fixture
+def runs_here(tmp_path, monkeypatch):
+    """A `runs/` directory of fixture runs in the current directory, shown as `runs/` (no tmp path in the
+    picture); dates in UTC."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    for src in sorted(RUN_FIXTURES.iterdir()):
+        if (src / "events.jsonl").is_file():
+            shutil.copytree(src, root / src.name)
+    for name in ("nanogpt-tiny", "mingpt-tiny", "unet-tiny"):
+        shutil.copytree(FIXTURES / name, root / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield "runs"
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def test_runs_browser_snapshot(snap_compare, runs_here):
+    app = CockpitApp(start="runs", runs_dir=runs_here)
+
+    async def before(pilot):
+        await settle(pilot, lambda: getattr(app.screen, "loaded", False))
+        await pilot.press("space")               # mark the newest run
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
+def test_two_run_comparison_snapshot(snap_compare, runs_here):
+    app = CockpitApp(start="runs", runs_dir=runs_here)
+
+    async def before(pilot):
+        await settle(pilot, lambda: getattr(app.screen, "loaded", False))
+        screen = app.screen
+        for name in ("nanogpt-tiny", "mingpt-tiny"):
+            row = [r.name for r in screen.shown].index(name)
+            screen.query_one("#runs-table").move_cursor(row=row)
+            await pilot.press("space")
+        await pilot.press("c")
+        await settle(pilot, lambda: getattr(app.screen, "loaded", False) and type(app.screen).__name__ == "CompareScreen")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)

@@ -1,0 +1,152 @@
+"""The panes' drawing from a RunState: what a user reads in each pane (rendered without a terminal)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from cockpit.state import RunState
+from cockpit.widgets.gpu_pane import GpuPane
+from cockpit.widgets.kernel_chart import KernelChart
+from cockpit.widgets.loss_plot import LossPlot
+from cockpit.widgets.memory_pane import MemoryPane
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def started() -> RunState:
+    s = RunState()
+    s.apply({"type": "run_start", "time": 0.0, "run_id": "r", "preset": "nanogpt", "arch": "gpt",
+             "config": {"vram_budget_gb": 12.0}, "max_steps": 100})
+    return s
+
+
+def plain(widget) -> str:
+    return widget.render().plain
+
+
+async def mounted_render(widget, size=(60, 14)):
+    """Mount `widget` alone in an app of `size` and return what it renders (a rich Text)."""
+    from textual.app import App
+
+    class One(App):
+        def compose(self):
+            yield widget
+
+    async with One().run_test(size=size) as pilot:
+        await pilot.pause(0.05)
+        return widget.render()
+
+
+def test_gpu_pane_shows_temperature_utilisation_vram_gauge_power_and_throttle():
+    s = started()
+    for i, used in enumerate((2, 6, 11)):
+        s.apply({"type": "system", "time": float(i), "gpus": [
+            {"index": 0, "name": "NVIDIA GeForce RTX 3060", "temp_c": 70 + i, "util_pct": 97, "mem_used": used * 2**30,
+             "mem_total": 12 * 2**30, "power_w": 165.0, "throttle": ["sw_thermal"] if i == 2 else []}],
+            "cpu": {"util_pct": 50.0, "rss": 2**30}})
+    pane = GpuPane()
+    pane.update_state(s)
+    text = plain(pane)
+    assert "GPU 0 NVIDIA GeForce RTX 3060" in text
+    assert "72°C" in text and "util 97%" in text and "power 165 W" in text
+    assert "11.0 GiB/12.0 GiB" in text and "█" in text
+    assert "throttle sw_thermal" in text
+    assert "no NVIDIA GPU" not in text
+
+
+def test_gpu_pane_without_nvidia_says_so_with_the_nvml_reason_and_shows_cpu_and_ram():
+    s = started()
+    s.apply({"type": "system", "time": 1.0, "nvml": "NVMLError_LibraryNotFound: NVML Shared Library Not Found",
+             "cpu": {"util_pct": 75.0, "rss": 400 * 2**20, "ram_used": 3 * 2**30, "ram_total": 24 * 2**30, "cores": 2}})
+    pane = GpuPane()
+    pane.update_state(s)
+    text = plain(pane)
+    assert "no NVIDIA GPU" in text and "NVMLError_LibraryNotFound" in text
+    assert "CPU  75% of 2 cores" in text and "3.0 GiB/24.0 GiB" in text and "trainer RSS 400.0 MiB" in text
+
+
+async def test_memory_pane_turns_red_when_the_peak_exceeds_the_vram_budget():
+    s = started()
+    layers = [{"name": f"transformer.h.{i}", "activation_bytes": (i + 1) * 2**28, "param_bytes": 2**20}
+              for i in range(3)]
+    s.apply({"type": "memory", "time": 1.0, "step": 0, "layers": layers, "budget_bytes": 12 * 2**30,
+             "totals": {"params": 2**30, "grads": 2**30, "optimizer": 2**31, "activations": 6 * 2**28,
+                        "peak_allocated": 14 * 2**30}})
+    pane = MemoryPane()
+    pane.update_state(s)
+    r = await mounted_render(pane)
+    text = r.plain
+    assert "14.0 GiB of 12.0 GiB (peak allocated)" in text
+    assert "transformer.h.2" in text and "768.0 MiB" in text
+    over = [span for span in r.spans if "red" in str(span.style)]
+    assert over, "an over-budget peak must be drawn in red"
+
+
+def test_loss_plot_marks_skipped_steps_throttling_checkpoints_and_resumes():
+    s = started()
+    for i in range(1, 41):
+        s.apply({"type": "step", "time": float(i), "step": i, "loss": 4.0 - i * 0.05, "lr": 1e-3, "tokens": i * 64,
+                 "elapsed": float(i)})
+        if i == 10:
+            s.apply({"type": "log", "time": float(i), "level": "warning", "message": "non-finite", "step": i,
+                     "skipped": 1})
+        if i == 20:
+            s.apply({"type": "checkpoint", "time": float(i), "step": 20, "path": "/x/ckpt.pt"})
+            s.apply({"type": "system", "time": float(i), "gpus": [{"index": 0, "throttle": ["hw_slowdown"]}]})
+    s.apply({"type": "run_start", "time": 50.0, "run_id": "r", "config": {}, "resumed_from": 30})
+    for i in range(31, 36):
+        s.apply({"type": "step", "time": 50.0 + i, "step": i, "loss": 2.0, "lr": 1e-3, "tokens": i * 64,
+                 "elapsed": float(i)})
+    plot = LossPlot()
+    plot.set_runs([("nanogpt", s)])
+    assert plot.draw(80)
+    assert plot.drawn["marker:skipped"][0].tolist() == [10]
+    assert plot.drawn["marker:throttle"][0].tolist() == [20]
+    assert plot.drawn["marker:checkpoint"][0].tolist() == [20]
+    assert plot.drawn["marker:resume"][0].tolist() == [30]
+    assert plot.drawn["train"][0].max() == 35                  # the resumed run replaced steps 31..40
+    sub = plot.subtitle()
+    for legend in ("S skipped step", "T GPU throttle", "C checkpoint", "R resume"):
+        assert legend in sub
+    plot.configure(show_markers=False)
+    plot.draw(80)
+    assert not [k for k in plot.drawn if k.startswith("marker:")] and "markers off" in plot.subtitle()
+
+
+def test_kernel_chart_draws_speedup_and_memory_saving_bars():
+    chart = KernelChart()
+    chart.set_events([{"name": "rmsnorm", "shape": [64, 128], "dtype": "float32", "ok": True, "torch_ms": 3.0,
+                       "triton_ms": 1.0, "torch_mem": 1000, "triton_mem": 250}])
+    text = chart.render().plain
+    assert "rmsnorm 64x128 float32" in text and "3x" in text and "75.0% mem" in text and "█" in text
+
+
+def test_the_ui_never_imports_torch():
+    """The picker, the run screen on a recorded log, the runs browser and the comparison, in one process."""
+    code = f"""
+import asyncio, sys
+from cockpit.app import CockpitApp
+async def main():
+    app = CockpitApp(watch={str(ROOT / 'tests/fixtures/tui/unet-tiny/events.jsonl')!r},
+                     presets=[{{"name": "nanogpt", "arch": "gpt", "task": "lm"}}],
+                     runs_dir={str(ROOT / 'tests/fixtures/runs')!r})
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if getattr(app.screen, "loaded", False):
+                break
+        await pilot.press("escape")
+        await pilot.press("r")
+        await pilot.pause(1.0)
+        await pilot.press("space", "space", "c")
+        await pilot.pause(1.0)
+        print(type(app.screen).__name__)
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "triton", "bitsandbytes")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == "CompareScreen"
+    assert lines[-1] == "[]"

@@ -1,0 +1,297 @@
+"""Image data for the diffusion task: the shipped digits and emoji, a folder of PNG/JPEG files, or an .npz.
+
+    digits   1797 grey 8x8 handwritten digits (UCI optdigits via scikit-learn), labels 0-9, upsampled to
+             16x16 (the CPU default; trainers/assets/sklearn_digits.csv.gz)
+    emoji    1432 colour 32x32 Noto Color Emoji on white, unlabelled (the full-size default;
+             trainers/assets/noto_emoji_32.npz)
+    DIR      every .png/.jpg/.jpeg below DIR, resized (shorter side) and centre-cropped to data.image_size;
+             when DIR holds sub-folders of images, each sub-folder is a class (torchvision's ImageFolder)
+    FILE.npz key `images` (N,H,W) or (N,H,W,C), uint8 0-255 or float 0-1, optional integer `labels`
+
+Images come out as float tensors (N, C, H, W) in [-1, 1], the range DDPM trains in. Unlabelled data gets one
+class, 0 (named "all"), so the same class-conditional models train on it. JPEG needs Pillow; PNG falls back
+to the small decoder below (8-bit grey/RGB/RGBA/palette, non-interlaced) when Pillow is not installed.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import struct
+import zlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainers.config import ConfigError
+
+DATASETS = ("digits", "emoji")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor            # (N, C, H, W) float32 in [-1, 1]
+    labels: torch.Tensor            # (N,) int64 class ids in [0, num_classes)
+    class_names: list[str]
+    source: str
+    labelled: bool = True           # False: one class "all", the labels are all 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[-1]
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
+        """A fixed random train/val split (independent of the training seed), stratified by class."""
+        g = torch.Generator().manual_seed(seed)
+        train_idx, val_idx = [], []
+        for c in range(self.num_classes):
+            idx = torch.nonzero(self.labels == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            n_val = int(round(len(idx) * val_fraction))
+            if len(idx) >= 2:
+                n_val = min(max(n_val, 1), len(idx) - 1)
+            val_idx.append(idx[:n_val])
+            train_idx.append(idx[n_val:])
+        tr, va = torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
+        if len(tr) == 0 or len(va) == 0:
+            raise ConfigError(f"data.path={self.source}: {len(self.images)} image(s) cannot be split into train "
+                              "and val; give at least 2 images")
+        return self.subset(tr), self.subset(va)
+
+    def subset(self, idx: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.source, self.labelled)
+
+
+def asset_path(name: str) -> Path:
+    return Path(str(resources.files("trainers") / "assets" / name))
+
+
+def to_unit_range(images_uint8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) float in [-1, 1] -> (N, H, W, C) uint8."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square images (N, C, s, s) to (N, C, size, size): bilinear up, antialiased area-weighted down."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    down = images.shape[-1] > size
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
+
+
+# --- the shipped data sets -------------------------------------------------------------------------
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 digits as (N, 8, 8) uint8 values 0-16 and (N,) int64 labels."""
+    with gzip.open(asset_path("sklearn_digits.csv.gz"), "rt") as f:
+        rows = np.array([[int(float(v)) for v in row] for row in csv.reader(f) if row], dtype=np.int64)
+    return rows[:, :64].reshape(-1, 8, 8).astype(np.uint8), rows[:, 64]
+
+
+def load_digits(image_size: int = 16) -> ImageSet:
+    pixels, labels = load_digits_arrays()
+    x = torch.from_numpy(pixels).float().unsqueeze(1) / 16.0 * 2 - 1      # (N, 1, 8, 8) in [-1, 1]
+    x = resize(x, image_size).clamp(-1, 1)
+    return ImageSet(x, torch.from_numpy(labels), [str(d) for d in range(10)], "embedded digits (8x8 -> "
+                    f"{image_size}x{image_size})")
+
+
+def load_emoji(image_size: int = 32) -> ImageSet:
+    with np.load(asset_path("noto_emoji_32.npz")) as z:
+        imgs = z["images"]
+    x = resize(to_unit_range(imgs), image_size).clamp(-1, 1)
+    return ImageSet(x, torch.zeros(len(x), dtype=torch.long), ["all"], "embedded Noto emoji", labelled=False)
+
+
+# --- user data ---------------------------------------------------------------------------------------
+def square_crop_resize(img: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, C) uint8 -> (C, size, size) in [-1, 1]: shorter side to `size`, then the centre square."""
+    x = to_unit_range(img[None])                       # (1, C, H, W)
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[0, :, top:top + size, left:left + size].clamp(-1, 1)
+
+
+def read_png(data: bytes) -> np.ndarray:
+    """Decode a PNG (8-bit grey, grey+alpha, RGB, RGBA or palette; not interlaced) to (H, W, C) uint8.
+
+    Alpha is dropped after compositing on white. This covers what image editors and `write_png` produce;
+    other PNGs (16-bit, interlaced) need Pillow.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG file")
+    pos, idat, palette, header = 8, [], None, None
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"PLTE":
+            palette = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if header is None:
+        raise ValueError("PNG has no IHDR chunk")
+    w, h, depth, color, _comp, _filt, interlace = header
+    if depth != 8 or interlace != 0:
+        raise ValueError(f"PNG with bit depth {depth}{', interlaced' if interlace else ''} needs Pillow")
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color]
+    stride = w * channels
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8).reshape(h, 1 + stride)
+    out = np.zeros((h, stride), dtype=np.uint8)
+    for y in range(h):  # undo the per-row filters (PNG spec section 9); a = left, b = up, c = up-left
+        ftype, line = raw[y, 0], raw[y, 1:]
+        prev = out[y - 1] if y else np.zeros(stride, dtype=np.uint8)
+        if ftype == 0:
+            out[y] = line
+        elif ftype == 1:  # Sub: running sum along each channel, mod 256
+            out[y] = np.cumsum(line.reshape(w, channels).astype(np.int64), axis=0).reshape(-1) & 255
+        elif ftype == 2:  # Up
+            out[y] = (line.astype(np.int64) + prev) & 255
+        elif ftype in (3, 4):  # Average, Paeth: sequential along the row
+            cur, ln, up = [0] * stride, line.tolist(), prev.tolist()
+            for i in range(stride):
+                a = cur[i - channels] if i >= channels else 0
+                b = up[i]
+                if ftype == 3:
+                    pred = (a + b) >> 1
+                else:
+                    c = up[i - channels] if i >= channels else 0
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+                cur[i] = (ln[i] + pred) & 255
+            out[y] = cur
+        else:
+            raise ValueError(f"bad PNG filter type {ftype}")
+    img = out.reshape(h, w, channels)
+    if color == 3:
+        if palette is None:
+            raise ValueError("palette PNG without a PLTE chunk")
+        img = palette[img[..., 0]]
+    elif color in (4, 6):  # composite alpha on white
+        rgb, alpha = img[..., :-1].astype(np.float32), img[..., -1:].astype(np.float32) / 255
+        img = (rgb * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    return img
+
+
+def decode_image_file(path: Path) -> np.ndarray:
+    """(H, W, C) uint8 with C = 1 or 3. Pillow when installed; otherwise PNG only (read_png)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        Image = None
+    if Image is not None:
+        with Image.open(path) as im:
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
+            arr = np.asarray(im)
+        return arr[..., None] if arr.ndim == 2 else arr
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"data.path: {path} is a JPEG, which needs Pillow; `pip install pillow`, or convert the "
+                          "images to PNG or an .npz")
+    try:
+        return read_png(path.read_bytes())
+    except (ValueError, KeyError, zlib.error) as e:
+        raise ConfigError(f"data.path: cannot decode {path} ({e}); `pip install pillow` or re-save it as an "
+                          "8-bit PNG") from None
+
+
+def load_folder(root: Path, image_size: int) -> ImageSet:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"data.path={root}: no .png/.jpg/.jpeg images found; put images in the folder or "
+                          "give an .npz with key `images`")
+    # Sub-folders that hold images are classes; images directly in root (with sub-folders too) are one class.
+    class_of = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files]
+    names = sorted(set(class_of))
+    labelled = len(names) > 1
+    decoded = [decode_image_file(p) for p in files]
+    channels = 1 if all(a.shape[-1] == 1 for a in decoded) else 3
+    tensors = [square_crop_resize(np.repeat(a, 3, axis=-1) if a.shape[-1] < channels else a, image_size)
+               for a in decoded]
+    labels = torch.tensor([names.index(c) for c in class_of], dtype=torch.long) if labelled else \
+        torch.zeros(len(files), dtype=torch.long)
+    return ImageSet(torch.stack(tensors), labels, [n or "." for n in names] if labelled else ["all"],
+                    f"{root} ({len(files)} images)", labelled=labelled)
+
+
+def load_npz(path: Path, image_size: int) -> ImageSet:
+    try:
+        z = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.path={path}: cannot read the .npz ({e}); give an .npz with key `images`") from None
+    with z:
+        if "images" not in z.files:
+            raise ConfigError(f"data.path={path}: no key `images` (has {', '.join(z.files) or 'none'}); save the "
+                              "images as np.savez(path, images=..., labels=...)")
+        imgs, labels = z["images"], (z["labels"] if "labels" in z.files else None)
+    if imgs.ndim == 3:
+        imgs = imgs[..., None]
+    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3) or len(imgs) < 2:
+        raise ConfigError(f"data.path={path}: `images` has shape {imgs.shape}; expected (N, H, W) or (N, H, W, C) "
+                          "with C 1 or 3 and N >= 2")
+    if imgs.dtype != np.uint8:
+        if not np.issubdtype(imgs.dtype, np.floating) or imgs.min() < 0 or imgs.max() > 1:
+            raise ConfigError(f"data.path={path}: `images` must be uint8 0-255 or float 0-1, not {imgs.dtype} "
+                              f"in [{imgs.min()}, {imgs.max()}]")
+        imgs = (imgs * 255).round().astype(np.uint8)
+    x = torch.stack([square_crop_resize(a, image_size) for a in imgs])
+    if labels is None:
+        return ImageSet(x, torch.zeros(len(x), dtype=torch.long), ["all"], str(path), labelled=False)
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(imgs) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ConfigError(f"data.path={path}: `labels` must be {len(imgs)} non-negative integers (one per image)")
+    n = int(labels.max()) + 1
+    return ImageSet(x, torch.from_numpy(labels.astype(np.int64)), [str(i) for i in range(n)], str(path))
+
+
+def load_images(dataset: str, path: str = "", image_size: int = 16) -> ImageSet:
+    """The data set a diffusion preset trains on: `data.path` when given, else the named shipped set."""
+    if path:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ConfigError(f"data.path={path}: not found; give a folder of PNG/JPEG images or an .npz file")
+        if p.is_dir():
+            return load_folder(p, image_size)
+        if p.suffix.lower() == ".npz":
+            return load_npz(p, image_size)
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            raise ConfigError(f"data.path={path}: is a single image; give the folder that holds the images")
+        raise ConfigError(f"data.path={path}: unsupported file type; give a folder of PNG/JPEG images or an .npz")
+    if dataset == "digits":
+        return load_digits(image_size)
+    if dataset == "emoji":
+        return load_emoji(image_size)
+    raise ConfigError(f"data.dataset={dataset!r} is not a shipped image set; use one of {', '.join(DATASETS)} "
+                      "or set data.path")
+

@@ -1,0 +1,254 @@
+"""LoRA: low-rank adapters on the frozen linear layers of a pretrained model (Hu et al. 2021).
+
+    h = W0 x + (alpha / r) * B A dropout(x)     W0 (out, in) frozen;  A (r, in), B (out, r) trained   (eq. 3)
+    A ~ Kaiming-uniform, B = 0   ->  at step 0 the adapted model computes exactly what the base computes
+    merge:  W = W0 + (alpha / r) B A              (same function, no extra matmuls at inference)
+
+Targets name the projections of our GPT (trainers/models/gpt.py) that get adapters:
+
+    q, k, v   the query / key / value rows of the fused `attn.c_attn` (out = 3 * n_embd). Each adapted slice
+              gets its own A and B on its third of the output rows, so `q,v` adapts queries and values only
+              (the paper's Table 5 setting) and the key rows stay exactly the base's.
+    o         `attn.c_proj`, the attention output projection
+    fc, proj  the MLP's `mlp.c_fc` and `mlp.c_proj`
+    attn = q,k,v,o    mlp = fc,proj    all = every one of them
+
+The base may be a plain `nn.Linear` or a 4-bit `bitsandbytes` layer (QLoRA, trainers/quant.py); the adapter
+math is the same, and merging dequantises the base first.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainers.config import ConfigError
+
+# target -> (module name suffix, which third of the fused q/k/v output it adapts, or None for all rows)
+TARGETS: dict[str, tuple[str, int | None]] = {
+    "q": ("attn.c_attn", 0),
+    "k": ("attn.c_attn", 1),
+    "v": ("attn.c_attn", 2),
+    "o": ("attn.c_proj", None),
+    "fc": ("mlp.c_fc", None),
+    "proj": ("mlp.c_proj", None),
+}
+GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc", "proj"), "all": tuple(TARGETS)}
+
+
+def parse_targets(spec: str) -> list[str]:
+    """'q,v' / 'attn,mlp' / 'all' -> ordered unique target names; ConfigError names the bad one."""
+    out: list[str] = []
+    for raw in str(spec).replace(" ", "").split(","):
+        if not raw:
+            continue
+        names = GROUPS.get(raw, (raw,))
+        for name in names:
+            if name not in TARGETS:
+                valid = ", ".join([*TARGETS, *GROUPS])
+                raise ConfigError(f"finetune.targets: unknown projection '{raw}'; use a comma list of {valid}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise ConfigError("finetune.targets is empty; name the projections to adapt, e.g. finetune.targets=q,k,v,o")
+    return out
+
+
+class LoRAAdapter(nn.Module):
+    """One low-rank update delta_W = (alpha / r) B A of shape (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))  # B = 0: the update starts at zero
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))         # as nn.Linear initialises its weight
+        self.rank, self.alpha = rank, alpha
+        self.scale = alpha / rank
+
+    def forward(self, x):  # (..., in) -> (..., out)
+        return F.linear(F.linear(x, self.A), self.B) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:  # (out, in)
+        return (self.B @ self.A) * self.scale
+
+
+class LoRALinear(nn.Module):
+    """A frozen base linear layer plus adapters on slices of its output rows.
+
+    `slices` maps an adapter name to the [start, stop) range of output features it updates; a single
+    adapter over all rows is the plain LoRA layer, three slices of a fused q/k/v layer adapt q, k and v
+    separately. Rows no adapter covers pass through unchanged. All adapters of a layer run as two matmuls:
+
+        h     = dropout(x) [A_q; A_k; A_v]^T * (alpha / r)          (..., n*r)   A's stacked
+        delta = h blockdiag(B_q, B_k, B_v)^T                         (..., out)   zero rows where no adapter
+    """
+
+    def __init__(self, base: nn.Linear, slices: dict[str, tuple[int, int]], rank: int, alpha: float,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.slices = dict(sorted(slices.items(), key=lambda kv: kv[1][0]))
+        pos = 0
+        for name, (start, stop) in self.slices.items():
+            if not (pos <= start < stop <= self.out_features):
+                raise ValueError(f"adapter {name}: rows [{start}, {stop}) overlap or fall outside 0..{self.out_features}")
+            pos = stop
+        self.lora = nn.ModuleDict({name: LoRAAdapter(self.in_features, stop - start, rank, alpha)
+                                   for name, (start, stop) in self.slices.items()})
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+
+    def stacked_A(self) -> torch.Tensor:  # (n*r, in)
+        adapters = list(self.lora.values())
+        return adapters[0].A if len(adapters) == 1 else torch.cat([a.A for a in adapters], dim=0)
+
+    def block_B(self) -> torch.Tensor:  # (out, n*r): each B on its rows, zeros elsewhere
+        if list(self.slices.values()) == [(0, self.out_features)]:  # one adapter on every row: plain LoRA
+            return next(iter(self.lora.values())).B
+        blocks, pos = [], 0
+        for name, (start, stop) in self.slices.items():
+            if start > pos:  # a (rows, 0) block adds rows of zeros and no columns
+                blocks.append(self.lora[name].B.new_zeros(start - pos, 0))
+            blocks.append(self.lora[name].B)
+            pos = stop
+        if pos < self.out_features:
+            blocks.append(blocks[-1].new_zeros(self.out_features - pos, 0))
+        return torch.block_diag(*blocks)
+
+    def forward(self, x):
+        y = self.base(x)                                            # (..., out) frozen (maybe 4-bit) W0 x + b
+        h = F.linear(self.dropout(x), self.stacked_A()) * self.scale  # (..., n*r)
+        return y + F.linear(h, self.block_B()).to(y.dtype)        # (..., out)
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """(alpha / r) blockdiag(B) [A] : the (out, in) update the adapters add to W0."""
+        return (self.block_B().float() @ self.stacked_A().float()) * self.scale
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """W0 + delta_W, float32, shape (out, in)."""
+        from trainers.quant import dense_weight
+
+        return dense_weight(self.base).float() + self.delta_weight()
+
+    def extra_repr(self) -> str:
+        a = next(iter(self.lora.values()))
+        return f"adapters={list(self.slices)}, rank={a.rank}, alpha={a.alpha}"
+
+
+def _target_plan(model: nn.Module, targets: list[str]) -> dict[str, dict[str, int | None]]:
+    """module name -> {target name: third index or None} for every module the targets select."""
+    plan: dict[str, dict[str, int | None]] = {}
+    for name, module in model.named_modules():
+        for target in targets:
+            suffix, third = TARGETS[target]
+            if (name == suffix or name.endswith("." + suffix)) and isinstance(module, nn.Linear):
+                plan.setdefault(name, {})[target] = third
+    return plan
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module):
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def inject_lora(model: nn.Module, targets: str | list[str], rank: int, alpha: float, dropout: float = 0.0,
+                arch: str = "gpt") -> list[str]:
+    """Wrap the selected linear layers of `model` in LoRALinear (in place); returns the wrapped module names.
+
+    Adapters are created on the device of the layer they wrap, in float32.
+    """
+    names = parse_targets(targets) if isinstance(targets, str) else list(targets)
+    if rank < 1:
+        raise ConfigError(f"finetune.rank={rank}: must be at least 1")
+    plan = _target_plan(model, names)
+    if not plan:
+        wanted = ", ".join(sorted({TARGETS[t][0] for t in names}))
+        raise ConfigError(f"finetune.targets={','.join(names)}: arch {arch} has no linear layer named "
+                          f"*.{wanted}; LoRA here supports GPT-style models (gpt)")
+    wrapped = []
+    for name, chosen in plan.items():
+        base = model.get_submodule(name)
+        slices = {}
+        for target, third in chosen.items():
+            if third is None:
+                slices[target] = (0, base.out_features)
+            else:
+                if base.out_features % 3:
+                    raise ConfigError(f"finetune.targets={target}: {name} has {base.out_features} outputs, "
+                                      "not a fused q/k/v of three equal parts")
+                width = base.out_features // 3
+                slices[target] = (third * width, (third + 1) * width)
+        device = next((p.device for p in base.parameters()), torch.device("cpu"))
+        layer = LoRALinear(base, slices, rank, alpha, dropout).to(device)
+        for p in layer.lora.parameters():  # adapters stay float32 whatever the base holds
+            p.data = p.data.float()
+        _set_submodule(model, name, layer)
+        wrapped.append(name)
+    return wrapped
+
+
+def is_lora_param(name: str) -> bool:
+    return ".lora." in f".{name}"
+
+
+def freeze_base(model: nn.Module) -> int:
+    """requires_grad only for adapter parameters; returns the number of trainable parameters."""
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_lora_param(name))
+        n += p.numel() if p.requires_grad else 0
+    return n
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for name, p in model.named_parameters() if is_lora_param(name)]
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapters (a few hundred KB): what a LoRA fine-tune adds to its base."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_lora_param(k)}
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by a plain nn.Linear holding W0 + (alpha / r) B A (in place), and any
+    remaining 4-bit base layer by its dequantised float32 nn.Linear: the result is the base architecture
+    again, computing what base + adapters computed."""
+    from trainers.quant import dequantize_model
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            base = module.base
+            dense = nn.Linear(module.in_features, module.out_features, bias=base.bias is not None,
+                              device=module.lora[next(iter(module.lora))].A.device)
+            dense.weight.copy_(module.merged_weight())
+            if base.bias is not None:
+                dense.bias.copy_(base.bias.float())
+            _set_submodule(model, name, dense)
+    dequantize_model(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Logical parameter counts: 4-bit weights count as the weights they stand for, not their packed bytes."""
+    from trainers.quant import logical_numel
+
+    total = trainable = adapters = 0
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = logical_numel(p)
+        total += n
+        trainable += n if p.requires_grad else 0
+        adapters += n if is_lora_param(name) else 0
+    return {"total": total, "trainable": trainable, "adapters": adapters}

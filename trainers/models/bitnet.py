@@ -1,0 +1,253 @@
+"""BitNet b1.58: a LLaMA-style transformer whose linear layers have ternary weights {-1, 0, +1} (Ma et al.
+2024, "The Era of 1-bit LLMs: All Large Language Models are in 1.58 Bits"; training recipe from "The Era of
+1-bit LLMs: Training Tips, Code and FAQ"), written for cockpit in plain PyTorch.
+
+    x_0    = wte[idx]                                     (full precision embedding and head, as in the paper)
+    x_l+1  = x_l + Attn(x_l);   x_l+1 = x_l+1 + SwiGLU(x_l+1)  (every projection is a BitLinear; the RMSNorm
+                                                            before each block lives inside BitLinear)
+    logits = RMSNorm(x_L) @ wte^T                         (weight tying)
+
+BitLinear (y = x W^T with quantised x and W; latent full-precision W is what the optimizer updates):
+    x̂     = RMSNorm(x)                                            (normalise before quantising)
+    x_int = Clip(Round(x̂ · 127 / max|x̂|), -128, 127)            per token absmax, 8 bits; s_x = 127 / max|x̂|
+    γ     = max(mean|W|, ε);   W_int = Clip(Round(W / γ), -1, 1)  absmean, ternary
+    y     = (x_int W_intᵀ) · γ / s_x                              integer matmul, then one rescale
+Straight-through estimator: the forward uses the rounded values, the backward passes the gradient through
+Round/Clip unchanged, so dL/dW and dL/dx̂ reach the latent weights (scales are treated as constants).
+
+Two-stage schedule (`on_step`): the learning rate drops to `stage2_lr_scale` of the loop's schedule at half
+of training, and weight decay follows a cosine from its configured peak to 0 over the first half, then stays 0.
+
+Reference functions (importable; a fused Triton BitLinear can be tested against them):
+    weight_quant(w, eps=1e-5) -> (w_int, gamma)
+        w: (out, in) float. w_int: same shape, float with values in {-1, 0, 1}; gamma: 0-d tensor, w ≈ w_int·γ.
+    activation_quant(x, eps=1e-5) -> (x_int, scale)
+        x: (..., in). x_int: same shape, float with integer values in [-128, 127]; scale: (..., 1) = 127/max|x|,
+        x ≈ x_int / scale.
+    bitlinear_ref(x, weight, eps=1e-5) -> y
+        x: (..., in), weight: (out, in) latent fp weights. The training-mode forward (RMSNorm without gain,
+        quantise both, integer-valued matmul, rescale), with the straight-through estimator for backward.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class Config:
+    vocab_size: int = 65
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    ffn_hidden: int = 0             # SwiGLU hidden size; 0 -> 8/3 · n_embd rounded up to 32 (LLaMA)
+    dropout: float = 0.0
+    stage2_lr_scale: float = 0.5    # lr multiplier for the second half of training (two-stage schedule)
+    activation_checkpointing: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Quantisation (reference functions)
+
+def weight_quant(w, eps: float = 1e-5):
+    """absmean ternary quantisation: γ = max(mean|W|, ε), W_int = Clip(Round(W / γ), -1, 1)."""
+    gamma = w.abs().mean().clamp(min=eps)
+    return (w / gamma).round().clamp(-1, 1), gamma
+
+
+def activation_quant(x, eps: float = 1e-5):
+    """per-token absmax 8-bit quantisation: s = 127 / max|x|, x_int = Clip(Round(x · s), -128, 127)."""
+    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+    return (x * scale).round().clamp(-128, 127), scale
+
+
+def ste(x, q):
+    """Straight-through: the forward value is exactly q, the gradient flows to x unchanged."""
+    return q.detach() + (x - x.detach())
+
+
+def bitlinear_ref(x, weight, eps: float = 1e-5):
+    """Training-mode BitLinear forward: RMSNorm -> int8 activations × ternary weights -> rescale."""
+    x = F.rms_norm(x, (x.size(-1),), eps=eps)
+    x_int, scale = activation_quant(x, eps)
+    w_int, gamma = weight_quant(weight, eps)
+    x_int = ste(x * scale.detach(), x_int)          # dL/dx = dL/dx_int · s (so that x ≈ x_int / s)
+    w_int = ste(weight / gamma.detach(), w_int)     # dL/dW = dL/dW_int / γ (so that W ≈ W_int · γ)
+    return F.linear(x_int, w_int) * (gamma.detach() / scale.detach())
+
+
+class BitLinear(nn.Linear):
+    """nn.Linear with latent fp weights, trained through ternary weights and 8-bit activations."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x):
+        return bitlinear_ref(x, self.weight)
+
+
+class TernaryLinear(nn.Module):
+    """An exported BitLinear: int8 weights in {-1, 0, 1} and one fp32 scale; no latent weights."""
+
+    def __init__(self, layer: BitLinear):
+        super().__init__()
+        w_int, gamma = weight_quant(layer.weight.detach().float())
+        self.register_buffer("w_int", w_int.to(torch.int8))
+        self.register_buffer("gamma", gamma)
+
+    def forward(self, x):
+        x = F.rms_norm(x, (x.size(-1),), eps=1e-5)
+        x_int, scale = activation_quant(x)
+        # int8 × ternary accumulation; integer-valued fp32 is exact while |sum| < 2^24 (in_features < 132k)
+        return F.linear(x_int, self.w_int.to(x_int.dtype)) * (self.gamma / scale)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model
+
+class RMSNorm(nn.Module):
+    def __init__(self, ndim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def rotary(x, pos):
+    """Rotary position embedding (RoFormer, Su et al. 2021) on x (B, H, T, d)."""
+    d = x.size(-1)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    ang = pos.float()[:, None] * inv_freq[None, :]                  # (T, d/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        self.c_attn = BitLinear(cfg.n_embd, 3 * cfg.n_embd)         # q, k, v in one matmul
+        self.c_proj = BitLinear(cfg.n_embd, cfg.n_embd)
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        pos = torch.arange(T, device=x.device)
+        q, k = rotary(q, pos), rotary(k, pos)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W_2 (SiLU(W_1 x) ⊙ W_3 x) (Shazeer 2020), with W_1 and W_3 in one BitLinear."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        hidden = cfg.ffn_hidden or 32 * math.ceil(8 * cfg.n_embd / 3 / 32)
+        self.w13 = BitLinear(cfg.n_embd, 2 * hidden)
+        self.w2 = BitLinear(hidden, cfg.n_embd)
+
+    def forward(self, x):
+        a, b = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.mlp = SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        x = x + self.drop(self.attn(x))
+        return x + self.drop(self.mlp(x))
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm_f = RMSNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
+        B, T = idx.shape
+        assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
+        x = self.drop(self.wte(idx))
+        for block in self.blocks:
+            if self.config.activation_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.norm_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def on_step(self, optimizer, step: int, max_steps: int, lr: float) -> float:
+        """BitNet b1.58's two-stage schedule: lr drops at half-way; weight decay cosine -> 0, then off."""
+        half = max(max_steps // 2, 1)
+        for group in optimizer.param_groups:
+            peak = group.setdefault("bitnet_peak_weight_decay", group["weight_decay"])
+            group["weight_decay"] = peak * 0.5 * (1 + math.cos(math.pi * step / half)) if step < half else 0.0
+        return lr if step < half else lr * self.config.stage2_lr_scale
+
+    def metrics(self) -> dict:
+        """Fraction of ternary weights that are 0 (the paper's "feature filtering"), over all BitLinears."""
+        zeros = total = 0
+        for module in self.modules():
+            if isinstance(module, BitLinear):
+                w_int, _ = weight_quant(module.weight.detach())
+                zeros += int((w_int == 0).sum())
+                total += w_int.numel()
+        return {"ternary_zero_frac": zeros / max(total, 1)}
+
+    def export_ternary(self) -> "Model":
+        """A copy whose BitLinears are TernaryLinear (int8 {-1, 0, 1} weights + one scale), for inference."""
+        model = copy.deepcopy(self).eval()
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, BitLinear):
+                    setattr(module, name, TernaryLinear(child))
+        return model
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Autoregressive sampling (context cropped to block_size)."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :].float() / max(temperature, 1e-6)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

@@ -1,0 +1,275 @@
+"""Mamba: a selective state-space language model (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling
+with Selective State Spaces"), Mamba-1 block, written for cockpit in plain PyTorch.
+
+    x_0    = wte[idx]                                  (no position embedding: the recurrence is ordered)
+    x_l+1  = x_l + MambaMixer(RMSNorm(x_l))
+    logits = RMSNorm(x_L) @ wte^T                       (weight tying)
+
+MambaMixer (Fig. 3 of the paper), d_inner = expand * n_embd:
+    x, z   = in_proj(u)                                 (B, L, d_inner) each
+    x      = SiLU(causal depthwise conv1d(x))           (kernel d_conv, left padding only)
+    Δ, B, C = x_proj(x)  split (dt_rank, d_state, d_state);  Δ = softplus(dt_proj(Δ))   (input-dependent)
+    y      = SelectiveScan(x, Δ, A, B, C, D)            A = -exp(A_log), (d_inner, d_state), diagonal
+    out    = out_proj(y * SiLU(z))                      (gated output)
+
+Selective scan (eq. 2a/2b with the zero-order-hold discretisation Ā = exp(ΔA), B̄ ≈ ΔB):
+    h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t            h: (B, d_inner, d_state)
+    y_t = h_t · C_t + D ⊙ x_t
+
+Reference functions (importable, a Triton kernel can be tested against them):
+    selective_scan_ref(u, delta, A, B, C, D, h0=None) -> (y, h_last)
+        u, delta: (b, l, d) float; A: (d, n) (negative); B, C: (b, l, n); D: (d,); h0: (b, d, n) or None.
+        y: (b, l, d); h_last: (b, d, n). One Python step per token: the readable definition.
+    selective_scan_chunked(u, delta, A, B, C, D, h0=None, chunk=None) -> (y, h_last)
+        Same signature and result; the two-level scan used in training (about 2*sqrt(l) sequential steps).
+    selective_scan_step(u_t, delta_t, A, B_t, C_t, D, h) -> (y_t, h)
+        One token: u_t, delta_t (b, d); B_t, C_t (b, n); h (b, d, n). Used by `generate`.
+
+Generation is recurrent: each layer keeps a conv window (B, d_inner, d_conv-1) and the SSM state
+(B, d_inner, d_state), so a new token costs O(1) time and memory however long the context is.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class Config:
+    vocab_size: int = 65
+    block_size: int = 256          # training context; generation is not limited by it
+    n_layer: int = 4
+    n_embd: int = 128
+    d_state: int = 16              # N, the state size per channel
+    d_conv: int = 4                # causal depthwise conv kernel
+    expand: int = 2                # d_inner = expand * n_embd
+    dt_rank: int = 0               # 0 -> ceil(n_embd / 16), as in the paper
+    dt_min: float = 0.001          # Δ is initialised log-uniformly in [dt_min, dt_max]
+    dt_max: float = 0.1
+    scan_chunk: int = 0            # chunk length of the training scan; 0 -> ceil(sqrt(T))
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Selective scan: reference (sequential), chunked (training) and one-step (generation)
+
+def selective_scan_ref(u, delta, A, B, C, D, h0=None):
+    """Sequential selective scan, one token at a time: the definition the other forms are tested against."""
+    b, l, d = u.shape
+    h = u.new_zeros(b, d, A.shape[1]) if h0 is None else h0
+    ys = []
+    for t in range(l):
+        y, h = selective_scan_step(u[:, t], delta[:, t], A, B[:, t], C[:, t], D, h)
+        ys.append(y)
+    return torch.stack(ys, dim=1), h
+
+
+def selective_scan_step(u_t, delta_t, A, B_t, C_t, D, h):
+    """One recurrence step: h = exp(Δ A) h + Δ B u;  y = C·h + D u."""
+    dA = torch.exp(delta_t.unsqueeze(-1) * A)                       # (b, d, n)  Ā = exp(ΔA)
+    dBu = (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)          # (b, d, n)  B̄u = ΔBu
+    h = dA * h + dBu
+    y = torch.einsum("bdn,bn->bd", h, C_t) + D * u_t
+    return y, h
+
+
+def selective_scan_chunked(u, delta, A, B, C, D, h0=None, chunk=None):
+    """Two-level scan: split the sequence into chunks of T tokens.
+
+    1. inside every chunk at once, scan from a zero state (T sequential steps over all chunks together);
+    2. carry the state across chunks (l/T sequential steps): h_start[c+1] = Π_chunk Ā · h_start[c] + h_local_end[c];
+    3. add the carried state everywhere: h_t = h_local_t + exp(Σ_{s<=t in chunk} Δ_s A) · h_start.
+    Only products of decays <= 1 appear (no division by a decay), so it is as stable as the sequential scan.
+    """
+    b, l, d = u.shape
+    n = A.shape[1]
+    T = chunk or max(1, math.ceil(math.sqrt(l)))
+    nc = math.ceil(l / T)
+    pad = nc * T - l
+    if pad:  # padded steps keep the state unchanged: Δ = 0 gives Ā = 1 and B̄u = 0
+        u, delta, B = (F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B))
+    delta_c = delta.view(b, nc, T, d)
+    dA = torch.exp(delta_c.unsqueeze(-1) * A)                       # (b, nc, T, d, n)  Ā = exp(ΔA)
+    dBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)                # (b, l, d, n)      B̄u = ΔBu
+    dA_t, dBu_t = dA.unbind(2), dBu.view(b, nc, T, d, n).unbind(2)  # T slices of (b, nc, d, n)
+    # 1. local scans, all chunks in parallel
+    h = dBu_t[0]
+    local = [h]
+    for t in range(1, T):
+        h = dA_t[t] * h + dBu_t[t]
+        local.append(h)
+    h_local = torch.stack(local, dim=2)                               # (b, nc, T, d, n)
+    # decay from the chunk start: Π_{s<=t} exp(Δ_s A) = exp((Σ_{s<=t} Δ_s) A), a cumsum over (b, nc, T, d) only
+    decay = torch.exp(torch.cumsum(delta_c, dim=2).unsqueeze(-1) * A)  # (b, nc, T, d, n)
+    # 2. carry the state from chunk to chunk
+    carry = u.new_zeros(b, d, n) if h0 is None else h0
+    starts = []
+    for decay_c, h_end_c in zip(decay[:, :, -1].unbind(1), local[-1].unbind(1)):
+        starts.append(carry)
+        carry = decay_c * carry + h_end_c
+    h_start = torch.stack(starts, dim=1)                            # (b, nc, d, n)
+    # 3. every state = local part + decayed carried state
+    hs = h_local + decay * h_start.unsqueeze(2)                     # (b, nc, T, d, n)
+    hs = hs.view(b, nc * T, d, n)[:, :l]
+    y = torch.einsum("bldn,bln->bld", hs, C) + D * u[:, :l]
+    return y, carry
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model
+
+class RMSNorm(nn.Module):
+    def __init__(self, ndim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        d_inner = cfg.expand * cfg.n_embd
+        self.d_inner, self.d_state, self.d_conv = d_inner, cfg.d_state, cfg.d_conv
+        self.dt_rank = cfg.dt_rank or math.ceil(cfg.n_embd / 16)
+        self.scan_chunk = cfg.scan_chunk
+        self.in_proj = nn.Linear(cfg.n_embd, 2 * d_inner, bias=False)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, padding=cfg.d_conv - 1)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * cfg.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        self.out_proj = nn.Linear(d_inner, cfg.n_embd, bias=False)
+        # S4D-real initialisation: A_n = -(n+1) for every channel; stored as log for positivity
+        A = torch.arange(1, cfg.d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))                     # (d_inner, d_state)
+        self.D = nn.Parameter(torch.ones(d_inner))                  # skip connection
+        # Δ initialisation: softplus(bias) log-uniform in [dt_min, dt_max]
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        dt = torch.exp(torch.rand(d_inner) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+
+    def ssm_params(self, x):
+        """x (..., d_inner) -> Δ (..., d_inner), B (..., n), C (..., n) (all input-dependent)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.softplus(self.dt_proj(dt)), B, C
+
+    def forward(self, u):
+        B_, L, _ = u.shape
+        x, z = self.in_proj(u).chunk(2, dim=-1)                     # (B, L, d_inner) each
+        x = self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)  # causal: drop the right padding
+        x = F.silu(x)
+        delta, Bm, Cm = self.ssm_params(x)
+        A = -torch.exp(self.A_log.float())
+        # the scan runs in fp32 even under autocast: exp and long products are precision-sensitive
+        y, _ = selective_scan_chunked(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(),
+                                      chunk=self.scan_chunk or None)
+        y = y.to(x.dtype) * F.silu(z)
+        return self.out_proj(y)
+
+    def step(self, u_t, state):
+        """One token u_t (B, n_embd) with state (conv_window (B, d_inner, d_conv-1), h (B, d_inner, d_state))."""
+        conv_window, h = state
+        x, z = self.in_proj(u_t).chunk(2, dim=-1)
+        window = torch.cat([conv_window, x.unsqueeze(-1)], dim=-1)  # (B, d_inner, d_conv)
+        x = (window * self.conv1d.weight[:, 0, :]).sum(-1) + self.conv1d.bias
+        x = F.silu(x)
+        delta, Bm, Cm = self.ssm_params(x)
+        A = -torch.exp(self.A_log.float())
+        y, h = selective_scan_step(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(), h)
+        y = y.to(x.dtype) * F.silu(z)
+        return self.out_proj(y), (window[..., 1:], h)
+
+    def init_state(self, batch: int, device, dtype=torch.float32):
+        return (torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+                torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=torch.float32))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.norm = RMSNorm(cfg.n_embd)
+        self.mixer = MambaMixer(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return x + self.drop(self.mixer(self.norm(x)))
+
+    def step(self, x_t, state):
+        y, state = self.mixer.step(self.norm(x_t), state)
+        return x_t + y, state
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm_f = RMSNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        nn.init.normal_(self.wte.weight, std=0.02)
+        for name, p in self.named_parameters():
+            if name.endswith(("in_proj.weight", "x_proj.weight")):
+                nn.init.normal_(p, std=0.02)
+            elif name.endswith("out_proj.weight"):  # prenorm residual rescaling (GPT-2, as in mamba_ssm)
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
+        x = self.drop(self.wte(idx))
+        for layer in self.layers:
+            if self.config.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
+        x = self.norm_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    # --- recurrent inference ------------------------------------------------------------------------
+    def init_state(self, batch: int, device):
+        return [layer.mixer.init_state(batch, device, self.wte.weight.dtype) for layer in self.layers]
+
+    def step(self, token, state):
+        """token (B,) -> logits (B, vocab) and the new state; O(1) in the context length."""
+        x = self.wte(token)
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            x, s = layer.step(x, s)
+            new_state.append(s)
+        return self.lm_head(self.norm_f(x)), new_state
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Feed the prompt through the recurrence, then sample one token per step from the carried state."""
+        state = self.init_state(idx.size(0), idx.device)
+        for t in range(idx.size(1)):
+            logits, state = self.step(idx[:, t], state)
+        out = [idx]
+        for i in range(max_new_tokens):
+            if i > 0:
+                logits, state = self.step(out[-1][:, 0], state)
+            logits = logits.float() / max(temperature, 1e-6)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+            out.append(idx_next)
+        return torch.cat(out, dim=1)

@@ -1,0 +1,267 @@
+"""RetNet: a retentive network language model (Sun et al. 2023, "Retentive Network: A Successor to
+Transformer for Large Language Models"), written for cockpit in plain PyTorch.
+
+    x_0    = wte[idx]                                           (positions enter through the rotation of q, k)
+    Y_l    = MSR(LN(X_l)) + X_l;     X_l+1 = FFN(LN(Y_l)) + Y_l
+    logits = LN(X_L) @ wte^T                                    (weight tying)
+
+Retention for one head with decay γ (section 2.1), Q = (X W_Q) ⊙ Θ, K = (X W_K) ⊙ Θ̄ (xPos-style rotation):
+    parallel   (eq. 5):  Retention(X) = (Q Kᵀ ⊙ D) V,   D_nm = γ^(n-m) if n >= m else 0
+    recurrent  (eq. 6):  S_n = γ S_n-1 + K_nᵀ V_n;   Retention(X_n) = Q_n S_n
+    chunkwise  (eq. 7):  R_i = K_[i]ᵀ (V_[i] ⊙ ζ) + γ^B R_i-1,  ζ_j = γ^(B-j-1)
+                         Retention(X_[i]) = (Q_[i] K_[i]ᵀ ⊙ D) V_[i] + (Q_[i] R_i-1) ⊙ ξ,  ξ_j = γ^(j+1)
+Multi-scale retention (eq. 8): head h has γ_h = 1 - 2^(-5-h); each head is normalised by GroupNorm, then
+    MSR(X) = (swish(X W_G) ⊙ GroupNorm(head_1, ..., head_H)) W_O
+Training uses the chunkwise form (linear in T); generation uses the recurrent form (O(1) per token).
+
+Reference functions (importable, a Triton kernel can be tested against them), all fp32:
+    retention_parallel(q, k, v, gamma) -> y
+    retention_recurrent(q, k, v, gamma, state=None) -> (y, state)
+    retention_chunkwise(q, k, v, gamma, chunk=64, state=None) -> (y, state)
+        q, k: (B, H, T, dk) (already rotated and scaled); v: (B, H, T, dv); gamma: (H,) decays in (0, 1);
+        state: (B, H, dk, dv) or None (zeros); y: (B, H, T, dv). The parallel form starts from zero state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class Config:
+    vocab_size: int = 65
+    block_size: int = 256          # training context; generation is not limited by it
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    value_factor: int = 2          # d_v = value_factor * n_embd (the paper's 2d)
+    ffn_mult: int = 2              # FFN hidden = ffn_mult * n_embd (2d keeps the block at 12 d² like a GPT)
+    chunk_size: int = 64           # chunk length of the training form
+    dropout: float = 0.0
+    bias: bool = False
+    activation_checkpointing: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Retention: the three forms
+
+def decay_mask(gamma, T: int, device=None):
+    """D (H, T, T): D_nm = γ^(n-m) for n >= m, else 0."""
+    n = torch.arange(T, device=device, dtype=torch.float32)
+    diff = n[:, None] - n[None, :]                                          # n - m
+    log_d = diff * torch.log(gamma.float())[:, None, None]
+    return torch.exp(log_d.masked_fill(diff < 0, -math.inf))
+
+
+def retention_parallel(q, k, v, gamma):
+    """(Q Kᵀ ⊙ D) V: the form that trains like attention (O(T²))."""
+    D = decay_mask(gamma, q.size(2), q.device).to(q.dtype)
+    return ((q @ k.transpose(-1, -2)) * D) @ v
+
+
+def retention_recurrent(q, k, v, gamma, state=None):
+    """S_n = γ S_n-1 + K_nᵀ V_n;  y_n = Q_n S_n: one token at a time (O(1) per token)."""
+    B, H, T, dk = q.shape
+    if state is None:
+        state = q.new_zeros(B, H, dk, v.size(-1))
+    g = gamma.to(q.dtype)[None, :, None, None]
+    ys = []
+    for n in range(T):
+        state = g * state + k[:, :, n, :, None] * v[:, :, n, None, :]
+        ys.append((q[:, :, n, None, :] @ state).squeeze(2))
+    return torch.stack(ys, dim=2), state
+
+
+def retention_chunkwise(q, k, v, gamma, chunk: int = 64, state=None):
+    """Parallel inside each chunk, recurrent across chunks (O(T · chunk)); the last chunk may be shorter."""
+    B, H, T, dk = q.shape
+    if state is None:
+        state = q.new_zeros(B, H, dk, v.size(-1))
+    log_g = torch.log(gamma.float()).to(q.device)[None, :, None, None]      # (1, H, 1, 1)
+    ys = []
+    for i in range(0, T, chunk):
+        qc, kc, vc = q[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk]
+        L = qc.size(2)
+        j = torch.arange(L, device=q.device, dtype=torch.float32)[None, None, :, None]
+        xi = torch.exp((j + 1) * log_g).to(q.dtype)                          # γ^(j+1): decay of the carried state
+        zeta = torch.exp((L - 1 - j) * log_g).to(q.dtype)                    # γ^(L-j-1): decay to the chunk end
+        inner = ((qc @ kc.transpose(-1, -2)) * decay_mask(gamma, L, q.device).to(q.dtype)) @ vc
+        ys.append(inner + (qc @ state) * xi)
+        state = torch.exp(L * log_g).to(q.dtype) * state + kc.transpose(-1, -2) @ (vc * zeta)
+    return torch.cat(ys, dim=2), state
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model
+
+def rotate(x, pos):
+    """Rotary position rotation (the xPos Θ without its length extrapolation scale); x (B, H, T, d)."""
+    d = x.size(-1)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    ang = pos.float()[:, None] * inv_freq[None, :]                          # (T, d/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class MultiScaleRetention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0 and cfg.n_embd // cfg.n_head % 2 == 0, \
+            "n_embd / n_head must be an even integer (rotation pairs)"
+        self.n_head, self.chunk = cfg.n_head, cfg.chunk_size
+        self.dk = cfg.n_embd // cfg.n_head
+        self.dv = cfg.value_factor * cfg.n_embd // cfg.n_head
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.value_factor * cfg.n_embd, bias=cfg.bias)
+        self.g_proj = nn.Linear(cfg.n_embd, cfg.value_factor * cfg.n_embd, bias=cfg.bias)
+        self.out_proj = nn.Linear(cfg.value_factor * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.group_norm = nn.GroupNorm(cfg.n_head, cfg.value_factor * cfg.n_embd, affine=False, eps=1e-6)
+        # γ_h = 1 - 2^(-5-h): head 0 looks ~32 tokens back, later heads further
+        self.register_buffer("gamma", 1 - 2.0 ** (-5.0 - torch.arange(cfg.n_head, dtype=torch.float32)),
+                             persistent=False)
+
+    def qkv(self, x, pos):
+        """x (B, T, C) -> rotated q, scaled k (B, H, T, dk) and v (B, H, T, dv)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.dk).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_head, self.dk).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_head, self.dv).transpose(1, 2)
+        return rotate(q, pos), rotate(k, pos) * self.dk ** -0.5, v
+
+    def output(self, x, y):
+        """y (B, H, T, dv) -> per-head GroupNorm, swish gate, output projection."""
+        B, H, T, dv = y.shape
+        y = y.transpose(1, 2).reshape(B * T, H * dv)
+        y = self.group_norm(y.float()).view(B, T, H * dv).to(x.dtype)
+        return self.out_proj(F.silu(self.g_proj(x)) * y)
+
+    def forward(self, x, form: str = "chunkwise"):
+        pos = torch.arange(x.size(1), device=x.device)
+        q, k, v = self.qkv(x, pos)
+        q, k, v = q.float(), k.float(), v.float()  # decays and long sums in fp32 (also under autocast)
+        if form == "parallel":
+            y = retention_parallel(q, k, v, self.gamma)
+        elif form == "recurrent":
+            y, _ = retention_recurrent(q, k, v, self.gamma)
+        else:
+            y, _ = retention_chunkwise(q, k, v, self.gamma, self.chunk)
+        return self.output(x, y)
+
+    def step(self, x, state, n: int):
+        """x (B, C) at position n with state (B, H, dk, dv)."""
+        q, k, v = self.qkv(x.unsqueeze(1), torch.tensor([n], device=x.device))
+        y, state = retention_recurrent(q.float(), k.float(), v.float(), self.gamma, state)
+        return self.output(x.unsqueeze(1), y).squeeze(1), state
+
+
+class FFN(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.n_embd, cfg.ffn_mult * cfg.n_embd, bias=cfg.bias)
+        self.fc2 = nn.Linear(cfg.ffn_mult * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.msr = MultiScaleRetention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ffn = FFN(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, form: str = "chunkwise"):
+        x = x + self.drop(self.msr(self.ln_1(x), form))
+        return x + self.ffn(self.ln_2(x))
+
+    def step(self, x, state, n: int):
+        y, state = self.msr.step(self.ln_1(x), state, n)
+        x = x + y
+        return x + self.ffn(self.ln_2(x)), state
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2 scaled init of the residual projections
+            if name.endswith(("out_proj.weight", "fc2.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, form: str = "chunkwise"):
+        """idx (B, T) -> logits (B, T, vocab); `form` picks the retention form (all give the same result)."""
+        x = self.drop(self.wte(idx))
+        for block in self.blocks:
+            if self.config.activation_checkpointing and self.training:
+                x = checkpoint(block, x, form, use_reentrant=False)
+            else:
+                x = block(x, form)
+        x = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    # --- recurrent inference ------------------------------------------------------------------------
+    def init_state(self, batch: int, device):
+        msr = self.blocks[0].msr
+        return [torch.zeros(batch, msr.n_head, msr.dk, msr.dv, device=device) for _ in self.blocks]
+
+    def step(self, token, state, n: int):
+        """token (B,) at position n -> logits (B, vocab) and the new state; O(1) in the context length."""
+        x = self.wte(token)
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x, s = block.step(x, s, n)
+            new_state.append(s)
+        return self.lm_head(self.ln_f(x)), new_state
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Feed the prompt through the recurrence, then sample one token per step from the carried state."""
+        state = self.init_state(idx.size(0), idx.device)
+        for t in range(idx.size(1)):
+            logits, state = self.step(idx[:, t], state, t)
+        out = [idx]
+        n = idx.size(1)
+        for i in range(max_new_tokens):
+            if i > 0:
+                logits, state = self.step(out[-1][:, 0], state, n)
+                n += 1
+            logits = logits.float() / max(temperature, 1e-6)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            out.append(torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator))
+        return torch.cat(out, dim=1)

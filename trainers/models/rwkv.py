@@ -1,0 +1,302 @@
+"""RWKV-6 "Finch": an attention-free recurrent language model (Peng et al. 2024, "Eagle and Finch: RWKV with
+Matrix-Valued States and Dynamic Recurrence"), written for cockpit in plain PyTorch.
+
+    x_0    = LN0(wte[idx])
+    x_l+1  = x_l + TimeMix(LN(x_l));   x_l+1 = x_l+1 + ChannelMix(LN(x_l+1))
+    logits = LN(x_L) @ W_head                                     (untied head, as in RWKV-LM)
+
+TimeMix (Finch, section 4): data-dependent token shift (ddlerp), data-dependent decay, matrix-valued state:
+    lerp_□(a, b)   = a + (b - a) ⊙ (μ_□ + lora_□(a + (b - a) ⊙ μ_x)),  lora(x) = tanh(x A) B   (a = x_t, b = x_t-1)
+    r, k, v, g     = ddlerp_□(x_t, x_t-1) W_□;   g = SiLU(g)
+    w_t            = exp(-exp(d + lora_d(ddlerp_w(x_t, x_t-1))))   per channel, in (0, 1)
+    wkv_t          = r_t · (S_t-1 + diag(u) k_t^T v_t)             per head; S is (head_size × head_size)
+    S_t            = diag(w_t) S_t-1 + k_t^T v_t
+    out            = W_o (GroupNorm_heads(wkv) ⊙ g)
+ChannelMix:  k = ReLU(W_k lerp_k)^2;  out = σ(W_r lerp_r) ⊙ (W_v k)
+
+Reference functions (importable, a Triton kernel can be tested against them), all fp32:
+    wkv_ref(r, k, v, log_w, u, state=None) -> (y, state)
+        r, k, log_w: (B, T, H, K); v: (B, T, H, V); log_w = log of the per-step decay (<= 0); u: (H, K) bonus;
+        state: (B, H, K, V) or None (zeros). y: (B, T, H, V). One Python step per token: the definition.
+    wkv_chunked(r, k, v, log_w, u, state=None, chunk=16) -> (y, state)
+        Same signature and result; the chunked parallel form used in training. Inside a chunk the decay between
+        positions s < t is exp(Σ_{s<i<t} log w_i), summed over exactly those steps (a masked cumsum), so no
+        decay is ever divided by and no large cumulative sums are subtracted: fp32-exact however strong the decay.
+    wkv_step(r_t, k_t, v_t, log_w_t, u, state) -> (y_t, state)      one token (B, H, K) / (B, H, V).
+
+Generation is recurrent: per layer two shifted tokens (B, C) and the wkv state (B, H, K, K), a constant
+amount of memory per generated token however long the context grows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class Config:
+    vocab_size: int = 65
+    block_size: int = 256          # training context; generation is not limited by it
+    n_layer: int = 4
+    n_embd: int = 128
+    head_size: int = 32            # K = V = head_size; n_head = n_embd // head_size
+    ffn_mult: float = 3.5          # channel-mix hidden size = ffn_mult * n_embd (rounded to 32)
+    mix_lora: int = 32             # rank of the token-shift LoRA (D_MIX_LORA)
+    decay_lora: int = 64           # rank of the decay LoRA (D_DECAY_LORA)
+    wkv_chunk: int = 16            # chunk length of the training form
+    dropout: float = 0.0
+    activation_checkpointing: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------
+# WKV: recurrent reference, chunked parallel form (training) and one step (generation)
+
+def wkv_step(r_t, k_t, v_t, log_w_t, u, state):
+    """y = r·(S + diag(u) kᵀv);  S = diag(w) S + kᵀv.   r, k, log_w (B, H, K); v (B, H, V); S (B, H, K, V)."""
+    kv = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)                               # (B, H, K, V)  kᵀv
+    y = torch.einsum("bhk,bhkv->bhv", r_t, state + u.unsqueeze(-1) * kv)
+    state = torch.exp(log_w_t).unsqueeze(-1) * state + kv
+    return y, state
+
+
+def wkv_ref(r, k, v, log_w, u, state=None):
+    """The recurrence, one token at a time."""
+    B, T, H, K = r.shape
+    if state is None:
+        state = r.new_zeros(B, H, K, v.shape[-1])
+    ys = []
+    for t in range(T):
+        y, state = wkv_step(r[:, t], k[:, t], v[:, t], log_w[:, t], u, state)
+        ys.append(y)
+    return torch.stack(ys, dim=1), state
+
+
+def wkv_chunked(r, k, v, log_w, u, state=None, chunk=16):
+    """Chunked parallel form. For a chunk that starts from state S, with decays between positions written as
+    sums of log w over exactly the steps in between (never as a difference of two cumulative sums, which
+    would lose precision when one step's decay is very strong):
+        y_t   = (r_t ⊙ exp(Σ_{i<t} log w_i)) S + Σ_{s<t} [Σ_k r_t k_s exp(Σ_{s<i<t} log w_i)] v_s + (r_t ⊙ u ⊙ k_t) v_t
+        S_end = exp(Σ_i log w_i) ⊙ S + Σ_s (k_s ⊙ exp(Σ_{s<i} log w_i))ᵀ v_s
+    """
+    B, T, H, K = r.shape
+    if state is None:
+        state = r.new_zeros(B, H, K, v.shape[-1])
+    # (B, H, T, K): heads as batch
+    r, k, v, log_w = (t.transpose(1, 2) for t in (r, k, v, log_w))
+    ys = []
+    for i in range(0, T, chunk):
+        rc, kc, vc, wc = r[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk], log_w[:, :, i:i + chunk]
+        L = rc.shape[2]
+        lower = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)[:, :, None]  # [t, s]: s < t
+        # seg[t, s] = Σ_{s<i<=t} log w_i (a masked cumsum: each entry sums only its own steps)
+        seg = torch.where(lower, wc.unsqueeze(3), 0.0).cumsum(dim=2)           # (B, H, L_t, L_s, K)
+        between = F.pad(seg, (0, 0, 0, 0, 1, -1))                             # [t, s] = Σ_{s<i<t} log w_i
+        decay = torch.exp(between.masked_fill(~lower, -math.inf))            # 0 where s >= t
+        att = (rc.unsqueeze(3) * kc.unsqueeze(2) * decay).sum(-1)            # (B, H, L, L)
+        bonus = (rc * u[None, :, None, :] * kc).sum(-1, keepdim=True)         # (B, H, L, 1) current token
+        before = F.pad(torch.cumsum(wc, dim=2), (0, 0, 1, -1))                # Σ_{i<t} log w_i
+        y = att @ vc + bonus * vc + (rc * torch.exp(before)) @ state
+        to_end = seg[:, :, -1]                                                # Σ_{s<i<=end} log w_i, (B, H, L, K)
+        total = before[:, :, -1:] + wc[:, :, -1:]                             # Σ_i log w_i, (B, H, 1, K)
+        state = torch.exp(total).transpose(2, 3) * state + (kc * torch.exp(to_end)).transpose(2, 3) @ vc
+        ys.append(y)
+    return torch.cat(ys, dim=2).transpose(1, 2), state
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model
+
+def token_shift(x):
+    """x (B, T, C) -> x_t-1 for every t (zeros before the first token)."""
+    return F.pad(x, (0, 0, 1, -1))
+
+
+class TimeMix(nn.Module):
+    def __init__(self, cfg: Config, layer_id: int):
+        super().__init__()
+        C = cfg.n_embd
+        self.n_head, self.head_size, self.chunk = C // cfg.head_size, cfg.head_size, cfg.wkv_chunk
+        assert C % cfg.head_size == 0, "n_embd must be divisible by head_size"
+        # RWKV-LM's layer-dependent initialisation of the mixing coefficients and decays
+        ratio_0_to_1 = layer_id / max(cfg.n_layer - 1, 1)
+        ratio_1_to_almost0 = 1.0 - layer_id / cfg.n_layer
+        ddd = torch.arange(C, dtype=torch.float32) / C
+        self.maa_x = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0))
+        self.maa_wkvrg = nn.Parameter(torch.stack([                          # μ for w, k, v, r, g
+            1.0 - ddd.pow(ratio_1_to_almost0),
+            1.0 - ddd.pow(ratio_1_to_almost0),
+            1.0 - (ddd.pow(ratio_1_to_almost0) + 0.3 * ratio_0_to_1),
+            1.0 - ddd.pow(0.5 * ratio_1_to_almost0),
+            1.0 - ddd.pow(0.5 * ratio_1_to_almost0)]).view(-1))             # (5 * C,) 1-D: no weight decay
+        self.maa_A = nn.Parameter(torch.zeros(C, 5 * cfg.mix_lora))         # ddlerp LoRA, 5 heads at once
+        self.maa_B = nn.Parameter(torch.empty(5, cfg.mix_lora, C).uniform_(-0.01, 0.01))
+        n = torch.arange(C, dtype=torch.float32)
+        self.decay = nn.Parameter(-6 + 5 * (n / max(C - 1, 1)).pow(0.7 + 1.3 * ratio_0_to_1))  # d, per channel
+        self.decay_A = nn.Parameter(torch.zeros(C, cfg.decay_lora))
+        self.decay_B = nn.Parameter(torch.empty(cfg.decay_lora, C).uniform_(-0.01, 0.01))
+        zigzag = ((n + 1) % 3 - 1) * 0.1
+        self.bonus = nn.Parameter(ratio_0_to_1 * (1 - n / max(C - 1, 1)) + zigzag)  # u ("time_faaaa")
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.gate = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(self.n_head, C, eps=64e-5)                  # per-head norm (eps 1e-5 * 8²)
+
+    def project(self, x, x_prev):
+        """ddlerp token shift -> r, k, v, g, log_w, each (..., C)."""
+        xx = x_prev - x
+        lora = torch.tanh((x + xx * self.maa_x) @ self.maa_A)                # (..., 5 * rank)
+        lora = lora.view(-1, 5, lora.size(-1) // 5).transpose(0, 1)          # (5, N, rank)
+        m = torch.bmm(lora, self.maa_B).view(5, *x.shape)                    # (5, ..., C)
+        mu = self.maa_wkvrg.view(5, *([1] * (x.dim() - 1)), -1)
+        xw, xk, xv, xr, xg = (x + xx * (mu + m)).unbind(0)
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        g = F.silu(self.gate(xg))
+        log_w = -torch.exp(self.decay + torch.tanh(xw @ self.decay_A) @ self.decay_B)  # log of w = exp(-exp(.))
+        return r, k, v, g, log_w
+
+    def heads(self, t):
+        return t.view(*t.shape[:-1], self.n_head, self.head_size)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        r, k, v, g, log_w = self.project(x, token_shift(x))
+        u = self.bonus.view(self.n_head, self.head_size)
+        y, _ = wkv_chunked(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), chunk=self.chunk)
+        y = self.ln_x(y.reshape(B * T, C)).view(B, T, C).to(x.dtype)
+        return self.output(y * g)
+
+    def step(self, x, state):
+        """x (B, C); state = (previous x (B, C), wkv state (B, H, K, K))."""
+        x_prev, S = state
+        r, k, v, g, log_w = self.project(x, x_prev)
+        u = self.bonus.view(self.n_head, self.head_size)
+        y, S = wkv_step(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), S)
+        y = self.ln_x(y.reshape(x.size(0), -1)).to(x.dtype)
+        return self.output(y * g), (x, S)
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, cfg: Config, layer_id: int):
+        super().__init__()
+        C = cfg.n_embd
+        hidden = int(cfg.ffn_mult * C) // 32 * 32 or 32
+        ratio_1_to_almost0 = 1.0 - layer_id / cfg.n_layer
+        ddd = torch.arange(C, dtype=torch.float32) / C
+        self.maa_k = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0))
+        self.maa_r = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0))
+        self.key = nn.Linear(C, hidden, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(hidden, C, bias=False)
+
+    def mix(self, x, x_prev):
+        xx = x_prev - x
+        k = torch.relu(self.key(x + xx * self.maa_k)) ** 2                   # squared ReLU
+        return torch.sigmoid(self.receptance(x + xx * self.maa_r)) * self.value(k)
+
+    def forward(self, x):
+        return self.mix(x, token_shift(x))
+
+    def step(self, x, x_prev):
+        return self.mix(x, x_prev), x
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, layer_id: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.att = TimeMix(cfg, layer_id)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.ffn = ChannelMix(cfg, layer_id)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        x = x + self.drop(self.att(self.ln1(x)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+    def step(self, x, state):
+        att_state, ffn_prev = state
+        y, att_state = self.att.step(self.ln1(x), att_state)
+        x = x + y
+        y, ffn_prev = self.ffn.step(self.ln2(x), ffn_prev)
+        return x + y, (att_state, ffn_prev)
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # RWKV-LM's initialisation: tiny embedding (LN0 rescales it), orthogonal projections, zero outputs
+        nn.init.uniform_(self.wte.weight, -1e-4, 1e-4)
+        gain = 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
+        nn.init.orthogonal_(self.head.weight, gain=gain)
+        for block in self.blocks:
+            for lin in (block.att.receptance, block.att.key, block.att.value, block.att.gate, block.ffn.key):
+                nn.init.orthogonal_(lin.weight)
+            block.att.key.weight.data.mul_(0.1)
+            for lin in (block.att.output, block.ffn.receptance, block.ffn.value):
+                nn.init.zeros_(lin.weight)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
+        x = self.ln0(self.wte(idx))
+        for block in self.blocks:
+            if self.config.activation_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.ln_out(x)
+        if targets is None:
+            return self.head(x[:, [-1], :]), None
+        logits = self.head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    # --- recurrent inference ------------------------------------------------------------------------
+    def init_state(self, batch: int, device):
+        C, dtype = self.config.n_embd, self.wte.weight.dtype
+        H, K = C // self.config.head_size, self.config.head_size
+        return [((torch.zeros(batch, C, device=device, dtype=dtype),
+                  torch.zeros(batch, H, K, K, device=device, dtype=torch.float32)),
+                 torch.zeros(batch, C, device=device, dtype=dtype)) for _ in self.blocks]
+
+    def step(self, token, state):
+        """token (B,) -> logits (B, vocab) and the new state; O(1) in the context length."""
+        x = self.ln0(self.wte(token))
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x, s = block.step(x, s)
+            new_state.append(s)
+        return self.head(self.ln_out(x)), new_state
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Feed the prompt through the recurrence, then sample one token per step from the carried state."""
+        state = self.init_state(idx.size(0), idx.device)
+        for t in range(idx.size(1)):
+            logits, state = self.step(idx[:, t], state)
+        out = [idx]
+        for i in range(max_new_tokens):
+            if i > 0:
+                logits, state = self.step(out[-1][:, 0], state)
+            logits = logits.float() / max(temperature, 1e-6)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            out.append(torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator))
+        return torch.cat(out, dim=1)

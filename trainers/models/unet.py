@@ -1,0 +1,172 @@
+"""U-Net noise predictor for DDPM (Ho et al. 2020), small and class-conditional, written for cockpit.
+
+    emb   = MLP(sinusoid(t)) + class_embedding[y]               (y = num_classes is the null class, for
+                                                                 classifier-free guidance, Ho & Salimans 2022)
+    h     = conv_in(x_t)
+    down  : per level, num_res_blocks x ResBlock(h, emb) [+ self-attention at the lowest level], then a
+            stride-2 conv; every block's output is kept as a skip connection
+    mid   : ResBlock, self-attention, ResBlock                  (at the lowest resolution)
+    up    : per level, (num_res_blocks + 1) x ResBlock(concat(h, skip), emb) [+ attention], then 2x upsample
+    eps   = conv_out(SiLU(GroupNorm(h)))                         (predicted noise, same shape as x_t)
+
+ResBlock: GroupNorm -> SiLU -> conv3x3 -> GroupNorm * (1 + scale) + shift (FiLM from emb, "scale-shift norm" of
+Nichol & Dhariwal 2021) -> SiLU -> dropout -> conv3x3 (zero-initialised) + skip. Channel widths are
+base_channels * channel_mult[level]; channel_mult is a comma-separated string ("1,2,2") so presets can set it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Config:
+    image_size: int = 16
+    in_channels: int = 1
+    num_classes: int = 10           # class ids 0..num_classes-1; num_classes itself is the null class
+    base_channels: int = 64
+    channel_mult: str = "1,2,2"     # width multiplier per resolution level; len - 1 downsamplings
+    num_res_blocks: int = 2
+    n_head: int = 4                 # heads of the self-attention at the lowest resolution
+    dropout: float = 0.1
+    # The DDPM process this network is trained for (read by the diffusion task, stored with checkpoints):
+    num_timesteps: int = 1000
+    schedule: str = "linear"        # linear | cosine beta schedule
+    class_dropout: float = 0.1      # probability a training label is replaced by the null class
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoids of the (integer) timestep: [cos(t * w_i), sin(t * w_i)], w_i = max_period^(-i/half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, ch), ch)
+
+
+def zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = norm(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * c_out)            # -> (scale, shift)
+        self.norm2 = norm(c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero(nn.Conv2d(c_out, c_out, 3, padding=1))  # the block starts as the identity
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W positions of a feature map, with a residual connection."""
+
+    def __init__(self, ch: int, n_head: int):
+        super().__init__()
+        assert ch % n_head == 0, f"channels {ch} must be divisible by n_head {n_head}"
+        self.norm = norm(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = zero(nn.Conv2d(ch, ch, 1))
+        self.n_head = n_head
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.n_head, C // self.n_head, H * W).unbind(1)
+        # (B, nh, hs, HW) -> (B, nh, HW, hs)
+        y = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        y = y.transpose(-1, -2).reshape(B, C, H, W)
+        return x + self.proj(y)
+
+
+class Level(nn.Module):
+    """One resolution of the encoder or decoder: res blocks, optional attention after each."""
+
+    def __init__(self, chans: list[tuple[int, int]], emb_dim: int, dropout: float, attn: bool, n_head: int):
+        super().__init__()
+        self.blocks = nn.ModuleList([ResBlock(ci, co, emb_dim, dropout) for ci, co in chans])
+        self.attns = nn.ModuleList([SelfAttention(co, n_head) if attn else nn.Identity() for _, co in chans])
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        mult = [int(m) for m in str(cfg.channel_mult).split(",") if m.strip()]
+        assert mult, "channel_mult needs at least one level, e.g. '1,2'"
+        assert cfg.image_size % 2 ** (len(mult) - 1) == 0, \
+            f"image_size {cfg.image_size} must be divisible by 2^{len(mult) - 1} (channel_mult {cfg.channel_mult})"
+        ch = cfg.base_channels
+        emb_dim = 4 * ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)  # + 1: the null class
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+
+        widths = [ch * m for m in mult]
+        lowest = len(mult) - 1
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        skips, c = [ch], ch
+        for i, w in enumerate(widths):
+            chans = []
+            for _ in range(cfg.num_res_blocks):
+                chans.append((c, w))
+                c = w
+                skips.append(c)
+            self.down.append(Level(chans, emb_dim, cfg.dropout, i == lowest, cfg.n_head))
+            if i != lowest:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid1 = ResBlock(c, c, emb_dim, cfg.dropout)
+        self.mid_attn = SelfAttention(c, cfg.n_head)
+        self.mid2 = ResBlock(c, c, emb_dim, cfg.dropout)
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, w in reversed(list(enumerate(widths))):
+            chans = []
+            for _ in range(cfg.num_res_blocks + 1):
+                chans.append((c + skips.pop(), w))
+                c = w
+            self.up.append(Level(chans, emb_dim, cfg.dropout, i == lowest, cfg.n_head))
+            if i != 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+        self.norm_out = norm(c)
+        self.conv_out = zero(nn.Conv2d(c, cfg.in_channels, 3, padding=1))  # predicts 0 noise at init
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x, t, y):
+        """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) class ids (num_classes: null) -> noise (B, C, H, W)"""
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels)) + self.class_emb(y)
+        h = self.conv_in(x)
+        skips = [h]
+        for i, level in enumerate(self.down):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h, emb))
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for i, level in enumerate(self.up):
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))

@@ -1,0 +1,226 @@
+"""Diffusion: learn to generate images with a class-conditional DDPM (U-Net or DiT noise predictor).
+
+Preset keys read here (besides the common train.* keys):
+    data.dataset        digits (grey 16x16, labels 0-9) | emoji (colour 32x32, unlabelled); data.path overrides
+    data.hflip          random horizontal flips in training (never for digits: a flipped 2 is not a 2)
+    model.image_size    images are resized to it; in_channels and num_classes follow the data
+    model.num_timesteps, model.schedule (linear | cosine), model.class_dropout (label dropout for CFG)
+    sample.steps, sample.eta        DDIM steps and stochasticity of the live previews (sample.sampler: ddim | ddpm)
+    sample.guidance                 classifier-free guidance scale w (1 = plain conditional)
+    sample.rows, sample.cols        grid: `rows` samples per class column (`cols` columns when unlabelled)
+    sample.ema_decay                decay of the weight EMA that samples use
+    sample.eval_samples             samples scored by the digit classifier at each eval (digits only; 0 = off)
+
+A batch is (x0, y, t, noise), drawn entirely from the (split, step, micro) generator, label dropout included,
+so a resumed run sees exactly the batches of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+
+import torch
+
+from trainers.config import ConfigError
+from trainers.diffusion import SCHEDULES, Diffusion, DiffusionModel
+from trainers.images import load_images, to_uint8
+from trainers.models import build_model
+from trainers.tasks import Task as BaseTask
+
+SAMPLE_DEFAULTS = {"steps": 20, "eta": 0.0, "guidance": 2.0, "rows": 2, "cols": 8, "ema_decay": 0.999,
+                   "eval_samples": 100, "sampler": "ddim"}
+GRID_PAD = 1          # pixels between grid cells
+GRID_PAD_VALUE = 128  # mid grey, visible on black digits and white emoji backgrounds
+
+
+def unwrap(model: torch.nn.Module) -> DiffusionModel:
+    """The DiffusionModel inside DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
+    while not isinstance(model, DiffusionModel):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def image_grid(images: torch.Tensor, rows: int, cols: int, pad: int = GRID_PAD,
+               pad_value: int = GRID_PAD_VALUE) -> torch.Tensor:
+    """(rows * cols, C, H, W) in [-1, 1], column-major (column j holds images j*rows .. j*rows + rows - 1)
+    -> one (H', W', C) uint8 image with `pad` pixels between cells."""
+    n, C, H, W = images.shape
+    assert n == rows * cols, f"{n} images do not fill a {rows}x{cols} grid"
+    cells = torch.from_numpy(to_uint8(images))                        # (n, H, W, C)
+    grid = torch.full((rows * (H + pad) - pad, cols * (W + pad) - pad, C), pad_value, dtype=torch.uint8)
+    for k in range(n):
+        j, i = divmod(k, rows)
+        grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = cells[k]
+    return grid
+
+
+def image_payload(grid: torch.Tensor) -> dict:
+    """The `image` field of a sample event: {"h", "w", "c", "data": base64 of the HWC uint8 bytes}."""
+    h, w, c = grid.shape
+    return {"h": h, "w": w, "c": c, "data": base64.b64encode(grid.contiguous().numpy().tobytes()).decode("ascii")}
+
+
+class Task(BaseTask):
+    unit = "items"
+
+    def __init__(self, cfg, device, log=None):
+        super().__init__(cfg, device, log)
+        m, d = cfg["model"], cfg["data"]
+        self.opts = {**SAMPLE_DEFAULTS, **(cfg.get("sample") or {})}
+        self._check(m)
+        self.data = load_images(d.get("dataset", "digits"), d.get("path", ""), int(m.get("image_size", 16)))
+        self.train_set, self.val_set = self.data.split(d["val_fraction"])
+        self.hflip = bool(d.get("hflip", False))
+        self.class_dropout = float(m.get("class_dropout", 0.1))
+        self.diffusion = Diffusion(m.get("schedule", "linear"), int(m.get("num_timesteps", 1000)))
+        self.null_class = self.data.num_classes
+        # The classifier check applies to the shipped digits (class-conditional, grey).
+        self.score_digits = (not d.get("path") and d.get("dataset", "digits") == "digits"
+                             and int(self.opts["eval_samples"]) > 0)
+        s = self.data
+        self.log("info", f"data: {s.source}, {len(s.images)} images ({len(self.train_set.images)} train, "
+                         f"{len(self.val_set.images)} val), {s.channels}x{s.size}x{s.size}, "
+                         f"{s.num_classes if s.labelled else 'no'} classes")
+
+    def _check(self, m: dict):
+        o = self.opts
+        rules = [
+            (m.get("schedule", "linear") in SCHEDULES, "model.schedule", f"use one of {', '.join(SCHEDULES)}"),
+            (int(m.get("num_timesteps", 1000)) >= 2, "model.num_timesteps", "use at least 2 (1000 is DDPM's)"),
+            (0.0 <= float(m.get("class_dropout", 0.1)) < 1.0, "model.class_dropout", "use a value in [0, 1)"),
+            (int(o["steps"]) >= 1, "sample.steps", "use at least 1 (20 is typical for DDIM)"),
+            (0.0 <= float(o["eta"]) <= 1.0, "sample.eta", "use a value in [0, 1]"),
+            (float(o["guidance"]) >= 0.0, "sample.guidance", "use a value >= 0 (1 = no guidance)"),
+            (int(o["rows"]) >= 1 and int(o["cols"]) >= 1, "sample.rows/cols", "use at least 1"),
+            (0.0 <= float(o["ema_decay"]) < 1.0, "sample.ema_decay", "use a value in [0, 1), e.g. 0.999"),
+            (int(o["eval_samples"]) >= 0, "sample.eval_samples", "use 0 (off) or more"),
+            (o["sampler"] in ("ddim", "ddpm"), "sample.sampler", "use ddim or ddpm"),
+        ]
+        for ok, key, fix in rules:
+            if not ok:
+                raise ConfigError(f"{key}: invalid value; {fix}")
+
+    # --- model -------------------------------------------------------------------------------------
+    def build_model(self):
+        try:
+            net = build_model(self.cfg["arch"], self.cfg["model"], image_size=self.data.size,
+                              in_channels=self.data.channels, num_classes=self.data.num_classes,
+                              kernels=self.cfg.get("kernels", "torch"))
+        except AssertionError as e:
+            raise ConfigError(f"model: {e}; change the model.* keys") from None
+        return DiffusionModel(net, float(self.opts["ema_decay"]))
+
+    def on_step(self, model, optimizer, step, lr):
+        """Fold the weights into the EMA once per optimizer step (these are the weights after step - 1)."""
+        if step > 1:
+            m = unwrap(model)
+            m.ema.update(m.net)
+        return lr
+
+    # --- data --------------------------------------------------------------------------------------
+    def _draw(self, split: str, g: torch.Generator, n: int, drop_labels: bool):
+        data = self.train_set if split == "train" else self.val_set
+        idx = torch.randint(len(data.images), (n,), generator=g)
+        x0, y = data.images[idx], data.labels[idx].clone()
+        if self.hflip:
+            flip = torch.rand(n, generator=g) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        if drop_labels and self.class_dropout > 0:
+            y[torch.rand(n, generator=g) < self.class_dropout] = self.null_class
+        t = torch.randint(self.diffusion.T, (n,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        return tuple(v.to(self.device, non_blocking=True) for v in (x0, y, t, noise))
+
+    def get_batch(self, split, step, micro=0):
+        """(x0 (B,C,H,W) in [-1,1], y (B,) with dropped labels = null class, t (B,), noise (B,C,H,W))."""
+        return self._draw(split, self.generator(split, step, micro), self.cfg["train"]["batch_size"],
+                          drop_labels=split == "train")
+
+    def batch_units(self, batch) -> int:
+        return batch[0].shape[0]
+
+    def loss(self, model, batch):
+        x0, y, t, noise = batch
+        return self.diffusion.loss(model, x0, t, noise, y)
+
+    # --- reporting ---------------------------------------------------------------------------------
+    def autocast(self):
+        dtype = self.cfg.get("_amp_dtype")
+        if dtype is None and self.device.type == "cuda" and self.cfg["train"].get("dtype", "auto") != "float32":
+            dtype = torch.bfloat16
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _fixed_loss(self, net, split: str) -> float:
+        """Diffusion loss on fixed images, timesteps and noise (the same at every eval, labels never dropped),
+        so evals are comparable with each other."""
+        losses = []
+        for i in range(self.cfg["train"]["eval_iters"]):
+            g = self.generator("test", 10_000 + i, 0 if split == "train" else 1)
+            x0, y, t, noise = self._draw(split, g, self.cfg["train"]["batch_size"], drop_labels=False)
+            with self.autocast():
+                losses.append(self.diffusion.loss(net, x0, t, noise, y).item())
+        return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def evaluate(self, model, step):
+        m = unwrap(model)
+        metrics = {"train_loss": self._fixed_loss(m.net, "train"), "ema_val_loss": self._fixed_loss(m.ema_net, "val"),
+                   "ema_decay": m.ema.current_decay()}
+        if self.score_digits:
+            from trainers.digit_classifier import score_samples
+
+            n = int(self.opts["eval_samples"])
+            labels = torch.arange(n) % 10
+            images = self.generate(m, labels, seed=self.cfg["train"]["seed"] + 1)
+            metrics["sample_accuracy"] = score_samples(images, labels)
+        return {"val_loss": self._fixed_loss(m.net, "val"), "metrics": metrics}
+
+    @torch.no_grad()
+    def generate(self, model, labels: torch.Tensor, seed: int, sampler: str | None = None) -> torch.Tensor:
+        """Class-conditional samples (N, C, H, W) in [-1, 1] from the EMA weights, in chunks of 256."""
+        m = unwrap(model)
+        o = self.opts
+        sampler = sampler or o["sampler"]
+        g = torch.Generator().manual_seed(seed)
+        shape = (self.data.channels, self.data.size, self.data.size)
+        out = []
+        for i in range(0, len(labels), 256):
+            y = labels[i:i + 256].to(self.device)
+            with self.autocast():
+                if sampler == "ddpm":
+                    x = self.diffusion.ddpm_sample(m.ema_net, y, shape, generator=g, null_class=self.null_class,
+                                                   guidance=float(o["guidance"]))
+                else:
+                    x = self.diffusion.ddim_sample(m.ema_net, y, shape, generator=g, null_class=self.null_class,
+                                                   steps=int(o["steps"]), eta=float(o["eta"]),
+                                                   guidance=float(o["guidance"]))
+            out.append(x.float().cpu())
+        return torch.cat(out)
+
+    def sampler_name(self) -> str:
+        return f"ddpm-{self.diffusion.T}" if self.opts["sampler"] == "ddpm" else f"ddim-{int(self.opts['steps'])}"
+
+    @torch.no_grad()
+    def samples(self, model, step):
+        """One grid: a column per class (rows samples each), the same starting noise at every call so the
+        grids show one set of samples improving."""
+        rows = int(self.opts["rows"])
+        if self.data.labelled:
+            classes = list(range(self.data.num_classes))
+        else:
+            classes = [0] * int(self.opts["cols"])
+        labels = torch.tensor(classes).repeat_interleave(rows)            # column-major: class j in column j
+        images = self.generate(model, labels, seed=self.cfg["train"]["seed"])
+        grid = image_grid(images, rows, len(classes))
+        names = [self.data.class_names[c] for c in classes]
+        return [{"kind": "image", "image": image_payload(grid), "classes": names,
+                 "grid": {"rows": rows, "cols": len(classes), "cell_h": self.data.size, "cell_w": self.data.size,
+                          "pad": GRID_PAD},
+                 "sampler": self.sampler_name(), "guidance": float(self.opts["guidance"]),
+                 "prompt": f"{self.sampler_name()}, guidance {float(self.opts['guidance']):g}, EMA weights"}]
+
+    def state_dict(self):
+        return {"classes": self.data.class_names, "image_size": self.data.size, "channels": self.data.channels,
+                "source": self.data.source}

@@ -1,0 +1,371 @@
+"""Fine-tuning a pretrained language model: full, LoRA (trainers/lora.py) or QLoRA (trainers/quant.py).
+
+The base comes from `finetune.base`:
+    runs/<run>/ckpt.pt (or the run directory)  a checkpoint cockpit trained: its config rebuilds the model
+                                              and its tokenizer is reused (characters of the new corpus the
+                                              base never saw map to the tokenizer's fallback, a space)
+    a directory with config.json              GPT-2 weights in Hugging Face's layout (trainers/hf.py),
+                                              GPT-2 BPE tokenizer
+    ""                                        a randomly initialised base of the preset's `model.*` shape
+                                              (seeded by train.seed), for tests and `cockpit presets`
+The data is a text corpus as in the LM task; the default is the embedded Milton (Paradise Lost).
+
+    method=full   every weight trains (AdamW): the memory baseline
+    method=lora   W0 frozen, adapters (alpha / r) B A on `finetune.targets` train (AdamW)
+    method=qlora  W0 frozen in NF4 + double quantisation, adapters on top, 8-bit (paged on CUDA) AdamW
+
+The base's dropout is turned off (its weights are frozen; `finetune.dropout` regularises the adapters).
+`finetune.merge=true` exports merged weights (W0 + (alpha / r) B A) when the run ends: `merged.pt`, a cockpit
+checkpoint of the base architecture (usable as another `finetune.base`), and/or a Hugging Face directory.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from trainers import checkpoint as ckpt_io
+from trainers import data as textdata
+from trainers import hf, lora, quant
+from trainers.config import ConfigError, strip_private
+from trainers.models import build_model
+from trainers.tasks.lm import Task as LMTask
+
+METHODS = ("full", "lora", "qlora")
+EXPORTS = ("ckpt", "hf", "both")
+DEFAULTS = {"base": "", "method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.05, "targets": "q,k,v,o",
+            "merge": False, "export": "ckpt", "block_size": 0, "compare_memory": True}
+MERGED_CKPT, MERGED_HF = "merged.pt", "merged-hf"
+
+
+def finetune_settings(cfg: dict) -> dict:
+    """The `finetune.*` keys with defaults filled in and checked (ConfigError names the bad key)."""
+    ft = {**DEFAULTS, **(cfg.get("finetune") or {})}
+    if ft["method"] not in METHODS:
+        raise ConfigError(f"finetune.method={ft['method']!r} is not allowed; use one of {', '.join(METHODS)}")
+    if ft["export"] not in EXPORTS:
+        raise ConfigError(f"finetune.export={ft['export']!r} is not allowed; use one of {', '.join(EXPORTS)}")
+    if int(ft["rank"]) < 1:
+        raise ConfigError(f"finetune.rank={ft['rank']} must be at least 1")
+    if float(ft["alpha"]) <= 0:
+        raise ConfigError(f"finetune.alpha={ft['alpha']} must be positive (the update is scaled by alpha / rank)")
+    if not 0.0 <= float(ft["dropout"]) < 1.0:
+        raise ConfigError(f"finetune.dropout={ft['dropout']} must be in [0, 1)")
+    if int(ft["block_size"]) < 0:
+        raise ConfigError(f"finetune.block_size={ft['block_size']} must be >= 0 (0 = the base's context)")
+    ft["targets"] = ",".join(lora.parse_targets(ft["targets"]))
+    return ft
+
+
+# --- the base model ----------------------------------------------------------------------------------
+def _strip_prefixes(sd: dict) -> dict:
+    """Drop torch.compile's `_orig_mod.` and DDP's `module.` prefixes."""
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def read_base(spec: str) -> dict:
+    """Describe a base without building it: {"kind", "path", "arch", "model", "tokenizer", "weights"}.
+
+    `weights` is a callable returning the state dict (read on demand, memory-mapped for checkpoints).
+    """
+    p = Path(spec).expanduser()
+    if hf.is_hf_dir(p):
+        hfc = hf.read_config(p)
+        vocab = int(hfc.get("vocab_size", hf.GPT2_VOCAB))
+        tok_file = p / hf.TOKENIZER_FILE
+        if tok_file.is_file():
+            tokenizer = json.loads(tok_file.read_text(encoding="utf-8"))
+        elif vocab >= hf.GPT2_VOCAB:
+            tokenizer = {"kind": "gpt2"}
+        else:
+            raise ConfigError(f"finetune.base={spec}: vocab_size {vocab} is not GPT-2's and there is no "
+                              f"{hf.TOKENIZER_FILE}; cockpit cannot tell which tokenizer it was trained with")
+        return {"kind": "hf", "path": str(p), "arch": "gpt", "model": hf.model_config(hfc), "vocab_size": vocab,
+                "tokenizer": tokenizer, "weights": lambda: hf.hf_to_ours(hf.read_weights(p))}
+    if p.is_dir():
+        p = p / ckpt_io.CKPT_NAME
+    if not p.is_file():
+        raise ConfigError(f"finetune.base={spec}: no checkpoint or Hugging Face directory there; give "
+                          "runs/<run>/ckpt.pt, a run directory, or a directory with config.json")
+
+    def load():
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # truncated file, not a zip, pickled code refused by weights_only
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"finetune.base={spec}: checkpoint is unreadable ({type(e).__name__}: {first}); "
+                              "give a checkpoint cockpit wrote") from None
+
+    ckpt = load()
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ConfigError(f"finetune.base={spec}: not a cockpit checkpoint (no model/config)")
+    bcfg = ckpt["config"]
+    if bcfg.get("task") == "finetune":
+        raise ConfigError(f"finetune.base={spec}: is itself a fine-tune checkpoint; export its merged weights "
+                          f"first (python -m trainers.export_merged {p.parent}) and use merged.pt as the base")
+    tokenizer = (ckpt.get("task") or {}).get("tokenizer")
+    if not tokenizer:
+        raise ConfigError(f"finetune.base={spec}: the checkpoint holds no tokenizer (task {bcfg.get('task')!r}); "
+                          "fine-tuning needs a language-model checkpoint (task lm)")
+    vocab = textdata.tokenizer_from_state(tokenizer).vocab_size
+    del ckpt
+    return {"kind": "ckpt", "path": str(p), "arch": bcfg.get("arch", "gpt"), "model": dict(bcfg["model"]),
+            "vocab_size": vocab, "tokenizer": tokenizer,
+            "weights": lambda: _strip_prefixes(load()["model"])}
+
+
+def build_base(base: dict, kernels: str = "torch", seed: int = 0) -> torch.nn.Module:
+    """The base model (float32, dropout off) on the current default device, with its weights loaded."""
+    mcfg = dict(base["model"])
+    if "dropout" in mcfg:
+        mcfg["dropout"] = 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # a random base is the same base every time it is built
+        model = build_model(base["arch"], mcfg, vocab_size=base["vocab_size"], kernels=kernels)
+    if base.get("weights") is not None and not next(model.parameters()).is_meta:
+        try:
+            model.load_state_dict(base["weights"](), strict=True)
+        except RuntimeError as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise ConfigError(f"finetune.base={base['path']}: weights do not fit the model its config describes "
+                              f"({(lines[1] if len(lines) > 1 else lines[0])[:200]})") from None
+    return model
+
+
+def apply_method(model: torch.nn.Module, ft: dict, device: torch.device, arch: str = "gpt") -> torch.nn.Module:
+    """Turn a base model into the model a method trains (in place): quantise, inject adapters, freeze."""
+    method = ft["method"]
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if method == "qlora":
+        quant.quantize_base(model, device)
+    lora.inject_lora(model, ft["targets"], int(ft["rank"]), float(ft["alpha"]), float(ft["dropout"]), arch=arch)
+    lora.freeze_base(model)
+    return model
+
+
+def make_optimizer(model, ft: dict, train: dict, device: torch.device, log=None):
+    """AdamW on the trainable parameters (nanoGPT's decay grouping); 8-bit AdamW for QLoRA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": train["weight_decay"]},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    betas = (train["beta1"], train["beta2"])
+    if ft["method"] == "qlora":
+        return quant.make_8bit_adamw(groups, device, train["lr"], betas, log)
+    kw = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=train["lr"], betas=betas, **kw)
+
+
+# --- measured memory: full vs LoRA vs QLoRA ------------------------------------------------------------
+def measure_method(base_factory, ft: dict, method: str, batch, train: dict, device: torch.device) -> dict:
+    """Build `method` on a fresh base, run one training step on `batch` (x, y), and measure its bytes:
+    params (packed 4-bit weights count as stored), quant_state (absmax and code tables of the 4-bit layers),
+    grads, optimizer state (after the step) and activations (saved for backward, trainers/memory.py)."""
+    from trainers.memory import ActivationProbe, totals
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = base_factory()
+        model = apply_method(model, {**ft, "method": method}, device).to(device)
+        opt = make_optimizer(model, {**ft, "method": method}, train, device)
+        model.train()
+        probe = ActivationProbe(model)
+        with probe.capture():
+            _, loss = model(*(t.to(device) for t in batch))
+        loss.backward()
+        opt.step()
+        tot = totals(model, opt, probe.total, device)
+        counts = lora.count_params(model)
+        qstate = quant.quant_state_bytes(model)
+        del model, opt, loss
+    return {"method": method, "params": tot["params"], "quant_state": qstate, "grads": tot["grads"],
+            "optimizer": tot["optimizer"], "activations": tot["activations"],
+            "n_params": counts["total"], "trainable_params": counts["trainable"]}
+
+
+def measure_methods(base_factory, ft: dict, batch, train: dict, device: torch.device,
+                    methods=METHODS, log=None) -> list[dict]:
+    """One measured row per method (see measure_method), with `total` bytes; a method that cannot run here
+    (bitsandbytes missing, out of memory) gets an `error` instead."""
+    rows = []
+    for method in methods:
+        try:
+            row = measure_method(base_factory, ft, method, batch, train, device)
+            row["total"] = sum(row[k] for k in ("params", "quant_state", "grads", "optimizer", "activations"))
+        except ConfigError as e:
+            row = {"method": method, "error": str(e)}
+        except torch.OutOfMemoryError as e:
+            row = {"method": method, "error": f"out of memory: {str(e).splitlines()[0]}"}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        if log is not None and "error" in row:
+            log("warning", f"memory comparison: {method}: {row['error']}")
+    return rows
+
+
+# --- the task --------------------------------------------------------------------------------------------
+class Task(LMTask):
+    default_corpus = "milton.txt"
+    eval_at_start = True  # the first eval shows the base's loss on the new corpus
+
+    def __init__(self, cfg, device, log=None):
+        self.ft = finetune_settings(cfg)
+        self.base_info: dict | None = None
+        self._comparison: list[dict] | None = None
+        super().__init__(cfg, device, log)  # calls make_tokenizer, which reads the base
+        ws = int(self.ft["block_size"])
+        if ws and ws < self.stream.block_size:  # train/eval on shorter windows than the base's context
+            self.stream.block_size = ws
+        self.merged_paths: list[str] = []
+
+    # the base decides the tokenizer (and the model shape); read it here, before the corpus is encoded
+    def make_tokenizer(self, text: str):
+        cfg, ft = self.cfg, self.ft
+        if ft["base"]:
+            info = read_base(ft["base"])
+            tokenizer = textdata.tokenizer_from_state(info["tokenizer"])
+            if cfg["data"].get("tokenizer") != tokenizer.kind:
+                self.log("info", f"data.tokenizer: using the base's {tokenizer.kind} tokenizer")
+            cfg["data"]["tokenizer"] = tokenizer.kind
+            cfg["model"] = {**info["model"], **({"dropout": 0.0} if "dropout" in info["model"] else {})}
+            self.log("info", f"base: {info['path']} ({info['arch']}, " +
+                     ", ".join(f"{k}={v}" for k, v in info["model"].items()) + "); model.* keys come from the base")
+        else:
+            tokenizer = textdata.make_tokenizer(cfg["data"]["tokenizer"], text)
+            info = {"kind": "random", "path": "", "arch": "gpt", "model": dict(cfg["model"]),
+                    "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.state_dict(), "weights": None}
+            self.log("info", f"base: randomly initialised gpt of the preset's model.* shape (seed "
+                             f"{cfg['train']['seed']}); set finetune.base=runs/<run>/ckpt.pt to fine-tune a "
+                             "trained model")
+        if tokenizer.kind == "char":
+            unseen = sorted(set(text) - set(tokenizer.chars))
+            if unseen:
+                n = sum(text.count(c) for c in unseen)
+                fallback = " " if " " in tokenizer.stoi else repr(tokenizer.chars[0])
+                self.log("warning", f"{len(unseen)} characters of the corpus are not in the base's vocabulary "
+                                    f"({''.join(unseen)[:40]!r}, {n:,} occurrences); they map to {fallback!r}")
+        self.base_info = info
+        return tokenizer
+
+    def _base_factory(self):
+        return build_base(self.base_info, self.cfg.get("kernels", "torch"), self.cfg["train"]["seed"])
+
+    def build_model(self):
+        model = self._base_factory()
+        model = apply_method(model, self.ft, self.device, arch=self.base_info["arch"])
+        counts = lora.count_params(model)
+        self.log("info", f"{self.ft['method']}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
+                         f"({100 * counts['trainable'] / max(1, counts['total']):.2f}%)" +
+                 (f"; adapters rank {self.ft['rank']}, alpha {self.ft['alpha']:g} on {self.ft['targets']}"
+                  if self.ft["method"] != "full" else ""))
+        return model
+
+    def configure_optimizer(self, model):
+        return make_optimizer(model, self.ft, self.cfg["train"], self.device, self.log)
+
+    @torch.no_grad()
+    def evaluate(self, model, step):
+        out = super().evaluate(model, step)
+        counts = lora.count_params(model)
+        out["metrics"].update(trainable_params=counts["trainable"], params=counts["total"],
+                              trainable_pct=100.0 * counts["trainable"] / max(1, counts["total"]))
+        out["method"] = self.ft["method"]
+        return out
+
+    def memory_fields(self, model, optimizer) -> dict:
+        """Extra fields for the loop's `memory` event: `method`, `totals.quant_state`, and once per run a
+        measured `comparison` of full / LoRA / QLoRA for this base (one step on a training micro-batch, on
+        CPU in float32 so that it never competes with the run for GPU memory)."""
+        fields = {"method": self.ft["method"],
+                  "totals": {"method": self.ft["method"], "quant_state": quant.quant_state_bytes(model)}}
+        if self.ft["compare_memory"] and self._comparison is None:
+            cpu = torch.device("cpu")
+            # the run's micro-batch on a CPU run; one sequence on a GPU run (CPU time and RAM stay small)
+            n = self.cfg["train"]["batch_size"] if self.device.type == "cpu" else 1
+            x, y = self.stream.batch("train", n, self.generator("train", 0, 0))
+            self._comparison = measure_methods(self._base_factory, self.ft, (x, y), self.cfg["train"], cpu,
+                                               log=self.log)
+            fields["comparison"] = self._comparison
+            fields["comparison_note"] = ("measured on CPU in float32: one training step of each method on the "
+                                         f"same base and micro-batch ({tuple(x.shape)})")
+        return fields
+
+    def state_dict(self):
+        b = self.base_info or {}
+        return {"tokenizer": self.tokenizer.state_dict(),
+                "base": {"kind": b.get("kind"), "path": b.get("path"), "arch": b.get("arch"),
+                         "model": b.get("model"), "vocab_size": b.get("vocab_size")},
+                "finetune": dict(self.ft)}
+
+    def on_end(self, model, run_dir, status: str = "completed") -> list[str]:
+        """With finetune.merge=true, export merged weights into the run directory when the run completes."""
+        if not self.ft["merge"] or status != "completed":
+            return []
+        paths = export_merged(model, self.cfg, self.state_dict(), run_dir, self.ft["export"])
+        for p in paths:
+            self.log("info", f"merged weights written to {p}")
+        self.merged_paths = paths
+        return paths
+
+
+# --- merged export -----------------------------------------------------------------------------------------
+def merged_config(cfg: dict, task_state: dict) -> dict:
+    """The config of a merged checkpoint: the base architecture as a plain LM."""
+    base = task_state["base"]
+    out = strip_private(cfg)
+    out.pop("finetune", None)
+    out.update(name=f"{cfg.get('name', 'finetune')}-merged", arch=base["arch"], task="lm", model=dict(base["model"]))
+    out.setdefault("data", {})["tokenizer"] = task_state["tokenizer"].get("kind", "char")
+    return out
+
+
+def export_merged(model, cfg: dict, task_state: dict, out_dir, export: str = "ckpt", step: int | None = None,
+                  ckpt_path=None, hf_dir=None) -> list[str]:
+    """Merge adapters into a float32 copy of `model` and write it as a cockpit checkpoint and/or a
+    Hugging Face GPT-2 directory. The model passed in is left untouched."""
+    merged = copy.deepcopy(model)
+    lora.merge_lora(merged)
+    merged = merged.float().cpu().eval()
+    out_dir = Path(out_dir)
+    paths = []
+    if export in ("ckpt", "both"):
+        target = Path(ckpt_path) if ckpt_path else out_dir / MERGED_CKPT
+        state = {"step": step, "run_id": None, "config": merged_config(cfg, task_state),
+                 "model": merged.state_dict(), "optimizer": None, "task": {"tokenizer": task_state["tokenizer"]},
+                 "merged_from": {"method": task_state.get("finetune", {}).get("method"),
+                                 "base": task_state["base"].get("path")}}
+        paths.append(str(ckpt_io.save(target, state)))
+    if export in ("hf", "both"):
+        if task_state["base"]["arch"] != "gpt":
+            raise ConfigError(f"finetune.export={export}: only gpt models save in GPT-2's Hugging Face layout")
+        paths.append(str(hf.save_hf(merged, Path(hf_dir) if hf_dir else out_dir / MERGED_HF,
+                                    task_state["tokenizer"])))
+    return paths
+
+
+def model_from_checkpoint(ckpt: dict, device=torch.device("cpu")):
+    """Rebuild a fine-tune run's model (base architecture + method) from its checkpoint alone."""
+    cfg, ts = ckpt["config"], ckpt.get("task") or {}
+    if cfg.get("task") != "finetune" or "base" not in ts:
+        raise ConfigError("not a fine-tune checkpoint (task finetune); merged export needs a run of the lora or "
+                          "qlora preset")
+    ft = {**DEFAULTS, **(ts.get("finetune") or cfg.get("finetune") or {})}
+    base = {**ts["base"], "weights": None}
+    with torch.device("cpu"):
+        model = build_base(base)
+    model = apply_method(model, ft, device, arch=base["arch"])
+    model.load_state_dict(ckpt["model"])
+    return model, cfg, ts
