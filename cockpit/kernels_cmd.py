@@ -63,6 +63,8 @@ def _forwarded(args) -> list[str]:
     if args.compile is not None:
         out.append("--compile" if args.compile else "--no-compile")
     out += ["--seed", str(args.seed)]
+    if args.list:
+        out.append("--list")
     return out
 
 
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
+    if args.list:  # plain text from the child, passed through
+        return subprocess.run([sys.executable, "-m", "kernels.bench", *forwarded], env=bench_env()).returncode
     cmd = [sys.executable, "-m", "kernels.bench", "--json", *forwarded]
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=bench_env(), bufsize=1)

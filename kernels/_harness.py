@@ -66,7 +66,6 @@ class Kernel:
     tol: dict[torch.dtype, Tolerance] = field(default_factory=lambda: {torch.float32: FP32,
                                                                         torch.bfloat16: BF16})
     baseline: Callable[..., Any] | None = None  # the PyTorch path that is timed, when it is not `reference`
-    note: str = ""
 
     @property
     def torch_op(self) -> Callable[..., Any]:

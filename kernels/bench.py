@@ -1,7 +1,7 @@
 """`python -m kernels.bench`: every fused Triton kernel against its PyTorch reference.
 
     python -m kernels.bench [--json] [--only NAME[,NAME]] [--dtype float32,bfloat16] [--all-shapes]
-                            [--device auto|cpu|cuda] [--reps N] [--compile | --no-compile]
+                            [--device auto|cpu|cuda] [--reps N] [--compile | --no-compile] [--list]
 
 On a CUDA machine: preset shapes (GPT-2: 8x1024 tokens, 768 wide, 50257 vocab; Mamba-130M ...), timings
 by triton.testing.do_bench, and torch.compile of the same PyTorch code as a third column. Without CUDA:
@@ -43,6 +43,7 @@ def build_parser(prog: str = "python -m kernels.bench") -> argparse.ArgumentPars
                    help="also time torch.compile of the PyTorch code (default on CUDA)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--list", action="store_true", help="list the kernels and what they compute")
     return p
 
 
@@ -87,6 +88,11 @@ def run(args, out=sys.stdout) -> int:
         use_interpreter()  # before the kernel modules are imported (and their @triton.jit run)
     from kernels import _harness
 
+    if args.list:
+        for name in names:
+            k = _harness.get(name)
+            print(f"{name:15s} {k.title}  [{k.dims}]", file=out)
+        return 0
     compile_ = device.type == "cuda" if args.compile is None else args.compile
     reps = args.reps or 1
     events, first = [], True

@@ -142,7 +142,7 @@ class BitLinearFunction(torch.autograd.Function):
         y = torch.empty(M, N, device=x.device, dtype=x.dtype)
         TM, TN, TK = _mm_tiles(M, N, K)
         _int8_matmul[(triton.cdiv(M, TM), triton.cdiv(N, TN))](x_int, w_int, scale, gamma, y, M, N, K,
-                                                              BLOCK_M=TM, BLOCK_N=TN, BLOCK_K=TK)
+                                                              BLOCK_M=TM, BLOCK_N=TN, BLOCK_K=TK, num_warps=8)
         ctx.save_for_backward(x2, x_int, w_int, rstd, scale, gamma)
         ctx.shape, ctx.w_dtype = shape, weight.dtype
         return y.view(*shape[:-1], N)

@@ -169,7 +169,7 @@ class RetentionFunction(torch.autograd.Function):
         has_s0 = state is not None
         s0 = state.contiguous() if has_s0 else s_out
         _ret_fwd[(B * H, triton.cdiv(dv, BV))](q, k, v, gamma, s0, o, s_out, H, T, dk, dv, HAS_S0=has_s0,
-                                               PREC=prec, BT=BT, BK=BK, BV=BV)
+                                               PREC=prec, BT=BT, BK=BK, BV=BV, num_warps=8)
         ctx.save_for_backward(q, k, v, gamma, *([s0] if has_s0 else []))
         ctx.has_s0, ctx.prec, ctx.state_dtype = has_s0, prec, state.dtype if has_s0 else None
         return o, s_out
@@ -190,9 +190,10 @@ class RetentionFunction(torch.autograd.Function):
         has_ds = ds_out is not None
         grid = (B * H, n_vblk)
         _ret_bwd_dq[grid](q, k, v, gamma, s0[0] if ctx.has_s0 else q, do, dq_p, B * H, H, T, dk, dv,
-                          HAS_S0=ctx.has_s0, PREC=ctx.prec, BT=BT, BK=BK, BV=BV)
+                          HAS_S0=ctx.has_s0, PREC=ctx.prec, BT=BT, BK=BK, BV=BV, num_warps=8)
         _ret_bwd_dkv[grid](q, k, v, gamma, do, ds_out.contiguous() if has_ds else q, dk_p, dvx, ds0, B * H, H,
-                           T, dk, dv, triton.cdiv(T, BT), HAS_DSOUT=has_ds, PREC=ctx.prec, BT=BT, BK=BK, BV=BV)
+                           T, dk, dv, triton.cdiv(T, BT), HAS_DSOUT=has_ds, PREC=ctx.prec, BT=BT, BK=BK, BV=BV,
+                           num_warps=8)
         ds0 = ds0.to(ctx.state_dtype) if ctx.has_s0 else None
         return dq_p.sum(0).to(q.dtype), dk_p.sum(0).to(k.dtype), dvx, None, ds0
 

@@ -100,6 +100,7 @@ def _scan_bwd(U, DELTA, A, Bm, Cm, Dv, HS, DY, DHLAST, SCR, DU, DDELTA, DA_P, DB
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
         h_start = tl.load(HS + (pid_b * n_chunks + c) * D * N + dn, mask=mask2, other=0.0)
+        tl.debug_barrier()  # the previous chunk's reads of the scratch are done before it is rewritten
         # recompute this chunk's states h_t (after step t) into the scratch
         h = h_start
         for i in range(0, CHUNK):
@@ -111,6 +112,7 @@ def _scan_bwd(U, DELTA, A, Bm, Cm, Dv, HS, DY, DHLAST, SCR, DU, DDELTA, DA_P, DB
             b = tl.load(Bm + (pid_b * L + t) * N + ns, mask=nlive, other=0.0).to(tl.float32)
             h = tl.exp(dt[:, None] * a) * h + (dt * u)[:, None] * b[None, :]
             tl.store(scr + i * BLOCK_D * BLOCK_N + blk, h)
+        tl.debug_barrier()  # the scratch written above is read back by other threads of the program
         # reverse-time adjoint recurrence over the chunk
         for j in range(0, CHUNK):
             i = CHUNK - 1 - j

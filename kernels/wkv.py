@@ -99,6 +99,7 @@ def _wkv_bwd(R, Kx, V, LW, U, CKPT, DY, DSOUT, SCR, DR_P, DK_P, DLW_P, DV, DU_P,
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
         S = tl.load(CKPT + (pid_bh * n_chunks + c) * K * VD + kv_off, mask=mask2, other=0.0)
+        tl.debug_barrier()  # the previous chunk's reads of the scratch are done before it is rewritten
         for i in range(0, CHUNK):  # recompute S_{t-1} for every step of the chunk
             t = c * CHUNK + i
             klive, vlive = kmask & (ks * 0 + t < T), vmask & (vs * 0 + t < T)
@@ -108,6 +109,7 @@ def _wkv_bwd(R, Kx, V, LW, U, CKPT, DY, DSOUT, SCR, DR_P, DK_P, DLW_P, DV, DU_P,
             v = tl.load(V + ((b * T + t) * H + h) * VD + vs, mask=vlive, other=0.0).to(tl.float32)
             tl.store(scr + i * BLOCK_K * BLOCK_V + blk, S)
             S = tl.exp(lw)[:, None] * S + k[:, None] * v[None, :]
+        tl.debug_barrier()  # the scratch written above is read back by other threads of the program
         for j in range(0, CHUNK):
             i = CHUNK - 1 - j
             t = c * CHUNK + i

@@ -334,6 +334,16 @@ def test_bad_diffusion_settings_are_config_errors(override, match):
         task.build_model()
 
 
+def test_an_undecodable_jpeg_is_a_config_error_naming_the_file(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    write_png(tmp_path / "imgs" / "ok.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    (tmp_path / "imgs" / "photo.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    # without Pillow: "needs Pillow; pip install pillow"; with it: "cannot decode ..."
+    with pytest.raises(ConfigError) as err:
+        load_task(task_cfg("unet", f"data.path={tmp_path / 'imgs'}"), torch.device("cpu"))
+    assert "photo.jpg" in str(err.value) and ("Pillow" in str(err.value) or "cannot decode" in str(err.value))
+
+
 def test_npz_without_images_key_is_a_config_error(tmp_path):
     np.savez(tmp_path / "bad.npz", pictures=np.zeros((2, 4, 4), dtype=np.uint8))
     with pytest.raises(ConfigError, match="no key `images`"):

@@ -85,3 +85,12 @@ def test_table_marks_a_failed_kernel_and_names_it_in_the_summary():
     assert "FAIL" in _table.row(bad) and "grad k" in _table.row(bad)
     summary = _table.summary([ok, bad])
     assert summary.startswith("1/2 ok") and "wkv 64x512 float32" in summary
+
+
+def test_bench_lists_kernels_with_what_they_compute(capsys):
+    from kernels.bench import main
+
+    assert main(["--list", "--only", "rope,wkv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["rope", "wkv"]
+    assert "rotary" in lines[0] and "batch x T x heads x head_size" in lines[1]

@@ -208,13 +208,14 @@ def decode_image_file(path: Path) -> np.ndarray:
     except ImportError:
         Image = None
     if Image is not None:
-        with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
-            arr = np.asarray(im)
+        try:
+            with Image.open(path) as im:
+                if im.mode in ("RGBA", "LA", "P"):
+                    im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+                im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
+                arr = np.asarray(im)
+        except OSError as e:  # includes PIL.UnidentifiedImageError
+            raise ConfigError(f"data.path: cannot decode {path} ({e}); remove or re-save the file") from None
         return arr[..., None] if arr.ndim == 2 else arr
     if path.suffix.lower() != ".png":
         raise ConfigError(f"data.path: {path} is a JPEG, which needs Pillow; `pip install pillow`, or convert the "

@@ -3,7 +3,9 @@
 Each preset's full-size model is built on the meta device (no memory, no time) and one training step's
 forward and backward run there under the activation probe, so the activation bytes come from the real
 graph rather than a formula. The VRAM figure is still an estimate (labelled so): fp32 weights + grads +
-AdamW state (2 x fp32) + fp32 saved activations of one micro-batch; bf16 autocast on the GPU saves less.
+AdamW state (2 x fp32) + the activations of one micro-batch as a CUDA GPU would save them: in bf16 (the
+presets' autocast dtype) and with flash attention, which keeps q, k, v, the output and the row
+log-sum-exp instead of the T x T attention matrix.
 
     python -m trainers.inspect [--json] [NAME ...]
 """
@@ -12,6 +14,38 @@ from __future__ import annotations
 import json
 import sys
 import time
+
+
+class _FlashLikeSDPA:
+    """Stands in for F.scaled_dot_product_attention on the meta device, saving what flash attention saves."""
+
+    def __enter__(self):
+        import torch
+        import torch.nn.functional as F
+
+        class Flash(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v):
+                out = torch.empty_like(q)
+                lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+                ctx.save_for_backward(q, k, v, out, lse)
+                return out
+
+            @staticmethod
+            def backward(ctx, g):
+                q, k, v, _, _ = ctx.saved_tensors
+                return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+        self.F, self.real = F, F.scaled_dot_product_attention
+
+        def sdpa(q, k, v, *args, **kwargs):
+            return Flash.apply(q, k, v) if q.device.type == "meta" else self.real(q, k, v, *args, **kwargs)
+        F.scaled_dot_product_attention = sdpa
+        return self
+
+    def __exit__(self, *exc):
+        self.F.scaled_dot_product_attention = self.real
+        return False
 
 
 def inspect_preset(name: str) -> dict:
@@ -34,15 +68,17 @@ def inspect_preset(name: str) -> dict:
         params = {id(p): p for p in model.parameters()}.values()
         n_params = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)
-        weight_bytes = sum(p.numel() * p.element_size() for p in params)
+        weight_bytes = sum(p.numel() * p.element_size() for p in params)  # fp32 master weights
         batch = task.get_batch("train", 0)
         batch = tuple(b.to("meta") if torch.is_tensor(b) else b for b in batch) if isinstance(batch, (tuple, list)) \
             else batch.to("meta")
+        if cfg["train"]["dtype"] in ("auto", "bfloat16", "float16"):
+            model.to(torch.bfloat16)  # autocast saves bf16 activations; fp32 weights are counted below
         probe = ActivationProbe(model)
         model.train()
-        with probe.capture():
+        with probe.capture(), _FlashLikeSDPA():
             loss = task.loss(model, batch)
-        loss.backward()
+        loss.float().backward()
         est = {"weights": weight_bytes, "grads": trainable * 4, "optimizer": trainable * 8,
                "activations": probe.total}
         info.update(n_params=n_params, trainable_params=trainable, est_vram_bytes=sum(est.values()),

@@ -135,13 +135,20 @@ class Model(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
+        for layer in self.moe_layers:
+            # unit-variance router logits at init: routing starts visibly uneven, and the balance loss has
+            # something to do (with the GPT's 0.02 every router starts uniform and the loss sits at 1.0)
+            nn.init.normal_(layer.router.weight, mean=0.0, std=cfg.n_embd ** -0.5)
         for name, p in self.named_parameters():
             if name.endswith("c_fc"):
                 nn.init.normal_(p, mean=0.0, std=0.02)
             elif name.endswith(("c_proj.weight", "c_proj")):  # GPT-2 scaled init of the residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        self.moe_layers = [b.mlp for b in self.transformer.h if isinstance(b.mlp, MoE)]
         self._reset_window()
+
+    @property
+    def moe_layers(self) -> list[MoE]:
+        return [b.mlp for b in self.transformer.h if isinstance(b.mlp, MoE)]
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
