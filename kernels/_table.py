@@ -49,6 +49,14 @@ def mem_ratio(ev: dict):
     return t / f if t and f else None
 
 
+def fmt_speedup(ev: dict) -> str:
+    """torch / triton forward+backward time; 'n/a' for interpreter runs, whose timings say nothing of a GPU."""
+    if ev.get("timing") == "interpreter":
+        return "n/a"
+    sp = speedup(ev)
+    return f"{sp:.2f}x" if sp else "-"
+
+
 COLUMNS = [  # header, width, cell
     ("kernel", 15, lambda e: e.get("name", "?")),
     ("shape", 17, lambda e: fmt_shape(e.get("shape"))),
@@ -63,7 +71,7 @@ COLUMNS = [  # header, width, cell
     ("triton f+b", 10, lambda e: fmt_ms(e.get("triton_ms"))),
     ("torch mem", 10, lambda e: fmt_bytes(e.get("torch_mem"))),
     ("triton mem", 10, lambda e: fmt_bytes(e.get("triton_mem"))),
-    ("speedup", 8, lambda e: f"{speedup(e):.2f}x" if speedup(e) else "-"),
+    ("speedup", 8, lambda e: fmt_speedup(e)),
 ]
 COMPILE_COLUMN = ("compile f+b", 11, lambda e: fmt_ms(e.get("compile_ms")))
 

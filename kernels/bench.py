@@ -38,7 +38,8 @@ def build_parser(prog: str = "python -m kernels.bench") -> argparse.ArgumentPars
     p.add_argument("--all-shapes", action="store_true",
                    help="on CPU also run the awkward (odd-sized) shape of every kernel")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--reps", type=int, default=0, help="timed repetitions on CPU (default 1; CUDA: do_bench)")
+    p.add_argument("--reps", type=int, default=0,
+                   help="least timed runs on CPU (default 1, more while under 0.2 s; CUDA: do_bench)")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="also time torch.compile of the PyTorch code (default on CUDA)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
@@ -77,7 +78,8 @@ def event(type_: str, **fields) -> str:
     return json.dumps(_clean({"v": 1, "type": type_, "time": time.time(), **fields}), allow_nan=False)
 
 
-def run(args, out=sys.stdout) -> int:
+def run(args, out=None) -> int:
+    out = out or sys.stdout
     names, dtypes = parse_names(args.only), parse_dtypes(args.dtype)
     import torch
 

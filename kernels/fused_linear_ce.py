@@ -165,5 +165,6 @@ KERNEL = register(Kernel(
     name="fused_linear_ce", title="final linear + cross-entropy, chunked: no (tokens x vocab) logits",
     reference=reference, fused=fused_linear_cross_entropy, make_inputs=make_inputs,
     dims="tokens x hidden x vocab",
-    shapes={"cpu": [(128, 64, 2048), (37, 45, 1003)], "gpu": [(8 * 1024, 768, 50257)]},
+    # cpu: normal, awkward, and a large vocabulary where the memory saving shows (--all-shapes)
+    shapes={"cpu": [(128, 64, 2048), (37, 45, 1003), (512, 32, 8192)], "gpu": [(8 * 1024, 768, 50257)]},
 ))

@@ -63,21 +63,26 @@ def backend() -> str:
     elif _truthy("COCKPIT_TRITON_INTERPRET"):
         use_interpreter()
         _BACKEND = "interpreter"
+    elif torch.cuda.is_available():
+        _BACKEND, _REASON = "torch", "TRITON_INTERPRET=1 is set, so Triton cannot compile for the GPU"
     else:
         _BACKEND, _REASON = "torch", "no CUDA device is visible"
     if _BACKEND == "torch":
-        message = f"kernels: triton requested but {_REASON}; using the PyTorch implementations instead"
-        log.warning(message)
+        log.warning(_fallback_message())
         for fn in _fallback_listeners:
-            fn(message)
+            fn(_fallback_message())
     return _BACKEND
+
+
+def _fallback_message() -> str:
+    return f"kernels: triton requested but {_REASON}; using the PyTorch implementations instead"
 
 
 def on_fallback(fn: Callable[[str], None]) -> None:
     """Call fn(message) if (and when) `backend()` falls back to PyTorch, e.g. to write a `log` event."""
     _fallback_listeners.append(fn)
     if _BACKEND == "torch":
-        fn(f"kernels: triton requested but {_REASON}; using the PyTorch implementations instead")
+        fn(_fallback_message())
 
 
 def describe() -> str:
@@ -87,7 +92,7 @@ def describe() -> str:
         return f"kernels: fused Triton kernels on {torch.cuda.get_device_name()}"
     if b == "interpreter":
         return "kernels: fused Triton kernels through the CPU interpreter (TRITON_INTERPRET=1; slow)"
-    return f"kernels: triton requested but {_REASON}; using the PyTorch implementations instead"
+    return _fallback_message()
 
 
 def _reset_for_tests() -> None:

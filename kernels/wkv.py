@@ -21,7 +21,6 @@ Sums over V (dr, dk, dlog_w, du) go through per-V-block partials (one block when
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 

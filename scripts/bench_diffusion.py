@@ -1,7 +1,7 @@
 """Diffusion acceptance benchmark: train `unet` and `dit` at their CPU profiles, then score class-conditional
 samples with the digit classifier (trained on the real digits only).
 
-    python scripts/bench_diffusion.py [--presets unet dit] [--samples 200] [--ddpm 50] [--out FILE] [k=v ...]
+    python scripts/bench_diffusion.py [--presets unet dit] [--samples 200] [--ddpm 20] [--out FILE] [k=v ...]
 
 Each preset runs through the real trainer (`python -m trainers PRESET profile=cpu --log ...`), exactly what a
 user runs; its wall time includes the periodic evals and sample grids. Afterwards the final checkpoint's EMA
@@ -118,7 +118,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["unet", "dit"])
     p.add_argument("--samples", type=int, default=200, help="DDIM samples to score per preset (default 200)")
-    p.add_argument("--ddpm", type=int, default=50, help="full-DDPM samples to score per preset (0: skip)")
+    p.add_argument("--ddpm", type=int, default=20, help="full-DDPM samples to score per preset (0: skip; slow)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench-diffusion"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion.md"))
     p.add_argument("--score-only", action="store_true", help="re-score existing runs without training")

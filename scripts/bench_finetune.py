@@ -71,16 +71,23 @@ def base_val_loss(method: str, overrides: list[str]) -> float:
     return task.evaluate(model, 0)["val_loss"]
 
 
-def part_a(work: Path, base_steps: int, budget: float, ft_steps: int) -> dict:
-    base_log = work / "shakespeare" / "events.jsonl"
-    code, wall = run_trainer(["nanogpt", f"train.max_steps={base_steps}", f"train.eval_interval={base_steps}",
-                              "train.sample_interval=0", f"train.checkpoint_interval={base_steps}"], base_log)
-    ev = events(base_log)
+def part_a(work: Path, base_steps: int, budget: float, ft_steps: int, base_run: str | None = None) -> dict:
+    if base_run:  # a nanogpt run trained earlier (its events.jsonl and ckpt.pt)
+        base_log = Path(base_run) / "events.jsonl"
+        ev = events(base_log)
+        end = next(e for e in ev if e["type"] == "run_end")
+        wall, base_steps = end["metrics"]["wall_time"], end["step"]
+    else:
+        base_log = work / "shakespeare" / "events.jsonl"
+        code, wall = run_trainer(["nanogpt", f"train.max_steps={base_steps}", f"train.eval_interval={base_steps}",
+                                  "train.sample_interval=0", f"train.checkpoint_interval={base_steps}"], base_log)
+        assert code == 0, f"base run failed: {base_log.with_suffix('.stderr').read_text()[-2000:]}"
+        ev = events(base_log)
     base_eval = [e for e in ev if e["type"] == "eval"][-1]
     ckpt = base_log.parent / "ckpt.pt"
-    assert code == 0 and ckpt.is_file(), f"base run failed: {base_log.with_suffix('.stderr').read_text()[-2000:]}"
-    res = {"base": {"steps": base_steps, "wall_s": wall, "shakespeare_val_loss": base_eval["val_loss"],
-                    "ckpt": str(ckpt)}, "runs": {}}
+    assert ckpt.is_file(), f"no checkpoint beside {base_log}"
+    res = {"load_avg_1min": os.getloadavg()[0], "base": {"steps": base_steps, "wall_s": wall, "shakespeare_val_loss": base_eval["val_loss"],
+                    "val_at_step": base_eval["step"], "ckpt": str(ckpt)}, "runs": {}}
     for method in ("lora", "qlora"):
         overrides = [f"finetune.base={ckpt}", f"train.max_steps={ft_steps}", "train.eval_interval=50",
                      "train.sample_interval=0", f"train.checkpoint_interval={ft_steps}",
@@ -143,12 +150,16 @@ def mb(n) -> str:
 
 def write_md(a: dict | None, b: list[dict] | None, args) -> str:
     lines = ["# Fine-tuning: LoRA and QLoRA", "",
-             f"Machine: CPU, 2 cores (shared with other jobs; load average at start {args.load:.1f}), no GPU. "
+             f"Machine: CPU, 2 cores (shared with other jobs; load average when this script started "
+             f"{args.load:.1f}), no GPU. "
              "Date: 2026-11-21. torch " + args.torch + ", bitsandbytes " + args.bnb + ".",
              f"Produced by `python scripts/bench_finetune.py` ({args.cmd}).", ""]
     if a:
         base = a["base"]
+        load = a.get("load_avg_1min")
         lines += ["## (a) Shakespeare checkpoint fine-tuned on Milton, CPU", "",
+                  f"Load average when the fine-tunes started: {load:.1f} on 2 cores." if load is not None else
+                  "Load average when the fine-tunes started: not recorded.", "",
                   f"Base: `nanogpt` CPU profile (4 layers, 128 wide, 64-character context, char tokenizer) trained "
                   f"{base['steps']} steps on the embedded Shakespeare through the real trainer in {base['wall_s']:.0f} s; "
                   f"Shakespeare val loss {base['shakespeare_val_loss']:.3f}.",
@@ -200,6 +211,7 @@ def main():
     p.add_argument("--budget", type=float, default=300.0)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--base-run", help="reuse a nanogpt run directory (events.jsonl + ckpt.pt) as the base")
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--skip-b", action="store_true")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench-finetune"))
@@ -214,11 +226,14 @@ def main():
     args.load = os.getloadavg()[0]
     args.torch, args.bnb = torch.__version__, bitsandbytes.__version__
     args.cmd = " ".join(sys.argv[1:]) or "defaults"
-    a = None if args.skip_a else part_a(Path(args.work), args.base_steps, args.budget, args.ft_steps)
-    b = None if args.skip_b else part_b(args.batch, args.seq)
+    saved_path = Path(args.work) / "results.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}  # a part skipped now keeps its last result
+    a = saved.get("a") if args.skip_a else part_a(Path(args.work), args.base_steps, args.budget, args.ft_steps,
+                                                  args.base_run)
+    b = saved.get("b") if args.skip_b else part_b(args.batch, args.seq)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    (Path(args.work)).mkdir(parents=True, exist_ok=True)
-    (Path(args.work) / "results.json").write_text(json.dumps({"a": a, "b": b}, indent=2, default=str))
+    saved_path.parent.mkdir(parents=True, exist_ok=True)
+    saved_path.write_text(json.dumps({"a": a, "b": b}, indent=2, default=str))
     OUT.write_text(write_md(a, b, args))
     print(OUT.read_text())
     return 0

@@ -362,3 +362,24 @@ def test_bitnet_two_stage_schedule_drops_lr_and_weight_decay_at_half_way():
     assert lr0 == 1e-3 and math.isclose(lr50, 4e-4)
     assert math.isclose(wd0, 0.1) and 0 < wd25 < wd0 and wd50 == 0.0
     assert opt.param_groups[1]["weight_decay"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# All: causal
+
+@pytest.mark.parametrize("arch", ["mamba", "rwkv", "retnet", "bitnet", "moe"])
+def test_no_position_sees_a_later_token(arch):
+    torch.manual_seed(0)
+    kw = dict(mamba=dict(n_embd=16, d_state=4), rwkv=dict(n_embd=16, head_size=8, wkv_chunk=8),
+              retnet=dict(n_embd=16, n_head=2, chunk_size=8), bitnet=dict(n_embd=16, n_head=2),
+              moe=dict(n_embd=16, n_head=2, capacity_factor=8.0))[arch]
+    model = perturb_(build_model(arch, dict(n_layer=2, block_size=32, **kw), vocab_size=11)).eval()
+    idx = torch.randint(0, 11, (2, 29), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base, _ = model(idx, idx)
+        for t in (0, 8, 13, 27):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % 11
+            logits, _ = model(changed, changed)
+            assert torch.equal(logits[:, :t], base[:, :t]), f"position < {t} changed"
+            assert not torch.equal(logits[:, t], base[:, t]), f"position {t} ignores its own token"

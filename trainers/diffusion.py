@@ -68,7 +68,7 @@ class Diffusion:
 
     def loss(self, net, x0, t, noise, y) -> torch.Tensor:
         """L_simple: mean squared error between the true and the predicted noise (float32)."""
-        eps = net(self.q_sample(x0, t, noise), t, y)
+        eps = net(self.q_sample(x0, t, noise).to(x0.dtype), t, y)
         return F.mse_loss(eps.float(), noise.float())
 
     # --- sampling ------------------------------------------------------------------------------------

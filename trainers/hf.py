@@ -164,6 +164,21 @@ def save_hf(model, path: str | Path, tokenizer_state: dict | None = None) -> Pat
     return path
 
 
+def tokenizer_state(path: Path, vocab: int) -> dict:
+    """The tokenizer a directory's model was trained with: ours beside the weights, else GPT-2 BPE."""
+    tok_file = path / TOKENIZER_FILE
+    if tok_file.is_file():
+        tokenizer = json.loads(tok_file.read_text(encoding="utf-8"))
+        if tokenizer.get("kind") == "char" and len(tokenizer.get("chars", "")) != vocab:
+            raise ConfigError(f"finetune.base={path}: {TOKENIZER_FILE} has {len(tokenizer['chars'])} characters "
+                              f"but config.json says vocab_size {vocab}")
+        return tokenizer
+    if vocab >= GPT2_VOCAB:
+        return {"kind": "gpt2"}
+    raise ConfigError(f"finetune.base={path}: vocab_size {vocab} is smaller than GPT-2's {GPT2_VOCAB} and there "
+                      f"is no {TOKENIZER_FILE}; cockpit cannot tell which tokenizer it was trained with")
+
+
 def load_hf(path: str | Path, kernels: str = "torch"):
     """(model, model_cfg, tokenizer_state) from a Hugging Face GPT-2 directory; ConfigError on bad input."""
     from trainers.models import build_model
@@ -175,17 +190,7 @@ def load_hf(path: str | Path, kernels: str = "torch"):
     hf = read_config(path)
     mcfg = model_config(hf)
     vocab = int(hf.get("vocab_size", GPT2_VOCAB))
-    tok_file = path / TOKENIZER_FILE
-    if tok_file.is_file():
-        tokenizer = json.loads(tok_file.read_text(encoding="utf-8"))
-        if tokenizer.get("kind") == "char" and len(tokenizer.get("chars", "")) != vocab:
-            raise ConfigError(f"finetune.base={path}: {TOKENIZER_FILE} has {len(tokenizer['chars'])} characters "
-                              f"but config.json says vocab_size {vocab}")
-    elif vocab >= GPT2_VOCAB:
-        tokenizer = {"kind": "gpt2"}
-    else:
-        raise ConfigError(f"finetune.base={path}: vocab_size {vocab} is smaller than GPT-2's {GPT2_VOCAB} and "
-                          f"there is no {TOKENIZER_FILE}; cockpit cannot tell which tokenizer it was trained with")
+    tokenizer = tokenizer_state(path, vocab)
     sd = hf_to_ours(read_weights(path))
     model = build_model("gpt", mcfg, vocab_size=vocab, kernels=kernels)
     try:

@@ -125,6 +125,11 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         cfg["_amp_dtype"] = self.amp_dtype
         torch.manual_seed(self.t["seed"])
+        if cfg.get("kernels") == "triton":
+            from kernels import integrate
+
+            b = integrate.backend()
+            self._log("info" if b != "torch" else "warning", integrate.describe())  # one line, fused or not
         # Build everything that can fail on bad input before the log file exists.
         self.task = load_task(cfg, self.device, self._log)
         self.model = self.task.build_model().to(self.device)

@@ -57,7 +57,7 @@ def parse_targets(spec: str) -> list[str]:
 
 
 class LoRAAdapter(nn.Module):
-    """One low-rank update delta_W = (alpha / r) B A of shape (out, in)."""
+    """The parameters of one low-rank update delta_W = (alpha / r) B A of shape (out, in)."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
         super().__init__()
@@ -65,13 +65,6 @@ class LoRAAdapter(nn.Module):
         self.B = nn.Parameter(torch.zeros(out_features, rank))  # B = 0: the update starts at zero
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))         # as nn.Linear initialises its weight
         self.rank, self.alpha = rank, alpha
-        self.scale = alpha / rank
-
-    def forward(self, x):  # (..., in) -> (..., out)
-        return F.linear(F.linear(x, self.A), self.B) * self.scale
-
-    def delta_weight(self) -> torch.Tensor:  # (out, in)
-        return (self.B @ self.A) * self.scale
 
 
 class LoRALinear(nn.Module):

@@ -124,6 +124,11 @@ def selective_scan_chunked(u, delta, A, B, C, D, h0=None, chunk=None):
 # ----------------------------------------------------------------------------------------------------
 # Model
 
+def fp32(x):
+    """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run)."""
+    return torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, ndim: int, eps: float = 1e-5):
         super().__init__()
@@ -168,9 +173,9 @@ class MambaMixer(nn.Module):
         x = F.silu(x)
         delta, Bm, Cm = self.ssm_params(x)
         A = -torch.exp(self.A_log.float())
-        # the scan runs in fp32 even under autocast: exp and long products are precision-sensitive
-        y, _ = selective_scan_chunked(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(),
-                                      chunk=self.scan_chunk or None)
+        with fp32(x):  # the scan runs in fp32 even under autocast: exp and long products are precision-sensitive
+            y, _ = selective_scan_chunked(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(),
+                                          chunk=self.scan_chunk or None)
         y = y.to(x.dtype) * F.silu(z)
         return self.out_proj(y)
 
@@ -183,7 +188,8 @@ class MambaMixer(nn.Module):
         x = F.silu(x)
         delta, Bm, Cm = self.ssm_params(x)
         A = -torch.exp(self.A_log.float())
-        y, h = selective_scan_step(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(), h)
+        with fp32(x):
+            y, h = selective_scan_step(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(), h)
         y = y.to(x.dtype) * F.silu(z)
         return self.out_proj(y), (window[..., 1:], h)
 

@@ -64,8 +64,9 @@ class MoE(nn.Module):
         # E expert MLPs (GPT's c_fc -> GELU -> c_proj), stacked for one batched matmul
         self.c_fc = nn.Parameter(torch.empty(E, C, H))
         self.c_proj = nn.Parameter(torch.empty(E, H, C))
-        self.b_fc = nn.Parameter(torch.zeros(E, 1, H)) if cfg.bias else None
-        self.b_proj = nn.Parameter(torch.zeros(E, 1, C)) if cfg.bias else None
+        # biases stay 1-D per expert, so the optimizer's "no weight decay below 2-D" rule applies to them
+        self.b_fc = nn.ParameterList([torch.zeros(H) for _ in range(E)]) if cfg.bias else None
+        self.b_proj = nn.ParameterList([torch.zeros(C) for _ in range(E)]) if cfg.bias else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.last_stats = None  # (counts (E,), balance loss, dropped) of the latest forward, as tensors
 
@@ -92,10 +93,10 @@ class MoE(nn.Module):
         slots = x.new_zeros(E * cap + 1, C).index_add_(0, slot.reshape(-1), x.repeat_interleave(k, dim=0))
         h = torch.bmm(slots[:-1].view(E, cap, C), self.c_fc)                 # (E, cap, 4C)
         if self.b_fc is not None:
-            h = h + self.b_fc
+            h = h + torch.stack(list(self.b_fc)).unsqueeze(1)
         h = torch.bmm(F.gelu(h, approximate="tanh"), self.c_proj)            # (E, cap, C)
         if self.b_proj is not None:
-            h = h + self.b_proj
+            h = h + torch.stack(list(self.b_proj)).unsqueeze(1)
         h = torch.cat([h.reshape(E * cap, C), h.new_zeros(1, C)])            # spare slot outputs 0
         # combine: y = Σ_i g_i · Expert_ei(x) over the kept choices
         y = (h[slot] * (gates * keep).unsqueeze(-1).to(h.dtype)).sum(dim=1)  # (N, C)

@@ -99,6 +99,11 @@ def retention_chunkwise(q, k, v, gamma, chunk: int = 64, state=None):
 # ----------------------------------------------------------------------------------------------------
 # Model
 
+def fp32(x):
+    """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run)."""
+    return torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False)
+
+
 def rotate(x, pos):
     """Rotary position rotation (the xPos Θ without its length extrapolation scale); x (B, H, T, d)."""
     d = x.size(-1)
@@ -145,19 +150,21 @@ class MultiScaleRetention(nn.Module):
     def forward(self, x, form: str = "chunkwise"):
         pos = torch.arange(x.size(1), device=x.device)
         q, k, v = self.qkv(x, pos)
-        q, k, v = q.float(), k.float(), v.float()  # decays and long sums in fp32 (also under autocast)
-        if form == "parallel":
-            y = retention_parallel(q, k, v, self.gamma)
-        elif form == "recurrent":
-            y, _ = retention_recurrent(q, k, v, self.gamma)
-        else:
-            y, _ = retention_chunkwise(q, k, v, self.gamma, self.chunk)
+        q, k, v = q.float(), k.float(), v.float()
+        with fp32(x):  # decays and long sums in fp32, also under bf16 autocast
+            if form == "parallel":
+                y = retention_parallel(q, k, v, self.gamma)
+            elif form == "recurrent":
+                y, _ = retention_recurrent(q, k, v, self.gamma)
+            else:
+                y, _ = retention_chunkwise(q, k, v, self.gamma, self.chunk)
         return self.output(x, y)
 
     def step(self, x, state, n: int):
         """x (B, C) at position n with state (B, H, dk, dv)."""
         q, k, v = self.qkv(x.unsqueeze(1), torch.tensor([n], device=x.device))
-        y, state = retention_recurrent(q.float(), k.float(), v.float(), self.gamma, state)
+        with fp32(x):
+            y, state = retention_recurrent(q.float(), k.float(), v.float(), self.gamma, state)
         return self.output(x.unsqueeze(1), y).squeeze(1), state
 
 

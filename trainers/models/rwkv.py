@@ -111,6 +111,11 @@ def wkv_chunked(r, k, v, log_w, u, state=None, chunk=16):
 # ----------------------------------------------------------------------------------------------------
 # Model
 
+def fp32(x):
+    """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run)."""
+    return torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False)
+
+
 def token_shift(x):
     """x (B, T, C) -> x_t-1 for every t (zeros before the first token)."""
     return F.pad(x, (0, 0, 1, -1))
@@ -168,7 +173,8 @@ class TimeMix(nn.Module):
         B, T, C = x.shape
         r, k, v, g, log_w = self.project(x, token_shift(x))
         u = self.bonus.view(self.n_head, self.head_size)
-        y, _ = wkv_chunked(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), chunk=self.chunk)
+        with fp32(x):  # the state recurrence in fp32, also under bf16 autocast
+            y, _ = wkv_chunked(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), chunk=self.chunk)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C).to(x.dtype)
         return self.output(y * g)
 
@@ -177,7 +183,8 @@ class TimeMix(nn.Module):
         x_prev, S = state
         r, k, v, g, log_w = self.project(x, x_prev)
         u = self.bonus.view(self.n_head, self.head_size)
-        y, S = wkv_step(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), S)
+        with fp32(x):
+            y, S = wkv_step(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), S)
         y = self.ln_x(y.reshape(x.size(0), -1)).to(x.dtype)
         return self.output(y * g), (x, S)
 

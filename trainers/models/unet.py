@@ -153,7 +153,8 @@ class Model(nn.Module):
 
     def forward(self, x, t, y):
         """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) class ids (num_classes: null) -> noise (B, C, H, W)"""
-        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels)) + self.class_emb(y)
+        t_freq = timestep_embedding(t, self.config.base_channels).to(self.conv_in.weight.dtype)
+        emb = self.time_mlp(t_freq) + self.class_emb(y)
         h = self.conv_in(x)
         skips = [h]
         for i, level in enumerate(self.down):

@@ -141,7 +141,8 @@ class Task(BaseTask):
 
     def loss(self, model, batch):
         x0, y, t, noise = batch
-        return self.diffusion.loss(model, x0, t, noise, y)
+        dtype = next(model.parameters()).dtype  # a model cast to bf16 (e.g. for a memory estimate) takes bf16
+        return self.diffusion.loss(model, x0.to(dtype), t, noise.to(dtype), y)
 
     # --- reporting ---------------------------------------------------------------------------------
     def autocast(self):

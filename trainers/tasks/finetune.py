@@ -21,7 +21,6 @@ checkpoint of the base architecture (usable as another `finetune.base`), and/or 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -80,14 +79,7 @@ def read_base(spec: str) -> dict:
     if hf.is_hf_dir(p):
         hfc = hf.read_config(p)
         vocab = int(hfc.get("vocab_size", hf.GPT2_VOCAB))
-        tok_file = p / hf.TOKENIZER_FILE
-        if tok_file.is_file():
-            tokenizer = json.loads(tok_file.read_text(encoding="utf-8"))
-        elif vocab >= hf.GPT2_VOCAB:
-            tokenizer = {"kind": "gpt2"}
-        else:
-            raise ConfigError(f"finetune.base={spec}: vocab_size {vocab} is not GPT-2's and there is no "
-                              f"{hf.TOKENIZER_FILE}; cockpit cannot tell which tokenizer it was trained with")
+        tokenizer = hf.tokenizer_state(p, vocab)
         return {"kind": "hf", "path": str(p), "arch": "gpt", "model": hf.model_config(hfc), "vocab_size": vocab,
                 "tokenizer": tokenizer, "weights": lambda: hf.hf_to_ours(hf.read_weights(p))}
     if p.is_dir():
@@ -224,7 +216,7 @@ class Task(LMTask):
     def __init__(self, cfg, device, log=None):
         self.ft = finetune_settings(cfg)
         self.base_info: dict | None = None
-        self._comparison: list[dict] | None = None
+        self._comparison: dict | None = None
         super().__init__(cfg, device, log)  # calls make_tokenizer, which reads the base
         ws = int(self.ft["block_size"])
         if ws and ws < self.stream.block_size:  # train/eval on shorter windows than the base's context
@@ -286,21 +278,23 @@ class Task(LMTask):
         return out
 
     def memory_fields(self, model, optimizer) -> dict:
-        """Extra fields for the loop's `memory` event: `method`, `totals.quant_state`, and once per run a
-        measured `comparison` of full / LoRA / QLoRA for this base (one step on a training micro-batch, on
-        CPU in float32 so that it never competes with the run for GPU memory)."""
+        """Extra fields for the loop's `memory` event: `method`, `totals.method`, `totals.quant_state`, and a
+        measured `comparison` of full / LoRA / QLoRA fine-tuning for this base: one training step of each on
+        the same micro-batch, on CPU in float32 so that it never competes with the run for GPU memory.
+        Measured once per run (at the first memory event) and repeated in every later memory event."""
         fields = {"method": self.ft["method"],
                   "totals": {"method": self.ft["method"], "quant_state": quant.quant_state_bytes(model)}}
-        if self.ft["compare_memory"] and self._comparison is None:
-            cpu = torch.device("cpu")
-            # the run's micro-batch on a CPU run; one sequence on a GPU run (CPU time and RAM stay small)
-            n = self.cfg["train"]["batch_size"] if self.device.type == "cpu" else 1
-            x, y = self.stream.batch("train", n, self.generator("train", 0, 0))
-            self._comparison = measure_methods(self._base_factory, self.ft, (x, y), self.cfg["train"], cpu,
-                                               log=self.log)
-            fields["comparison"] = self._comparison
-            fields["comparison_note"] = ("measured on CPU in float32: one training step of each method on the "
-                                         f"same base and micro-batch ({tuple(x.shape)})")
+        if self.ft["compare_memory"]:
+            if self._comparison is None:
+                cpu = torch.device("cpu")
+                # the run's micro-batch on a CPU run; one sequence on a GPU run (CPU time and RAM stay small)
+                n = self.cfg["train"]["batch_size"] if self.device.type == "cpu" else 1
+                x, y = self.stream.batch("train", n, self.generator("train", 0, 0))
+                rows = measure_methods(self._base_factory, self.ft, (x, y), self.cfg["train"], cpu, log=self.log)
+                self._comparison = {"rows": rows, "note": "measured on CPU in float32: one training step of each "
+                                    f"method on the same base and micro-batch {tuple(x.shape)}"}
+            fields["comparison"] = self._comparison["rows"]
+            fields["comparison_note"] = self._comparison["note"]
         return fields
 
     def state_dict(self):

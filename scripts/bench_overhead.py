@@ -1,0 +1,298 @@
+"""What watching costs: a run watched by the real TUI vs the same run headless, and the cost of the memory
+probes and the system sampler at their default intervals.
+
+    python scripts/bench_overhead.py [--preset nanogpt] [--steps 150] [--repeats 2] [--set K=V ...]
+                                     [--out benchmarks/results/speed.md]
+
+1. Watched vs headless (goal: watched tokens/s >= 0.98 x headless). Headless is
+   `cockpit train PRESET --headless`; watched is `cockpit PRESET` (the real Textual app, which launches the
+   trainer as it always does: a subprocess with commands on a stdin pipe) in a pseudo-terminal of 160x48
+   whose output this script drains like a terminal emulator would; when the log has its run_end the script
+   presses ctrl+q. The two alternate (headless, watched, headless, ...) `--repeats` times; tokens/s is the
+   steady state of each run (bench_speed.steady_throughput) and the ratio is of the means.
+2. Probes and sampler (goal: <= 2% of step time each, at the preset's memory_interval and at
+   train.system_interval's default 2 s). One headless run with one step event per step and a memory probe
+   every PROBE_EVERY steps: a probed step's extra time is the median duration of probed steps minus the
+   median of plain steps; at the default interval it costs extra / (interval x plain step). Steps whose
+   interval holds a `system` event give the sampler's extra time, costing extra / system_interval. The
+   sampler's own CPU time per sample is also timed directly (SystemSampler.sample(), median of 50).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_speed import DEFAULT_OUT, ROOT, machine_line, steady_throughput, write_section  # noqa: E402
+
+PROBE_EVERY = 10
+
+
+class Terminal:
+    """A program in a pseudo-terminal (cols x rows) whose output a thread drains and keeps, like a terminal
+    emulator: `wait_for(b"text")` returns the time the text first appeared, measured from start."""
+
+    def __init__(self, argv: list[str], cols: int = 160, rows: int = 48, cwd=None, env=None,
+                 markers: list[bytes] = ()):
+        self.out = bytearray()
+        self.seen: dict[bytes, float] = {}
+        self.watch: list[bytes] = list(markers)  # watched from the first byte on
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # child: the program, with the pty as its controlling terminal
+            try:
+                if cwd:
+                    os.chdir(cwd)
+                os.execvpe(argv[0], argv, {**os.environ, "TERM": "xterm-256color", **(env or {})})
+            finally:
+                os._exit(127)
+        self.t0 = time.perf_counter()
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.kill(self.pid, signal.SIGWINCH)
+        self.lock = threading.Lock()
+        self.closed = threading.Event()
+        self.status: int | None = None
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        while True:
+            try:
+                r, _, _ = select.select([self.fd], [], [], 0.5)
+                if not r:
+                    continue
+                data = os.read(self.fd, 1 << 16)
+            except OSError:
+                break
+            if not data:
+                break
+            now = time.perf_counter() - self.t0
+            with self.lock:
+                self.out += data
+                tail = bytes(self.out[-(len(data) + 256):])
+                for w in self.watch:
+                    if w not in self.seen and w in tail:
+                        self.seen[w] = now
+        self.closed.set()
+
+    def wait_for(self, text: bytes, timeout: float) -> float | None:
+        """When `text` first appeared (seconds since start); give it in `markers` to time it from the start,
+        else it is watched from now on (already-shown text counts as appearing now)."""
+        with self.lock:
+            if text not in self.watch:
+                self.watch.append(text)
+                if text in self.out:
+                    self.seen[text] = time.perf_counter() - self.t0
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                if text in self.seen:
+                    return self.seen[text]
+            if self.closed.is_set():
+                return None
+            time.sleep(0.005)
+        return None
+
+    def send(self, data: bytes):
+        os.write(self.fd, data)
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+                return self.status
+            time.sleep(0.02)
+        return None
+
+    def kill(self):
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def wait_for_end(log_glob, timeout: float, alive=lambda: True) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for log in log_glob():
+            if any(e["type"] == "run_end" for e in read_log(log)):
+                return log
+        if not alive():
+            raise RuntimeError("the cockpit exited before the run ended")
+        time.sleep(0.2)
+    raise TimeoutError("the run did not end in time")
+
+
+def headless(preset: str, overrides: list[str], log: Path, timeout: float) -> list[dict]:
+    r = subprocess.run([sys.executable, "-m", "cockpit", "train", preset, "--headless", *overrides,
+                        "--log", str(log)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"headless run failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    return read_log(log)
+
+
+def watched(preset: str, overrides: list[str], runs_dir: Path, timeout: float) -> list[dict]:
+    """The real app: `cockpit PRESET k=v ...` in a pty; quit with ctrl+q once the run has ended."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    term = Terminal([sys.executable, "-m", "cockpit", preset, *overrides], cwd=ROOT,
+                    env={"COCKPIT_RUNS": str(runs_dir)})
+    try:
+        log = wait_for_end(lambda: sorted(runs_dir.glob("*/events.jsonl")), timeout,
+                           alive=lambda: not term.closed.is_set())
+        events = read_log(log)
+        pid = next(e["pid"] for e in events if e["type"] == "run_start")
+        deadline = time.time() + 60
+        while _running(pid) and time.time() < deadline:  # the trainer writes run_end, then exits
+            time.sleep(0.05)
+        for _ in range(5):  # ctrl+q; the app quits without asking once it has seen the trainer exit (a tick)
+            time.sleep(0.5)
+            term.send(b"\x11")
+            if term.wait(5) is not None:
+                return events
+        raise RuntimeError("the cockpit did not quit on ctrl+q")
+    finally:
+        term.kill()
+
+
+def _running(pid: int) -> bool:
+    """True while pid runs (a zombie waiting for its parent to reap it counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def step_durations(events: list[dict]) -> dict[int, float]:
+    steps = [e for e in events if e["type"] == "step"]
+    return {b["step"]: b["time"] - a["time"] for a, b in zip(steps, steps[1:]) if b["step"] == a["step"] + 1}
+
+
+def probe_and_sampler_cost(events: list[dict], every: int, default_interval: int, system_interval: float) -> dict:
+    dur = step_durations(events)
+    steps = {e["step"]: e["time"] for e in events if e["type"] == "step"}
+    sys_times = [e["time"] for e in events if e["type"] == "system"]
+    probed = {s for s in dur if s % every == 1 and s > 1}  # the step after step%every==0 carries the probe
+    sampled = {s for s in dur if any(steps[s - 1] < t <= steps[s] for t in sys_times)}
+    plain = [d for s, d in dur.items() if s not in probed and s not in sampled]
+    base = statistics.median(plain)
+    out = {"plain_step_ms": 1000 * base, "n_plain": len(plain)}
+    if probed - sampled:
+        extra = statistics.median([dur[s] for s in probed - sampled]) - base
+        out.update(probe_extra_ms=1000 * extra, n_probed=len(probed - sampled),
+                   probe_fraction=extra / (default_interval * base) if default_interval else 0.0)
+    if sampled - probed:
+        extra = statistics.median([dur[s] for s in sampled - probed]) - base
+        out.update(sampler_extra_ms=1000 * extra, n_sampled=len(sampled - probed),
+                   sampler_fraction=max(extra, 0.0) / system_interval)
+    return out
+
+
+def sample_cpu_cost(n: int = 50) -> float:
+    from trainers.system import SystemSampler
+
+    s = SystemSampler(lambda *a, **k: None, 2.0)
+    s.sample()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        s.sample()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="nanogpt")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="K=V", help="extra override for every run")
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--skip-tui", action="store_true", help="only the probe and sampler costs")
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    a = ap.parse_args(argv)
+    from trainers import config
+
+    cfg = config.load(a.preset, a.set, profile="cpu", has_cuda=False)
+    default_mi = cfg["train"]["memory_interval"]
+    default_si = config.COMMON["train.system_interval"][1]
+    header = machine_line()
+    out_dir = ROOT / "runs" / f"bench-overhead-{time.strftime('%Y%m%d-%H%M%S')}"
+    common = [f"train.max_steps={a.steps}", *a.set]
+    body = [f"## Cockpit overhead ({a.preset}, CPU profile)", "",
+            f"Measured by `python scripts/bench_overhead.py --preset {a.preset} --steps {a.steps} --repeats "
+            f"{a.repeats}` on {header}.", ""]
+
+    if not a.skip_tui:
+        rows, ratios = [], []
+        hs, ws = [], []
+        for i in range(a.repeats):
+            h = steady_throughput(headless(a.preset, common, out_dir / f"headless-{i}" / "events.jsonl",
+                                           a.timeout), a.warmup)["throughput"]
+            w = steady_throughput(watched(a.preset, common, out_dir / f"watched-{i}", a.timeout),
+                                  a.warmup)["throughput"]
+            hs.append(h)
+            ws.append(w)
+            print(f"repeat {i + 1}: headless {h:,.0f} tok/s, watched {w:,.0f} tok/s, ratio {w / h:.3f}", flush=True)
+            rows.append(f"| {i + 1} | {h:,.0f} | {w:,.0f} | {w / h:.3f} |")
+            ratios.append(w / h)
+        ratio = statistics.mean(ws) / statistics.mean(hs)
+        body += ["Watched by the real TUI (`cockpit PRESET` in a 160x48 pseudo-terminal) vs headless "
+                 "(`cockpit train PRESET --headless`), same config, alternating:", "",
+                 "| repeat | headless tokens/s | watched tokens/s | watched / headless |", "| --- | --- | --- | --- |",
+                 *rows, f"| mean | {statistics.mean(hs):,.0f} | {statistics.mean(ws):,.0f} | **{ratio:.3f}** "
+                 f"(goal >= 0.98: {'met' if ratio >= 0.98 else 'NOT met'}) |", ""]
+
+    log = out_dir / "probes" / "events.jsonl"
+    ev = headless(a.preset, [*common, "train.log_interval=1", f"train.memory_interval={PROBE_EVERY}",
+                             f"train.eval_interval={a.steps + 1}", "train.sample_interval=0",
+                             "train.checkpoint_interval=0"], log, a.timeout)
+    c = probe_and_sampler_cost(ev, PROBE_EVERY, default_mi, default_si)
+    per_sample = sample_cpu_cost()
+    print(json.dumps({**c, "sample_cpu_ms": 1000 * per_sample}), flush=True)
+    body += [f"Memory probes and the system sampler, from per-step durations of one headless run (one step "
+             f"event per step, a probe every {PROBE_EVERY} steps, the sampler at its default "
+             f"{default_si:g} s): median plain step {c['plain_step_ms']:.1f} ms over {c['n_plain']} steps.", "",
+             "| what | extra time when it runs | at the default interval | share of step time (goal <= 2%) |",
+             "| --- | --- | --- | --- |"]
+    if "probe_extra_ms" in c:
+        body.append(f"| memory probe (saved-tensor hooks + memory event) | {c['probe_extra_ms']:+.1f} ms per "
+                    f"probed step ({c['n_probed']} probes) | every {default_mi} steps | "
+                    f"{100 * c['probe_fraction']:.3f}% |")
+    if "sampler_extra_ms" in c:
+        body.append(f"| system sampler (thread) | {c['sampler_extra_ms']:+.1f} ms per step holding a sample "
+                    f"({c['n_sampled']} samples) | every {default_si:g} s | {100 * c['sampler_fraction']:.3f}% |")
+    body.append(f"| system sampler, CPU time of one sample() (timed directly) | {1000 * per_sample:.2f} ms | "
+                f"every {default_si:g} s | {100 * per_sample / default_si:.3f}% |")
+    body.append("")
+    write_section(a.out, "bench_overhead", "\n".join(body))
+    print(f"wrote {a.out}; logs in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
