@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 THRESHOLDS = {"unet": 0.70, "dit": 0.60}
+LOADS: dict[str, float] = {}
 
 
 def train(preset: str, run_dir: Path, overrides: list[str]) -> tuple[float, list[dict]]:
@@ -35,6 +36,7 @@ def train(preset: str, run_dir: Path, overrides: list[str]) -> tuple[float, list
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.time() - t0
+    LOADS[preset] = os.getloadavg()[1]  # 5-minute load average at the end of training
     events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if proc.returncode != 0:
         end = next((e for e in events if e["type"] == "run_end"), {})
@@ -69,7 +71,15 @@ def score(run_dir: Path, n_ddim: int, n_ddpm: int) -> dict:
         out[sampler] = {"n": n, "accuracy": acc, "per_class": per_class, "seconds": time.time() - t0,
                         "name": f"ddpm-{task.diffusion.T}" if sampler == "ddpm" else task.sampler_name()}
     out["guidance"] = float(task.opts["guidance"])
+    out["eta"] = float(task.opts["eta"])
+    out["eval_samples"] = int(task.opts["eval_samples"])
     return out
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def report(results: dict, args) -> str:
@@ -77,8 +87,9 @@ def report(results: dict, args) -> str:
     lines = [
         "# Diffusion: class-conditional sample quality (issue 5)",
         "",
-        f"Machine: CPU, 2 cores (shared with other jobs while measured; OMP_NUM_THREADS="
-        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), torch CPU build. Date: {date}.",
+        f"Machine: CPU, 2 cores, shared with other jobs while measured (5-minute load average at the end of "
+        f"training: {', '.join(f'{k} {v:.1f}' for k, v in LOADS.items()) or 'not recorded'}; OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), torch {torch_version()} CPU build. Date: {date}.",
         "",
         "Method: `python scripts/bench_diffusion.py` trains each preset's CPU profile through the real trainer "
         "(16x16 grey digits, 1617 training images), then draws class-conditional samples from the EMA "
@@ -97,15 +108,16 @@ def report(results: dict, args) -> str:
             thr = THRESHOLDS.get(preset)
             verdict = "" if thr is None else (f"{'PASS' if s[sampler]['accuracy'] >= thr else 'FAIL'} (>= {thr:.0%})"
                                               if sampler == "ddim" else "(reference)")
+            name = s[sampler]["name"] + (f" (eta {s['eta']:g})" if sampler == "ddim" else "")
             lines.append(f"| {preset} | {r['n_params'] / 1e6:.2f}M | {s['step']} | {r['wall'] / 60:.1f} min | "
-                         f"{r['final_val_loss']:.4f} | {s['classifier_heldout']:.1%} | {s[sampler]['name']}, "
-                         f"guidance {s['guidance']:g} | {s[sampler]['n']} | **{s[sampler]['accuracy']:.1%}** | "
-                         f"{verdict} |")
+                         f"{r['final_val_loss']:.4f} | {s['classifier_heldout']:.1%} | {name}, guidance "
+                         f"{s['guidance']:g} | {s[sampler]['n']} | **{s[sampler]['accuracy']:.1%}** | {verdict} |")
     lines += ["", "Per-class recognition (DDIM samples, classes 0-9):", ""]
     for preset, r in results.items():
         pc = r["score"]["ddim"]["per_class"]
         lines.append(f"- {preset}: " + ", ".join(f"{c}: {a:.0%}" for c, a in enumerate(pc)))
-    lines += ["", "Learning curve (the in-run eval: 100 DDIM samples scored at each eval):", ""]
+    n_eval = next(iter(results.values()))["score"]["eval_samples"] if results else 0
+    lines += ["", f"Learning curve (the in-run eval: {n_eval} DDIM samples scored at each eval):", ""]
     for preset, r in results.items():
         curve = ", ".join(f"step {e['step']}: {e['metrics']['sample_accuracy']:.0%}" for e in r["evals"]
                           if "sample_accuracy" in e.get("metrics", {}))

@@ -11,11 +11,13 @@ probes and the system sampler at their default intervals.
    presses ctrl+q. The two alternate (headless, watched, headless, ...) `--repeats` times; tokens/s is the
    steady state of each run (bench_speed.steady_throughput) and the ratio is of the means.
 2. Probes and sampler (goal: <= 2% of step time each, at the preset's memory_interval and at
-   train.system_interval's default 2 s). One headless run with one step event per step and a memory probe
-   every PROBE_EVERY steps: a probed step's extra time is the median duration of probed steps minus the
-   median of plain steps; at the default interval it costs extra / (interval x plain step). Steps whose
-   interval holds a `system` event give the sampler's extra time, costing extra / system_interval. The
-   sampler's own CPU time per sample is also timed directly (SystemSampler.sample(), median of 50).
+   train.system_interval's default 2 s).
+   Probe: one headless run with a step event per step and a probe every PROBE_EVERY steps. A probed step's
+   extra time is its duration minus the mean of its two neighbours (which cancels the drift of a shared
+   machine's load), median over the probes; at the default interval that costs extra / (interval x step).
+   Sampler: the CPU time of one SystemSampler.sample() (median of 50, timed directly) over the interval;
+   and end to end, alternating headless runs with the sampler at SAMPLER_FAST s (20x the default rate) and
+   effectively off (3600 s: one sample at start), the step-time difference scaled by SAMPLER_FAST / 2 s.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import DEFAULT_OUT, ROOT, machine_line, steady_throughput, write_section  # noqa: E402
 
-PROBE_EVERY = 10
+PROBE_EVERY = 5
+SAMPLER_FAST = 0.1
 
 
 class Terminal:
@@ -191,24 +194,16 @@ def step_durations(events: list[dict]) -> dict[int, float]:
     return {b["step"]: b["time"] - a["time"] for a, b in zip(steps, steps[1:]) if b["step"] == a["step"] + 1}
 
 
-def probe_and_sampler_cost(events: list[dict], every: int, default_interval: int, system_interval: float) -> dict:
+def probe_cost(events: list[dict], every: int, default_interval: int) -> dict:
+    """A probed step's extra time over its neighbours (median), and its share of step time when probing
+    every `default_interval` steps. The probe watches the step after each step % every == 0."""
     dur = step_durations(events)
-    steps = {e["step"]: e["time"] for e in events if e["type"] == "step"}
-    sys_times = [e["time"] for e in events if e["type"] == "system"]
-    probed = {s for s in dur if s % every == 1 and s > 1}  # the step after step%every==0 carries the probe
-    sampled = {s for s in dur if any(steps[s - 1] < t <= steps[s] for t in sys_times)}
-    plain = [d for s, d in dur.items() if s not in probed and s not in sampled]
+    probed = [s for s in dur if s % every == 1 and s > 1 and s - 1 in dur and s + 1 in dur]
+    plain = [d for s, d in dur.items() if s % every != 1]
     base = statistics.median(plain)
-    out = {"plain_step_ms": 1000 * base, "n_plain": len(plain)}
-    if probed - sampled:
-        extra = statistics.median([dur[s] for s in probed - sampled]) - base
-        out.update(probe_extra_ms=1000 * extra, n_probed=len(probed - sampled),
-                   probe_fraction=extra / (default_interval * base) if default_interval else 0.0)
-    if sampled - probed:
-        extra = statistics.median([dur[s] for s in sampled - probed]) - base
-        out.update(sampler_extra_ms=1000 * extra, n_sampled=len(sampled - probed),
-                   sampler_fraction=max(extra, 0.0) / system_interval)
-    return out
+    extra = statistics.median([dur[s] - (dur[s - 1] + dur[s + 1]) / 2 for s in probed])
+    return {"plain_step_ms": 1000 * base, "n_plain": len(plain), "probe_extra_ms": 1000 * extra,
+            "n_probed": len(probed), "probe_fraction": extra / (default_interval * base) if default_interval else 0.0}
 
 
 def sample_cpu_cost(n: int = 50) -> float:
@@ -245,7 +240,7 @@ def main(argv=None) -> int:
     common = [f"train.max_steps={a.steps}", *a.set]
     body = [f"## Cockpit overhead ({a.preset}, CPU profile)", "",
             f"Measured by `python scripts/bench_overhead.py --preset {a.preset} --steps {a.steps} --repeats "
-            f"{a.repeats}` on {header}.", ""]
+            f"{a.repeats}{''.join(' --set ' + x for x in a.set)}` on {header}.", ""]
 
     if not a.skip_tui:
         rows, ratios = [], []
@@ -267,28 +262,40 @@ def main(argv=None) -> int:
                  *rows, f"| mean | {statistics.mean(hs):,.0f} | {statistics.mean(ws):,.0f} | **{ratio:.3f}** "
                  f"(goal >= 0.98: {'met' if ratio >= 0.98 else 'NOT met'}) |", ""]
 
-    log = out_dir / "probes" / "events.jsonl"
-    ev = headless(a.preset, [*common, "train.log_interval=1", f"train.memory_interval={PROBE_EVERY}",
-                             f"train.eval_interval={a.steps + 1}", "train.sample_interval=0",
-                             "train.checkpoint_interval=0"], log, a.timeout)
-    c = probe_and_sampler_cost(ev, PROBE_EVERY, default_mi, default_si)
+    quiet = ["train.log_interval=1", f"train.eval_interval={a.steps + 1}", "train.sample_interval=0",
+             "train.checkpoint_interval=0"]
+    ev = headless(a.preset, [*common, *quiet, f"train.memory_interval={PROBE_EVERY}"],
+                  out_dir / "probes" / "events.jsonl", a.timeout)
+    c = probe_cost(ev, PROBE_EVERY, default_mi)
     per_sample = sample_cpu_cost()
-    print(json.dumps({**c, "sample_cpu_ms": 1000 * per_sample}), flush=True)
-    body += [f"Memory probes and the system sampler, from per-step durations of one headless run (one step "
-             f"event per step, a probe every {PROBE_EVERY} steps, the sampler at its default "
-             f"{default_si:g} s): median plain step {c['plain_step_ms']:.1f} ms over {c['n_plain']} steps.", "",
-             "| what | extra time when it runs | at the default interval | share of step time (goal <= 2%) |",
-             "| --- | --- | --- | --- |"]
-    if "probe_extra_ms" in c:
-        body.append(f"| memory probe (saved-tensor hooks + memory event) | {c['probe_extra_ms']:+.1f} ms per "
-                    f"probed step ({c['n_probed']} probes) | every {default_mi} steps | "
-                    f"{100 * c['probe_fraction']:.3f}% |")
-    if "sampler_extra_ms" in c:
-        body.append(f"| system sampler (thread) | {c['sampler_extra_ms']:+.1f} ms per step holding a sample "
-                    f"({c['n_sampled']} samples) | every {default_si:g} s | {100 * c['sampler_fraction']:.3f}% |")
-    body.append(f"| system sampler, CPU time of one sample() (timed directly) | {1000 * per_sample:.2f} ms | "
-                f"every {default_si:g} s | {100 * per_sample / default_si:.3f}% |")
-    body.append("")
+    fast, off = [], []
+    for i in range(a.repeats):
+        for interval, into in ((SAMPLER_FAST, fast), (3600, off)):
+            log = out_dir / f"sampler-{interval:g}-{i}" / "events.jsonl"
+            ev = headless(a.preset, [*common, *quiet, "train.memory_interval=0",
+                                     f"train.system_interval={interval}"], log, a.timeout)
+            into.append(steady_throughput(ev, a.warmup)["step_ms"])
+    slow_down = statistics.mean(fast) / statistics.mean(off) - 1
+    scaled = slow_down * SAMPLER_FAST / default_si
+    print(json.dumps({**c, "sample_cpu_ms": 1000 * per_sample, "step_ms_sampler_fast": fast,
+                      "step_ms_sampler_off": off, "sampler_scaled": scaled}), flush=True)
+
+    def share(x):
+        return f"{100 * x:.3f}% ({'met' if x <= 0.02 else 'NOT met'})"
+
+    body += [f"Memory probes and the system sampler (headless runs, one step event per step; median plain "
+             f"step {c['plain_step_ms']:.1f} ms):", "",
+             "| what | measured | at the default interval | share of step time (goal <= 2%) |",
+             "| --- | --- | --- | --- |",
+             f"| memory probe (saved-tensor hooks + memory event) | {c['probe_extra_ms']:+.1f} ms per probed step "
+             f"over its neighbours (median of {c['n_probed']}, a probe every {PROBE_EVERY} steps) | "
+             f"every {default_mi} steps | {share(c['probe_fraction'])} |",
+             f"| system sampler: CPU time of one sample() (timed directly) | {1000 * per_sample:.2f} ms | "
+             f"every {default_si:g} s | {share(per_sample / default_si)} |",
+             f"| system sampler end to end: step time at {SAMPLER_FAST:g} s vs off ({a.repeats} alternating "
+             f"pairs; noisy on a shared machine) | {statistics.mean(fast):.1f} vs {statistics.mean(off):.1f} ms "
+             f"({100 * slow_down:+.1f}% at {default_si / SAMPLER_FAST:.0f}x the default rate) | every "
+             f"{default_si:g} s | {100 * scaled:+.3f}% |", ""]
     write_section(a.out, "bench_overhead", "\n".join(body))
     print(f"wrote {a.out}; logs in {out_dir}")
     return 0

@@ -3,14 +3,15 @@ launching the real UI to its first frame.
 
     python scripts/bench_replay.py [--events 1000000] [--repeats 2] [--regen] [--out benchmarks/results/speed.md]
 
-The log is generated once (runs/bench-replay/events-<N>.jsonl, reused while its size matches) with the mix
-of a real 2000-step-per-minute run: a `step` event per step, a `system` event every 10 steps, an `eval`
+The log is generated once (runs/bench-replay/events-<N>.jsonl, reused until --regen) with the mix of a
+real run at 2000 steps a minute: a `step` event per step, a `system` event every 10 steps, an `eval`
 every 250, a `sample` (200 characters) and a `memory` table (12 layers) every 500, a checkpoint every 1000,
 and run_start/run_end. Replay is `python -m cockpit --replay LOG > /dev/null`, timed from launch to exit;
 its peak RSS comes from the kernel's rusage of that child (wait4). The UI is started in a 160x48
-pseudo-terminal (bench_overhead.Terminal) and timed until its first frame shows: the picker (`cockpit`,
-until its header is drawn, then until the preset table has its rows), the run screen on a small finished log and on the 1,000,000-event log
-(`cockpit watch LOG`, until the run screen's footer is drawn, then until the whole log is folded and its title shows).
+pseudo-terminal (bench_overhead.Terminal) and timed until its first frame shows: the picker (`cockpit`, until
+its header is drawn, then until the preset table has its rows), and the run screen (`cockpit watch LOG`, until
+its footer is drawn, then until the whole log is folded and the run's title shows) on a small finished log
+and on the 1,000,000-event log.
 """
 from __future__ import annotations
 

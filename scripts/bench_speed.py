@@ -125,7 +125,8 @@ def run_preset(name: str, a, out_dir: Path) -> dict:
 
 def table(results: list[dict]) -> str:
     has_mfu = any("mfu" in r for r in results)
-    cols = ["preset", "arch", "params", "batch x block", "device", "tokens/s", "ms/step"] + (["bf16 MFU"] if has_mfu else [])
+    cols = ["preset", "arch", "params", "batch x block", "device", "tokens/s", "ms/step"]
+    cols += ["bf16 MFU"] if has_mfu else []
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in results:
         if "error" in r or "skipped" in r:
@@ -168,7 +169,8 @@ def main(argv=None) -> int:
     body = (f"## Training throughput of the sequence presets ({a.profile} profile"
             f"{f', {a.nproc} DDP ranks' if a.nproc > 1 else ''})\n\n"
             f"Measured by `python scripts/bench_speed.py --profile {a.profile} --steps {a.steps} --warmup "
-            f"{a.warmup}` on {header}{(', GPU ' + a.device_name) if a.device_name else ''}. Steady-state "
+            f"{a.warmup}{''.join(' --set ' + x for x in a.set)}{f' --nproc {a.nproc}' if a.nproc > 1 else ''}` "
+            f"on {header}{(', GPU ' + a.device_name) if a.device_name else ''}. Steady-state "
             f"tokens/s of steps {a.warmup}..{a.steps} (no eval, samples, probes or checkpoints in the window); "
             f"the presets ran one after another.\n\n" + table(results) + "\n")
     if any("mfu" in r for r in results):

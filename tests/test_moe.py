@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from trainers import config
@@ -77,6 +78,7 @@ def run_cpu_profile_moe(steps: int, window: int):
     return cfg, reports
 
 
+@pytest.mark.slow
 def test_balance_loss_falls_and_no_expert_starves_after_warmup_on_the_cpu_profile():
     cfg, reports = run_cpu_profile_moe(steps=40, window=10)
     first, last = reports[0], reports[-1]

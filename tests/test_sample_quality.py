@@ -2,7 +2,8 @@
 
 The full acceptance numbers (unet >= 70%, dit >= 60% after the CPU profile) come from
 `python scripts/bench_diffusion.py` (benchmarks/results/diffusion.md); here a shortened unet run through the
-real trainer must already draw digits of the conditioned class far more often than chance (10%).
+real trainer, at the digits' native 8x8 resolution to keep it quick, must already draw digits of the
+conditioned class far more often than chance (10%).
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ def test_classifier_counts_a_sample_only_for_the_class_it_shows():
 def test_short_cpu_unet_run_draws_the_conditioned_digit_far_above_chance(tmp_path):
     from trainers.loop import Trainer
 
-    cfg = config.load("unet", [f"train.max_steps={SHORT_STEPS}", f"train.eval_interval={SHORT_STEPS}",
-                               "train.sample_interval=0", "train.checkpoint_interval=0", "train.memory_interval=0",
+    cfg = config.load("unet", ["model.image_size=8", f"train.max_steps={SHORT_STEPS}",
+                               f"train.eval_interval={SHORT_STEPS}", "train.sample_interval=0", "train.checkpoint_interval=0", "train.memory_interval=0",
                                "train.system_interval=60", "sample.eval_samples=100"],
                       profile="cpu", has_cuda=False)
     log = tmp_path / "events.jsonl"
@@ -47,4 +48,4 @@ def test_short_cpu_unet_run_draws_the_conditioned_digit_far_above_chance(tmp_pat
     samples = [e for e in events if e["type"] == "sample"]
     assert evals and samples and samples[-1]["kind"] == "image" and samples[-1]["sampler"] == "ddim-20"
     acc = evals[-1]["metrics"]["sample_accuracy"]
-    assert acc >= 0.5, f"only {acc:.0%} of samples show their class after {SHORT_STEPS} steps (chance 10%)"
+    assert acc >= 0.6, f"only {acc:.0%} of samples show their class after {SHORT_STEPS} steps (chance 10%)"

@@ -28,6 +28,7 @@ import socket
 import torch
 import torch.distributed as dist
 
+
 def init_distributed(cfg: dict, rank: int, world: int):
     """Join the process group torchrun set up (MASTER_ADDR/PORT, RANK, WORLD_SIZE in the environment)."""
     backend = "nccl" if cfg["device"] == "cuda" else "gloo"
@@ -48,10 +49,6 @@ def _detach_stdin():
         os.close(fd)
     except OSError:
         pass
-
-
-def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _device() -> torch.device:
@@ -112,7 +109,10 @@ def sync_controls(inbox, agreed) -> None:
     stop, paused, checkpoint, sample = (v > 0 for v in t.tolist())
     if stop:
         agreed.stop.set()
-    (agreed.paused.set if paused and not stop else agreed.paused.clear)()
+    if paused and not stop:
+        agreed.paused.set()
+    else:
+        agreed.paused.clear()
     if checkpoint:
         agreed.checkpoint.set()
     if sample:

@@ -69,6 +69,7 @@ def inspect_preset(name: str) -> dict:
         n_params = sum(p.numel() for p in params)
         trainable = sum(p.numel() for p in params if p.requires_grad)
         weight_bytes = sum(p.numel() * p.element_size() for p in params)  # fp32 master weights
+        weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())  # e.g. EMA copies
         batch = task.get_batch("train", 0)
         batch = tuple(b.to("meta") if torch.is_tensor(b) else b for b in batch) if isinstance(batch, (tuple, list)) \
             else batch.to("meta")

@@ -84,21 +84,26 @@ class Task(BaseTask):
 
     def _check(self, m: dict):
         o = self.opts
-        rules = [
-            (m.get("schedule", "linear") in SCHEDULES, "model.schedule", f"use one of {', '.join(SCHEDULES)}"),
-            (int(m.get("num_timesteps", 1000)) >= 2, "model.num_timesteps", "use at least 2 (1000 is DDPM's)"),
-            (0.0 <= float(m.get("class_dropout", 0.1)) < 1.0, "model.class_dropout", "use a value in [0, 1)"),
-            (int(o["steps"]) >= 1, "sample.steps", "use at least 1 (20 is typical for DDIM)"),
-            (0.0 <= float(o["eta"]) <= 1.0, "sample.eta", "use a value in [0, 1]"),
-            (float(o["guidance"]) >= 0.0, "sample.guidance", "use a value >= 0 (1 = no guidance)"),
-            (int(o["rows"]) >= 1 and int(o["cols"]) >= 1, "sample.rows/cols", "use at least 1"),
-            (0.0 <= float(o["ema_decay"]) < 1.0, "sample.ema_decay", "use a value in [0, 1), e.g. 0.999"),
-            (int(o["eval_samples"]) >= 0, "sample.eval_samples", "use 0 (off) or more"),
-            (o["sampler"] in ("ddim", "ddpm"), "sample.sampler", "use ddim or ddpm"),
+        rules = [  # (ok, key, value, fix)
+            (m.get("schedule", "linear") in SCHEDULES, "model.schedule", m.get("schedule"),
+             f"use one of {', '.join(SCHEDULES)}"),
+            (int(m.get("num_timesteps", 1000)) >= 2, "model.num_timesteps", m.get("num_timesteps"),
+             "use at least 2 (1000 is DDPM's)"),
+            (0.0 <= float(m.get("class_dropout", 0.1)) < 1.0, "model.class_dropout", m.get("class_dropout"),
+             "use a value in [0, 1)"),
+            (int(o["steps"]) >= 1, "sample.steps", o["steps"], "use at least 1 (20 is typical for DDIM)"),
+            (0.0 <= float(o["eta"]) <= 1.0, "sample.eta", o["eta"], "use a value in [0, 1]"),
+            (float(o["guidance"]) >= 0.0, "sample.guidance", o["guidance"], "use a value >= 0 (1 = no guidance)"),
+            (int(o["rows"]) >= 1, "sample.rows", o["rows"], "use at least 1"),
+            (int(o["cols"]) >= 1, "sample.cols", o["cols"], "use at least 1"),
+            (0.0 <= float(o["ema_decay"]) < 1.0, "sample.ema_decay", o["ema_decay"],
+             "use a value in [0, 1), e.g. 0.999"),
+            (int(o["eval_samples"]) >= 0, "sample.eval_samples", o["eval_samples"], "use 0 (off) or more"),
+            (o["sampler"] in ("ddim", "ddpm"), "sample.sampler", o["sampler"], "use ddim or ddpm"),
         ]
-        for ok, key, fix in rules:
+        for ok, key, value, fix in rules:
             if not ok:
-                raise ConfigError(f"{key}: invalid value; {fix}")
+                raise ConfigError(f"{key}={value!r} is invalid; {fix}")
 
     # --- model -------------------------------------------------------------------------------------
     def build_model(self):

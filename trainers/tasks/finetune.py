@@ -35,7 +35,7 @@ from trainers.tasks.lm import Task as LMTask
 METHODS = ("full", "lora", "qlora")
 EXPORTS = ("ckpt", "hf", "both")
 DEFAULTS = {"base": "", "method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.05, "targets": "q,k,v,o",
-            "merge": False, "export": "ckpt", "block_size": 0, "compare_memory": True}
+            "merge": False, "export": "ckpt", "block_size": 0, "compare_memory": True, "lr_ratio": 1.0}
 MERGED_CKPT, MERGED_HF = "merged.pt", "merged-hf"
 
 
@@ -52,6 +52,8 @@ def finetune_settings(cfg: dict) -> dict:
         raise ConfigError(f"finetune.alpha={ft['alpha']} must be positive (the update is scaled by alpha / rank)")
     if not 0.0 <= float(ft["dropout"]) < 1.0:
         raise ConfigError(f"finetune.dropout={ft['dropout']} must be in [0, 1)")
+    if float(ft["lr_ratio"]) <= 0:
+        raise ConfigError(f"finetune.lr_ratio={ft['lr_ratio']} must be positive (1 = plain LoRA, 16 = LoRA+)")
     if int(ft["block_size"]) < 0:
         raise ConfigError(f"finetune.block_size={ft['block_size']} must be >= 0 (0 = the base's context)")
     ft["targets"] = ",".join(lora.parse_targets(ft["targets"]))
@@ -148,14 +150,24 @@ def apply_method(model: torch.nn.Module, ft: dict, device: torch.device, arch: s
 
 def make_optimizer(model, ft: dict, train: dict, device: torch.device, log=None):
     """AdamW on the trainable parameters (nanoGPT's decay grouping); 8-bit AdamW for QLoRA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": train["weight_decay"]},
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    ratio = float(ft.get("lr_ratio", 1.0))
+    lora_b = [p for n, p in named if lora.is_lora_param(n) and n.endswith(".B")]
+    b_ids = {id(p) for p in lora_b} if ratio != 1.0 else set()
+    groups = [{"params": [p for p in params if p.dim() >= 2 and id(p) not in b_ids], "weight_decay": train["weight_decay"]},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if b_ids:  # LoRA+ (Hayou et al. 2024): B learns `lr_ratio` times faster than A; the loop honours lr_scale
+        groups.append({"params": lora_b, "weight_decay": train["weight_decay"], "lr_scale": ratio,
+                       "lr": train["lr"] * ratio})
     groups = [g for g in groups if g["params"]]
     betas = (train["beta1"], train["beta2"])
     if ft["method"] == "qlora":
         return quant.make_8bit_adamw(groups, device, train["lr"], betas, log)
     kw = {"fused": True} if device.type == "cuda" else {}
+    if log is not None:
+        log("info", f"optimizer: torch AdamW{' (fused)' if kw else ''} on {sum(p.numel() for p in params):,} "
+                    "trainable parameters (fp32 moments)")
     return torch.optim.AdamW(groups, lr=train["lr"], betas=betas, **kw)
 
 
