@@ -124,9 +124,11 @@ def train(argv: list[str]) -> int:
     p.add_argument("--headless", action="store_true")
     p.add_argument("--nproc", type=int, default=1)
     p.add_argument("--resume")
-    p.add_argument("--rdzv", nargs=argparse.REMAINDER, default=[],
-                   help="torchrun rendezvous flags passed through (multi-node), e.g. --nnodes 2 --rdzv-endpoint host:29500")
-    a = p.parse_intermixed_args(argv) if not any(x == "--rdzv" for x in argv) else p.parse_args(argv)
+    rdzv: list[str] = []
+    if "--rdzv" in argv:  # everything after --rdzv goes to torchrun (multi-node rendezvous flags)
+        i = argv.index("--rdzv")
+        argv, rdzv = argv[:i], argv[i + 1:]
+    a = p.parse_intermixed_args(argv)
     if a.nproc < 1:
         raise BadInput(f"--nproc {a.nproc} must be at least 1")
     from trainers import config
@@ -140,19 +142,33 @@ def train(argv: list[str]) -> int:
         targs += ["--log", a.log]
     if a.resume:
         targs += ["--resume", a.resume]
-    if a.nproc > 1 or a.rdzv:
+    if a.nproc > 1 or rdzv:
         from cockpit.launch import torchrun_argv
 
         if not a.log and not a.resume:
             from trainers.loop import default_log_path
 
             targs += ["--log", str(default_log_path(a.preset.rsplit("/", 1)[-1].removesuffix(".yaml")))]
-        import subprocess
-
-        return subprocess.call(torchrun_argv(a.nproc, targs, a.rdzv))
+        return run_torchrun(torchrun_argv(a.nproc, targs, rdzv))
     from trainers.__main__ import main as trainer_main
 
     return trainer_main(targs)
+
+
+def run_torchrun(argv: list[str]) -> int:
+    """Run torchrun in the foreground. The terminal's Ctrl-C reaches torchrun itself (which forwards it to
+    every rank: stop with a checkpoint), so cockpit ignores SIGINT meanwhile and forwards SIGTERM."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv)
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def replay(argv: list[str]) -> int:

@@ -20,4 +20,4 @@ def torchrun_argv(nproc: int, trainer_args: list[str], rdzv: list[str] | None = 
     if not rdzv:
         rdzv = ["--standalone"]
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rdzv,
-            "-m", "trainers", *trainer_args]
+            "-m", "--", "trainers", *trainer_args]  # `--`: torchrun would read --log as its --log-dir

@@ -101,6 +101,7 @@ def part_a(work: Path, base_steps: int, budget: float, ft_steps: int, base_run: 
         end = next((e for e in ev if e["type"] == "run_end"), {})
         last = evals[-1] if evals else None
         samples = [e for e in ev if e["type"] == "sample"]
+        rcfg = next(e["config"] for e in ev if e["type"] == "run_start")
         res["runs"][method] = {
             "start_val_loss": start, "val_loss": last["val_loss"] if last else None,
             "step": last["step"] if last else None, "eval_at_s": (last["time"] - t_start) if last else None,
@@ -108,6 +109,9 @@ def part_a(work: Path, base_steps: int, budget: float, ft_steps: int, base_run: 
             "status": end.get("status"), "wall_s": wall, "trainable_params": last["metrics"].get("trainable_params")
             if last else None, "params": last["metrics"].get("params") if last else None,
             "sample": samples[-1]["text"][:200] if samples else "",
+            "settings": {**{k: rcfg["finetune"][k] for k in ("rank", "alpha", "dropout", "targets", "lr_ratio")},
+                         **{k: rcfg["train"][k] for k in ("lr", "min_lr", "batch_size", "max_steps")},
+                         "block_size": rcfg["model"]["block_size"]},
             "optimizer_log": next((e["message"] for e in ev if e["type"] == "log" and "optimizer" in e["message"]), ""),
         }
     return res
@@ -144,6 +148,15 @@ def part_b(batch: int, seq: int) -> list[dict]:
     return rows
 
 
+def _settings(a: dict) -> str:
+    st = next(iter(a["runs"].values())).get("settings")
+    if not st:
+        return "settings not recorded"
+    return (f"rank {st['rank']}, alpha {st['alpha']:g}, adapter dropout {st['dropout']:g}, targets {st['targets']}, "
+            f"LoRA+ B/A lr ratio {st['lr_ratio']:g}; lr {st['lr']:g} cosine to {st['min_lr']:g} over "
+            f"{st['max_steps']} steps; batch {st['batch_size']} x {st['block_size']} characters")
+
+
 def mb(n) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
 
@@ -164,8 +177,8 @@ def write_md(a: dict | None, b: list[dict] | None, args) -> str:
                   f"{base['steps']} steps on the embedded Shakespeare through the real trainer in {base['wall_s']:.0f} s; "
                   f"Shakespeare val loss {base['shakespeare_val_loss']:.3f}.",
                   f"Fine-tunes: the `lora` and `qlora` presets' CPU profile with `finetune.base=<that ckpt.pt>` "
-                  f"(rank 8, alpha 16, adapters on q, k, v, o, fc, proj; lr 3e-3 cosine; batch 32 x 64), "
-                  f"default corpus = embedded Milton, each capped at {args.budget:.0f} s wall-clock (SIGTERM = stop). "
+                  f"({_settings(a)}), default corpus = embedded Milton, each capped at {args.budget:.0f} s "
+                  "wall-clock (SIGTERM = stop). "
                   "Start = the fine-tune task's evaluate() on the model at step 0 (adapters are a no-op, so it is the "
                   "base's Milton val loss); end = the last eval event inside the budget (same 20 val batches).", "",
                   "| method | trainable / total params | Milton val loss at step 0 | after | at step | at (s) | drop | goal >= 15% |",

@@ -1,7 +1,7 @@
 """Side-by-side benchmark of the sequence presets at their CPU profile, plus full-size VRAM estimates.
 
     python scripts/bench_sequence.py [--steps 200] [--out benchmarks/results/sequence.md] [--runs DIR]
-                                     [--presets nanogpt,mamba,...] [--skip-train]
+                                     [--presets nanogpt,mamba,...] [--skip-train] [--acceptance]
 
 1. Trains every preset (nanogpt, mingpt, bitnet, mamba, rwkv, retnet, moe, gpt2-124m) on its CPU profile for
    the same number of steps, each in its own `python -m trainers` subprocess writing an event log, and reads
@@ -14,6 +14,9 @@
    and saved activations of one micro-batch (fp32; bf16 autocast roughly halves matmul activations). With
    train.activation_checkpointing, the saved activations are the checkpointed block inputs plus one block
    recomputed during backward. These are estimates: no GPU was available to measure the peak.
+3. With --acceptance, also runs each new preset exactly as a user would, `cockpit train NAME --headless` on
+   its CPU profile (its own step count), and reports when character-level val loss first fell below 2.2
+   and the final val loss and wall time (the issue's acceptance: < 2.2 within 5 minutes).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PRESETS = ["nanogpt", "mingpt", "bitnet", "mamba", "rwkv", "retnet", "moe", "gpt2-124m"]
+NEW_PRESETS = ["bitnet", "mamba", "rwkv", "retnet", "moe", "gpt2-124m"]
 TARGET = 2.2
 
 
@@ -56,6 +60,19 @@ def train(preset: str, steps: int, runs: Path) -> Path:
     print(f"{preset}: exit {proc.returncode} in {time.time() - t0:.0f}s", file=sys.stderr)
     if proc.returncode != 0:
         print(proc.stderr[-2000:], file=sys.stderr)
+    return log
+
+
+def accept(preset: str, runs: Path) -> Path:
+    """`cockpit train NAME --headless` with no overrides: the preset's own CPU profile."""
+    log = runs / f"accept-{preset}" / "events.jsonl"
+    if log.exists():
+        log.unlink()
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "cockpit", "train", preset, "--headless", "--log", str(log)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    print(f"accept {preset}: exit {proc.returncode} in {time.time() - t0:.0f}s", file=sys.stderr)
     return log
 
 
@@ -137,7 +154,21 @@ def gib(b) -> str:
     return f"{b / 2**30:.2f}"
 
 
-def render(rows: list[dict], fulls: list[dict], steps: int) -> str:
+def render_acceptance(rows: list[dict]) -> list[str]:
+    out = ["", "## Acceptance: each new preset as a user runs it", "",
+           "`cockpit train NAME --headless` with no overrides (the preset's CPU profile, its own step count), "
+           "same machine and conditions as above. Elapsed seconds are the trainer's `elapsed` at that step "
+           "(training, evals and samples so far; start-up excluded).", "",
+           "| preset | steps | val < 2.2 first at (step, s) | final val | wall s | status |",
+           "| --- | ---: | --- | ---: | ---: | --- |"]
+    for r in rows:
+        below = f'{r["below_target"][0]}, {r["below_target"][1]:.0f}' if r["below_target"] else "not reached"
+        out.append(f'| {r["preset"]} | {r["steps"]} | {below} | {r["final_val"]:.3f} | {r["wall_s"]:.0f} | '
+                   f'{r["status"]} |')
+    return out
+
+
+def render(rows: list[dict], fulls: list[dict], steps: int, accepted: list[dict]) -> str:
     date = "2026-11-21"
     out = [f"# Sequence architectures: CPU profiles side by side ({date})", "",
            f"Machine: CPU, 2 cores (shared with other jobs while measured), torch "
@@ -169,6 +200,8 @@ def render(rows: list[dict], fulls: list[dict], steps: int) -> str:
                    f'{"yes" if f["checkpointing"] else "no"} | {gib(f["params"])} | {gib(f["grads"])} | '
                    f'{gib(f["optimizer"])} | {gib(f["activations"])} | {gib(f["total"])} | '
                    f'{"yes" if f["total"] <= f["budget"] else "NO"} |')
+    if accepted:
+        out += render_acceptance(accepted)
     return "\n".join(out) + "\n"
 
 
@@ -179,6 +212,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench-sequence"))
     p.add_argument("--presets", default=",".join(PRESETS))
     p.add_argument("--skip-train", action="store_true", help="re-read existing logs in --runs")
+    p.add_argument("--acceptance", action="store_true",
+                   help="also run `cockpit train NAME --headless` for the new presets (their full CPU profile)")
     args = p.parse_args(argv)
     presets = [s for s in args.presets.split(",") if s]
     runs = Path(args.runs)
@@ -186,8 +221,13 @@ def main(argv=None) -> int:
     for name in presets:
         log = runs / name / "events.jsonl" if args.skip_train else train(name, args.steps, runs)
         rows.append(summarize(name, log))
+    accepted = []
+    if args.acceptance:
+        for name in [n for n in NEW_PRESETS if n in presets]:
+            log = runs / f"accept-{name}" / "events.jsonl" if args.skip_train else accept(name, runs)
+            accepted.append(summarize(name, log))
     fulls = [estimate_full(name) for name in presets]
-    text = render(rows, fulls, args.steps)
+    text = render(rows, fulls, args.steps, accepted)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)

@@ -56,8 +56,9 @@ def write_section(path: str | Path, key: str, body: str, title: str = "# Speed a
 
 def machine_line() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    omp = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ)
     return (f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()} CPU, {os.cpu_count()} cores "
-            f"(load average {load} at the start), torch {_torch_version()}")
+            f"(load average {load} at the start), torch {_torch_version()}{', ' + omp if omp else ''}")
 
 
 def _torch_version() -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Spinning OpenMP threads crawl when the 2 cores are shared with other processes (trainer subprocesses)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("COCKPIT_CACHE", str(ROOT / ".pytest_cache" / "cockpit"))
 
 
