@@ -32,12 +32,12 @@ def perturb_(model, std=0.05, seed=0):
     return model
 
 
-def step_logits(model, idx, **kw):
+def step_logits(model, idx):
     """Logits from feeding idx one token at a time through the model's recurrent `step`."""
     state = model.init_state(idx.size(0), idx.device)
     out = []
     for t in range(idx.size(1)):
-        logits, state = model.step(idx[:, t], state, **({"n": t} if kw.get("positional") else {}))
+        logits, state = model.step(idx[:, t], state)
         out.append(logits)
     return torch.stack(out, dim=1)
 
@@ -267,7 +267,7 @@ def test_retnet_recurrent_generation_equals_full_forward():
     idx = torch.randint(0, 11, (2, 19), generator=torch.Generator().manual_seed(0))
     full, _ = model(idx, idx)
     with torch.no_grad():
-        rec = step_logits(model, idx, positional=True)
+        rec = step_logits(model, idx)
         prompt = idx[:1, :4]
         assert torch.equal(model.generate(prompt, 10, top_k=1), greedy_by_full_forward(model, prompt, 10))
     assert close(rec, full)[0], close(rec, full)[1]

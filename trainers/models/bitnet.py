@@ -51,6 +51,7 @@ class Config:
     dropout: float = 0.0
     stage2_lr_scale: float = 0.5    # lr multiplier for the second half of training (two-stage schedule)
     activation_checkpointing: bool = False
+    kernels: str = "torch"          # torch | triton (fused BitLinear, RMSNorm, SwiGLU, linear+cross-entropy)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -86,10 +87,15 @@ def bitlinear_ref(x, weight, eps: float = 1e-5):
 class BitLinear(nn.Linear):
     """nn.Linear with latent fp weights, trained through ternary weights and 8-bit activations."""
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, fused: bool = False):
         super().__init__(in_features, out_features, bias=False)
+        self.fused = fused
 
     def forward(self, x):
+        if self.fused:  # int8 x ternary Triton matmul, same straight-through gradients
+            from kernels import integrate
+
+            return integrate.bitlinear(x, self.weight)
         return bitlinear_ref(x, self.weight)
 
 
@@ -113,12 +119,16 @@ class TernaryLinear(nn.Module):
 # Model
 
 class RMSNorm(nn.Module):
-    def __init__(self, ndim: int, eps: float = 1e-5):
+    def __init__(self, ndim: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
-        self.eps = eps
+        self.eps, self.fused = eps, fused
 
     def forward(self, x):
+        if self.fused:
+            from kernels import integrate
+
+            return integrate.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
@@ -136,8 +146,9 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
-        self.c_attn = BitLinear(cfg.n_embd, 3 * cfg.n_embd)         # q, k, v in one matmul
-        self.c_proj = BitLinear(cfg.n_embd, cfg.n_embd)
+        fused = cfg.kernels == "triton"
+        self.c_attn = BitLinear(cfg.n_embd, 3 * cfg.n_embd, fused)  # q, k, v in one matmul
+        self.c_proj = BitLinear(cfg.n_embd, cfg.n_embd, fused)
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
 
     def forward(self, x):
@@ -156,11 +167,16 @@ class SwiGLU(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         hidden = cfg.ffn_hidden or 32 * math.ceil(8 * cfg.n_embd / 3 / 32)
-        self.w13 = BitLinear(cfg.n_embd, 2 * hidden)
-        self.w2 = BitLinear(hidden, cfg.n_embd)
+        self.fused = cfg.kernels == "triton"
+        self.w13 = BitLinear(cfg.n_embd, 2 * hidden, self.fused)
+        self.w2 = BitLinear(hidden, cfg.n_embd, self.fused)
 
     def forward(self, x):
         a, b = self.w13(x).chunk(2, dim=-1)
+        if self.fused:
+            from kernels import integrate
+
+            return self.w2(integrate.swiglu(a, b))
         return self.w2(F.silu(a) * b)
 
 
@@ -183,7 +199,7 @@ class Model(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.norm_f = RMSNorm(cfg.n_embd)
+        self.norm_f = RMSNorm(cfg.n_embd, fused=cfg.kernels == "triton")
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         for module in self.modules():
@@ -206,6 +222,10 @@ class Model(nn.Module):
         x = self.norm_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
+        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
+            from kernels import integrate
+
+            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

@@ -32,14 +32,19 @@ class Config:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (torch's has no `bias=False` before 2.1)."""
+    """LayerNorm with an optional bias (torch's has no `bias=False` before 2.1); fused with kernels=triton."""
 
-    def __init__(self, ndim: int, bias: bool):
+    def __init__(self, ndim: int, bias: bool, fused: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.fused = fused
 
     def forward(self, x):
+        if self.fused:
+            from kernels import integrate
+
+            return integrate.layer_norm(x, self.weight, self.bias, 1e-5)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
@@ -69,7 +74,12 @@ class MLP(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU(approximate="tanh")
+        if cfg.kernels == "triton":
+            from kernels import integrate
+
+            self.gelu = integrate.GELUTanh()
+        else:
+            self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -80,9 +90,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias)
+        fused = cfg.kernels == "triton"
+        self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias, fused=fused)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias, fused=fused)
         self.mlp = MLP(cfg)
 
     def forward(self, x):
@@ -100,7 +111,7 @@ class Model(nn.Module):
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-            ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias),
+            ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias, fused=cfg.kernels == "triton"),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
@@ -142,6 +153,10 @@ class Model(nn.Module):
         x = self.hidden(idx)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # inference: only the last position
+        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
+            from kernels import integrate
+
+            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

@@ -54,6 +54,7 @@ class Config:
     scan_chunk: int = 0            # chunk length of the training scan; 0 -> ceil(sqrt(T))
     dropout: float = 0.0
     activation_checkpointing: bool = False
+    kernels: str = "torch"         # torch | triton (fused selective scan, RMSNorm, linear+cross-entropy)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -130,12 +131,16 @@ def fp32(x):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, ndim: int, eps: float = 1e-5):
+    def __init__(self, ndim: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
-        self.eps = eps
+        self.eps, self.fused = eps, fused
 
     def forward(self, x):
+        if self.fused:
+            from kernels import integrate
+
+            return integrate.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
@@ -146,6 +151,7 @@ class MambaMixer(nn.Module):
         self.d_inner, self.d_state, self.d_conv = d_inner, cfg.d_state, cfg.d_conv
         self.dt_rank = cfg.dt_rank or math.ceil(cfg.n_embd / 16)
         self.scan_chunk = cfg.scan_chunk
+        self.fused = cfg.kernels == "triton"
         self.in_proj = nn.Linear(cfg.n_embd, 2 * d_inner, bias=False)
         self.conv1d = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner, padding=cfg.d_conv - 1)
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * cfg.d_state, bias=False)
@@ -174,8 +180,14 @@ class MambaMixer(nn.Module):
         delta, Bm, Cm = self.ssm_params(x)
         A = -torch.exp(self.A_log.float())
         with fp32(x):  # the scan runs in fp32 even under autocast: exp and long products are precision-sensitive
-            y, _ = selective_scan_chunked(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(),
-                                          chunk=self.scan_chunk or None)
+            if self.fused:  # one Triton program per (batch, channel block) walks the sequence
+                from kernels import integrate
+
+                y, _ = integrate.selective_scan(x.float(), delta.float(), A, Bm.float(), Cm.float(),
+                                                self.D.float(), chunk=self.scan_chunk or None)
+            else:
+                y, _ = selective_scan_chunked(x.float(), delta.float(), A, Bm.float(), Cm.float(), self.D.float(),
+                                              chunk=self.scan_chunk or None)
         y = y.to(x.dtype) * F.silu(z)
         return self.out_proj(y)
 
@@ -201,7 +213,7 @@ class MambaMixer(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        self.norm = RMSNorm(cfg.n_embd)
+        self.norm = RMSNorm(cfg.n_embd, fused=cfg.kernels == "triton")
         self.mixer = MambaMixer(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -220,7 +232,7 @@ class Model(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.norm_f = RMSNorm(cfg.n_embd)
+        self.norm_f = RMSNorm(cfg.n_embd, fused=cfg.kernels == "triton")
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         nn.init.normal_(self.wte.weight, std=0.02)
@@ -244,6 +256,10 @@ class Model(nn.Module):
         x = self.norm_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
+        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
+            from kernels import integrate
+
+            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

@@ -45,6 +45,7 @@ class Config:
     dropout: float = 0.0
     bias: bool = False
     activation_checkpointing: bool = False
+    kernels: str = "torch"         # torch | triton (fused chunkwise retention, LayerNorm, linear+cross-entropy)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,6 +121,7 @@ class MultiScaleRetention(nn.Module):
         assert cfg.n_embd % cfg.n_head == 0 and cfg.n_embd // cfg.n_head % 2 == 0, \
             "n_embd / n_head must be an even integer (rotation pairs)"
         self.n_head, self.chunk = cfg.n_head, cfg.chunk_size
+        self.fused = cfg.kernels == "triton"
         self.dk = cfg.n_embd // cfg.n_head
         self.dv = cfg.value_factor * cfg.n_embd // cfg.n_head
         self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
@@ -156,6 +158,10 @@ class MultiScaleRetention(nn.Module):
                 y = retention_parallel(q, k, v, self.gamma)
             elif form == "recurrent":
                 y, _ = retention_recurrent(q, k, v, self.gamma)
+            elif self.fused:  # one Triton program per (batch, head) walks the chunks, state in registers
+                from kernels import integrate
+
+                y, _ = integrate.retention(q, k, v, self.gamma, chunk=self.chunk)
             else:
                 y, _ = retention_chunkwise(q, k, v, self.gamma, self.chunk)
         return self.output(x, y)
@@ -179,12 +185,21 @@ class FFN(nn.Module):
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
 
 
+def layer_norm(cfg: Config) -> nn.Module:
+    """nn.LayerNorm, or the fused Triton LayerNorm (same parameters) with kernels=triton."""
+    if cfg.kernels == "triton":
+        from kernels import integrate
+
+        return integrate.LayerNorm(cfg.n_embd, bias=cfg.bias)
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = layer_norm(cfg)
         self.msr = MultiScaleRetention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = layer_norm(cfg)
         self.ffn = FFN(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -205,7 +220,7 @@ class Model(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = layer_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
@@ -235,23 +250,29 @@ class Model(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
+        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
+            from kernels import integrate
+
+            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):
+        """(position of the next token, per-layer retention states (B, H, dk, dv))."""
         msr = self.blocks[0].msr
-        return [torch.zeros(batch, msr.n_head, msr.dk, msr.dv, device=device) for _ in self.blocks]
+        return 0, [torch.zeros(batch, msr.n_head, msr.dk, msr.dv, device=device) for _ in self.blocks]
 
-    def step(self, token, state, n: int):
-        """token (B,) at position n -> logits (B, vocab) and the new state; O(1) in the context length."""
+    def step(self, token, state):
+        """token (B,) -> logits (B, vocab) and the new state; O(1) in the context length."""
+        n, layer_states = state
         x = self.wte(token)
-        new_state = []
-        for block, s in zip(self.blocks, state):
+        new_states = []
+        for block, s in zip(self.blocks, layer_states):
             x, s = block.step(x, s, n)
-            new_state.append(s)
-        return self.lm_head(self.ln_f(x)), new_state
+            new_states.append(s)
+        return self.lm_head(self.ln_f(x)), (n + 1, new_states)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -259,13 +280,11 @@ class Model(nn.Module):
         """Feed the prompt through the recurrence, then sample one token per step from the carried state."""
         state = self.init_state(idx.size(0), idx.device)
         for t in range(idx.size(1)):
-            logits, state = self.step(idx[:, t], state, t)
+            logits, state = self.step(idx[:, t], state)
         out = [idx]
-        n = idx.size(1)
         for i in range(max_new_tokens):
             if i > 0:
-                logits, state = self.step(out[-1][:, 0], state, n)
-                n += 1
+                logits, state = self.step(out[-1][:, 0], state)
             logits = logits.float() / max(temperature, 1e-6)
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))

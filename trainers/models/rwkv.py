@@ -51,6 +51,7 @@ class Config:
     wkv_chunk: int = 16            # chunk length of the training form
     dropout: float = 0.0
     activation_checkpointing: bool = False
+    kernels: str = "torch"         # torch | triton (fused WKV, LayerNorm, linear+cross-entropy)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class TimeMix(nn.Module):
         super().__init__()
         C = cfg.n_embd
         self.n_head, self.head_size, self.chunk = C // cfg.head_size, cfg.head_size, cfg.wkv_chunk
+        self.fused = cfg.kernels == "triton"
         assert C % cfg.head_size == 0, "n_embd must be divisible by head_size"
         # RWKV-LM's layer-dependent initialisation of the mixing coefficients and decays
         ratio_0_to_1 = layer_id / max(cfg.n_layer - 1, 1)
@@ -174,7 +176,13 @@ class TimeMix(nn.Module):
         r, k, v, g, log_w = self.project(x, token_shift(x))
         u = self.bonus.view(self.n_head, self.head_size)
         with fp32(x):  # the state recurrence in fp32, also under bf16 autocast
-            y, _ = wkv_chunked(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), chunk=self.chunk)
+            if self.fused:  # one Triton program per (batch, head) carries the (K, K) state through time
+                from kernels import integrate
+
+                y, _ = integrate.wkv(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(),
+                                     chunk=self.chunk)
+            else:
+                y, _ = wkv_chunked(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(), chunk=self.chunk)
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C).to(x.dtype)
         return self.output(y * g)
 
@@ -214,12 +222,21 @@ class ChannelMix(nn.Module):
         return self.mix(x, x_prev), x
 
 
+def layer_norm(cfg: Config) -> nn.Module:
+    """nn.LayerNorm, or the fused Triton LayerNorm (same parameters) with kernels=triton."""
+    if cfg.kernels == "triton":
+        from kernels import integrate
+
+        return integrate.LayerNorm(cfg.n_embd)
+    return nn.LayerNorm(cfg.n_embd)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: Config, layer_id: int):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln1 = layer_norm(cfg)
         self.att = TimeMix(cfg, layer_id)
-        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = layer_norm(cfg)
         self.ffn = ChannelMix(cfg, layer_id)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -240,9 +257,9 @@ class Model(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.ln0 = layer_norm(cfg)
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
-        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.ln_out = layer_norm(cfg)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         # RWKV-LM's initialisation: tiny embedding (LN0 rescales it), orthogonal projections, zero outputs
         nn.init.uniform_(self.wte.weight, -1e-4, 1e-4)
@@ -269,6 +286,10 @@ class Model(nn.Module):
         x = self.ln_out(x)
         if targets is None:
             return self.head(x[:, [-1], :]), None
+        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
+            from kernels import integrate
+
+            return None, integrate.linear_cross_entropy(x, self.head.weight, targets, ignore_index=-1)
         logits = self.head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

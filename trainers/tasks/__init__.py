@@ -81,6 +81,8 @@ class Task:
 
     def on_step(self, model, optimizer, step: int, lr: float) -> float:
         """Called before each optimizer step; may change the lr (e.g. BitNet's two-stage schedule)."""
+        if hasattr(model, "on_step"):
+            return model.on_step(optimizer, step, self.cfg["train"]["max_steps"], lr)
         return lr
 
     # --- reporting ---------------------------------------------------------------------------------

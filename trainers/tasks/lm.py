@@ -28,7 +28,8 @@ class Task(BaseTask):
 
     def build_model(self):
         return build_model(self.cfg["arch"], self.cfg["model"], vocab_size=self.tokenizer.vocab_size,
-                           kernels=self.cfg.get("kernels", "torch"))
+                           kernels=self.cfg.get("kernels", "torch"),
+                           activation_checkpointing=self.cfg["train"]["activation_checkpointing"])
 
     def get_batch(self, split, step, micro=0):
         x, y = self.stream.batch(split, self.cfg["train"]["batch_size"], self.generator(split, step, micro))
@@ -56,7 +57,10 @@ class Task(BaseTask):
         metrics = {"train_loss": out["train"]}
         if hasattr(model, "metrics"):
             metrics.update(model.metrics())
-        return {"val_loss": out["val"], "metrics": metrics}
+        result = {"val_loss": out["val"], "metrics": metrics}
+        if hasattr(model, "eval_fields"):  # e.g. MoE's `experts` (per-expert counts, balance loss)
+            result.update(model.eval_fields())
+        return result
 
     def autocast(self):
         dtype = self.cfg.get("_amp_dtype")
