@@ -49,6 +49,7 @@ class Config:
     aux_loss_coef: float = 0.01     # weight of the load-balancing loss
     moe_every: int = 2              # MoE on blocks 1, 3, 5, ... (every other block)
     activation_checkpointing: bool = False
+    kernels: str = "torch"          # triton: the shared GPT blocks use fused LayerNorm / GELU
 
 
 class MoE(nn.Module):
