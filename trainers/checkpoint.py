@@ -21,6 +21,12 @@ def save(path: str | Path, state: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer killed mid-save (SIGKILL)
+        if stale != tmp:
+            try:
+                stale.unlink()
+            except OSError:
+                pass
     try:
         with open(tmp, "wb") as f:
             torch.save({"version": FORMAT_VERSION, **state}, f)
