@@ -365,3 +365,16 @@ def test_merge_at_the_end_of_a_run_writes_a_checkpoint_and_a_hf_directory_that_r
     assert again.tokenizer.chars == from_hf.tokenizer.chars == task.tokenizer.chars
     for t in (again, from_hf):
         torch.testing.assert_close(t.build_model().eval()(x, y)[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_plus_gives_the_b_matrices_a_larger_learning_rate_through_lr_scale():
+    task, _ = make_task(["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
+                         "finetune.lr_ratio=16", "train.lr=1e-3"])
+    model = task.build_model()
+    opt = task.configure_optimizer(model)
+    b_params = {id(p) for n, p in model.named_parameters() if ".lora." in n and n.endswith(".B")}
+    fast = [g for g in opt.param_groups if g.get("lr_scale", 1.0) == 16.0]
+    assert len(fast) == 1 and {id(p) for p in fast[0]["params"]} == b_params
+    assert fast[0]["lr"] == pytest.approx(16e-3)
+    slow = [p for g in opt.param_groups if g.get("lr_scale", 1.0) == 1.0 for p in g["params"]]
+    assert slow and all(id(p) not in b_params for p in slow)
