@@ -25,7 +25,8 @@ USAGE = """usage: cockpit [PRESET [k=v ...]]
        cockpit watch FILE
        cockpit presets [--json]
        cockpit kernels [--json]
-       cockpit runs [--json]"""
+       cockpit runs [--json]
+       cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR]"""
 
 
 class BadInput(Exception):
@@ -94,6 +95,10 @@ def dispatch(argv: list[str]) -> int:
         from cockpit.kernels_cmd import main as kernels_main
 
         return kernels_main(argv[1:])
+    if head == "export-merged":
+        from trainers.export_merged import main as export_main
+
+        return export_main(argv[1:])
     if head == "runs":
         from cockpit.runs_cmd import main as runs_main
 

@@ -107,6 +107,24 @@ def memory_lines(s: RunState) -> list[str]:
     if t.get("trainable_params") is not None:
         parts.append(f"trainable {fmt_count(t['trainable_params'])} params")
     out.append("totals   " + "  ".join(parts))
+    comp = m.get("comparison")
+    if isinstance(comp, list) and comp:
+        rows = []
+        for r in comp:
+            if not isinstance(r, dict):
+                continue
+            if r.get("error"):
+                rows.append([str(r.get("method")), r["error"][:60], "", "", "", "", ""])
+                continue
+            mark = " *" if r.get("method") == m.get("method") else ""
+            rows.append([f"{r.get('method')}{mark}", fmt_count(r.get("trainable_params")), fmt_bytes(r.get("params")),
+                         fmt_bytes(r.get("grads")), fmt_bytes(r.get("optimizer")), fmt_bytes(r.get("activations")),
+                         fmt_bytes(r.get("total"))])
+        out.append("")
+        out.append("fine-tuning memory compared (measured; * = this run)")
+        out += _table(rows, ["method", "trainable", "params", "grads", "optimizer", "activations", "total"])
+        if m.get("comparison_note"):
+            out.append(str(m["comparison_note"]))
     return out
 
 

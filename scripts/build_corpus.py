@@ -35,7 +35,7 @@ def strip_gutenberg(text: str) -> str:
 
 
 def normalise(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\t", "    ")
+    text = text.replace("\r\n", "\n").replace("\t", "    ").replace("\x1a", "")  # DOS end-of-file marks
     lines = [ln.rstrip() for ln in text.split("\n")]
     text = "\n".join(lines)
     text = re.sub(r"\n{3,}", "\n\n", text)

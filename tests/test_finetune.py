@@ -251,12 +251,16 @@ def make_task(overrides, device="cpu"):
     return task, logs
 
 
-def test_finetune_task_starts_from_the_base_checkpoint_and_reuses_its_tokenizer(shakespeare_ckpt):
+def test_finetune_task_starts_from_the_base_checkpoint_and_reuses_its_tokenizer(shakespeare_ckpt, tmp_path):
     ckpt = torch.load(shakespeare_ckpt, weights_only=True)
-    task, logs = make_task([f"finetune.base={shakespeare_ckpt}", "train.eval_iters=2", "train.batch_size=4"])
+    corpus = tmp_path / "milton_plus.txt"
+    # Milton with characters Shakespeare's vocabulary lacks: they are reported and map to the fallback
+    from trainers.data import asset_path
+    corpus.write_text(asset_path("milton.txt").read_text()[:20000] + "\n~ § ~\n")
+    task, logs = make_task([f"finetune.base={shakespeare_ckpt}", f"data.path={corpus}", "train.eval_iters=2",
+                            "train.batch_size=4"])
     assert task.tokenizer.chars == list(ckpt["task"]["tokenizer"]["chars"])
     assert task.cfg["model"]["n_embd"] == 32  # the base's shape, not the preset's
-    # Milton has characters Shakespeare's vocabulary lacks: they are reported and map to the fallback
     assert any(level == "warning" and "not in the base's vocabulary" in msg for level, msg in logs)
     model = task.build_model()
     base = GPT(GPTConfig(vocab_size=len(task.tokenizer.chars), **ckpt["config"]["model"]))

@@ -199,6 +199,10 @@ class Trainer:
                                                  f"{self.world_size} processes), was {was}{keep}"))
 
     def n_params(self) -> int:
+        if self.cfg["task"] == "finetune":  # 4-bit weights count as the weights they stand for
+            from trainers.lora import count_params
+
+            return count_params(self.raw_model)["total"]
         return sum(p.numel() for p in {id(p): p for p in self.raw_model.parameters()}.values())
 
     def save_checkpoint(self, reason: str = "interval") -> str | None:
@@ -228,9 +232,11 @@ class Trainer:
         acts = probe.total if probe else 0
         layers = probe.table(param_bytes_by_layer(self.raw_model)) if probe else []
         tot = totals(self.raw_model, self.optimizer, acts, self.device)
+        extra = self.task.memory_fields(self.raw_model, self.optimizer) if hasattr(self.task, "memory_fields") else {}
+        tot.update(extra.pop("totals", {}))
         self.last_memory = {"step": self.step if step is None else step, "layers": layers, "totals": tot}
         self.writer.emit("memory", step=self.step if step is None else step, layers=layers, totals=tot,
-                         budget_bytes=int(self.cfg["vram_budget_gb"] * 2**30))
+                         budget_bytes=int(self.cfg["vram_budget_gb"] * 2**30), **extra)
         return tot, layers
 
     def evaluate(self):
@@ -321,6 +327,8 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             self.raw_model.train()
+            if start_step == 0 and getattr(self.task, "eval_at_start", False) and self.is_main:
+                self.evaluate()  # e.g. fine-tuning: the base model's loss is the curve's starting point
             while self.step < t["max_steps"]:
                 if self._handle_controls():
                     status = "stopped"
@@ -372,6 +380,8 @@ class Trainer:
                 if t["checkpoint_interval"] and step % t["checkpoint_interval"] == 0 and not last:
                     self.save_checkpoint()
             self.save_checkpoint("end" if status == "completed" else "stop")
+            if self.is_main and self.log_path is not None and hasattr(self.task, "on_end"):
+                self.task.on_end(self.raw_model, self.ckpt_path.parent, status)  # e.g. merged weights
         except (NonFinite, LogWriteFailed) as e:
             status, error, exit_code = "failed", str(e), 1
         except Exception as e:  # noqa: BLE001 — every failure becomes a run_end the UI can show
