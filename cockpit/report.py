@@ -133,7 +133,7 @@ def system_lines(s: RunState) -> list[str]:
     if not ev:
         return ["(no system events)"]
     out = []
-    for g in ev.get("gpus") or []:
+    for g in [g for g in (ev.get("gpus") or []) if isinstance(g, dict)]:
         mem = f"{fmt_bytes(g.get('mem_used'))}/{fmt_bytes(g.get('mem_total'))}"
         out.append(f"GPU {g.get('index')} {g.get('name')}: {g.get('temp_c')} C, util {g.get('util_pct')}%, "
                    f"VRAM {mem}, power {g.get('power_w')} W, throttle {', '.join(g.get('throttle') or []) or 'none'}")

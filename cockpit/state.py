@@ -273,8 +273,8 @@ def _memory(s: RunState, ev: dict):
 
 def _system(s: RunState, ev: dict):
     gpus, cpu = ev.get("gpus"), ev.get("cpu")
-    if gpus is not None and not isinstance(gpus, list):
-        raise TypeError("gpus must be a list")
+    if gpus is not None and (not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus)):
+        raise TypeError("gpus must be a list of objects")
     if cpu is not None and not isinstance(cpu, dict):
         raise TypeError("cpu must be a dict")
     s.system = ev

@@ -120,8 +120,8 @@ def preset_path(name_or_path: str) -> Path:
         return cand
     names = preset_names()
     close = difflib.get_close_matches(name_or_path, names, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else "see `cockpit presets`"
-    raise ConfigError(f"unknown preset '{name_or_path}'; {hint} (available: {', '.join(names)})")
+    hint = f"did you mean {close[0]!r}?" if close else "see `cockpit presets`"
+    raise ConfigError(f"unknown preset {name_or_path!r}; {hint} (available: {', '.join(names)})")
 
 
 def read_yaml(path: Path) -> dict:
@@ -203,15 +203,15 @@ def _check_value(key: str, value: Any, spec: tuple, source: str) -> Any:
 
 def _unknown(key: str, known: list[str], source: str) -> ConfigError:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean '{close[0]}'?" if close else "see the preset file for valid keys"
-    return ConfigError(f"{source}: unknown key '{key}'; {hint}")
+    hint = f"did you mean {close[0]!r}?" if close else "see the preset file for valid keys"
+    return ConfigError(f"{source}: unknown key {key!r}; {hint}")  # repr: a key may hold a newline
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.max_steps=200)")
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.max_steps=200)")
         k, v = item.split("=", 1)
         out[k.strip()] = v
     return out
@@ -251,7 +251,7 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
         cfg[key] = _check_value(key, v, schema[key], source)
     for pname, pvals in profiles.items():
         if pname not in ("cpu", "full"):
-            raise ConfigError(f"{source}: unknown profile '{pname}'; profiles are `cpu` (and optional `full`)")
+            raise ConfigError(f"{source}: unknown profile {pname!r}; profiles are `cpu` (and optional `full`)")
         for key, v in flatten(pvals or {}).items():
             if key not in schema:
                 raise _unknown(key, known, f"{source} profiles.{pname}")
