@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from abc import ABC, abstractmethod
 
 import torch
 
 from trainers.config import ConfigError
 
 
-class Task:
+class Task(ABC):
     unit = "tokens"  # what `step` events count: "tokens" or "items"
 
     def __init__(self, cfg: dict, device: torch.device, log=None):
@@ -30,8 +31,9 @@ class Task:
         g.manual_seed((self.cfg["train"]["seed"] * 1_000_003 + salt * 7_919 + step * 131 + micro) % (2**63))
         return g
 
+    @abstractmethod
     def get_batch(self, split: str, step: int, micro: int = 0):
-        raise NotImplementedError
+        ...
 
     def rank_batch(self, split: str, step: int, micro: int = 0, rank: int = 0, world: int = 1):
         """Rank `rank`'s share of the global batch under DDP (trainers/distributed.py): rows
@@ -55,16 +57,19 @@ class Task:
         finally:
             t["batch_size"] = b
 
+    @abstractmethod
     def batch_units(self, batch) -> int:
         """Tokens (or items) in one micro-batch, for throughput."""
-        raise NotImplementedError
+        ...
 
     # --- model -------------------------------------------------------------------------------------
+    @abstractmethod
     def build_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def loss(self, model, batch) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def configure_optimizer(self, model) -> torch.optim.Optimizer:
         """AdamW with nanoGPT's grouping: weight decay on matrices, none on biases and norms."""
@@ -86,10 +91,10 @@ class Task:
         return lr
 
     # --- reporting ---------------------------------------------------------------------------------
-    @torch.no_grad()
+    @abstractmethod
     def evaluate(self, model, step: int) -> dict:
         """Returns {"val_loss": float, "metrics": {...}} plus any extra event fields."""
-        raise NotImplementedError
+        ...
 
     @torch.no_grad()
     def samples(self, model, step: int) -> list[dict]:
