@@ -108,16 +108,20 @@ def test_each_rank_trains_on_its_rows_of_the_batch_one_process_would_draw():
     from trainers.tasks import load_task
 
     for preset in ("nanogpt", "mingpt-sort"):
-        cfg = config.load(preset, ["train.batch_size=3"], has_cuda=False)
-        cfg["device"] = "cpu"
-        task = load_task(cfg, torch.device("cpu"))
-        x3, y3 = task.rank_batch("train", 7, 1, rank=2, world=3)
-        cfg["train"]["batch_size"] = 9
-        x, y = task.get_batch("train", 7, 1)
-        cfg["train"]["batch_size"] = 3
-        assert x3.shape[0] == 3 and torch.equal(x3, x[6:9]) and torch.equal(y3, y[6:9])
-        assert torch.equal(task.rank_batch("train", 7, 1, 0, 1)[0], task.get_batch("train", 7, 1)[0])
-        assert cfg["train"]["batch_size"] == 3  # the per-rank batch is left as it was
+        # two identical tasks: one as rank 2 of 3 with batch 3, one as a single process with batch 9
+        # (the LM task draws from a stream, so each side makes the same sequence of calls)
+        tasks = []
+        for _ in range(2):
+            cfg = config.load(preset, ["train.batch_size=3"], has_cuda=False)
+            cfg["device"] = "cpu"
+            tasks.append((cfg, load_task(cfg, torch.device("cpu"))))
+        (cfg_r, ranked), (cfg_1, single) = tasks
+        cfg_1["train"]["batch_size"] = 9
+        for step in (7, 8):
+            x3, y3 = ranked.rank_batch("train", step, 1, rank=2, world=3)
+            x, y = single.get_batch("train", step, 1)
+            assert x3.shape[0] == 3 and torch.equal(x3, x[6:9]) and torch.equal(y3, y[6:9])
+        assert cfg_r["train"]["batch_size"] == 3  # the per-rank batch is left as it was
 
 
 def _free_port() -> int:

@@ -134,3 +134,28 @@ def test_gpt_generate_respects_top_k_and_length():
     assert out.shape == (2, 15)
     # top_k=1 is greedy: both rows (same prompt) must agree
     assert torch.equal(out[0], out[1])
+
+
+def test_language_model_batches_come_in_nanogpts_order():
+    """nanoGPT draws its first batch from torch's RNG right after init, then each eval's fresh batches
+    (train, then val), then the next training batch after every forward. Same seed -> same windows."""
+    from trainers import config
+    from trainers.tasks import load_task
+
+    cfg = config.load("nanogpt", ["model.n_layer=1", "train.batch_size=4", "train.eval_iters=2"], has_cuda=False)
+    cfg["device"] = "cpu"
+    torch.manual_seed(cfg["train"]["seed"])
+    task = load_task(cfg, torch.device("cpu"))
+    task.build_model()
+    block = cfg["model"]["block_size"]
+
+    def nanogpt_get_batch(split):  # nanoGPT's get_batch, on torch's global RNG
+        data = task.stream.train if split == "train" else task.stream.val
+        ix = torch.randint(len(data) - block, (4,))
+        return torch.stack([data[i:i + block] for i in ix])
+
+    expected = [nanogpt_get_batch(s) for s in ("train", "train", "train", "val", "val", "train", "train")]
+    evals = task.eval_batches(step=0)
+    got = [task.get_batch("train", 1)[0], *[x for x, _ in evals["train"]], *[x for x, _ in evals["val"]],
+           task.get_batch("train", 2)[0], task.get_batch("train", 3)[0]]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))

@@ -105,7 +105,7 @@ async def test_pick_a_preset_by_keys_edit_overrides_and_launch_fills_every_pane(
             await pilot.pause(0.5)
             s = run.state
             assert s.status == "completed", s.error
-            assert s.step == 8 and len(s.val) == 2 and s.samples
+            assert s.step == 8 and s.val.steps == [0, 4, 8] and s.samples  # eval at start, then every 4
             assert "train" in run.query_one(LossPlot).drawn and "val" in run.query_one(LossPlot).drawn
             assert "transformer.h.0" in text_of(run.query_one(MemoryPane)) or "h.0" in text_of(run.query_one(MemoryPane))
             gpu = text_of(run.query_one(GpuPane))

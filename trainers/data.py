@@ -119,7 +119,7 @@ class TokenStream:
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator):
         data = self.train if split == "train" else self.val
-        ix = torch.randint(len(data) - self.block_size - 1, (batch_size,), generator=generator)
+        ix = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator)
         x = torch.stack([data[i:i + self.block_size] for i in ix.tolist()])
         y = torch.stack([data[i + 1:i + 1 + self.block_size] for i in ix.tolist()])
         return x, y

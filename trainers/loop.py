@@ -26,6 +26,7 @@ from trainers.events import EventWriter
 from trainers.memory import ActivationProbe, param_bytes_by_layer, totals
 from trainers.system import SystemSampler
 from trainers.tasks import load_task
+from trainers.threads import ThreadGovernor
 
 COMMANDS = ("pause", "resume", "stop", "sample", "checkpoint")
 OOM_HINT = ("out of memory: try a smaller train.batch_size (with train.grad_accum to keep the token batch), "
@@ -189,6 +190,7 @@ class Trainer:
         self.units = int(m.get("units", 0))
         self.skipped = int(m.get("skipped_nonfinite", 0))
         ckpt_io.set_rng_state(ckpt.get("rng") or {}, self.device)
+        self.task.load_state_dict(ckpt.get("task") or {})
         # DDP: rank r takes rows [r*B, (r+1)*B) of a global batch of B*world (distributed.py)
         was = int(ckpt.get("world_size", 1)) * int((ckpt.get("config") or {}).get("train", {}).get(
             "batch_size", self.t["batch_size"]))
@@ -241,6 +243,9 @@ class Trainer:
 
     def evaluate(self):
         if not self.is_main:  # DDP: rank 0 evaluates (no collectives); the others wait at the next step's sync
+            if hasattr(self.task, "skip_eval"):  # ... after drawing the same eval batches, to keep data in step
+                with self.task.global_batch(self.world_size):
+                    self.task.skip_eval(self.step)
             return
         self.raw_model.eval()
         try:
@@ -327,9 +332,12 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             self.raw_model.train()
-            if start_step == 0 and getattr(self.task, "eval_at_start", False) and self.is_main:
-                self.evaluate()  # e.g. fine-tuning: the base model's loss is the curve's starting point
+            if start_step == 0 and getattr(self.task, "eval_at_start", False):
+                self.evaluate()  # the untrained (or, fine-tuning, the base) model's loss starts the curve
+            governor = ThreadGovernor(torch, log=self._log) if self.device.type == "cpu" else None
             while self.step < t["max_steps"]:
+                if governor is not None:
+                    governor.tick()
                 if self._handle_controls():
                     status = "stopped"
                     break

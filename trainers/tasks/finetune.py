@@ -270,6 +270,7 @@ class Task(LMTask):
     def build_model(self):
         model = self._base_factory()
         model = apply_method(model, self.ft, self.device, arch=self.base_info["arch"])
+        self.fork_data_rng()
         counts = lora.count_params(model)
         self.log("info", f"{self.ft['method']}: {counts['trainable']:,} trainable of {counts['total']:,} parameters "
                          f"({100 * counts['trainable'] / max(1, counts['total']):.2f}%)" +
@@ -311,7 +312,7 @@ class Task(LMTask):
 
     def state_dict(self):
         b = self.base_info or {}
-        return {"tokenizer": self.tokenizer.state_dict(),
+        return {"tokenizer": self.tokenizer.state_dict(), "data": self.data_state(),
                 "base": {"kind": b.get("kind"), "path": b.get("path"), "arch": b.get("arch"),
                          "model": b.get("model"), "vocab_size": b.get("vocab_size")},
                 "finetune": dict(self.ft)}

@@ -9,9 +9,16 @@ from trainers.tasks import Task as BaseTask
 
 
 class Task(BaseTask):
+    """Batches come in nanoGPT's order: one stream of random windows, drawn from a generator that starts from
+    torch's RNG state right after the model is initialised (where nanoGPT's get_batch starts drawing), the
+    next training batch drawn as soon as the current one is taken, and each eval drawing fresh batches of
+    both splits from the same stream (evals at step 0 and every eval_interval). So a run with nanoGPT's
+    configuration and seed sees exactly nanoGPT's batches. The stream's state and the batch already drawn
+    are in every checkpoint: a resumed run draws what the uninterrupted one would have."""
     unit = "tokens"
     default_corpus = "shakespeare.txt"
     sample_prompt = "\n"
+    eval_at_start = True  # the curve starts at the untrained loss, ln(vocab)
 
     def __init__(self, cfg, device, log=None):
         super().__init__(cfg, device, log)
@@ -22,18 +29,54 @@ class Task(BaseTask):
         self.stream = textdata.TokenStream(ids, cfg["data"]["val_fraction"], cfg["model"]["block_size"], source)
         self.log("info", f"data: {source}, {len(ids):,} tokens ({self.tokenizer.kind} tokenizer, "
                          f"vocab {self.tokenizer.vocab_size})")
+        self.data_gen = torch.Generator()
+        self.pending = None  # the next training batch, already drawn
+
+    def fork_data_rng(self):
+        """Start the data stream from torch's RNG as it is now: after the model's initialisation."""
+        self.data_gen.set_state(torch.get_rng_state())
+        self.pending = None
+
+    def draw(self, split):
+        return self.stream.batch(split, self.cfg["train"]["batch_size"], self.data_gen)
 
     def make_tokenizer(self, text: str):
         return textdata.make_tokenizer(self.cfg["data"]["tokenizer"], text)
 
     def build_model(self):
-        return build_model(self.cfg["arch"], self.cfg["model"], vocab_size=self.tokenizer.vocab_size,
-                           kernels=self.cfg.get("kernels", "torch"),
-                           activation_checkpointing=self.cfg["train"]["activation_checkpointing"])
+        model = build_model(self.cfg["arch"], self.cfg["model"], vocab_size=self.tokenizer.vocab_size,
+                            kernels=self.cfg.get("kernels", "torch"),
+                            activation_checkpointing=self.cfg["train"]["activation_checkpointing"])
+        self.fork_data_rng()
+        return model
 
     def get_batch(self, split, step, micro=0):
-        x, y = self.stream.batch(split, self.cfg["train"]["batch_size"], self.generator(split, step, micro))
+        """The next training batch of the stream (step and micro are implied by the order of calls)."""
+        if split != "train":
+            x, y = self.draw(split)
+        else:
+            if self.pending is None:
+                self.pending = self.draw("train")
+            (x, y), self.pending = self.pending, self.draw("train")  # nanoGPT prefetches the next one
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def eval_batches(self, step: int):
+        """Fresh batches of both splits for one eval. Evals on the schedule (step 0 and every eval_interval)
+        draw them from the stream, as nanoGPT does; an eval off the schedule (the last step of a run that
+        ends between evals) draws from a generator of its own, so that it does not move the stream and a run
+        stopped there and resumed trains on the batches the uninterrupted run would. DDP ranks that do not
+        evaluate draw the same batches (skip_eval) so that every rank's stream stays in step."""
+        n, every = self.cfg["train"]["eval_iters"], self.cfg["train"]["eval_interval"]
+        if step % every == 0:
+            if self.pending is None:
+                self.pending = self.draw("train")
+            return {split: [self.draw(split) for _ in range(n)] for split in ("train", "val")}
+        g = self.generator("test", step)
+        bs = self.cfg["train"]["batch_size"]
+        return {split: [self.stream.batch(split, bs, g) for _ in range(n)] for split in ("train", "val")}
+
+    def skip_eval(self, step: int):
+        self.eval_batches(step)
 
     def batch_units(self, batch) -> int:
         return batch[0].numel()
@@ -45,11 +88,9 @@ class Task(BaseTask):
     @torch.no_grad()
     def evaluate(self, model, step):
         out = {}
-        for split in ("train", "val"):
+        for split, batches in self.eval_batches(step).items():
             losses = []
-            for i in range(self.cfg["train"]["eval_iters"]):
-                x, y = self.stream.batch(split, self.cfg["train"]["batch_size"], self.generator("test", 10_000 + i,
-                                         0 if split == "train" else 1))
+            for x, y in batches:
                 with self.autocast():
                     _, loss = model(x.to(self.device), y.to(self.device))
                 losses.append(loss.item())
@@ -80,4 +121,13 @@ class Task(BaseTask):
         return [{"kind": "text", "text": text, "prompt": prompt}]
 
     def state_dict(self):
-        return {"tokenizer": self.tokenizer.state_dict()}
+        return {"tokenizer": self.tokenizer.state_dict(), "data": self.data_state()}
+
+    def data_state(self):
+        return {"rng": self.data_gen.get_state(), "pending": self.pending}
+
+    def load_state_dict(self, state: dict):
+        data = state.get("data")
+        if data:
+            self.data_gen.set_state(data["rng"])
+            self.pending = tuple(data["pending"]) if data["pending"] is not None else None
