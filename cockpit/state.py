@@ -109,6 +109,7 @@ class RunState:
     bad_events: int = 0
     unknown_types: dict = field(default_factory=dict)
     out_of_order: int = 0
+    counts: dict = field(default_factory=dict)           # event type -> how many were folded
     version: int = 0
     max_samples: int = 500
 
@@ -117,7 +118,9 @@ class RunState:
         self.events += 1
         self.version += 1
         handler = _HANDLERS.get(ev.get("type"))
-        if handler is None:
+        if handler is not None:
+            self.counts[ev["type"]] = self.counts.get(ev["type"], 0) + 1
+        else:
             t = str(ev.get("type"))[:40]
             self.unknown_types[t] = self.unknown_types.get(t, 0) + 1
             return

@@ -9,11 +9,13 @@ import numpy as np
 
 from cockpit.series import ema
 from cockpit.state import RunState
-from cockpit.tui_logic import (GrowingArray, SmoothCache, cycle, default_log_path, diff_pair_default,
-                               failure_event, filter_presets, fit_grid, hbar, lr_phase_changes, marker_steps,
-                               memory_rows, nice_ticks, preset_cells, same_prompt_indices, series_for_plot,
-                               sparkline, status_fields, steps_to_x, tail_text, tick_label, validate_overrides,
-                               vram_fits, word_diff)
+from cockpit.tui_logic import (REDRAW_MAX_S, REDRAW_MIN_S, GrowingArray, RedrawGate, SmoothCache, cycle,
+                               default_log_path, diff_pair_default, failure_event, filter_presets, fit_grid,
+                               frame_interval, hbar,
+                               lr_phase_changes, marker_steps, memory_rows, nice_ticks, pane_signatures,
+                               preset_cells, redraw_interval, same_prompt_indices, series_for_plot, sparkline,
+                               status_fields, steps_to_x, tail_text, tick_label, validate_overrides, vram_fits,
+                               word_diff)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tui"
 
@@ -275,3 +277,55 @@ def test_trainer_process_commands_go_down_the_pipe_as_json_lines(tmp_path):
     assert proc.send("pause") == "the trainer is not running"
     assert proc.send("explode") is not None
     assert (log.parent / "trainer.out").exists()
+
+
+# --- redraw pacing -------------------------------------------------------------------------------------
+
+def test_a_cpu_run_redraws_its_chart_less_often_than_a_gpu_run_and_within_the_bounds():
+    # a 13 ms chart: about every 4 s beside a CPU trainer, at the floor beside a GPU one
+    assert 3.0 < redraw_interval(0.013, "cpu") < 5.0
+    assert redraw_interval(0.013, "cuda:0") == REDRAW_MIN_S
+    assert redraw_interval(1.0, "cpu") == REDRAW_MAX_S          # a huge chart still updates every 5 s
+    assert redraw_interval(None, "cpu") == REDRAW_MIN_S         # not measured yet
+    assert redraw_interval(float("nan"), None) == REDRAW_MIN_S
+    assert frame_interval("cpu") == 1.0 and frame_interval("cuda") == 0.0
+
+
+def test_redraw_gate_holds_a_change_back_until_the_interval_passes_and_never_loses_it():
+    now = [100.0]
+    gate = RedrawGate(clock=lambda: now[0])
+    assert gate.due("loss", (1,), interval=3.0)                 # first draw: at once
+    assert not gate.due("loss", (1,), interval=3.0)             # unchanged: nothing to draw
+    now[0] += 1.0
+    assert not gate.due("loss", (2,), interval=3.0)             # changed, but drawn 1 s ago
+    assert gate.pending({"loss": (2,)})                          # ... so the screen keeps ticking it
+    now[0] += 2.5
+    assert gate.due("loss", (3,), interval=3.0)                 # the newest state is drawn once due
+    assert not gate.pending({"loss": (3,)})
+    assert gate.due("loss", (4,), interval=3.0, force=True)     # a key press / the run ending: at once
+    assert gate.due("status", ("a",)) and gate.due("status", ("b",))  # interval 0: every change
+    gate.forget("loss")
+    assert gate.due("loss", (4,), interval=3.0)
+
+
+def test_pane_signatures_change_only_for_the_pane_whose_events_arrived():
+    s = fixture_state("nanogpt-tiny")
+    before = pane_signatures(s)
+    s.apply({"v": 1, "type": "system", "time": s.last_time + 1, "cpu": {"util_pct": 50.0}})
+    after = pane_signatures(s)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"gpu"}
+    s.apply({"v": 1, "type": "step", "time": s.last_time + 1, "step": s.step + 1, "loss": 1.0, "lr": 1e-4,
+             "tokens": s.units_seen + 10, "throughput": 1.0, "elapsed": s.elapsed + 1})
+    changed = {k for k, v in pane_signatures(s).items() if v != after[k]}
+    assert changed == {"loss", "status"}
+
+
+def test_samples_pane_notices_new_samples_after_the_list_is_capped():
+    s = RunState(max_samples=3)
+    for i in range(5):
+        s.apply({"v": 1, "type": "sample", "time": 1.0 + i, "step": i, "kind": "text", "text": f"s{i}"})
+    assert len(s.samples) == 3 and s.counts["sample"] == 5
+    sig = pane_signatures(s)["samples"]
+    s.apply({"v": 1, "type": "sample", "time": 9.0, "step": 9, "kind": "text", "text": "s9"})
+    assert len(s.samples) == 3 and pane_signatures(s)["samples"] != sig

@@ -140,6 +140,10 @@ async def test_p_pauses_the_trainer_and_x_stops_it_with_a_checkpoint(runs_dir):
             assert "paused" in text_of(run.query_one(StatusLine))
             await pilot.press("p")                                  # resume
             await wait_for(pilot, lambda: run.state.step > paused_at, 60, "steps after resuming")
+            rates = {e["step"]: e["throughput"] for e in log_events(run.source.path) if e["type"] == "step"}
+            before = sorted(rates[k] for k in rates if 1 < k <= paused_at)
+            # the 2 s pause is not training time: tokens/s right after resuming is not dragged down by it
+            assert rates[paused_at + 1] > 0.3 * before[len(before) // 2]
             await pilot.press("x")
             await wait_for(pilot, lambda: run.state.ended and run.finished, 60, "the stop")
             s = run.state
@@ -279,6 +283,47 @@ async def test_watch_tails_a_growing_log_and_replays_a_finished_one(tmp_path):
     async with replay.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: isinstance(replay.screen, RunScreen) and replay.screen.loaded, 10, "the log")
         assert replay.screen.state.status == "completed" and replay.screen.state.step == 200
+
+
+async def test_a_live_cpu_run_redraws_the_status_line_every_second_and_the_chart_at_a_paced_rate(tmp_path,
+                                                                                                 monkeypatch):
+    # A trainer on the CPU shares the cores with the UI: redrawing on every event stalled its threads and
+    # cost it ~15% of its speed on 2 cores (BENCHMARKS.md). Step events come every 0.1 s here; the status
+    # line follows them once a second, the chart within its interval, and the end of the run at once.
+    src = Path(__file__).parent / "fixtures" / "tui" / "nanogpt-tiny" / "events.jsonl"
+    lines = src.read_text().splitlines(keepends=True)
+    start = json.loads(lines[0])
+    start.update(pid=os.getpid(), time=time.time(), device="cpu")
+    log = tmp_path / "events.jsonl"
+    log.write_text(json.dumps(start) + "\n")
+    app = CockpitApp(watch=str(log))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, 10, "the log")
+        run = app.screen
+        plot, status = run.query_one(LossPlot), run.query_one(StatusLine)
+        chart_draws, status_draws = [], []
+        set_runs, update_status = plot.set_runs, status.update_state
+        plot.set_runs = lambda runs: (chart_draws.append(run.state.step), set_runs(runs))
+        status.update_state = lambda *a: (status_draws.append(run.state.step), update_status(*a))
+        paced = []
+        monkeypatch.setattr("cockpit.screens.run.redraw_interval",
+                            lambda render_s, device: paced.append(device) or 2.0)
+        steps = [l for l in lines[1:-1] if '"type":"step"' in l]
+        t0 = time.monotonic()
+        for i, line in enumerate(steps[:60]):       # a step event every 0.1 s for 6 s
+            with log.open("a") as f:
+                f.write(line)
+            await pilot.pause(0.1)
+        took = time.monotonic() - t0
+        assert 0.6 * took <= len(status_draws) <= took + 2     # the status line: a frame a second
+        assert 2 <= len(chart_draws) <= took / 2.0 + 2           # the chart: paced
+        assert set(paced) == {"cpu"}
+        with log.open("a") as f:
+            f.write("".join(steps[60:]))
+            f.write(lines[-1])                               # run_end: no more pacing
+        await wait_for(pilot, lambda: run.state.status == "completed", 10, "run_end")
+        await pilot.pause(0.5)
+        assert chart_draws[-1] == run.state.step and plot.drawn["train"][0].max() == run.state.step
 
 
 async def test_view_keys_change_smoothing_log_y_x_axis_markers_and_sample_browsing():

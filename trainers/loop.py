@@ -326,6 +326,7 @@ class Trainer:
         t0 = time.time()
         status, error, exit_code = "completed", None, 0
         last_log_t, last_log_units = time.time(), self.units
+        self.paused_seconds = last_log_paused = 0.0
         last_log_step = self.step  # for each rank's step time under DDP
         tot = None
         try:
@@ -368,7 +369,7 @@ class Trainer:
                     raise LogWriteFailed(f"cannot write the event log {self.log_path}: {self.writer.failed}")
                 if step % t["log_interval"] == 0 or step == t["max_steps"] or step == start_step + 1:
                     now = time.time()
-                    dt = max(now - last_log_t, 1e-9)
+                    dt = max(now - last_log_t - (self.paused_seconds - last_log_paused), 1e-9)
                     per_rank = {}
                     if self.world_size > 1:  # `ranks`: each rank's own throughput and step time (distributed.py)
                         from trainers.distributed import rank_stats
@@ -379,6 +380,7 @@ class Trainer:
                                      throughput=(self.units - last_log_units) / dt,
                                      elapsed=now - t0, max_steps=t["max_steps"], **per_rank)
                     last_log_t, last_log_units, last_log_step = now, self.units, step
+                    last_log_paused = self.paused_seconds
                 last = step == t["max_steps"]
                 if step % t["eval_interval"] == 0 or last:
                     self.evaluate()
@@ -466,11 +468,13 @@ class Trainer:
         self._service_commands()
         if c.paused.is_set() and not c.stop.is_set():
             self.writer.emit("log", level="info", message=f"paused at step {self.step}", state="paused")
+            t_pause = time.time()
             while c.paused.is_set() and not c.stop.is_set():
                 c.wake.wait(0.5)
                 c.wake.clear()
                 self._sync_controls()
                 self._service_commands()
+            self.paused_seconds += time.time() - t_pause  # not training time: left out of throughput
             if not c.stop.is_set():
                 self.writer.emit("log", level="info", message=f"resumed at step {self.step}", state="running")
         return c.stop.is_set()

@@ -2,10 +2,14 @@
 
 It is a view of one RunState folded from the event stream by the shared reducer (cockpit/state.py): a
 timer every TICK_S seconds reads the new bytes of the log once (never a polling storm), folds every new
-event, and redraws only when something changed, so a burst of events renders once. The first catch-up
+event, and redraws only the panes whose inputs changed, so a burst of events renders once; while a CPU
+trainer runs, frames and the heavy panes are paced (tui_logic.frame_interval, redraw_interval) so the UI
+takes about 1% of a core from training. The first catch-up
 read of an existing log (a finished run replays, a live one is watched) runs in a worker thread.
 """
 from __future__ import annotations
+
+import time
 
 from textual import work
 from textual.app import ComposeResult
@@ -16,13 +20,20 @@ from textual.widgets import Footer
 
 from cockpit.messages import StateLoaded
 from cockpit.state import RunState
-from cockpit.tui_logic import SMOOTHING_LEVELS, TICK_S, X_AXES, cycle, failure_event, run_title
+from cockpit.tui_logic import (SMOOTHING_LEVELS, TICK_S, X_AXES, RedrawGate, cycle, failure_event,
+                               frame_interval, pane_signatures, redraw_interval, run_title)
 from cockpit.widgets.error_pane import ErrorPane
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.loss_plot import LossPlot
 from cockpit.widgets.memory_pane import MemoryPane
 from cockpit.widgets.samples_pane import SamplesPane
 from cockpit.widgets.status_line import StatusLine
+
+
+def _set_if_changed(widget, attr: str, value):
+    """Setting a border title refreshes the widget even when the text is the same."""
+    if getattr(widget, attr) != value:
+        setattr(widget, attr, value)
 
 
 class RunScreen(Screen):
@@ -57,7 +68,9 @@ class RunScreen(Screen):
         self.follow_pid = follow_pid
         self._drawn = -1
         self._drawn_note: str | None = None
-        self._plot_sig = None
+        self._gate = RedrawGate()
+        self._held_back = False        # a pane's change waits for its redraw interval
+        self._frame_at = float("-inf")  # when the latest frame was drawn (live runs: paced)
         self._timer = None
         self._started_at: float | None = None   # time of the latest run_start (its pid is the writer)
 
@@ -118,7 +131,7 @@ class RunScreen(Screen):
             self._check_writer()
         if self.note and self._acknowledged():
             self.note = None
-        if s.version != self._drawn or self.note != self._drawn_note:
+        if s.version != self._drawn or self.note != self._drawn_note or self._held_back:
             self.redraw()
 
     def _fold(self, state: RunState, events: list[dict]):
@@ -169,25 +182,41 @@ class RunScreen(Screen):
             return self.alive
         return self.state.end is None and self.state.status in ("running", "paused", "waiting")
 
-    def redraw(self):
+    def redraw(self, force: bool = False):
+        """Redraw the panes whose inputs changed. While a CPU trainer runs, the screen draws at most one
+        frame per frame_interval, and within frames the heavy panes (chart, memory, system) are paced by
+        redraw_interval: every millisecond of UI work stalls the trainer's threads. A change held back is
+        drawn by a later tick; `force` (a command's note, the run ending) draws at once."""
         s = self.state
-        self._drawn = s.version
-        self._drawn_note = self.note
+        live = s.status == "running" and self.writer_alive
+        if live and not force:
+            now = time.monotonic()
+            if now - self._frame_at < frame_interval(s.device):
+                self._held_back = True
+                return
+            self._frame_at = now
+        self._drawn, self._drawn_note = s.version, self.note
+        sigs = pane_signatures(s, self.note)
+        gate = self._gate
         loss = self.query_one(LossPlot)
-        sig = (len(s.train), len(s.val), len(s.checkpoints), len(s.skipped_steps), len(s.throttle_steps),
-               len(s.resumes), s.out_of_order)
-        if sig != self._plot_sig:
-            self._plot_sig = sig
+        pace = redraw_interval(loss.render_seconds, s.device) if live else 0.0
+        if gate.due("loss", sigs["loss"], pace, force):
             loss.set_runs([(s.preset or "run", s)])
-        loss.border_title = run_title(s) if s.run_id else "loss"
-        loss.border_subtitle = loss.subtitle()
-        self.query_one(SamplesPane).update_state(s)
-        self.query_one(MemoryPane).update_state(s)
-        gpu = self.query_one(GpuPane)
-        gpu.border_title = "GPU" if (s.system or {}).get("gpus") else "system"
-        gpu.update_state(s)
-        self.query_one(ErrorPane).update_state(s)
-        self.query_one(StatusLine).update_state(s, self.note)
+            _set_if_changed(loss, "border_title", run_title(s) if s.run_id else "loss")
+            _set_if_changed(loss, "border_subtitle", loss.subtitle())
+        if gate.due("samples", sigs["samples"], 0.0, force):
+            self.query_one(SamplesPane).update_state(s)
+        if gate.due("memory", sigs["memory"], pace, force):
+            self.query_one(MemoryPane).update_state(s)
+        if gate.due("gpu", sigs["gpu"], pace, force):
+            gpu = self.query_one(GpuPane)
+            _set_if_changed(gpu, "border_title", "GPU" if (s.system or {}).get("gpus") else "system")
+            gpu.update_state(s)
+        if gate.due("error", sigs["error"], 0.0, force):
+            self.query_one(ErrorPane).update_state(s)
+        if gate.due("status", sigs["status"], 0.0, force):
+            self.query_one(StatusLine).update_state(s, self.note)
+        self._held_back = gate.pending(sigs)
 
     # --- commands to the trainer ---------------------------------------------------------------------
     def _send(self, cmd: str, note: str | None) -> bool:
@@ -201,7 +230,7 @@ class RunScreen(Screen):
             return False
         if note:
             self.note = note
-            self.redraw()
+            self.redraw(force=True)
         return True
 
     def action_pause(self):
@@ -278,7 +307,7 @@ class RunScreen(Screen):
                 if self.source.send("stop") is None:
                     self.note = "stopping…"
                     self.quit_when_done = True
-                    self.redraw()
+                    self.redraw(force=True)
                     self.notify("stopping: the trainer writes a checkpoint, then the cockpit exits")
             elif choice == "leave":
                 self.app.leave_running(self)

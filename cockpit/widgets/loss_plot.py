@@ -7,6 +7,8 @@ changes, skipped non-finite steps, GPU throttling, resumes).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
@@ -31,6 +33,7 @@ class LossPlot(PlotextPlot):
         self.empty_message = empty_message
         self._caches: dict[tuple, object] = {}
         self.drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # label -> (xs, ys): what was drawn last
+        self.render_seconds: float | None = None   # smoothed CPU time of one render
 
     def set_runs(self, runs: list[tuple[str, object]]):
         if [id(s) for _, s in runs] != [id(s) for _, s in self.runs]:
@@ -149,6 +152,12 @@ class LossPlot(PlotextPlot):
     def render(self):
         if not self.runs or not any(len(s.train) or len(s.val) for _, s in self.runs):
             return Text(self.empty_message, style="dim")
+        t0 = time.thread_time()
         if not self.draw(self.size.width):
             return Text("no finite loss values to draw" + (" on a log scale" if self.log_y else ""), style="dim")
-        return super().render()
+        out = super().render()
+        # the run screen paces live redraws by this (CPU time of the UI thread, not wall time: a busy
+        # machine must not make the chart look more expensive than it is)
+        took = time.thread_time() - t0
+        self.render_seconds = took if self.render_seconds is None else 0.7 * self.render_seconds + 0.3 * took
+        return out

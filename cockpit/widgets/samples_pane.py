@@ -121,8 +121,10 @@ class SamplesPane(Widget):
 
     def update_state(self, state):
         self.state = state
-        if len(state.samples) != self._count:
-            self._count = len(state.samples)
+        # sample events folded so far, not len(samples): the list is capped, its length stops changing
+        count = state.counts.get("sample", len(state.samples))
+        if count != self._count:
+            self._count = count
             self._redraw()
 
     def _redraw(self):
