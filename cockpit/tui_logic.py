@@ -301,6 +301,18 @@ def memory_rows(s) -> tuple[list[tuple[str, int, int]], list[tuple[str, int | No
     return layers, totals, budget_bytes(s)
 
 
+def pack_words(parts: list[str], width: int, sep: str = " ") -> list[str]:
+    """Join `parts` with `sep` into lines of at most `width` columns, breaking only between parts (a part
+    longer than the width gets a line of its own)."""
+    lines: list[str] = []
+    for p in parts:
+        if lines and len(lines[-1]) + len(sep) + len(p) <= width:
+            lines[-1] += sep + p
+        else:
+            lines.append(p)
+    return lines or [""]
+
+
 def short_layer_name(name: str, width: int) -> str:
     """`transformer.h.11.attn` -> `h.11.attn` when it does not fit; keep the informative tail."""
     if len(name) <= width:

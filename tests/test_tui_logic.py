@@ -12,7 +12,7 @@ from cockpit.state import RunState
 from cockpit.tui_logic import (REDRAW_MAX_S, REDRAW_MIN_S, GrowingArray, RedrawGate, SmoothCache, cycle,
                                default_log_path, diff_pair_default, failure_event, filter_presets, fit_grid,
                                frame_interval, hbar,
-                               lr_phase_changes, marker_steps, memory_rows, nice_ticks, pane_signatures,
+                               lr_phase_changes, marker_steps, memory_rows, nice_ticks, pack_words, pane_signatures,
                                preset_cells, redraw_interval, same_prompt_indices, series_for_plot, sparkline,
                                status_fields, steps_to_x, tail_text, tick_label, validate_overrides, vram_fits,
                                word_diff)
@@ -329,3 +329,10 @@ def test_samples_pane_notices_new_samples_after_the_list_is_capped():
     sig = pane_signatures(s)["samples"]
     s.apply({"v": 1, "type": "sample", "time": 9.0, "step": 9, "kind": "text", "text": "s9"})
     assert len(s.samples) == 3 and pane_signatures(s)["samples"] != sig
+
+
+def test_pack_words_breaks_lines_only_between_parts():
+    assert pack_words(["params 3 MiB", "grads 3 MiB", "acts 67 MiB"], 26, sep="  ") == \
+        ["params 3 MiB  grads 3 MiB", "acts 67 MiB"]
+    assert pack_words(["a-very-long-part", "b"], 5) == ["a-very-long-part", "b"]
+    assert pack_words([], 10) == [""]

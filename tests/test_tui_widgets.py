@@ -83,6 +83,26 @@ async def test_memory_pane_turns_red_when_the_peak_exceeds_the_vram_budget():
     assert over, "an over-budget peak must be drawn in red"
 
 
+async def test_a_narrow_memory_and_system_pane_wrap_their_notes_instead_of_cutting_them_off():
+    # 58 columns: what a 120-column terminal gives each bottom pane
+    s = started()
+    s.apply({"type": "memory", "time": 1.0, "step": 0, "budget_bytes": 12 * 2**30,
+             "layers": [{"name": "h.0", "activation_bytes": 2**24, "param_bytes": 2**20}],
+             "totals": {"params": 3 * 2**20, "grads": 3 * 2**20, "optimizer": 6 * 2**20, "activations": 67 * 2**20}})
+    reason = "NVMLError_LibraryNotFound: NVML Shared Library Not Found"
+    s.apply({"type": "system", "time": 1.0, "nvml": reason, "cpu": {"util_pct": 90.0, "cores": 2}})
+    memory = MemoryPane()
+    memory.update_state(s)
+    text = (await mounted_render(memory, size=(58, 14))).plain
+    assert "(sum of the parts; no allocator on CPU)" in text and "acts 67.0 MiB" in text
+    assert all(len(line) <= 58 for line in text.splitlines()) and "…" not in text
+    gpu = GpuPane()
+    gpu.update_state(s)
+    text = (await mounted_render(gpu, size=(58, 14))).plain
+    assert " ".join(text.split()).count(reason) == 1               # all of it, over two lines
+    assert all(len(line) <= 58 for line in text.splitlines())
+
+
 def test_loss_plot_marks_skipped_steps_throttling_checkpoints_and_resumes():
     s = started()
     for i in range(1, 41):

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from cockpit.fmt import fmt_bytes
-from cockpit.tui_logic import gpu_summary, hbar, sparkline, throttle_text
+from cockpit.tui_logic import gpu_summary, hbar, pack_words, sparkline, throttle_text
 
 
 def _num(x):
@@ -39,8 +39,11 @@ class GpuPane(Widget):
                 self._gpu(out, g, s, w)
         else:
             out.append("no NVIDIA GPU", style="bold yellow")
-            out.append(" here: training runs on the CPU\n")
-            out.append(f"NVML: {info['no_gpu']}\n", style="dim")
+            rest = " here: training runs on the CPU"
+            out.append((rest if len(rest) + 13 <= w else "\ntraining runs on the CPU") + "\n")
+            # the reason in full, wrapped: it is what the user needs to fix the driver
+            for line in pack_words(f"NVML: {info['no_gpu']}".split(" "), w):
+                out.append(line + "\n", style="dim")
         cpu = info.get("cpu") or {}
         if cpu:
             self._cpu(out, cpu, s, w, brief="gpus" in info)

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from cockpit.fmt import fmt_bytes
-from cockpit.tui_logic import hbar, memory_rows, short_layer_name
+from cockpit.tui_logic import hbar, memory_rows, pack_words, short_layer_name
 
 
 class MemoryPane(Widget):
@@ -36,18 +36,33 @@ class MemoryPane(Widget):
             what = "sum of the parts; no allocator on CPU"
         frac = used / budget if budget else 0.0
         figures = f" {fmt_bytes(used)} of {fmt_bytes(budget)}"
-        gauge_w = max(6, min(30, w - 6 - len(figures)))
+        note = f" ({what})"
+        gauge_w = min(30, w - 5 - len(figures) - len(note))
+        one_line = gauge_w >= 10          # else a narrow pane: the note on a line of its own, not cut off
+        if not one_line:
+            gauge_w = max(6, min(30, w - 5 - len(figures)))
         out.append("VRAM ", style="bold")
         out.append(hbar(frac, gauge_w), style="red" if frac > 1 else "yellow" if frac > 0.8 else "green")
         out.append(figures, style="red bold" if frac > 1 else "")
-        out.append(f" ({what})\n", style="dim")
+        if one_line:
+            out.append(f"{note}\n", style="dim")
+            head = 1
+        else:
+            wrapped = pack_words(note.split(" ")[1:], w - 5)
+            out.append("".join(f"\n     {line}" for line in wrapped) + "\n", style="dim")
+            head = 1 + len(wrapped)
         names = {"params": "params", "grads": "grads", "optimizer": "optim", "activations": "acts"}
         parts = [f"{names[k]} {fmt_bytes(v)}" for k, v in totals if v is not None and k in names]
-        out.append("  ".join(parts) + "\n")
-        room = h - 3
+        lines = pack_words(parts, w, sep="  ")
+        out.append("\n".join(lines) + "\n")
+        head += len(lines)
+        room = h - head - 1
         if room <= 0 or not layers:
             return out
-        out.append(f"activations by layer (measured @ step {s.memory.get('step')})\n", style="dim")
+        heading = f"activations by layer (measured @ step {s.memory.get('step')})"
+        if len(heading) > w:
+            heading = f"activations @ step {s.memory.get('step')}"
+        out.append(heading + "\n", style="dim")
         biggest = max(a for _, a, _ in layers) or 1
         name_w = min(max(len(n) for n, _, _ in layers), max(8, w // 4))
         bar_w = max(4, w - name_w - 12)
