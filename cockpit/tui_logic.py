@@ -221,11 +221,11 @@ def pane_signatures(s, note: str | None = None) -> dict[str, tuple]:
     return {
         "loss": (len(s.train), len(s.val), len(s.checkpoints), len(s.skipped_steps), len(s.throttle_steps),
                  len(s.resumes), s.out_of_order, s.run_id, s.n_params, s.device, s.profile, s.world_size),
-        "samples": (seen.get("sample", 0), len(s.samples)),
+        "samples": (seen.get("sample", 0),),
         "memory": (seen.get("memory", 0), seen.get("run_start", 0)),
         "gpu": (seen.get("system", 0),),
         "error": (s.status, s.error, s.exit_code),
-        "status": (tuple(status_fields(s, note)), note, s.status),
+        "status": tuple(status_fields(s, note)),   # the state word is among the fields
     }
 
 
@@ -252,14 +252,6 @@ class RedrawGate:
     def pending(self, signatures: dict[str, object]) -> bool:
         """Some pane's latest signature is not drawn yet."""
         return any(self.drawn.get(k, object()) != v for k, v in signatures.items())
-
-    def forget(self, pane: str | None = None):
-        """Redraw `pane` (all panes when None) at the next call, e.g. after its view settings changed."""
-        for d in (self.drawn, self.drawn_at):
-            if pane is None:
-                d.clear()
-            else:
-                d.pop(pane, None)
 
 
 def run_title(s) -> str:

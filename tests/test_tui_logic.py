@@ -304,8 +304,6 @@ def test_redraw_gate_holds_a_change_back_until_the_interval_passes_and_never_los
     assert not gate.pending({"loss": (3,)})
     assert gate.due("loss", (4,), interval=3.0, force=True)     # a key press / the run ending: at once
     assert gate.due("status", ("a",)) and gate.due("status", ("b",))  # interval 0: every change
-    gate.forget("loss")
-    assert gate.due("loss", (4,), interval=3.0)
 
 
 def test_pane_signatures_change_only_for_the_pane_whose_events_arrived():
