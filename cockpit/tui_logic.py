@@ -204,9 +204,16 @@ def frame_interval(device: str | None) -> float:
     return FRAME_S[_device_kind(device)]
 
 
+def heavy_render_seconds(costs) -> float | None:
+    """What one redraw of all the heavy panes costs together: the sum of their measured render times
+    (RenderCost), the ones not measured yet left out; None when none is measured."""
+    known = [c for c in costs if c is not None and math.isfinite(c) and c > 0]
+    return sum(known) if known else None
+
+
 def redraw_interval(render_seconds: float | None, device: str | None = None) -> float:
-    """Seconds a live heavy pane (the loss chart, memory, system) waits between redraws so that rendering
-    the chart costs about REDRAW_BUDGET of a core: on a CPU run a chart that takes 13 ms redraws every
+    """Seconds the live heavy panes (the loss chart, memory, system) wait between redraws so that redrawing
+    them costs about REDRAW_BUDGET of a core: on a CPU run panes that take 13 ms together redraw every
     4.3 s; on a GPU run every REDRAW_MIN_S."""
     budget = REDRAW_BUDGET[_device_kind(device)]
     if render_seconds is None or not math.isfinite(render_seconds) or render_seconds <= 0:

@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cockpit.series import ema
 from cockpit.state import RunState
 from cockpit.tui_logic import (REDRAW_MAX_S, REDRAW_MIN_S, GrowingArray, RedrawGate, SmoothCache, cycle,
                                default_log_path, diff_pair_default, failure_event, filter_presets, fit_grid,
-                               frame_interval, hbar,
+                               frame_interval, hbar, heavy_render_seconds,
                                lr_phase_changes, marker_steps, memory_rows, nice_ticks, pack_words, pane_signatures,
                                preset_cells, redraw_interval, same_prompt_indices, series_for_plot, sparkline,
                                status_fields, steps_to_x, tail_text, tick_label, validate_overrides, vram_fits,
@@ -289,6 +290,13 @@ def test_a_cpu_run_redraws_its_chart_less_often_than_a_gpu_run_and_within_the_bo
     assert redraw_interval(None, "cpu") == REDRAW_MIN_S         # not measured yet
     assert redraw_interval(float("nan"), None) == REDRAW_MIN_S
     assert frame_interval("cpu") == 1.0 and frame_interval("cuda") == 0.0
+
+
+def test_the_heavy_panes_are_paced_by_what_they_cost_together():
+    assert heavy_render_seconds([0.010, 0.003, None]) == pytest.approx(0.013)   # chart + system pane; memory not drawn yet
+    assert heavy_render_seconds([None, float("nan"), 0.0]) is None
+    # a chart of 10 ms alone would redraw every 3.3 s; with a 3 ms system pane beside it, every 4.3 s
+    assert redraw_interval(heavy_render_seconds([0.010, 0.003]), "cpu") > redraw_interval(0.010, "cpu")
 
 
 def test_redraw_gate_holds_a_change_back_until_the_interval_passes_and_never_loses_it():

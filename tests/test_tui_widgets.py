@@ -134,6 +134,36 @@ def test_loss_plot_marks_skipped_steps_throttling_checkpoints_and_resumes():
     assert not [k for k in plot.drawn if k.startswith("marker:")] and "markers off" in plot.subtitle()
 
 
+async def test_a_pane_times_its_fresh_redraws_and_not_the_passes_that_reuse_its_lines():
+    # the run screen paces the chart by this; a status-line frame must not count as a chart redraw
+    from textual.app import App
+    from textual.widgets import Static
+
+    s = started()
+    for i in range(1, 50):
+        s.apply({"type": "step", "time": float(i), "step": i, "loss": 4.0 / i ** 0.3, "lr": 1e-3})
+    plot, other = LossPlot(), Static("x")
+    plot.set_runs([("run", s)])
+
+    class Two(App):
+        def compose(self):
+            yield plot
+            yield other
+
+    async with Two().run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.05)
+        first = plot.render_seconds
+        assert first is not None and 0 < first < 5     # measured, in seconds of CPU
+        for i in range(5):                               # other widgets redraw: the chart's lines are reused
+            other.update(str(i))
+            await pilot.pause(0.02)
+        assert plot.render_seconds == first
+        s.apply({"type": "step", "time": 50.0, "step": 50, "loss": 1.0, "lr": 1e-3})
+        plot.set_runs([("run", s)])                     # a real redraw is timed again
+        await pilot.pause(0.05)
+        assert plot.render_seconds != first
+
+
 def test_kernel_chart_draws_speedup_and_memory_saving_bars():
     chart = KernelChart()
     chart.set_events([{"name": "rmsnorm", "shape": [64, 128], "dtype": "float32", "ok": True, "torch_ms": 3.0,

@@ -21,7 +21,8 @@ from textual.widgets import Footer
 from cockpit.messages import StateLoaded
 from cockpit.state import RunState
 from cockpit.tui_logic import (SMOOTHING_LEVELS, TICK_S, X_AXES, RedrawGate, cycle, failure_event,
-                               frame_interval, pane_signatures, redraw_interval, run_title)
+                               frame_interval, heavy_render_seconds, pane_signatures, redraw_interval,
+                               run_title)
 from cockpit.widgets.error_pane import ErrorPane
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.loss_plot import LossPlot
@@ -198,8 +199,9 @@ class RunScreen(Screen):
         self._drawn, self._drawn_note = s.version, self.note
         sigs = pane_signatures(s, self.note)
         gate = self._gate
-        loss = self.query_one(LossPlot)
-        pace = redraw_interval(loss.render_seconds, s.device) if live else 0.0
+        loss, memory, gpu = self.query_one(LossPlot), self.query_one(MemoryPane), self.query_one(GpuPane)
+        heavy = heavy_render_seconds(p.render_seconds for p in (loss, memory, gpu))
+        pace = redraw_interval(heavy, s.device) if live else 0.0
         if gate.due("loss", sigs["loss"], pace, force):
             loss.set_runs([(s.preset or "run", s)])
             _set_if_changed(loss, "border_title", run_title(s) if s.run_id else "loss")
@@ -207,9 +209,8 @@ class RunScreen(Screen):
         if gate.due("samples", sigs["samples"], 0.0, force):
             self.query_one(SamplesPane).update_state(s)
         if gate.due("memory", sigs["memory"], pace, force):
-            self.query_one(MemoryPane).update_state(s)
+            memory.update_state(s)
         if gate.due("gpu", sigs["gpu"], pace, force):
-            gpu = self.query_one(GpuPane)
             _set_if_changed(gpu, "border_title", "GPU" if (s.system or {}).get("gpus") else "system")
             gpu.update_state(s)
         if gate.due("error", sigs["error"], 0.0, force):

@@ -8,13 +8,14 @@ from textual.widget import Widget
 
 from cockpit.fmt import fmt_bytes
 from cockpit.tui_logic import gpu_summary, hbar, pack_words, sparkline, throttle_text
+from cockpit.widgets.render_cost import RenderCost
 
 
 def _num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-class GpuPane(Widget):
+class GpuPane(RenderCost, Widget):
     DEFAULT_CSS = """
     GpuPane { height: 1fr; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
@@ -28,6 +29,7 @@ class GpuPane(Widget):
         self.refresh()
 
     def render(self):
+        self.rendered()
         s = self.state
         info = gpu_summary(s) if s is not None else {}
         if not info:

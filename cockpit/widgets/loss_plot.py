@@ -7,19 +7,18 @@ changes, skipped non-finite steps, GPU throttling, resumes).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
 from cockpit.tui_logic import (MARKERS, X_LABELS, GrowingArray, SmoothCache, marker_steps, nice_ticks,
                                series_for_plot, steps_to_x, tick_label)
+from cockpit.widgets.render_cost import RenderCost
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
 
 
-class LossPlot(PlotextPlot):
+class LossPlot(RenderCost, PlotextPlot):
     """`runs`: [(label, RunState)]. One run: train (cyan) + val (orange). Several: a colour per run,
     train as a line and val as a dotted line of the same colour."""
 
@@ -33,7 +32,6 @@ class LossPlot(PlotextPlot):
         self.empty_message = empty_message
         self._caches: dict[tuple, object] = {}
         self.drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # label -> (xs, ys): what was drawn last
-        self.render_seconds: float | None = None   # smoothed CPU time of one render
 
     def set_runs(self, runs: list[tuple[str, object]]):
         if [id(s) for _, s in runs] != [id(s) for _, s in self.runs]:
@@ -152,12 +150,7 @@ class LossPlot(PlotextPlot):
     def render(self):
         if not self.runs or not any(len(s.train) or len(s.val) for _, s in self.runs):
             return Text(self.empty_message, style="dim")
-        t0 = time.thread_time()
+        self.rendered()
         if not self.draw(self.size.width):
             return Text("no finite loss values to draw" + (" on a log scale" if self.log_y else ""), style="dim")
-        out = super().render()
-        # the run screen paces live redraws by this (CPU time of the UI thread, not wall time: a busy
-        # machine must not make the chart look more expensive than it is)
-        took = time.thread_time() - t0
-        self.render_seconds = took if self.render_seconds is None else 0.7 * self.render_seconds + 0.3 * took
-        return out
+        return super().render()

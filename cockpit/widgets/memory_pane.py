@@ -7,9 +7,10 @@ from textual.widget import Widget
 
 from cockpit.fmt import fmt_bytes
 from cockpit.tui_logic import hbar, memory_rows, pack_words, short_layer_name
+from cockpit.widgets.render_cost import RenderCost
 
 
-class MemoryPane(Widget):
+class MemoryPane(RenderCost, Widget):
     DEFAULT_CSS = """
     MemoryPane { height: 1fr; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
@@ -23,6 +24,7 @@ class MemoryPane(Widget):
         self.refresh()
 
     def render(self):
+        self.rendered()
         s = self.state
         if s is None or not s.memory:
             return Text("no memory measurement yet (the first one comes with step 1)", style="dim")

@@ -134,14 +134,14 @@ class SamplesPane(Widget):
         body = self.query_one("#sample-body", Static)
         n = len(self.samples)
         if not n:
-            heading.update("no samples yet (they come with each eval)")
+            heading.update("no samples yet (they come with each eval)", layout=False)
             body.update("")
             return
         if self.diff is not None:
             a, b = self.diff
             ea, eb = self.samples[a], self.samples[b]
             heading.update(Text(f"sample diff · step {ea.get('step')} vs step {eb.get('step')} "
-                                f"(same prompt; new words highlighted)", style="bold"))
+                                f"(same prompt; new words highlighted)", style="bold"), layout=False)
             grid = Table.grid(expand=True, padding=(0, 1))
             grid.add_column(ratio=1, overflow="fold")
             grid.add_column(ratio=1, overflow="fold")
@@ -158,7 +158,7 @@ class SamplesPane(Widget):
         head = Text(sample_heading(ev, i, n), style="bold")
         if self.index is not None:
             head.append("  ([ older, ] newer)", style="dim")
-        heading.update(head)
+        heading.update(head, layout=False)   # one row, fixed: no layout pass for it
         if ev.get("kind") == "image":
             w, h = max(4, self.size.width - 1), max(2, self.size.height - 1)
             key = (id(ev), w, h)
