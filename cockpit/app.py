@@ -39,6 +39,14 @@ class CockpitApp(App):
         self.last_run = None                    # the RunScreen of the latest launched run
         self.exit_status = 0
 
+    def get_driver_class(self):
+        cls = super().get_driver_class()
+        if cls.__name__ == "LinuxDriver" and cls.__module__ == "textual.drivers.linux_driver":
+            from cockpit.driver import CockpitLinuxDriver
+
+            return CockpitLinuxDriver
+        return cls
+
     # --- start-up ------------------------------------------------------------------------------------
     def on_mount(self):
         if self.start == "launch":

@@ -8,7 +8,7 @@ real run at 2000 steps a minute: a `step` event per step, a `system` event every
 every 250, a `sample` (200 characters) and a `memory` table (12 layers) every 500, a checkpoint every 1000,
 and run_start/run_end. Replay is `python -m cockpit --replay LOG > /dev/null`, timed from launch to exit;
 its peak RSS comes from the kernel's rusage of that child (wait4). The UI is started in a 160x48
-pseudo-terminal (bench_overhead.Terminal) and timed until its first frame shows: the picker (`cockpit`, until
+pseudo-terminal (pty_terminal.Terminal) and timed until its first frame shows: the picker (`cockpit`, until
 its header is drawn, then until the preset table has its rows), and the run screen (`cockpit watch LOG`, until
 its footer is drawn, then until the whole log is folded and the run's title shows) on a small finished log
 and on the 1,000,000-event log.
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import Terminal  # noqa: E402
+from pty_terminal import Terminal  # noqa: E402
 from bench_speed import DEFAULT_OUT, ROOT, machine_line, write_section  # noqa: E402
 
 PRESET = "bench-replay"

@@ -46,7 +46,8 @@ def write_section(path: str | Path, key: str, body: str, title: str = "# Speed a
     text = path.read_text(encoding="utf-8") if path.exists() else f"{title}\n\n"
     if start in text and end in text:
         head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        text = head + block + ("\n" + tail if tail else "")    # one blank line before what follows
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)
