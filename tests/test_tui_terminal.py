@@ -19,7 +19,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "tui" / "nanogpt-tiny" / "events.jsonl"
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and a Linux pty")
 
 
-def settle(term: Terminal, pid: int, seconds: float = 5.0) -> int:
+def settle(pid: int, seconds: float = 5.0) -> int:
     """Thread count once it has stopped changing (Textual starts and stops threads as it enters modes)."""
     deadline, last = time.time() + seconds, -1
     while time.time() < deadline:
@@ -37,7 +37,7 @@ def test_a_cockpit_stopped_and_continued_from_outside_keeps_one_set_of_threads_a
     term = Terminal([sys.executable, "-m", "cockpit", "watch", str(FIXTURE)], cols=120, rows=40, cwd=ROOT)
     try:
         assert term.wait_for(b"completed", 30) is not None, term.out[-2000:]
-        before = settle(term, term.pid)
+        before = settle(term.pid)
         for _ in range(4):
             os.kill(term.pid, signal.SIGSTOP)
             time.sleep(0.2)
@@ -47,7 +47,7 @@ def test_a_cockpit_stopped_and_continued_from_outside_keeps_one_set_of_threads_a
             while b"completed" not in term.out[shown:] and time.time() < deadline:
                 time.sleep(0.05)
             assert b"completed" in term.out[shown:], "the screen was not repainted after SIGCONT"
-        assert settle(term, term.pid) == before
+        assert settle(term.pid) == before
         term.send(b"\x11")                       # ctrl+q: the keyboard still reaches the app
         assert term.wait(15) == 0
     finally:
