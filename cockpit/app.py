@@ -80,7 +80,7 @@ class CockpitApp(App):
                nproc: int = 1):
         from cockpit.screens.run import RunScreen
         from cockpit.trainer_proc import TrainerProcess
-        from cockpit.tui_logic import default_log_path
+        from common.paths import default_log_path
 
         alive = [s for s in self.screen_stack if isinstance(s, RunScreen) and s.alive]
         if alive:

@@ -151,7 +151,7 @@ def train(argv: list[str]) -> int:
         from cockpit.launch import torchrun_argv
 
         if not a.log and not a.resume:
-            from trainers.loop import default_log_path
+            from common.paths import default_log_path
 
             targs += ["--log", str(default_log_path(a.preset.rsplit("/", 1)[-1].removesuffix(".yaml")))]
         return run_torchrun(torchrun_argv(a.nproc, targs, rdzv))

@@ -19,7 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
-from cockpit.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from cockpit.runs import config_diff
 from cockpit.series import plot_series
 from cockpit.state import RunState

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cockpit.fmt import fmt_bytes, fmt_count
+from common.fmt import fmt_bytes, fmt_count
 
 
 def cache_dir() -> Path:

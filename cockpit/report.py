@@ -12,7 +12,7 @@ from pathlib import Path
 import re
 
 from cockpit.events import ReadStats
-from cockpit.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from cockpit.series import plot_series
 from cockpit.state import RunState
 

@@ -35,11 +35,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cockpit.fmt import fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.fmt import fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.paths import DEFAULT_ROOT, ENV_ROOT, LOG_NAME, runs_root
+from common.procs import trainer_alive
 
-LOG_NAME = "events.jsonl"
-DEFAULT_ROOT = "runs"
-ENV_ROOT = "COCKPIT_RUNS"
 TAIL_BYTES = 64 << 10      # how much of a log's end is read
 WHOLE_BYTES = 128 << 10    # logs up to this size are read whole in one read
 HEAD_LINES = 20            # how many leading lines may precede run_start (normally 0)
@@ -285,52 +284,6 @@ def _last_step_before(f, end: int) -> dict | None:
     return None
 
 
-def _proc_start_time(pid: int) -> float | None:
-    """Unix time a process started (Linux /proc), None when unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        ticks = int(fields[19])
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime"):
-                    return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-    return None
-
-
-def _cmdline(pid: int) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-REUSE_SLACK_S = 30.0
-
-
-def trainer_alive(pid, started_at: float | None) -> bool:
-    """Is the trainer that wrote `run_start` (pid, at unix time started_at) still running?
-
-    A live pid is not enough: pids are reused, and a runs directory may come from another machine. Where
-    /proc tells, the process must be a Python (or cockpit) process that started before the run did (a
-    trainer starts, then writes run_start; REUSE_SLACK_S allows for a clock stepped forward meanwhile)."""
-    from cockpit.state import pid_alive
-
-    if type(pid) is not int or pid <= 0 or not pid_alive(pid):
-        return False
-    cmd = _cmdline(pid)
-    if cmd is not None and cmd and not any(w in cmd for w in (b"python", b"cockpit", b"trainers")):
-        return False
-    if started_at is not None:
-        t = _proc_start_time(pid)
-        if t is not None and t > started_at + REUSE_SLACK_S:
-            return False
-    return True
-
-
 _CACHE: dict[str, tuple[int, int, int, _Digest]] = {}
 
 
@@ -415,13 +368,6 @@ def _str(x) -> str | None:
 
 
 # --- the index -----------------------------------------------------------------------------------------
-
-def runs_root(directory: str | Path | None = None) -> Path:
-    """The runs directory: `directory` if given, else $COCKPIT_RUNS, else ./runs."""
-    if directory:
-        return Path(directory)
-    return Path(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
-
 
 def find_logs(root: str | Path) -> list[Path]:
     """`<root>/*/events.jsonl`, one level deep. A missing root has no runs."""

@@ -335,30 +335,10 @@ _HANDLERS = {
 }
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) is not alive for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def load_state(path, stats=None) -> RunState:
     """Fold a whole log; a run without run_end whose pid is gone is marked killed."""
     from cockpit.events import read_events
-
-    from cockpit.runs import trainer_alive
+    from common.procs import trainer_alive
 
     s = RunState().apply_all(read_events(path, stats))
     if s.end is None and not trainer_alive(s.pid, s.run_started):

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from cockpit.events import Follower
-from cockpit.tui_logic import OUT_NAME
+from common.paths import OUT_NAME
 
 COMMANDS = ("pause", "resume", "stop", "sample", "checkpoint")
 

@@ -12,13 +12,12 @@ import shlex
 import time
 from pathlib import Path
 
-from cockpit.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 
 SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
 X_AXES = ("step", "tokens", "time")
 X_LABELS = {"step": "step", "tokens": "tokens", "time": "seconds"}
 TICK_S = 0.25            # how often a screen folds new events and redraws (one render per tick)
-OUT_NAME = "trainer.out"  # the trainer's stdout/stderr, beside its log
 
 
 def cycle(seq, current):
@@ -665,19 +664,6 @@ def tail_text(path: str | Path, max_lines: int = 40, max_bytes: int = 32768) -> 
     if size > max_bytes and lines:
         lines = lines[1:]
     return "\n".join(lines[-max_lines:])
-
-
-def default_log_path(name: str, root: str | Path | None = None) -> Path:
-    """runs/<name>-<timestamp>/events.jsonl (the same spelling as the trainer's default; no torch import).
-    A second launch in the same second gets a -2, -3 ... suffix instead of sharing a directory."""
-    from cockpit.runs import runs_root
-
-    base = runs_root(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    p, k = base, 1
-    while p.exists():
-        k += 1
-        p = base.with_name(f"{base.name}-{k}")
-    return p / "events.jsonl"
 
 
 def failure_event(state, exit_code: int | None, out_path: Path | None) -> dict:

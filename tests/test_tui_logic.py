@@ -11,7 +11,7 @@ import pytest
 from cockpit.series import ema
 from cockpit.state import RunState
 from cockpit.tui_logic import (REDRAW_MAX_S, REDRAW_MIN_S, GrowingArray, RedrawGate, SmoothCache, cycle,
-                               default_log_path, diff_pair_default, failure_event, filter_presets, fit_grid,
+                               diff_pair_default, failure_event, filter_presets, fit_grid,
                                frame_interval, hbar, heavy_render_seconds,
                                lr_phase_changes, marker_steps, memory_rows, nice_ticks, pack_words, pane_signatures,
                                preset_cells, redraw_interval, same_prompt_indices, series_for_plot, sparkline,
@@ -250,8 +250,10 @@ def test_tail_text_reads_only_the_end_of_a_big_file(tmp_path):
 
 
 def test_default_log_path_never_reuses_a_run_directory(tmp_path):
+    from common.paths import default_log_path
+
     a = default_log_path("nanogpt", tmp_path)
-    a.parent.mkdir(parents=True)
+    a.parent.mkdir(parents=True, exist_ok=True)
     b = default_log_path("nanogpt", tmp_path)
     assert a.name == b.name == "events.jsonl"
     assert a.parent != b.parent and b.parent.name.startswith(a.parent.name)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from common.paths import CKPT_NAME
 from trainers.config import ConfigError
 
 FORMAT_VERSION = 1
-CKPT_NAME = "ckpt.pt"
 
 
 def save(path: str | Path, state: dict) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from common.paths import default_log_path
 from trainers import checkpoint as ckpt_io
 from trainers.config import ConfigError, strip_private
 from trainers.events import EventWriter
@@ -47,10 +48,6 @@ def lr_at(step: int, t: dict) -> float:
 
 def new_run_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-
-
-def default_log_path(name: str) -> Path:
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" / "events.jsonl"
 
 
 class Controls:
@@ -434,7 +431,7 @@ class Trainer:
 
     def _oom_memory_table(self) -> str:
         """The last measured memory (totals and the largest layers) as text for an OOM error."""
-        from cockpit.fmt import fmt_bytes
+        from common.fmt import fmt_bytes
 
         if self.last_memory is None:
             return "memory: not measured before the failure"

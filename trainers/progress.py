@@ -1,7 +1,7 @@
 """Headless progress: one line per logged step, plus eval results, samples and the end of the run."""
 from __future__ import annotations
 
-from cockpit.fmt import fmt_duration, fmt_rate
+from common.fmt import fmt_duration, fmt_rate
 
 
 class Progress:

@@ -77,7 +77,7 @@ class CompareScreen(Screen):
 
     def on_runs_loaded(self, msg: RunsLoaded):
         from cockpit.compare import unique_labels
-        from cockpit.runs import trainer_alive
+        from common.procs import trainer_alive
 
         if msg.error:
             self.notify(f"reading a log failed: {msg.error}", severity="error")

@@ -157,7 +157,7 @@ class RunScreen(Screen):
 
     def _check_writer(self):
         """Watching someone else's run: once its trainer is gone without run_end, it was killed."""
-        from cockpit.runs import trainer_alive
+        from common.procs import trainer_alive
 
         s = self.state
         if not trainer_alive(s.pid, self._started_at):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from cockpit.fmt import fmt_bytes
+from common.fmt import fmt_bytes
 from cockpit.tui_logic import gpu_summary, hbar, pack_words, sparkline, throttle_text
 from cockpit.widgets.render_cost import RenderCost
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from cockpit.fmt import fmt_bytes
+from common.fmt import fmt_bytes
 from cockpit.tui_logic import hbar, memory_rows, pack_words, short_layer_name
 from cockpit.widgets.render_cost import RenderCost
 
