@@ -6,7 +6,7 @@
     cockpit runs                 the runs browser
 
 Nothing here imports torch: the trainer runs in a subprocess (cockpit/trainer_proc.py), preset facts are
-measured in one (cockpit/presets_info.py), and the screens draw a RunState folded by cockpit/state.py.
+measured in one (cockpit/presets_info.py), and the screens draw a RunState folded by common/state.py.
 """
 from __future__ import annotations
 

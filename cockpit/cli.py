@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except Exception as e:  # bad input classes raised from deeper modules
-        from cockpit.events import LogError
+        from common.reader import LogError
 
         try:
             from trainers.config import ConfigError
@@ -85,7 +85,7 @@ def dispatch(argv: list[str]) -> int:
         p = Parser(prog="cockpit watch", add_help=True)
         p.add_argument("file")
         a = p.parse_args(argv[1:])
-        from cockpit.events import check_log
+        from common.reader import check_log
 
         check_log(a.file)
         return tui(watch=a.file)
@@ -188,9 +188,9 @@ def replay(argv: list[str]) -> int:
         raise BadInput(f"--smooth {a.smooth} must be in [0, 1)")
     from pathlib import Path
 
-    from cockpit.events import ReadStats, check_log
+    from common.reader import ReadStats, check_log
     from cockpit.report import report
-    from cockpit.state import load_state
+    from common.state import load_state
 
     color = None if a.color == "auto" else a.color == "always"
     paths = [check_log(f) for f in a.replay]

@@ -9,22 +9,22 @@ screen, which reuses the pure functions here).
     peak_memory(state)           (bytes, kind): the CUDA allocator's peak, or on CPU the measured sum of
                                  activations + params + grads + optimizer state
     diff_rows(states)            the config-difference rows alone
+    config_diff(configs)         the dotted config keys whose values differ, with each run's value
 
 No torch, no Textual.
 """
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
-from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
-from cockpit.runs import config_diff
+from cockpit.ansi import strip_ansi, use_color
 from cockpit.series import plot_series
-from cockpit.state import RunState
+from common.dotted import flatten
+from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.state import RunState
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # one colour (xterm-256) per run: blue, orange, green, pink, yellow, cyan, purple, red
 COLORS = [39, 208, 40, 199, 226, 51, 141, 196]
 # without colour, runs are told apart by their markers: train line / val points
@@ -32,6 +32,22 @@ MARKERS = [("•", "o"), ("+", "#"), ("x", "%"), ("*", "@"), ("-", "="), (":", "
 # config keys that say nothing a row above does not already say
 SKIP_KEYS = ("name", "arch", "description")
 CELL = 28   # widest table cell before truncation
+
+
+def config_diff(configs: list[dict | None]) -> dict[str, list]:
+    """Dotted keys whose values differ between the configs (a key missing from one counts as None),
+    each with the list of values in the configs' order. Keys appear in first-seen order."""
+    flats = [flatten(c) if isinstance(c, dict) else {} for c in configs]
+    keys: dict[str, None] = {}
+    for f in flats:
+        keys.update(dict.fromkeys(f))
+    out = {}
+    for k in keys:
+        vals = [f.get(k) for f in flats]
+        canon = {json.dumps(v, sort_keys=True, default=str) + type(v).__name__ for v in vals}
+        if len(canon) > 1:
+            out[k] = vals
+    return out
 
 
 def run_label(s: RunState, fallback: str = "run") -> str:
@@ -55,18 +71,15 @@ def peak_memory(s: RunState) -> tuple[float | None, str]:
     """(bytes, kind): kind "allocator" (CUDA's peak allocated) when measured on a GPU, else "sum" (activations
     saved for backward + params + grads + optimizer state, each measured, at the probes' worst step)."""
     peaks = []
-    if s.end and isinstance(s.end.get("metrics"), dict):
-        peaks.append(s.end["metrics"].get("peak_allocated"))
-    peaks += [t.get("peak_allocated") for _, t in s.memory_history if isinstance(t, dict)]
-    peaks = [p for p in peaks if type(p) in (int, float)]
+    peaks.append(s.end_metric("peak_allocated"))
+    peaks += [t.get("peak_allocated") for _, t in s.memory_history]
+    peaks = [p for p in peaks if p is not None]
     if peaks:
         return float(max(peaks)), "allocator"
     sums = []
     for _, t in s.memory_history:
-        if not isinstance(t, dict):
-            continue
         parts = [t.get(k) for k in ("activations", "params", "grads", "optimizer")]
-        parts = [p for p in parts if type(p) in (int, float)]
+        parts = [p for p in parts if p is not None]
         if parts:
             sums.append(float(sum(parts)))
     if sums:
@@ -187,7 +200,7 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
         key = "  ".join(parts) if parts else "(no loss data)"
         if color:
             key = f"\x1b[38;5;{c}m{key}\x1b[0m"
-        legend.append(f"  {key:<{len(key) + max(0, 16 - len(ANSI.sub('', key)))}}  {label}")
+        legend.append(f"  {key:<{len(key) + max(0, 16 - len(strip_ansi(key)))}}  {label}")
     if not drawn:
         return "(no loss data yet)"
     title = "loss" + (f" (EMA smoothing {smoothing:g})" if smoothing > 0 else "")
@@ -195,20 +208,14 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
     plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
     out = plt.build()
     if not color:
-        out = ANSI.sub("", out)
+        out = strip_ansi(out)
     return out.rstrip("\n") + "\n" + "\n".join(legend)
-
-
-def _use_color() -> bool:
-    from cockpit.report import use_color
-
-    return use_color()
 
 
 def compare_report(loaded: list[tuple[str, RunState, object]], color: bool | None = None, *,
                    width: int | None = None, x_axis: str = "step", smoothing: float = 0.0) -> str:
     """The headless comparison of several runs: loaded = [(log path, RunState, ReadStats | None), ...]."""
-    color = _use_color() if color is None else color
+    color = use_color() if color is None else color
     width = width or max(60, min(shutil.get_terminal_size((100, 30)).columns, 140))
     paths = [p for p, _, _ in loaded]
     states = [s for _, s, _ in loaded]
@@ -225,7 +232,7 @@ def compare_report(loaded: list[tuple[str, RunState, object]], color: bool | Non
     parts += [f"peak memory: {n}" for n in memory_notes(states)]
     notes = []
     for lab, (_, s, stats) in zip(labels, loaded):
-        summary = stats.summary() if stats is not None and hasattr(stats, "summary") else ""
+        summary = stats.summary() if stats is not None else ""
         if summary:
             notes.append(f"note     {lab}: {summary}")
         if s.bad_events:

@@ -7,12 +7,12 @@ TUI uses `bench_command` and `parse_line` the same way to stay responsive and re
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from common import events as E
 from kernels import _table
 from kernels.bench import BadArgs, build_parser, parse_dtypes, parse_names
 
@@ -38,15 +38,16 @@ def bench_env() -> dict[str, str]:
 
 
 def parse_line(line: str) -> dict | None:
-    """A `kernel` or `log` event from one line of the child's output; None for anything else."""
+    """A valid `kernel` or `log` event (as a dict) from one line of the child's output; None for anything
+    else (the child's other output, a malformed event)."""
     line = line.strip()
     if not line.startswith("{"):
         return None
     try:
-        ev = json.loads(line)
-    except json.JSONDecodeError:
+        ev = E.decode(line.encode())
+    except E.NotAnEvent:
         return None
-    return ev if isinstance(ev, dict) and ev.get("type") in ("kernel", "log") else None
+    return E.as_dict(ev) if isinstance(ev, (E.Kernel, E.Log)) else None
 
 
 def _forwarded(args) -> list[str]:

@@ -5,19 +5,14 @@ summary, all built from the same RunState the TUI renders.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-import re
-
-from cockpit.events import ReadStats
+from cockpit.ansi import strip_ansi, use_color
+from common.reader import ReadStats
 from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from cockpit.series import plot_series
-from cockpit.state import RunState
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+from common.state import RunState
 
 
 def loss_chart(states: list[tuple[str, RunState]], width: int = 100, height: int = 20, color: bool = False,
@@ -45,7 +40,7 @@ def loss_chart(states: list[tuple[str, RunState]], width: int = 100, height: int
     plt.title("loss")
     plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
     out = plt.build()
-    return out if color else ANSI.sub("", out)
+    return out if color else strip_ansi(out)
 
 
 def _table(rows: list[list[str]], header: list[str], align: str | None = None) -> list[str]:
@@ -92,39 +87,36 @@ def memory_lines(s: RunState) -> list[str]:
     if not s.memory:
         return ["(no memory events)"]
     m = s.memory
-    layers = [l for l in m["layers"] if isinstance(l, dict)]
-    total_act = sum(int(l.get("activation_bytes") or 0) for l in layers)
+    total_act = sum(l.get("activation_bytes", 0) for l in m.layers)
     rows = []
-    for l in layers:
-        a = int(l.get("activation_bytes") or 0)
+    for l in m.layers:
+        a = l.get("activation_bytes", 0)
         pct = f"{100 * a / total_act:.1f}%" if total_act else "-"
         rows.append([str(l.get("name")), fmt_bytes(a), pct, fmt_bytes(l.get("param_bytes"))])
-    out = [f"per-layer activation memory at step {m.get('step')} (bytes saved for backward, measured)"]
+    out = [f"per-layer activation memory at step {m.step} (bytes saved for backward, measured)"]
     out += _table(rows, ["layer", "activations", "share", "params"])
-    t = m["totals"]
+    t = m.totals
     parts = [f"{k} {fmt_bytes(t.get(k))}" for k in ("params", "grads", "optimizer", "activations", "peak_allocated")
              if t.get(k) is not None]
     if t.get("trainable_params") is not None:
         parts.append(f"trainable {fmt_count(t['trainable_params'])} params")
     out.append("totals   " + "  ".join(parts))
-    comp = m.get("comparison")
-    if isinstance(comp, list) and comp:
+    comp = m.comparison
+    if comp:
         rows = []
         for r in comp:
-            if not isinstance(r, dict):
-                continue
             if r.get("error"):
                 rows.append([str(r.get("method")), r["error"][:60], "", "", "", "", ""])
                 continue
-            mark = " *" if r.get("method") == m.get("method") else ""
+            mark = " *" if r.get("method") == m.method else ""
             rows.append([f"{r.get('method')}{mark}", fmt_count(r.get("trainable_params")), fmt_bytes(r.get("params")),
                          fmt_bytes(r.get("grads")), fmt_bytes(r.get("optimizer")), fmt_bytes(r.get("activations")),
                          fmt_bytes(r.get("total"))])
         out.append("")
         out.append("fine-tuning memory compared (measured; * = this run)")
         out += _table(rows, ["method", "trainable", "params", "grads", "optimizer", "activations", "total"])
-        if m.get("comparison_note"):
-            out.append(str(m["comparison_note"]))
+        if m.comparison_note:
+            out.append(m.comparison_note)
     return out
 
 
@@ -133,13 +125,13 @@ def system_lines(s: RunState) -> list[str]:
     if not ev:
         return ["(no system events)"]
     out = []
-    for g in [g for g in (ev.get("gpus") or []) if isinstance(g, dict)]:
+    for g in ev.gpus or []:
         mem = f"{fmt_bytes(g.get('mem_used'))}/{fmt_bytes(g.get('mem_total'))}"
         out.append(f"GPU {g.get('index')} {g.get('name')}: {g.get('temp_c')} C, util {g.get('util_pct')}%, "
                    f"VRAM {mem}, power {g.get('power_w')} W, throttle {', '.join(g.get('throttle') or []) or 'none'}")
-    if not ev.get("gpus"):
-        out.append(f"no NVIDIA GPU ({ev.get('nvml', 'NVML unavailable')}); CPU instead:")
-    cpu = ev.get("cpu") or {}
+    if not ev.gpus:
+        out.append(f"no NVIDIA GPU ({ev.nvml or 'NVML unavailable'}); CPU instead:")
+    cpu = ev.cpu or {}
     if cpu:
         hist = [u for u in s.cpu_util_history if u is not None]
         mean = f", mean {sum(hist) / len(hist):.0f}% over {len(hist)} samples" if hist else ""
@@ -153,33 +145,32 @@ def experts_lines(s: RunState) -> list[str]:
     if not e:
         return []
     counts = e.get("counts") or []
-    total = sum(c for c in counts if isinstance(c, (int, float))) or 1
+    total = sum(counts) or 1
     out = [f"experts  balance loss {e.get('balance_loss')}, dropped tokens {e.get('dropped')}"]
     for i, c in enumerate(counts):
-        if isinstance(c, (int, float)):
-            out.append(f"  expert {i}: {'#' * int(40 * c / total):<40} {c}")
+        out.append(f"  expert {i}: {'#' * int(40 * c / total):<40} {c}")
     return out
 
 
 def sample_lines(s: RunState, n: int, color: bool, images_dir: Path | None) -> list[str]:
     out = []
     for ev in s.samples[-n:]:
-        if ev["kind"] == "text":
-            prompt = ev.get("prompt") or ""
-            out.append(f"--- sample @ step {ev['step']}" + (f" (prompt {prompt!r})" if prompt.strip() else ""))
-            out.extend(ev["text"].rstrip("\n").splitlines()[:20])
+        if ev.kind == "text":
+            prompt = ev.prompt or ""
+            out.append(f"--- sample @ step {ev.step}" + (f" (prompt {prompt!r})" if prompt.strip() else ""))
+            out.extend(ev.text.rstrip("\n").splitlines()[:20])
         else:
-            out.append(f"--- image sample @ step {ev['step']} ({ev.get('sampler', '')})"
-                       + (f" classes {ev.get('classes')}" if ev.get("classes") is not None else ""))
+            out.append(f"--- image sample @ step {ev.step} ({ev.sampler or ''})"
+                       + (f" classes {ev.classes}" if ev.classes is not None else ""))
             from cockpit import images
 
-            img = images.decode_image(ev["image"])
+            img = images.decode_image(ev.image)
             if images_dir is not None:
-                p = images_dir / f"sample-{ev['step']}.png"
+                p = images_dir / f"sample-{ev.step}.png"
                 images.write_png(p, img)
                 out.append(f"saved {p}")
             if color:
-                out.append(images.halfblock_ansi(img) if hasattr(images, "halfblock_ansi") else _ansi(images, img))
+                out.append(_ansi(images, img))
             elif images_dir is None:
                 out.append("(colour terminal needed to draw it; --images saves it as PNG)")
     return out or ["(no samples)"]
@@ -199,18 +190,10 @@ def kernel_lines(s: RunState) -> list[str]:
         return []
     rows = []
     for ev in s.kernels.values():
-        rows.append([str(ev.get("name")), str(ev.get("shape")), str(ev.get("dtype")), "ok" if ev.get("ok") else "FAIL",
-                     f"{ev.get('max_abs_err', 0):.2e}" if isinstance(ev.get("max_abs_err"), float) else "-",
-                     str(ev.get("torch_ms")), str(ev.get("triton_ms"))])
+        rows.append([ev.name, str(ev.shape), str(ev.dtype), "ok" if ev.ok else "FAIL",
+                     f"{ev.max_abs_err:.2e}" if ev.max_abs_err is not None else "-",
+                     str(ev.torch_ms), str(ev.triton_ms)])
     return ["kernels"] + _table(rows, ["kernel", "shape", "dtype", "ok", "max err", "torch ms", "triton ms"], "lllllrr")
-
-
-def use_color() -> bool:
-    if os.environ.get("NO_COLOR"):
-        return False
-    import sys
-
-    return sys.stdout.isatty() and os.environ.get("TERM", "") not in ("", "dumb")
 
 
 def report(path: str, state: RunState, stats: ReadStats | None, *, color: bool | None = None,

@@ -3,7 +3,7 @@
     --json    one JSON object per run (newest first), for scripts; never needs a terminal
     (none)    on a terminal: the TUI runs browser; without one: the same list as a text table
 
-The runs directory is DIR, else $COCKPIT_RUNS, else ./runs (cockpit.runs.runs_root).
+The runs directory is DIR, else $COCKPIT_RUNS, else ./runs (common.paths.runs_root).
 """
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import inspect
 import json
 import sys
 
-from cockpit.runs import SORT_KEYS, RunsError, filter_runs, index_runs, runs_root, runs_table, sort_runs
+from cockpit.runs import RunsError
+from cockpit.runs.index import index_runs
+from cockpit.runs.query import SORT_KEYS, filter_runs, sort_runs
+from cockpit.runs.table import runs_table
+from common.paths import runs_root
 
 
 class _Parser(argparse.ArgumentParser):

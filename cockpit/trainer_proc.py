@@ -7,16 +7,14 @@ No Textual and no torch here.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 from pathlib import Path
 
-from cockpit.events import Follower
+from common.events import COMMANDS, encode_command
 from common.paths import OUT_NAME
-
-COMMANDS = ("pause", "resume", "stop", "sample", "checkpoint")
+from common.reader import Follower
 
 
 class LogSource:
@@ -125,7 +123,7 @@ class TrainerProcess:
             return f"unknown command {cmd!r}"
         if not self.alive:
             return "the trainer is not running"
-        self._pending += (json.dumps({"cmd": cmd}) + "\n").encode()
+        self._pending += encode_command(cmd)
         self._flush()
         return None
 

@@ -2,7 +2,7 @@
 
 No Textual and no torch here; numpy (imported where needed: the picker's first frame does not wait for it)
 and the standard library only. The widgets call these functions with a
-RunState (cockpit/state.py) and draw what comes back.
+RunState (common/state.py) and draw what comes back.
 """
 from __future__ import annotations
 

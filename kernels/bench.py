@@ -13,11 +13,10 @@ shape and dtype, streamed as each finishes. Exit status: 0 all correct, 1 a kern
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 
+from common.events import encode
 from kernels import NAMES, _table, use_interpreter
 
 
@@ -64,18 +63,9 @@ def parse_dtypes(spec: str) -> list[str]:
     return dtypes
 
 
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 def event(type_: str, **fields) -> str:
-    return json.dumps(_clean({"v": 1, "type": type_, "time": time.time(), **fields}), allow_nan=False)
+    """One event line of the protocol (common/events.py), without its newline."""
+    return encode(type_, fields, time.time()).decode()[:-1]
 
 
 def run(args, out=None) -> int:

@@ -12,8 +12,8 @@ import pytest
 
 from cockpit.compare import (compare_chart, compare_report, compare_rows, diff_rows, peak_memory, run_label,
                              unique_labels)
-from cockpit.events import ReadStats
-from cockpit.state import RunState, load_state
+from common.reader import ReadStats
+from common.state import RunState, load_state
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "runs"

@@ -6,9 +6,9 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cockpit.events import ReadStats, read_events
+from common.reader import ReadStats, read_events
 from cockpit.report import report
-from cockpit.state import RunState
+from common.state import RunState
 from trainers import config
 
 json_values = st.recursive(

@@ -176,7 +176,7 @@ def test_disk_full_mid_run_fails_cleanly_and_keeps_the_checkpoint(tmp_path, monk
         def emit(self, type_, **fields):
             if type_ == "step" and fields.get("step") == 8 and self._fh is not None:
                 self._fh.close()
-                self._fh = open("/dev/full", "a", encoding="utf-8")
+                self._fh = open("/dev/full", "ab")
             return super().emit(type_, **fields)
     monkeypatch.setattr(loop, "EventWriter", FillingWriter)
     log = tmp_path / "full" / "events.jsonl"
@@ -305,8 +305,8 @@ def test_newer_schema_version_is_read_with_a_one_line_notice(tmp_path):
 
 
 def test_two_watchers_on_one_growing_log_both_see_every_event(tmp_path):
-    from cockpit.events import Follower
-    from cockpit.state import RunState
+    from common.reader import Follower
+    from common.state import RunState
 
     log = tmp_path / "live.jsonl"
     a, b = Follower(log), Follower(log)

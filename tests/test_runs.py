@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from cockpit import runs
-from cockpit.runs import (RunInfo, RunsError, config_diff, delete_run, filter_runs, index_runs, read_run,
-                          runs_table, sort_runs)
-from cockpit.state import load_state
+from cockpit.compare import config_diff
+from cockpit.runs import RunsError
+from cockpit.runs import index as runs
+from cockpit.runs.delete import delete_run
+from cockpit.runs.index import RunInfo, index_runs, read_run
+from cockpit.runs.query import filter_runs, sort_runs
+from cockpit.runs.table import runs_table
+from common.paths import runs_root
+from common.state import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "runs"
@@ -52,7 +57,7 @@ def padded(evs: list[dict], system_per_event: int) -> list[dict]:
 
 
 class CountingOpen:
-    """Wraps open() in cockpit.runs to count the bytes the index reads."""
+    """Wraps open() in cockpit.runs.index to count the bytes the index reads."""
 
     def __init__(self):
         self.bytes = 0
@@ -201,7 +206,7 @@ def test_the_runs_directory_comes_from_the_environment_when_not_given(tmp_path, 
     monkeypatch.setenv("COCKPIT_RUNS", str(tmp_path))
     assert [r.name for r in index_runs()] == ["one"]
     monkeypatch.delenv("COCKPIT_RUNS")
-    assert runs.runs_root() == Path("runs")
+    assert runs_root() == Path("runs")
 
 
 # --- reading only what is needed -----------------------------------------------------------------------

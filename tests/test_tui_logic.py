@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cockpit.series import ema
-from cockpit.state import RunState
+from common.state import RunState
 from cockpit.tui_logic import (REDRAW_MAX_S, REDRAW_MIN_S, GrowingArray, RedrawGate, SmoothCache, cycle,
                                diff_pair_default, failure_event, filter_presets, fit_grid,
                                frame_interval, hbar, heavy_render_seconds,
@@ -22,7 +22,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tui"
 
 
 def fixture_state(name: str) -> RunState:
-    from cockpit.events import read_events
+    from common.reader import read_events
 
     return RunState().apply_all(read_events(FIXTURES / name / "events.jsonl"))
 

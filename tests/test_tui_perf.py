@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from cockpit.state import RunState
+from common.state import RunState
 from cockpit.tui_logic import GrowingArray, SmoothCache, series_for_plot
 
 N = 1_000_000

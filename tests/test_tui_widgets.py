@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cockpit.state import RunState
+from common.state import RunState
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.kernel_chart import KernelChart
 from cockpit.widgets.loss_plot import LossPlot

@@ -16,6 +16,13 @@ from typing import Any
 
 import yaml
 
+from common.dotted import flatten as _flatten, unflatten
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A preset's dotted keys; `profiles` stays one value (its sections are overrides, not keys)."""
+    return _flatten(d, prefix, keep=("profiles",))
+
 
 class ConfigError(ValueError):
     """Bad preset or override. str(e) is one line naming the field and the fix."""
@@ -76,28 +83,6 @@ OPEN_RANGES: dict[str, tuple] = {
     "finetune.rank": (1, 4096),
     "finetune.dropout": (0.0, 1.0),
 }
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "profiles":
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-    out: dict = {}
-    for key, v in flat.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return out
 
 
 def presets_dir() -> Path:

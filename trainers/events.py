@@ -1,32 +1,17 @@
-"""The event writer: one JSON object per line, flushed per event (DESIGN.md, event log v1).
+"""The event writer: one JSON object per line, flushed per event, in the protocol of common/events.py.
 
-A killed writer can leave at most a torn last line; every complete line is a valid event.
+Every event is checked against its declared fields and types as it is written (an undeclared field or a
+wrong type is a bug in the trainer, raised at once). A killed writer can leave at most a torn last line;
+every complete line is a valid event.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import threading
 import time
 from pathlib import Path
 
-SCHEMA_VERSION = 1
-
-
-def _clean(obj):
-    """JSON has no NaN/inf: write them as strings so every line stays strict JSON."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return "nan"
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
+from common import events as E
 
 
 class EventWriter:
@@ -39,12 +24,12 @@ class EventWriter:
         self.failed: Exception | None = None
         if self.path is not None and enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = open(self.path, "ab")
 
-    def emit(self, type_: str, **fields) -> dict:
-        event = {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **fields}
+    def emit(self, type_: str, **fields) -> bytes:
+        """Write one event; returns its line. Disk full does not raise: see `failed` and `retry`."""
+        line = E.encode(type_, fields, time.time())
         if self.enabled:
-            line = json.dumps(_clean(event), separators=(",", ":"), allow_nan=False) + "\n"
             with self._lock:
                 if self._fh is not None and self.failed is None:
                     try:
@@ -53,15 +38,14 @@ class EventWriter:
                     except OSError as e:  # disk full: keep training state intact, report at the end
                         self.failed = e
             if self.echo is not None:
-                self.echo(event)
-        return event
+                self.echo(E.decode(line[:-1]))
+        return line
 
     def retry(self, type_: str, **fields) -> bool:
         """Write one event even after a failure (e.g. the run_end once disk space is back)."""
-        event = {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **fields}
+        line = E.encode(type_, fields, time.time())
         if not self.enabled or self.path is None:
             return False
-        line = json.dumps(_clean(event), separators=(",", ":"), allow_nan=False) + "\n"
         with self._lock:
             if self._fh is not None:
                 try:
@@ -70,8 +54,8 @@ class EventWriter:
                     pass
             try:
                 # start on a fresh line: the failed write may have left a partial one
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write("\n" + line)
+                with open(self.path, "ab") as f:
+                    f.write(b"\n" + line)
                 self._fh = None
                 return True
             except OSError:

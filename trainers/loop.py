@@ -7,7 +7,6 @@ SIGINT/SIGTERM meaning stop. Every observation goes out as an event (trainers/ev
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from common.events import decode_command
 from common.paths import default_log_path
 from trainers import checkpoint as ckpt_io
 from trainers.config import ConfigError, strip_private
@@ -29,7 +29,6 @@ from trainers.system import SystemSampler
 from trainers.tasks import load_task
 from trainers.threads import ThreadGovernor
 
-COMMANDS = ("pause", "resume", "stop", "sample", "checkpoint")
 OOM_HINT = ("out of memory: try a smaller train.batch_size (with train.grad_accum to keep the token batch), "
             "train.activation_checkpointing=true, a shorter model.block_size, or QLoRA for fine-tuning")
 
@@ -62,14 +61,9 @@ class Controls:
         self.signals = 0
 
     def command(self, line: str):
-        line = line.strip()
-        if not line:
+        cmd = decode_command(line)
+        if cmd is None:
             return
-        try:
-            obj = json.loads(line)
-            cmd = obj.get("cmd") if isinstance(obj, dict) else obj
-        except json.JSONDecodeError:
-            cmd = line
         if cmd == "pause":
             self.paused.set()
         elif cmd == "resume":

@@ -1,55 +1,47 @@
-"""Headless progress: one line per logged step, plus eval results, samples and the end of the run."""
+"""Headless progress (`cockpit train PRESET --headless`): a line per logged step, eval results, samples,
+checkpoints, warnings and the end of the run. The events are folded by the same reducer as the cockpit's
+(common/state.py), so the ETA, the best val loss and the rates here are the numbers the cockpit shows."""
 from __future__ import annotations
 
-from common.fmt import fmt_duration, fmt_rate
+from common import events as E
+from common.fmt import fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.state import RunState, number
 
 
 class Progress:
     def __init__(self, out):
         self.out = out
-        self.unit = "tok"
-        self.max_steps = None
-        self.first = None  # (time, step) of the first logged step, for the ETA
+        self.state = RunState()
 
-    def __call__(self, ev: dict):
-        kind = ev["type"]
-        if kind == "run_start":
-            self.unit = "tok" if ev.get("unit") == "tokens" else "it"
-            self.max_steps = ev.get("max_steps")
-            resumed = f", resumed from step {ev['resumed_from']}" if ev.get("resumed_from") is not None else ""
-            self.p(f"{ev['preset']} ({ev['arch']}, {ev['n_params'] / 1e6:.2f}M params) on {ev['device']}, "
-                   f"{ev['profile']} profile{resumed}")
-        elif kind == "step":
-            step = ev["step"]
-            if self.first is None:
-                self.first = (ev["time"], step)
-            eta = None
-            t0, s0 = self.first
-            if self.max_steps and step > s0:
-                eta = (ev["time"] - t0) / (step - s0) * (self.max_steps - step)
-            self.p(f"step {step:>6}/{self.max_steps} | loss {ev['loss']:.4f} | lr {ev['lr']:.2e} | "
-                   f"{fmt_rate(ev.get('throughput'))} {self.unit}/s | ETA {fmt_duration(eta)}")
-        elif kind == "eval":
-            metrics = " ".join(f"{k} {v:.4g}" for k, v in (ev.get("metrics") or {}).items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool))
-            self.p(f"eval @ {ev['step']}: val loss {ev['val_loss']:.4f} {metrics}".rstrip())
-        elif kind == "sample" and ev.get("kind") == "text":
-            text = ev.get("text", "").strip("\n")
-            lines = text.splitlines()[:6]
-            self.p(f"sample @ {ev['step']}:\n" + "\n".join("  | " + ln for ln in lines))
-        elif kind == "sample":
-            self.p(f"sample @ {ev['step']}: {ev.get('kind')} ({ev.get('sampler', '')})")
-        elif kind == "checkpoint":
-            self.p(f"checkpoint @ {ev['step']}: {ev['path']}")
-        elif kind == "log" and ev.get("level") in ("warning", "error"):
-            self.p(f"{ev['level']}: {ev['message']}")
-        elif kind == "run_end":
-            m = ev.get("metrics") or {}
-            best = m.get("best_val_loss")
-            self.p(f"run {ev['status']} at step {ev['step']}: best val loss "
-                   f"{best if best is None else format(best, '.4f')}, wall {fmt_duration(m.get('wall_time'))}")
-            if ev.get("error"):
-                self.p(ev["error"].rstrip())
+    def __call__(self, ev: E.Event):
+        s = self.state
+        s.apply(ev)
+        unit = "tok" if s.unit == "tokens" else "it"
+        if isinstance(ev, E.RunStart):
+            resumed = f", resumed from step {ev.resumed_from}" if ev.resumed_from is not None else ""
+            self.p(f"{s.preset} ({s.arch}, {fmt_count(s.n_params)} params) on {s.device}, "
+                   f"{s.profile} profile{resumed}")
+        elif isinstance(ev, E.Step):
+            lr = f"{s.lr:.2e}" if s.lr is not None else "-"
+            self.p(f"step {s.step:>6}/{s.max_steps} | loss {fmt_loss(s.loss)} | lr {lr} | "
+                   f"{fmt_rate(s.throughput)} {unit}/s | ETA {fmt_duration(s.eta())}")
+        elif isinstance(ev, E.Eval):
+            metrics = " ".join(f"{k} {v:.4g}" for k, v in ev.metrics.items() if number(v) is not None)
+            self.p(f"eval @ {ev.step}: val loss {fmt_loss(ev.val_loss)} {metrics}".rstrip())
+        elif isinstance(ev, E.Sample) and ev.kind == "text":
+            lines = ev.text.strip("\n").splitlines()[:6]
+            self.p(f"sample @ {ev.step}:\n" + "\n".join("  | " + ln for ln in lines))
+        elif isinstance(ev, E.Sample):
+            self.p(f"sample @ {ev.step}: {ev.kind} ({ev.sampler or ''})")
+        elif isinstance(ev, E.Checkpoint):
+            self.p(f"checkpoint @ {ev.step}: {ev.path}")
+        elif isinstance(ev, E.Log) and ev.level in ("warning", "error"):
+            self.p(f"{ev.level}: {ev.message}")
+        elif isinstance(ev, E.RunEnd):
+            self.p(f"run {ev.status} at step {s.step}: best val loss {fmt_loss(s.end_metric('best_val_loss'))}, "
+                   f"wall {fmt_duration(s.wall_time())}")
+            if ev.error:
+                self.p(ev.error.rstrip())
 
     def p(self, s: str):
         try:

@@ -56,7 +56,7 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare-load")
     def load(self):
-        from cockpit.state import RunState
+        from common.state import RunState
         from cockpit.trainer_proc import LogSource
 
         loaded = []
@@ -77,15 +77,14 @@ class CompareScreen(Screen):
 
     def on_runs_loaded(self, msg: RunsLoaded):
         from cockpit.compare import unique_labels
-        from common.procs import trainer_alive
+        from common.state import settle
 
         if msg.error:
             self.notify(f"reading a log failed: {msg.error}", severity="error")
         self.sources = [src for src, _ in msg.runs]
         self.states = [st for _, st in msg.runs]
         for s in self.states:
-            if s.end is None and not trainer_alive(s.pid, None):
-                s.mark_killed()
+            settle(s)
         self.labels = unique_labels(self.states, [str(src.path) for src in self.sources])
         self.loaded = True
         self.redraw()

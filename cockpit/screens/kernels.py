@@ -4,7 +4,7 @@ memory saving; Enter re-runs the highlighted kernel alone (`--only NAME`), `r` r
 from __future__ import annotations
 
 import importlib.util
-import json
+from cockpit.kernels_cmd import parse_line
 import subprocess
 import sys
 
@@ -130,14 +130,10 @@ class KernelsScreen(Screen):
         self.proc = proc
         other = []
         for line in proc.stdout:
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
+            ev = parse_line(line)
+            if ev is None:
                 other.append(line.rstrip())
-                continue
-            if isinstance(ev, dict) and ev.get("type", "kernel") == "kernel" and "name" in ev:
-                self.post_message(KernelEvent(ev, generation))
-            elif isinstance(ev, dict) and ev.get("type") == "log" and isinstance(ev.get("message"), str):
+            else:
                 self.post_message(KernelEvent(ev, generation))
         err = proc.stderr.read()
         rc = proc.wait()

@@ -1,6 +1,6 @@
 """The run screen: loss, samples, memory and GPU panes, the error pane of a failed run, and the status line.
 
-It is a view of one RunState folded from the event stream by the shared reducer (cockpit/state.py): a
+It is a view of one RunState folded from the event stream by the shared reducer (common/state.py): a
 timer every TICK_S seconds reads the new bytes of the log once (never a polling storm), folds every new
 event, and redraws only the panes whose inputs changed, so a burst of events renders once; while a CPU
 trainer runs, frames and the heavy panes are paced (tui_logic.frame_interval, redraw_interval) so the UI
@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from cockpit.messages import StateLoaded
-from cockpit.state import RunState
+from common.state import RunState, writer_gone
 from cockpit.tui_logic import (SMOOTHING_LEVELS, TICK_S, X_AXES, RedrawGate, cycle, failure_event,
                                frame_interval, heavy_render_seconds, pane_signatures, redraw_interval,
                                run_title)
@@ -73,7 +73,6 @@ class RunScreen(Screen):
         self._held_back = False        # a pane's change waits for its redraw interval
         self._frame_at = float("-inf")  # when the latest frame was drawn (live runs: paced)
         self._timer = None
-        self._started_at: float | None = None   # time of the latest run_start (its pid is the writer)
 
     # --- layout --------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -105,7 +104,7 @@ class RunScreen(Screen):
                 events = self.source.poll()
                 if not events:
                     break
-                self._fold(state, events)
+                state.apply_all(events)
         except Exception as e:  # noqa: BLE001
             self.post_message(StateLoaded(state, f"{type(e).__name__}: {e}"))
             return
@@ -122,7 +121,7 @@ class RunScreen(Screen):
     # --- the tick: fold new events, notice the trainer ending, redraw once ---------------------------
     def tick(self):
         s = self.state
-        self._fold(s, self.source.poll())
+        s.apply_all(self.source.poll())
         if self.source.launched and not self.finished:
             rc = self.source.returncode()
             if rc is not None:
@@ -134,12 +133,6 @@ class RunScreen(Screen):
             self.note = None
         if s.version != self._drawn or self.note != self._drawn_note or self._held_back:
             self.redraw()
-
-    def _fold(self, state: RunState, events: list[dict]):
-        for ev in events:
-            state.apply(ev)
-            if ev.get("type") == "run_start" and isinstance(ev.get("time"), (int, float)):
-                self._started_at = float(ev["time"])
 
     def _trainer_exited(self, rc: int):
         s = self.state
@@ -157,14 +150,10 @@ class RunScreen(Screen):
 
     def _check_writer(self):
         """Watching someone else's run: once its trainer is gone without run_end, it was killed."""
-        from common.procs import trainer_alive
-
         s = self.state
-        if not trainer_alive(s.pid, self._started_at):
+        if writer_gone(s):
             s.apply_all(self.source.finish())
-            if s.end is None:
-                s.mark_killed()
-                s.version += 1
+            s.mark_killed()
 
     def _acknowledged(self) -> bool:
         s = self.state

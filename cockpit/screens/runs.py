@@ -1,6 +1,6 @@
 """The runs browser (`r` in the picker, `cockpit runs`): every run under the runs directory with preset,
 architecture, status, steps, best val loss, tokens/s, params, wall time and start date, from the run index
-(cockpit/runs.py: built from the logs alone, re-read every 2 s). Sortable by any column, `/` filters
+(cockpit/runs/index.py: built from the logs alone, re-read every 2 s). Sortable by any column, `/` filters
 (words, `field:text`, `best_val<2`), Enter opens a run (a finished one replays, a running one is watched
 live), space marks several and `c` compares them, `d` deletes the highlighted run after asking."""
 from __future__ import annotations
@@ -39,7 +39,8 @@ class RunsScreen(Screen):
 
     def __init__(self, root: str | None = None, refresh_s: float | None = REFRESH_S):
         super().__init__()
-        from cockpit.runs import COLUMNS, runs_root
+        from cockpit.runs.table import COLUMNS
+        from common.paths import runs_root
 
         self.root = runs_root(root)
         self.columns = COLUMNS
@@ -73,7 +74,7 @@ class RunsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="runs-index")
     def reindex(self):
-        from cockpit.runs import index_runs
+        from cockpit.runs.index import index_runs
 
         try:
             self.post_message(RunsIndexed(index_runs(self.root)))
@@ -89,7 +90,8 @@ class RunsScreen(Screen):
 
     # --- the table -----------------------------------------------------------------------------------
     def refill(self):
-        from cockpit.runs import filter_runs, run_cells, sort_runs
+        from cockpit.runs.query import filter_runs, sort_runs
+        from cockpit.runs.table import run_cells
 
         table = self.query_one(RunsTable)
         keep = self.highlighted()
@@ -226,7 +228,8 @@ class RunsScreen(Screen):
         def answered(yes: bool):
             if not yes:
                 return
-            from cockpit.runs import RunsError, delete_run
+            from cockpit.runs import RunsError
+            from cockpit.runs.delete import delete_run
 
             try:
                 gone = delete_run(r.path, self.root)

@@ -1,0 +1,339 @@
+"""The reducer: one function folds events into RunState. The run screen, `watch`, `--replay`, the comparison,
+the runs index and the trainer's headless progress lines all use it.
+
+`RunState.apply(event)` never raises: events come typed from the protocol (common/events.py); a dict is
+converted first. An event of a known type with missing or mistyped fields (Invalid) is counted in
+`bad_events`, one of an unknown type in `unknown_types`. Steps that go backwards (a resumed run re-doing steps
+after its last checkpoint, or a log spliced out of order) replace the later points, so the curves always
+read left to right.
+
+"Fold the log, then decide whether the run was killed" is `load_state` (a whole log) and `settle` (a state
+folded so far, e.g. a watched log whose writer may have died): a run without run_end whose trainer is gone
+was killed (common/procs.py decides "gone").
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from common import events as E
+from common.procs import trainer_alive
+from common.reader import read_events
+
+THERMAL_THROTTLE = ("hw_thermal", "sw_thermal", "hw_slowdown", "hw_power_brake")
+
+
+def number(x) -> float | None:
+    """A numeric value of a free-form field (metrics) as a float; None when absent or not a number."""
+    return float(x) if type(x) is float or type(x) is int else None
+
+
+@dataclass
+class Curve:
+    """Parallel columns of one curve: step, value, units (tokens/items) and elapsed seconds."""
+
+    steps: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+    units: list = field(default_factory=list)
+    times: list = field(default_factory=list)
+
+    def append(self, step, value, units, t):
+        self.steps.append(step)
+        self.values.append(value)
+        self.units.append(units)
+        self.times.append(t)
+
+    def truncate_from(self, step) -> int:
+        """Drop points with step >= `step`; returns how many were dropped."""
+        i = bisect.bisect_left(self.steps, step)
+        n = len(self.steps) - i
+        if n:
+            del self.steps[i:], self.values[i:], self.units[i:], self.times[i:]
+        return n
+
+    def __len__(self):
+        return len(self.steps)
+
+    def x(self, axis: str) -> list:
+        return {"step": self.steps, "tokens": self.units, "time": self.times}[axis]
+
+
+@dataclass
+class RunState:
+    # identity (run_start)
+    run_id: str | None = None
+    preset: str | None = None
+    arch: str | None = None
+    task: str | None = None
+    config: dict = field(default_factory=dict)
+    n_params: int | None = None
+    device: str | None = None
+    profile: str | None = None
+    pid: int | None = None
+    unit: str = "tokens"
+    max_steps: int | None = None
+    world_size: int = 1
+    start_time: float | None = None
+    run_started: float | None = None     # time of the latest run_start (a resume starts a new segment)
+    last_time: float | None = None
+    # progress
+    status: str = "waiting"     # waiting, running, paused, completed, stopped, failed, killed
+    step: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    throughput: float | None = None
+    units_seen: float = 0
+    elapsed: float = 0.0
+    train: Curve = field(default_factory=Curve)
+    val: Curve = field(default_factory=Curve)
+    lrs: list = field(default_factory=list)
+    best_val: float | None = None
+    best_val_step: int | None = None
+    last_eval: E.Eval | None = None
+    experts: dict | None = None
+    samples: list = field(default_factory=list)          # Sample events, oldest first
+    memory: E.Memory | None = None
+    memory_history: list = field(default_factory=list)   # (step, totals)
+    system: E.System | None = None
+    gpu_util_history: deque = field(default_factory=lambda: deque(maxlen=120))
+    gpu_mem_history: deque = field(default_factory=lambda: deque(maxlen=120))
+    cpu_util_history: deque = field(default_factory=lambda: deque(maxlen=120))
+    throttle_steps: list = field(default_factory=list)
+    checkpoints: list = field(default_factory=list)      # (step, path)
+    kernels: dict = field(default_factory=dict)          # (name, shape, dtype) -> Kernel event
+    logs: deque = field(default_factory=lambda: deque(maxlen=500))
+    skipped_steps: list = field(default_factory=list)    # steps whose update was skipped (non-finite)
+    resumes: list = field(default_factory=list)          # steps a resume continued from
+    end: E.RunEnd | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    # bookkeeping
+    events: int = 0
+    bad_events: int = 0
+    unknown_types: dict = field(default_factory=dict)
+    out_of_order: int = 0
+    counts: dict = field(default_factory=dict)           # event type -> how many were folded
+    version: int = 0
+    max_samples: int = 500
+
+    # --- the reducer ---------------------------------------------------------------------------------
+    def apply(self, ev) -> None:
+        self.events += 1
+        self.version += 1
+        handler = _HANDLERS.get(ev.__class__)
+        if handler is None:
+            if isinstance(ev, dict):
+                ev = E.convert(ev)
+                handler = _HANDLERS.get(ev.__class__)
+            if handler is None:
+                if isinstance(ev, E.Unknown):
+                    t = ev.type[:40]
+                    self.unknown_types[t] = self.unknown_types.get(t, 0) + 1
+                else:  # Invalid, or not an event at all
+                    self.bad_events += 1
+                return
+        kind = ev.type
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        t = ev.time
+        if t is not None:
+            if self.start_time is None:
+                self.start_time = t
+            self.last_time = t
+        try:
+            handler(self, ev)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            self.bad_events += 1
+
+    def apply_all(self, events) -> "RunState":
+        for ev in events:
+            self.apply(ev)
+        return self
+
+    # --- derived -------------------------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self.end is not None
+
+    def eta(self) -> float | None:
+        """Seconds left, from the step rate over the logged curve."""
+        if not self.max_steps or len(self.train) < 2 or self.status not in ("running", "paused"):
+            return None
+        s0, s1 = self.train.steps[0], self.train.steps[-1]
+        t0, t1 = self.train.times[0], self.train.times[-1]
+        if s1 <= s0 or t1 <= t0:
+            return None
+        return (t1 - t0) / (s1 - s0) * max(0, self.max_steps - s1)
+
+    def end_metric(self, name: str) -> float | None:
+        """A numeric metric of run_end (best_val_loss, throughput, wall_time, peak_allocated ...)."""
+        return number(self.end.metrics.get(name)) if self.end is not None else None
+
+    def mean_throughput(self) -> float | None:
+        tp = self.end_metric("throughput")
+        if tp is not None:
+            return tp
+        if len(self.train) >= 2 and self.train.times[-1] > self.train.times[0]:
+            return (self.train.units[-1] - self.train.units[0]) / (self.train.times[-1] - self.train.times[0])
+        return self.throughput
+
+    def wall_time(self) -> float | None:
+        w = self.end_metric("wall_time")
+        if w is not None:
+            return w
+        if self.start_time is not None and self.last_time is not None:
+            return self.last_time - self.start_time
+        return None
+
+    def mark_killed(self):
+        """A log with no run_end whose trainer is gone: the run was killed."""
+        if self.end is None and self.status in ("running", "paused", "waiting"):
+            self.status = "killed"
+            self.version += 1
+
+
+def _run_start(s: RunState, ev: E.RunStart):
+    resumed = ev.resumed_from
+    if resumed is not None:
+        s.resumes.append(resumed)
+        s.train.truncate_from(resumed + 1)
+        del s.lrs[len(s.train.steps):]
+        s.val.truncate_from(resumed + 1)
+        s.end = None
+        s.error = None
+    for name in ("run_id", "preset", "arch", "task", "n_params", "device", "profile", "pid", "unit"):
+        value = getattr(ev, name)
+        if value is not None:
+            setattr(s, name, value)
+    if ev.config is not None:
+        s.config = ev.config
+    if ev.max_steps is not None:
+        s.max_steps = ev.max_steps
+    elif isinstance(s.config.get("train"), dict) and type(s.config["train"].get("max_steps")) is int:
+        s.max_steps = s.config["train"]["max_steps"]
+    s.world_size = ev.world_size
+    if ev.time is not None:
+        s.run_started = ev.time
+    s.status = "running"
+
+
+def _step(s: RunState, ev: E.Step):
+    step, train = ev.step, s.train
+    units = ev.tokens if ev.tokens is not None else ev.items
+    if units is None:
+        units = train.units[-1] if train.units else 0.0
+    el = ev.elapsed
+    if el is None:
+        el = ev.time - s.start_time if s.start_time is not None and ev.time is not None else 0.0
+    if train.steps and step <= train.steps[-1]:
+        s.out_of_order += 1
+        train.truncate_from(step)
+        del s.lrs[len(train.steps):]
+        s.val.truncate_from(step + 1)
+    train.steps.append(step)
+    train.values.append(ev.loss)
+    train.units.append(units)
+    train.times.append(el)
+    s.lrs.append(ev.lr)
+    s.step, s.loss, s.lr, s.grad_norm = step, ev.loss, ev.lr, ev.grad_norm
+    if ev.throughput is not None:
+        s.throughput = ev.throughput
+    s.units_seen, s.elapsed = units, el
+    if ev.max_steps is not None:
+        s.max_steps = ev.max_steps
+    if s.status == "waiting":
+        s.status = "running"
+
+
+def _eval(s: RunState, ev: E.Eval):
+    step, val = ev.step, ev.val_loss
+    units = s.train.units[-1] if s.train.units else 0.0
+    t = s.train.times[-1] if s.train.times else 0.0
+    if s.val.steps and step <= s.val.steps[-1]:
+        s.val.truncate_from(step)
+    s.val.append(step, val, units, t)
+    if math.isfinite(val) and (s.best_val is None or val < s.best_val):
+        s.best_val, s.best_val_step = val, step
+    s.last_eval = ev
+    if ev.experts is not None:
+        s.experts = ev.experts
+
+
+def _sample(s: RunState, ev: E.Sample):
+    s.samples.append(ev)
+    if len(s.samples) > s.max_samples:
+        del s.samples[0]
+
+
+def _memory(s: RunState, ev: E.Memory):
+    s.memory = ev
+    s.memory_history.append((ev.step, ev.totals))
+
+
+def _system(s: RunState, ev: E.System):
+    s.system = ev
+    if ev.gpus:
+        g = ev.gpus[0]
+        util, used, total = g.get("util_pct"), g.get("mem_used"), g.get("mem_total")
+        s.gpu_util_history.append(float(util) if util is not None else None)
+        s.gpu_mem_history.append(used / total * 100 if used is not None and total else None)
+        if any(r in THERMAL_THROTTLE for r in g.get("throttle") or ()):
+            s.throttle_steps.append(s.step)
+    if ev.cpu:
+        util = ev.cpu.get("util_pct")
+        s.cpu_util_history.append(float(util) if util is not None else None)
+
+
+def _checkpoint(s: RunState, ev: E.Checkpoint):
+    s.checkpoints.append((ev.step, ev.path))
+
+
+def _kernel(s: RunState, ev: E.Kernel):
+    s.kernels[(ev.name, str(ev.shape), str(ev.dtype))] = ev
+
+
+def _log(s: RunState, ev: E.Log):
+    s.logs.append((ev.level, ev.message))
+    if ev.state is not None and s.end is None:
+        s.status = ev.state
+    if ev.skipped is not None and ev.step is not None:
+        s.skipped_steps.append(ev.step)
+
+
+def _run_end(s: RunState, ev: E.RunEnd):
+    s.end = ev
+    s.status = ev.status
+    s.error = ev.error
+    s.exit_code = ev.exit_code
+    if ev.step is not None:
+        s.step = ev.step
+
+
+_HANDLERS = {
+    E.RunStart: _run_start, E.Step: _step, E.Eval: _eval, E.Sample: _sample, E.Memory: _memory,
+    E.System: _system, E.Checkpoint: _checkpoint, E.Kernel: _kernel, E.Log: _log, E.RunEnd: _run_end,
+}
+
+
+# --- fold, then decide ---------------------------------------------------------------------------------------
+
+def writer_gone(s: RunState) -> bool:
+    """The run has no run_end and the trainer of its latest run_start is not running (any more)."""
+    return s.end is None and not trainer_alive(s.pid, s.run_started)
+
+
+def settle(s: RunState) -> bool:
+    """Mark the run killed when its log has no run_end and its trainer is gone; True when it was."""
+    if s.end is None and s.status in ("running", "paused", "waiting") and writer_gone(s):
+        s.mark_killed()
+        return True
+    return False
+
+
+def load_state(path, stats=None) -> RunState:
+    """Fold a whole log; a run without run_end whose trainer is gone is marked killed."""
+    s = RunState().apply_all(read_events(path, stats))
+    settle(s)
+    return s
