@@ -1,15 +1,15 @@
-"""Image samples in the terminal and on disk. Pure: numpy and rich only, no torch (cockpit starts fast).
+"""Image samples in the terminal and on disk: numpy and rich, Pillow only when writing a PNG; no torch
+(cockpit starts fast).
 
     decode_image(payload)           a `sample` event (or its `image` field) -> (H, W, C) uint8
     halfblock(img, max_width=None)  -> rich.text.Text: one "▀" per two pixel rows, foreground = the top
                                        pixel, background = the bottom pixel, in true colour
-    write_png(path, img)            a PNG file (zlib only), for `cockpit --replay FILE --images`
+    write_png(path, img)            a PNG file (Pillow), for `cockpit --replay FILE --images`
 """
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -78,18 +78,16 @@ def halfblock(img: np.ndarray, max_width: int | None = None) -> Text:
     return text
 
 
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
 def png_bytes(img: np.ndarray) -> bytes:
-    """Encode (H, W) or (H, W, 1|3|4) uint8 as an 8-bit grey/RGB/RGBA PNG (filter 0 on every row)."""
+    """Encode (H, W) or (H, W, 1|3|4) uint8 as an 8-bit grey/RGB/RGBA PNG."""
+    from PIL import Image  # here, not at the top: only `--images` writes PNGs, and the UI starts faster without
+
     img = np.ascontiguousarray(img if img.ndim == 3 else img[..., None], dtype=np.uint8)
-    h, w, c = img.shape
-    color = {1: 0, 3: 2, 4: 6}[c]
-    rows = np.concatenate([np.zeros((h, 1), dtype=np.uint8), img.reshape(h, w * c)], axis=1)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 9)) + _chunk(b"IEND", b""))
+    if img.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"cannot write a PNG with {img.shape[-1]} channels; give 1, 3 or 4")
+    out = io.BytesIO()  # Pillow picks the mode from the shape: L, RGB or RGBA
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out, format="PNG")
+    return out.getvalue()
 
 
 def write_png(path: str | Path, img: np.ndarray) -> Path:

@@ -1,6 +1,7 @@
 """The trainer's CPU thread count follows the cores other processes leave free (trainers/threads.py)."""
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from trainers.threads import ThreadGovernor, choose_threads, system_busy_seconds
@@ -86,5 +87,11 @@ def test_reads_this_machines_busy_time():
     assert a is not None and b >= a > 0
 
 
-def test_missing_proc_stat_disables_the_governor(tmp_path):
-    assert system_busy_seconds(str(tmp_path / "nope")) is None
+def test_unreadable_cpu_times_disable_the_governor(monkeypatch):
+    def no_proc_stat():  # what psutil raises on Linux without /proc mounted
+        raise FileNotFoundError(2, "No such file or directory", "/proc/stat")
+    monkeypatch.setattr(psutil, "cpu_times", no_proc_stat)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert system_busy_seconds() is None
+    fake = FakeTorch(2)
+    assert not ThreadGovernor(fake).enabled and ThreadGovernor(fake).tick() == 2 and fake.calls == []

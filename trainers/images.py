@@ -9,15 +9,13 @@
     FILE.npz key `images` (N,H,W) or (N,H,W,C), uint8 0-255 or float 0-1, optional integer `labels`
 
 Images come out as float tensors (N, C, H, W) in [-1, 1], the range DDPM trains in. Unlabelled data gets one
-class, 0 (named "all"), so the same class-conditional models train on it. JPEG needs Pillow; PNG falls back
-to the small decoder below (8-bit grey/RGB/RGBA/palette, non-interlaced) when Pillow is not installed.
+class, 0 (named "all"), so the same class-conditional models train on it. PNG and JPEG are decoded by Pillow.
 """
 from __future__ import annotations
 
 import csv
 import gzip
-import struct
-import zlib
+import io
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from trainers.config import ConfigError
 
 DATASETS = ("digits", "emoji")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -135,96 +135,36 @@ def square_crop_resize(img: np.ndarray, size: int) -> torch.Tensor:
     return x[0, :, top:top + size, left:left + size].clamp(-1, 1)
 
 
-def read_png(data: bytes) -> np.ndarray:
-    """Decode a PNG (8-bit grey, grey+alpha, RGB, RGBA or palette; not interlaced) to (H, W, C) uint8.
+def _pixels(im: Image.Image) -> np.ndarray:
+    """An opened image -> (H, W, C) uint8, C = 1 (grey) or 3; transparency composited on white."""
+    if im.mode in ("I", "I;16", "I;16B"):  # 16-bit grey PNG: scale to 8 bits (convert("L") clips at 255)
+        arr = (np.asarray(im).astype(np.float64) / 257).round().clip(0, 255).astype(np.uint8)
+        return arr[..., None]
+    if im.mode in ("RGBA", "LA", "P"):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    im = im.convert("L" if im.mode in ("L", "1") else "RGB")
+    arr = np.array(im)  # a writable copy: torch.from_numpy warns on read-only arrays
+    return arr[..., None] if arr.ndim == 2 else arr
 
-    Alpha is dropped after compositing on white. This covers what image editors and `write_png` produce;
-    other PNGs (16-bit, interlaced) need Pillow.
-    """
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
+
+def read_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes to (H, W, C) uint8 with C = 1 or 3; alpha is composited on white."""
+    if data[:8] != PNG_SIGNATURE:
         raise ValueError("not a PNG file")
-    pos, idat, palette, header = 8, [], None, None
-    while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"PLTE":
-            palette = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-    if header is None:
-        raise ValueError("PNG has no IHDR chunk")
-    w, h, depth, color, _comp, _filt, interlace = header
-    if depth != 8 or interlace != 0:
-        raise ValueError(f"PNG with bit depth {depth}{', interlaced' if interlace else ''} needs Pillow")
-    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color]
-    stride = w * channels
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8).reshape(h, 1 + stride)
-    out = np.zeros((h, stride), dtype=np.uint8)
-    for y in range(h):  # undo the per-row filters (PNG spec section 9); a = left, b = up, c = up-left
-        ftype, line = raw[y, 0], raw[y, 1:]
-        prev = out[y - 1] if y else np.zeros(stride, dtype=np.uint8)
-        if ftype == 0:
-            out[y] = line
-        elif ftype == 1:  # Sub: running sum along each channel, mod 256
-            out[y] = np.cumsum(line.reshape(w, channels).astype(np.int64), axis=0).reshape(-1) & 255
-        elif ftype == 2:  # Up
-            out[y] = (line.astype(np.int64) + prev) & 255
-        elif ftype in (3, 4):  # Average, Paeth: sequential along the row
-            cur, ln, up = [0] * stride, line.tolist(), prev.tolist()
-            for i in range(stride):
-                a = cur[i - channels] if i >= channels else 0
-                b = up[i]
-                if ftype == 3:
-                    pred = (a + b) >> 1
-                else:
-                    c = up[i - channels] if i >= channels else 0
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
-                cur[i] = (ln[i] + pred) & 255
-            out[y] = cur
-        else:
-            raise ValueError(f"bad PNG filter type {ftype}")
-    img = out.reshape(h, w, channels)
-    if color == 3:
-        if palette is None:
-            raise ValueError("palette PNG without a PLTE chunk")
-        img = palette[img[..., 0]]
-    elif color in (4, 6):  # composite alpha on white
-        rgb, alpha = img[..., :-1].astype(np.float32), img[..., -1:].astype(np.float32) / 255
-        img = (rgb * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
-    return img
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+            return _pixels(im)
+    except (OSError, SyntaxError) as e:  # PIL raises SyntaxError for a broken chunk
+        raise ValueError(f"broken PNG ({e})") from None
 
 
 def decode_image_file(path: Path) -> np.ndarray:
-    """(H, W, C) uint8 with C = 1 or 3. Pillow when installed; otherwise PNG only (read_png)."""
+    """A PNG or JPEG file -> (H, W, C) uint8 with C = 1 or 3."""
     try:
-        from PIL import Image
-    except ImportError:
-        Image = None
-    if Image is not None:
-        try:
-            with Image.open(path) as im:
-                if im.mode in ("RGBA", "LA", "P"):
-                    im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-                im = im.convert("L" if im.mode in ("L", "I", "I;16", "1") else "RGB")
-                arr = np.asarray(im)
-        except OSError as e:  # includes PIL.UnidentifiedImageError
-            raise ConfigError(f"data.path: cannot decode {path} ({e}); remove or re-save the file") from None
-        return arr[..., None] if arr.ndim == 2 else arr
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"data.path: {path} is a JPEG, which needs Pillow; `pip install pillow`, or convert the "
-                          "images to PNG or an .npz")
-    try:
-        return read_png(path.read_bytes())
-    except (ValueError, KeyError, zlib.error) as e:
-        raise ConfigError(f"data.path: cannot decode {path} ({e}); `pip install pillow` or re-save it as an "
-                          "8-bit PNG") from None
+        with Image.open(path) as im:
+            return _pixels(im)
+    except (OSError, SyntaxError) as e:  # includes PIL.UnidentifiedImageError
+        raise ConfigError(f"data.path: cannot decode {path} ({e}); remove or re-save the file") from None
 
 
 def load_folder(root: Path, image_size: int) -> ImageSet:

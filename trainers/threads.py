@@ -6,9 +6,9 @@ machine); but when another process holds a core, a team of threads as wide as th
 barrier for the thread that was descheduled, and a step can take 10x longer than with one thread fewer.
 
 So the trainer watches the machine: every `interval` seconds it reads how much CPU the rest of the system
-used (busy time in /proc/stat minus this process's own CPU time) and sets the thread count to the cores
-left over, with a little hysteresis so that a TUI redraw does not flip it. An explicit OMP_NUM_THREADS
-(torchrun sets 1 per rank) is the user's choice and is left alone.
+used (the machine's busy CPU time, from psutil, minus this process's own CPU time) and sets the thread
+count to the cores left over, with a little hysteresis so that a TUI redraw does not flip it. An explicit
+OMP_NUM_THREADS (torchrun sets 1 per rank) is the user's choice and is left alone.
 """
 from __future__ import annotations
 
@@ -16,21 +16,27 @@ import math
 import os
 import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+import psutil
 
 
-def system_busy_seconds(stat_path: str = "/proc/stat") -> float | None:
-    """CPU seconds all cores spent busy since boot (user+nice+system+irq+softirq+steal), or None."""
+def cpu_busy_total() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of all cores since boot, or None where the system will not say.
+
+    busy = total - idle - iowait (user+nice+system+irq+softirq+steal on Linux); guest time is already part
+    of user and nice, so it is not counted twice.
+    """
     try:
-        with open(stat_path) as f:
-            fields = f.readline().split()
-    except OSError:
+        t = psutil.cpu_times()
+    except (psutil.Error, OSError):
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    v = [int(x) for x in fields[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (v + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return total - t.idle - getattr(t, "iowait", 0.0), total
+
+
+def system_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot, or None."""
+    times = cpu_busy_total()
+    return times[0] if times else None
 
 
 def own_cpu_seconds() -> float:
