@@ -1,14 +1,15 @@
 """The `cockpit` command (DESIGN.md "CLI contract"). Imports nothing heavy at start-up: no torch, no Textual
-until a subcommand needs it.
+until a subcommand needs it, and a subcommand's module only when that subcommand runs.
 
     cockpit                               TUI: preset picker, then the run screen
     cockpit PRESET [k=v ...]              TUI, launching PRESET at once
-    cockpit train PRESET [k=v ...] [--log FILE] [--headless] [--nproc N] [--resume RUN_DIR|CKPT]
+    cockpit train PRESET [k=v ...] [--log FILE] [--headless] [--nproc N] [--resume RUN_DIR|CKPT] [--rdzv ...]
     cockpit --replay FILE [FILE ...]      headless report of recorded runs (no TUI, no TTY needed)
     cockpit watch FILE                    TUI on a log that is still growing, or finished
-    cockpit presets [--json]              list presets
-    cockpit kernels [--json]              PyTorch vs Triton comparison
-    cockpit runs [--json]                 the runs browser (or a JSON list of runs)
+    cockpit presets [--json] [--refresh]  list presets
+    cockpit kernels [--json] [--only NAME[,NAME]] ...   PyTorch vs Triton comparison
+    cockpit runs [--json] [--dir DIR] [--sort KEY] [--reverse] [--filter QUERY]   the runs browser
+    cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR]   merge a LoRA / QLoRA fine-tune
 
 Exit codes: 0 success, 1 run failed, 2 bad input (one line `cockpit: error: ...`).
 """
@@ -18,37 +19,77 @@ import argparse
 import json
 import os
 import sys
+import textwrap
+from typing import Callable, NamedTuple
 
-USAGE = """usage: cockpit [PRESET [k=v ...]]
-       cockpit train PRESET [k=v ...] [--log FILE] [--headless] [--nproc N] [--resume RUN_DIR|CKPT]
-       cockpit --replay FILE [FILE ...] [--images]
-       cockpit watch FILE
-       cockpit presets [--json]
-       cockpit kernels [--json]
-       cockpit runs [--json]
-       cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR]"""
+from common.cli import BadInput, Parser, fail
+
+USAGE = """cockpit [PRESET [k=v ...]]
+       cockpit SUBCOMMAND [--help] ...
+       cockpit --replay FILE [FILE ...] [--images] [--color WHEN] [--x AXIS] [--smooth S]"""
+
+DESCRIPTION = """A terminal cockpit for training runs.
+
+  cockpit                   the preset picker, then the run screen
+  cockpit PRESET [k=v ...]  the run screen, launching PRESET at once: a preset name (`cockpit presets`)
+                            or a YAML file, with dotted overrides such as train.max_steps=200
+  cockpit --replay FILE     a headless report of recorded runs, no terminal needed
+                            (its options: `cockpit --replay --help`)"""
+
+EPILOG = "Exit codes: 0 success, 1 run failed, 2 bad input (one line `cockpit: error: ...`)."
 
 
-class BadInput(Exception):
-    """Bad usage or input: printed as one `cockpit: error:` line, exit 2."""
+class Subcommand(NamedTuple):
+    summary: str                               # its line in `cockpit --help`
+    arguments: Callable[[Parser], None]        # adds its arguments to its parser
+    run: Callable[[Parser, list[str]], int]    # parses argv with that parser, runs, returns the exit code
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise BadInput(f"{message}; see `cockpit {self.prog.split()[-1]} --help`" if " " in self.prog
-                       else f"{message}; see `cockpit --help`")
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help columns wide enough for the subcommand names (argparse indents them past its own measure);
+    option names in help text are never split at their hyphens."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        if action.help is not argparse.SUPPRESS:
+            for sub in self._iter_indented_subactions(action):
+                width = len(self._format_action_invocation(sub)) + self._current_indent
+                self._action_max_length = max(self._action_max_length, width)
 
 
-def fail(message: str, code: int = 2) -> int:
-    print(f"cockpit: error: {message}", file=sys.stderr)
-    return code
+def build_parser(*configured: str) -> Parser:
+    """The `cockpit` parser with one subparser per subcommand (prog `cockpit SUBCOMMAND`). Only the
+    subcommands named in `configured` get their arguments: adding them imports the subcommand's module,
+    which `cockpit --help` and the other subcommands do not need."""
+    return _build(configured)[0]
+
+
+def subcommand_parser(name: str) -> Parser:
+    """The parser of `cockpit NAME`, with its arguments."""
+    return _build((name,))[1][name]
+
+
+def _build(configured) -> tuple[Parser, dict[str, Parser]]:
+    parser = Parser(prog="cockpit", usage=USAGE, description=DESCRIPTION, epilog=EPILOG,
+                    formatter_class=_Formatter)
+    subparsers = parser.add_subparsers(prog="cockpit", title="subcommands", metavar="SUBCOMMAND",
+                                       dest="command", help="see `cockpit SUBCOMMAND --help` for its options")
+    for name, sub in SUBCOMMANDS.items():
+        p = subparsers.add_parser(name, help=sub.summary, description=sub.summary, epilog=EPILOG,
+                                  formatter_class=_Formatter)
+        if name in configured:
+            sub.arguments(p)
+    return parser, subparsers.choices
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return dispatch(argv)
-    except BadInput as e:
+    except BadInput as e:  # usage, and the bad-input errors of deeper modules (ConfigError, LogError ...)
         return fail(str(e))
     except KeyboardInterrupt:
         return 130
@@ -58,53 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 0
-    except Exception as e:  # bad input classes raised from deeper modules
-        from common.reader import LogError
-
-        try:
-            from trainers.config import ConfigError
-        except ImportError:  # pragma: no cover
-            ConfigError = ValueError
-        if isinstance(e, (LogError, ConfigError)):
-            return fail(str(e))
-        raise
 
 
 def dispatch(argv: list[str]) -> int:
     if not argv:
         return tui()
     head = argv[0]
-    if head in ("-h", "--help"):
-        print(USAGE)
-        return 0
-    if head == "--replay" or "--replay" in argv:
+    if head in SUBCOMMANDS:
+        return SUBCOMMANDS[head].run(subcommand_parser(head), argv[1:])
+    if "--replay" in argv:
         return replay(argv)
-    if head == "train":
-        return train(argv[1:])
-    if head == "watch":
-        p = Parser(prog="cockpit watch", add_help=True)
-        p.add_argument("file")
-        a = p.parse_args(argv[1:])
-        from common.reader import check_log
-
-        check_log(a.file)
-        return tui(watch=a.file)
-    if head == "presets":
-        return presets(argv[1:])
-    if head == "kernels":
-        from cockpit.kernels_cmd import main as kernels_main
-
-        return kernels_main(argv[1:])
-    if head == "export-merged":
-        from trainers.export_merged import main as export_main
-
-        return export_main(argv[1:])
-    if head == "runs":
-        from cockpit.runs_cmd import main as runs_main
-
-        return runs_main(argv[1:])
     if head.startswith("-"):
-        raise BadInput(f"unknown option {head}")
+        build_parser().parse_args(argv)  # --help prints the overview and exits; other options are errors
+        raise BadInput(f"unknown option {head}; see `cockpit --help`")
     # cockpit PRESET [k=v ...]: validate before the UI opens
     from trainers import config
 
@@ -121,19 +128,28 @@ def tui(**kwargs) -> int:
     return run_tui(**kwargs)
 
 
-def train(argv: list[str]) -> int:
-    p = Parser(prog="cockpit train")
-    p.add_argument("preset")
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--log")
-    p.add_argument("--headless", action="store_true")
-    p.add_argument("--nproc", type=int, default=1)
-    p.add_argument("--resume")
+def train_arguments(p: Parser) -> None:
+    p.add_argument("preset", metavar="PRESET", help="a preset name (`cockpit presets`) or a YAML file")
+    p.add_argument("overrides", nargs="*", default=[], metavar="k=v",
+                   help="dotted preset keys to override, e.g. train.max_steps=200 model.n_layer=2")
+    p.add_argument("--log", metavar="FILE",
+                   help="the event log to write (default runs/<preset>-<timestamp>/events.jsonl)")
+    p.add_argument("--headless", action="store_true",
+                   help="no UI: one progress line per log interval (the default without a terminal)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="trainer processes on this machine, under torchrun with DDP (default 1)")
+    p.add_argument("--resume", metavar="RUN_DIR|CKPT", help="continue a run from its directory or a checkpoint")
+    p.add_argument("--rdzv", nargs=argparse.REMAINDER,
+                   help="pass everything after it to torchrun: multi-node rendezvous flags, e.g. "
+                        "--rdzv --nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500")
+
+
+def train(parser: Parser, argv: list[str]) -> int:
     rdzv: list[str] = []
-    if "--rdzv" in argv:  # everything after --rdzv goes to torchrun (multi-node rendezvous flags)
+    if "--rdzv" in argv:  # split before parsing, so that torchrun's flags are never read as ours
         i = argv.index("--rdzv")
         argv, rdzv = argv[:i], argv[i + 1:]
-    a = p.parse_intermixed_args(argv)
+    a = parser.parse_intermixed_args(argv)
     if a.nproc < 1:
         raise BadInput(f"--nproc {a.nproc} must be at least 1")
     from trainers import config
@@ -176,14 +192,29 @@ def run_torchrun(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def replay(argv: list[str]) -> int:
-    p = Parser(prog="cockpit --replay")
-    p.add_argument("--replay", nargs="+", required=True, metavar="FILE")
+def replay_parser() -> Parser:
+    """`cockpit --replay`: not a subcommand, an option of `cockpit` that takes the whole command line."""
+    p = Parser(prog="cockpit --replay", formatter_class=_Formatter, epilog=EPILOG,
+               usage="%(prog)s FILE [FILE ...] [--images] [--color WHEN] [--x AXIS] [--smooth S]",
+               description="A headless report of a recorded run (no UI, no terminal needed); of two or more "
+                           "runs, one comparison.")
+    p.add_argument("--replay", nargs="*", default=[], metavar="FILE",
+                   help="event logs (events.jsonl) or run directories")
     p.add_argument("--images", action="store_true", help="save image samples as PNG beside the log")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
-    p.add_argument("--x", choices=("step", "tokens", "time"), default="step", help="x-axis of the loss chart")
-    p.add_argument("--smooth", type=float, default=0.0, help="EMA smoothing in [0, 1) for train curves")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto", metavar="WHEN",
+                   help="colour codes: auto (on a terminal only), always or never")
+    p.add_argument("--x", choices=("step", "tokens", "time"), default="step", metavar="AXIS",
+                   help="x-axis of the loss chart: step (default), tokens or time")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="S",
+                   help="EMA smoothing in [0, 1) for train curves (default 0: none)")
+    return p
+
+
+def replay(argv: list[str]) -> int:
+    p = replay_parser()
     a = p.parse_args(argv)
+    if not a.replay:  # nargs="*" rather than "+", so that `cockpit --replay --help` reaches --help
+        p.error("--replay needs at least one log file")
     if not 0.0 <= a.smooth < 1.0:
         raise BadInput(f"--smooth {a.smooth} must be in [0, 1)")
     from pathlib import Path
@@ -211,11 +242,13 @@ def replay(argv: list[str]) -> int:
     return 0
 
 
-def presets(argv: list[str]) -> int:
-    p = Parser(prog="cockpit presets")
-    p.add_argument("--json", action="store_true")
+def presets_arguments(p: Parser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object per preset, for scripts")
     p.add_argument("--refresh", action="store_true", help="re-measure instead of using the cache")
-    a = p.parse_args(argv)
+
+
+def presets(parser: Parser, argv: list[str]) -> int:
+    a = parser.parse_args(argv)
     from cockpit.presets_info import preset_table, presets_info
 
     infos = presets_info(refresh=a.refresh)
@@ -225,6 +258,65 @@ def presets(argv: list[str]) -> int:
     else:
         print(preset_table(infos))
     return 0
+
+
+def watch_arguments(p: Parser) -> None:
+    p.add_argument("file", metavar="FILE", help="a run's event log (events.jsonl) or its run directory")
+
+
+def watch(parser: Parser, argv: list[str]) -> int:
+    a = parser.parse_args(argv)
+    from common.reader import check_log
+
+    check_log(a.file)
+    return tui(watch=a.file)
+
+
+def kernels_arguments(p: Parser) -> None:
+    from kernels.bench import add_arguments
+
+    add_arguments(p)
+
+
+def kernels(parser: Parser, argv: list[str]) -> int:
+    from cockpit.kernels_cmd import main as kernels_main
+
+    return kernels_main(argv, parser)
+
+
+def runs_arguments(p: Parser) -> None:
+    from cockpit.runs_cmd import add_arguments
+
+    add_arguments(p)
+
+
+def runs(parser: Parser, argv: list[str]) -> int:
+    from cockpit.runs_cmd import main as runs_main
+
+    return runs_main(argv, parser)
+
+
+def export_merged_arguments(p: Parser) -> None:
+    from trainers.export_merged import add_arguments
+
+    add_arguments(p)
+
+
+def export_merged(parser: Parser, argv: list[str]) -> int:
+    from trainers.export_merged import main as export_main
+
+    return export_main(argv, parser)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {  # summaries fit one line of `cockpit --help` on 80 columns
+    "train": Subcommand("run a preset: the UI on a terminal, else headless", train_arguments, train),
+    "watch": Subcommand("the UI on an event log, growing or finished", watch_arguments, watch),
+    "presets": Subcommand("list presets: architecture, params, est. VRAM, profile", presets_arguments, presets),
+    "kernels": Subcommand("fused Triton kernels vs their PyTorch references", kernels_arguments, kernels),
+    "runs": Subcommand("browse past runs, or list them as a table or JSON", runs_arguments, runs),
+    "export-merged": Subcommand("merge a LoRA / QLoRA fine-tune into its base weights", export_merged_arguments,
+                                export_merged),
+}
 
 
 if __name__ == "__main__":

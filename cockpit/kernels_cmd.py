@@ -12,9 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.cli import BadInput, Parser, fail
 from common import events as E
 from kernels import _table
-from kernels.bench import BadArgs, build_parser, parse_dtypes, parse_names
+from kernels.bench import build_parser, parse_dtypes, parse_names
 
 
 def bench_command(only: list[str] | str | None = None, dtype: str | None = None, *extra: str) -> list[str]:
@@ -69,13 +70,14 @@ def _forwarded(args) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
+    """`cockpit kernels ARGS`; `parser` is the `cockpit kernels` subparser when the cockpit CLI calls."""
+    parser = parser or build_parser(prog="cockpit kernels")
     try:
-        args = build_parser(prog="cockpit kernels").parse_args(argv)
+        args = parser.parse_args(argv)
         forwarded = _forwarded(args)
-    except BadArgs as e:
-        print(f"cockpit: error: {e}; see `cockpit kernels --help`", file=sys.stderr)
-        return 2
+    except BadInput as e:
+        return fail(str(e))
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     if args.list:  # plain text from the child, passed through

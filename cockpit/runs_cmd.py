@@ -7,7 +7,6 @@ The runs directory is DIR, else $COCKPIT_RUNS, else ./runs (common.paths.runs_ro
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import sys
@@ -17,15 +16,16 @@ from cockpit.runs.index import index_runs
 from cockpit.runs.query import SORT_KEYS, filter_runs, sort_runs
 from cockpit.runs.table import runs_table
 from common.paths import runs_root
+from common.cli import BadInput, Parser, fail
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise RunsError(f"{message}; see `cockpit runs --help`")
+def build_parser() -> Parser:
+    p = Parser(prog="cockpit runs", description="List the runs under a runs directory.")
+    add_arguments(p)
+    return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cockpit runs", description="List the runs under a runs directory.")
+def add_arguments(p: Parser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per run, for scripts")
     p.add_argument("--dir", help="runs directory (default: $COCKPIT_RUNS or ./runs)")
     p.add_argument("--sort", default="started", metavar="KEY",
@@ -34,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default="", metavar="QUERY",
                    help="keep runs matching every term: word, field:text, field<n, field>=n (e.g. "
                         "'status:killed', 'best_val<2', 'model.n_layer:4')")
-    return p
 
 
 def _tui_runs():
@@ -52,16 +51,16 @@ def _tui_runs():
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
+    """`cockpit runs ARGS`; `parser` is the `cockpit runs` subparser when the cockpit CLI calls."""
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
-    except RunsError as e:
-        print(f"cockpit: error: {e}", file=sys.stderr)
-        return 2
+        return _main(list(sys.argv[1:] if argv is None else argv), parser or build_parser())
+    except BadInput as e:  # RunsError too
+        return fail(str(e))
 
 
-def _main(argv: list[str]) -> int:
-    a = build_parser().parse_args(argv)
+def _main(argv: list[str], parser: Parser) -> int:
+    a = parser.parse_args(argv)
     root = runs_root(a.dir)
     if a.dir and not root.is_dir():
         raise RunsError(f"--dir {a.dir}: no such directory; pass the directory that holds your run folders")

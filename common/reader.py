@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import events as E
+from common.cli import BadInput
 
 MAX_LINE = 10 * 1024 * 1024
 CHUNK = 1 << 20
 
 
-class LogError(ValueError):
+class LogError(BadInput, ValueError):
     """A log that cannot be read at all (missing, empty, a directory). str(e) is one line."""
 
 

@@ -16,42 +16,41 @@ import argparse
 import sys
 import time
 
+from common.cli import BadInput, Parser, fail
 from common.events import encode
 from kernels import NAMES, _table, use_interpreter
 
 
-class BadArgs(Exception):
-    pass
+def build_parser(prog: str = "python -m kernels.bench") -> Parser:
+    p = Parser(prog=prog, description="Fused Triton kernels vs PyTorch: correctness, time, peak memory.")
+    add_arguments(p)
+    return p
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise BadArgs(message)
-
-
-def build_parser(prog: str = "python -m kernels.bench") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Fused Triton kernels vs PyTorch: correctness, time, peak memory.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options, shared with `cockpit kernels` (which forwards them to this module)."""
     p.add_argument("--json", action="store_true", help="emit `kernel` events as JSON lines")
-    p.add_argument("--only", default="", help=f"comma-separated kernels ({', '.join(NAMES)})")
+    p.add_argument("--only", default="", metavar="NAME[,NAME]", help=f"comma-separated kernels ({', '.join(NAMES)})")
     p.add_argument("--dtype", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     p.add_argument("--all-shapes", action="store_true",
                    help="on CPU also run the awkward (odd-sized) shape of every kernel")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto (the default: cuda when visible), cpu (through Triton's interpreter) or cuda")
     p.add_argument("--reps", type=int, default=0,
                    help="least timed runs on CPU (default 1, more while under 0.2 s; CUDA: do_bench)")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="also time torch.compile of the PyTorch code (default on CUDA)")
-    p.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="do not time torch.compile (the default on CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--list", action="store_true", help="list the kernels and what they compute")
-    return p
 
 
 def parse_names(only: str) -> list[str]:
     names = [n.strip() for n in only.split(",") if n.strip()] if only else list(NAMES)
     bad = [n for n in names if n not in NAMES]
     if bad:
-        raise BadArgs(f"--only: unknown kernel '{bad[0]}'; choose from {', '.join(NAMES)}")
+        raise BadInput(f"--only: unknown kernel '{bad[0]}'; choose from {', '.join(NAMES)}")
     return names
 
 
@@ -59,7 +58,7 @@ def parse_dtypes(spec: str) -> list[str]:
     dtypes = [d.strip() for d in spec.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in ("float32", "bfloat16")]
     if bad or not dtypes:
-        raise BadArgs(f"--dtype: '{bad[0] if bad else spec}' is not supported; use float32, bfloat16 or both")
+        raise BadInput(f"--dtype: '{bad[0] if bad else spec}' is not supported; use float32, bfloat16 or both")
     return dtypes
 
 
@@ -74,7 +73,7 @@ def run(args, out=None) -> int:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise BadArgs("--device cuda: no CUDA device is visible; use --device auto or cpu")
+        raise BadInput("--device cuda: no CUDA device is visible; use --device auto or cpu")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         use_interpreter()  # before the kernel modules are imported (and their @triton.jit run)
@@ -119,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return run(args)
-    except BadArgs as e:
-        print(f"kernels.bench: error: {e}", file=sys.stderr)
-        return 2
+    except BadInput as e:
+        return fail(str(e))
 
 
 if __name__ == "__main__":

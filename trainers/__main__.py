@@ -4,23 +4,16 @@ The trainer subprocess. Exit codes: 0 completed or stopped, 1 run failed, 2 bad 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from trainers.config import ConfigError
+from common.cli import BadInput, Parser, fail
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"cockpit: error: {message}; see `python -m trainers --help`", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m trainers", description="Run one cockpit trainer.")
+def build_parser() -> Parser:
+    p = Parser(prog="python -m trainers", description="Run one cockpit trainer.")
     p.add_argument("preset", help="preset name or YAML path")
-    p.add_argument("overrides", nargs="*", help="dotted k=v overrides, e.g. train.max_steps=200")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted k=v overrides, e.g. train.max_steps=200")
     p.add_argument("--log", help="event log path (default runs/<preset>-<timestamp>/events.jsonl)")
     p.add_argument("--resume", help="run directory or checkpoint to resume from")
     p.add_argument("--progress", action="store_true", help="print one progress line per log interval")
@@ -29,12 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, *, echo=None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
     try:
+        args = build_parser().parse_intermixed_args(argv)
         return run(args, echo=echo)
-    except ConfigError as e:
-        print(f"cockpit: error: {e}", file=sys.stderr)
-        return 2
+    except BadInput as e:  # ConfigError too
+        return fail(str(e))
 
 
 def run(args, echo=None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from common.cli import BadInput
 from common.dotted import flatten as _flatten, unflatten
 
 
@@ -24,7 +25,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return _flatten(d, prefix, keep=("profiles",))
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """Bad preset or override. str(e) is one line naming the field and the fix."""
 
 

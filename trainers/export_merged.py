@@ -8,17 +8,11 @@ Exit codes: 0 written, 2 bad input (one line `cockpit: error: ...`).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from common.cli import BadInput, Parser, fail
 from trainers.config import ConfigError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"cockpit: error: {message}; see `python -m trainers.export_merged --help`", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def export(source: str, out: str | None = None, hf_dir: str | None = None) -> list[str]:
@@ -34,18 +28,28 @@ def export(source: str, out: str | None = None, hf_dir: str | None = None) -> li
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m trainers.export_merged", description=__doc__.splitlines()[0])
-    p.add_argument("source", help="fine-tune run directory or its ckpt.pt")
-    p.add_argument("--out", help="merged cockpit checkpoint to write (default RUN_DIR/merged.pt)")
-    p.add_argument("--hf", dest="hf_dir", help="also write a GPT-2 Hugging Face directory here")
-    args = p.parse_args(argv)
+def build_parser() -> Parser:
+    p = Parser(prog="python -m trainers.export_merged", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: Parser) -> None:
+    """The options, shared with `cockpit export-merged`."""
+    p.add_argument("source", metavar="RUN_DIR|CKPT", help="fine-tune run directory or its ckpt.pt")
+    p.add_argument("--out", metavar="FILE", help="merged cockpit checkpoint to write (default RUN_DIR/merged.pt)")
+    p.add_argument("--hf", dest="hf_dir", metavar="DIR", help="also write a GPT-2 Hugging Face directory here")
+
+
+def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
+    """`parser` is the `cockpit export-merged` subparser when the cockpit CLI calls."""
     try:
+        args = (parser or build_parser()).parse_args(argv)
         paths = export(args.source, args.out, args.hf_dir)
-    except ConfigError as e:
-        msg = str(e).replace("--resume ", "")
-        print(f"cockpit: error: {msg}", file=sys.stderr)
-        return 2
+    except ConfigError as e:  # the checkpoint loader speaks of --resume; here it is the SOURCE argument
+        return fail(str(e).replace("--resume ", ""))
+    except BadInput as e:
+        return fail(str(e))
     for path in paths:
         print(path)
     return 0

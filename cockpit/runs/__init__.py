@@ -7,8 +7,9 @@
 
 No torch, no Textual.
 """
+from common.cli import BadInput
 
 
-class RunsError(ValueError):
+class RunsError(BadInput, ValueError):
     """A refused runs operation (bad directory, unsafe delete, unknown column). str(e) is one line naming the
     fix."""
