@@ -3,7 +3,7 @@
 It is a view of one RunState folded from the event stream by the shared reducer (cockpit/state.py): a
 timer every TICK_S seconds reads the new bytes of the log once (never a polling storm), folds every new
 event, and redraws only the panes whose inputs changed, so a burst of events renders once; while a CPU
-trainer runs, frames and the heavy panes are paced (tui_logic.frame_interval, redraw_interval) so the UI
+trainer runs, frames and the heavy panes are paced (pacing.py: frame_interval, redraw_interval) so the UI
 takes about 1% of a core from training. The first catch-up
 read of an existing log (a finished run replays, a live one is watched) runs in a worker thread.
 """
@@ -18,17 +18,30 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from common.fmt import fmt_count
 from cockpit.messages import StateLoaded
+from cockpit.screens.pacing import (TICK_S, RedrawGate, frame_interval, heavy_render_seconds, pane_signatures,
+                                    redraw_interval)
 from cockpit.state import RunState
-from cockpit.tui_logic import (SMOOTHING_LEVELS, TICK_S, X_AXES, RedrawGate, cycle, failure_event,
-                               frame_interval, heavy_render_seconds, pane_signatures, redraw_interval,
-                               run_title)
+from cockpit.trainer_proc import failure_event
 from cockpit.widgets.error_pane import ErrorPane
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.loss_plot import LossPlot
 from cockpit.widgets.memory_pane import MemoryPane
 from cockpit.widgets.samples_pane import SamplesPane
 from cockpit.widgets.status_line import StatusLine
+
+
+def run_title(s) -> str:
+    """`nanogpt · gpt · 0.81M params · cpu (cpu profile)`."""
+    parts = [s.preset or "run", s.arch or "?"]
+    if s.n_params is not None:
+        parts.append(f"{fmt_count(s.n_params)} params")
+    if s.device:
+        parts.append(f"{s.device}" + (f" ({s.profile} profile)" if s.profile else ""))
+    if s.world_size > 1:
+        parts.append(f"{s.world_size} ranks")
+    return " · ".join(parts)
 
 
 def _set_if_changed(widget, attr: str, value):
@@ -257,22 +270,22 @@ class RunScreen(Screen):
         self.app.push_screen(KernelsScreen(list(self.state.kernels.values())))
 
     # --- view keys -----------------------------------------------------------------------------------
-    def _plot(self, **kw):
+    def _view(self, change):
         loss = self.query_one(LossPlot)
-        loss.configure(**kw)
+        change(loss)
         loss.border_subtitle = loss.subtitle()
 
     def action_smoothing(self):
-        self._plot(smoothing=cycle(SMOOTHING_LEVELS, self.query_one(LossPlot).smoothing))
+        self._view(LossPlot.next_smoothing)
 
     def action_log_y(self):
-        self._plot(log_y=not self.query_one(LossPlot).log_y)
+        self._view(LossPlot.toggle_log_y)
 
     def action_x_axis(self):
-        self._plot(x_axis=cycle(X_AXES, self.query_one(LossPlot).x_axis))
+        self._view(LossPlot.next_x_axis)
 
     def action_markers(self):
-        self._plot(show_markers=not self.query_one(LossPlot).show_markers)
+        self._view(LossPlot.toggle_markers)
 
     def action_older(self):
         self.query_one(SamplesPane).step_back()

@@ -7,12 +7,34 @@ from rich.text import Text
 from textual.widget import Widget
 
 from common.fmt import fmt_bytes
-from cockpit.tui_logic import gpu_summary, hbar, pack_words, sparkline, throttle_text
+from cockpit.widgets.drawing import hbar, pack_words, sparkline
 from cockpit.widgets.render_cost import RenderCost
 
 
 def _num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def gpu_summary(s) -> dict:
+    """What the GPU pane shows: {'gpus': [...]} or {'no_gpu': reason, 'cpu': {...}}; {} before any event."""
+    ev = s.system
+    if not ev:
+        return {}
+    gpus = [g for g in (ev.get("gpus") or []) if isinstance(g, dict)]
+    out: dict = {"cpu": ev.get("cpu") if isinstance(ev.get("cpu"), dict) else {}}
+    if gpus:
+        out["gpus"] = gpus
+    else:
+        out["no_gpu"] = str(ev.get("nvml") or "NVML unavailable")
+    return out
+
+
+def throttle_text(reasons) -> str:
+    if not reasons:
+        return "none"
+    if isinstance(reasons, str):
+        return reasons
+    return ", ".join(str(r) for r in reasons)
 
 
 class GpuPane(RenderCost, Widget):

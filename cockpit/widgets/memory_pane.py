@@ -6,8 +6,44 @@ from rich.text import Text
 from textual.widget import Widget
 
 from common.fmt import fmt_bytes
-from cockpit.tui_logic import hbar, memory_rows, pack_words, short_layer_name
+from cockpit.widgets.drawing import hbar, pack_words
 from cockpit.widgets.render_cost import RenderCost
+
+
+def budget_bytes(s) -> int:
+    if s.memory and isinstance(s.memory.get("budget_bytes"), (int, float)):
+        return int(s.memory["budget_bytes"])
+    gb = s.config.get("vram_budget_gb") if isinstance(s.config, dict) else None
+    return int(float(gb if isinstance(gb, (int, float)) else 12.0) * 2**30)
+
+
+def memory_rows(s) -> tuple[list[tuple[str, int, int]], list[tuple[str, int | None]], int]:
+    """(layers [(name, activation_bytes, param_bytes)], totals [(label, bytes)], budget bytes)."""
+    if not s.memory:
+        return [], [], budget_bytes(s)
+    layers = []
+    for l in s.memory.get("layers") or []:
+        if isinstance(l, dict):
+            a = l.get("activation_bytes")
+            p = l.get("param_bytes")
+            layers.append((str(l.get("name", "?")), int(a) if isinstance(a, (int, float)) else 0,
+                           int(p) if isinstance(p, (int, float)) else 0))
+    t = s.memory.get("totals") or {}
+    totals = [(label, t.get(key) if isinstance(t.get(key), (int, float)) else None)
+              for key, label in (("params", "params"), ("grads", "grads"), ("optimizer", "optimizer"),
+                                 ("activations", "activations"), ("peak_allocated", "peak alloc"))]
+    return layers, totals, budget_bytes(s)
+
+
+def short_layer_name(name: str, width: int) -> str:
+    """`transformer.h.11.attn` -> `h.11.attn` when it does not fit; keep the informative tail."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    while len(parts) > 1 and len(".".join(parts)) > width:
+        parts.pop(0)
+    tail = ".".join(parts)
+    return tail if len(tail) <= width else "…" + tail[-(width - 1):]
 
 
 class MemoryPane(RenderCost, Widget):

@@ -3,6 +3,9 @@ image samples (diffusion presets) drawn with half-block characters in true colou
 and the sample diff: the same prompt's output at two chosen steps side by side, new words highlighted."""
 from __future__ import annotations
 
+import difflib
+import re
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,7 +13,45 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
-from cockpit.tui_logic import diff_pair_default, fit_grid, same_prompt_indices, sample_heading, word_diff
+
+def sample_heading(ev: dict, index: int, count: int) -> str:
+    kind = "image" if ev.get("kind") == "image" else "text"
+    head = f"{kind} sample {index + 1}/{count} @ step {ev.get('step')}"
+    prompt = ev.get("prompt")
+    if isinstance(prompt, str) and prompt.strip():
+        p = prompt.strip().replace("\n", "⏎")
+        head += f" · prompt {p[:40]!r}"
+    if ev.get("kind") == "image" and ev.get("classes") is not None:
+        cls = ev["classes"]
+        head += " · classes " + (" ".join(map(str, cls)) if isinstance(cls, list) else str(cls))
+    return head
+
+
+def same_prompt_indices(samples: list[dict], prompt) -> list[int]:
+    """Indices of text samples with the given prompt, oldest first."""
+    return [i for i, ev in enumerate(samples) if ev.get("kind") == "text" and ev.get("prompt") == prompt]
+
+
+def diff_pair_default(samples: list[dict]) -> tuple[int, int] | None:
+    """The default pair for the sample diff: the earliest and the latest text sample with the latest
+    sample's prompt; None when fewer than two such samples exist."""
+    texts = [i for i, ev in enumerate(samples) if ev.get("kind") == "text"]
+    if not texts:
+        return None
+    same = same_prompt_indices(samples, samples[texts[-1]].get("prompt"))
+    return (same[0], same[-1]) if len(same) >= 2 else None
+
+
+def word_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """b split into (chunk, tag) with tag 'same' or 'new' against a (word level, whitespace kept)."""
+    wa = re.findall(r"\S+|\s+", a)
+    wb = re.findall(r"\S+|\s+", b)
+    out = []
+    sm = difflib.SequenceMatcher(a=wa, b=wb, autojunk=False)
+    for op, _i1, _i2, j1, j2 in sm.get_opcodes():
+        if j2 > j1:
+            out.append(("".join(wb[j1:j2]), "same" if op == "equal" else "new"))
+    return out
 
 
 def render_image(ev: dict, width: int, height: int):
@@ -22,7 +63,7 @@ def render_image(ev: dict, width: int, height: int):
         return Text(f"(cannot draw image samples: cockpit.images is not available: {e})", style="yellow")
     try:
         img = images.decode_image(ev["image"])
-        fitted = fit_grid(img, ev.get("grid"), max(4, width), max(2, 2 * height))
+        fitted = images.fit_grid(img, ev.get("grid"), max(4, width), max(2, 2 * height))
         return images.halfblock(fitted)
     except Exception as e:  # noqa: BLE001 — a malformed payload must not take the UI down
         return Text(f"(image sample could not be decoded: {type(e).__name__}: {e})", style="red")
