@@ -190,6 +190,11 @@ class RunScreen(Screen):
         return self.source.launched and not self.finished and self.source.returncode() is None
 
     @property
+    def paused_or_pausing(self) -> bool:
+        """The run is paused, or a pause was sent and not acknowledged yet: `resume` is what it needs next."""
+        return self.state.status == "paused" or self.note == "pausing…"
+
+    @property
     def writer_alive(self) -> bool:
         """Someone is still writing this log (our trainer, or a watched one)."""
         if self.source.launched:
@@ -248,7 +253,7 @@ class RunScreen(Screen):
         return True
 
     def action_pause(self):
-        if self.state.status == "paused" or self.note == "pausing…":
+        if self.paused_or_pausing:
             self._send("resume", "resuming…")
         else:
             self._send("pause", "pausing…")
@@ -311,6 +316,13 @@ class RunScreen(Screen):
 
     def action_quit(self):
         self.app.request_quit()
+
+    def detach(self):
+        """Let the trainer go on headless when the UI leaves: a paused run is resumed first (nobody could
+        resume it once the pipe is gone), then the pipe is closed; the log keeps growing."""
+        if self.paused_or_pausing:
+            self.source.send("resume")
+        self.source.close()
 
     def ask_quit(self):
         """q with the trainer alive: stop it, or leave it running headless."""
