@@ -121,9 +121,12 @@ class CockpitApp(App):
             self.exit_status = 1 if screen.state.status == "failed" else 0
 
     def back_to_picker(self, screen):
-        """Leave a run screen (or the browser) for the picker, creating it when the app started elsewhere."""
+        """Leave a run screen (or the browser) for the picker, creating it when the app started elsewhere;
+        a run opened from the browser goes back to the browser."""
+        from cockpit.screens.runs import RunsScreen
+
         self.pop_screen()
-        if self.picker() is None and not any(type(s).__name__ == "RunsScreen" for s in self.screen_stack):
+        if self.picker() is None and not any(isinstance(s, RunsScreen) for s in self.screen_stack):
             self.show_picker()
 
     # --- quitting ------------------------------------------------------------------------------------
@@ -163,11 +166,8 @@ class CockpitApp(App):
         return None
 
     def leave_running(self, screen):
-        """Quit the UI, the trainer keeps going headless (its own session; the log keeps growing). A paused
-        run is resumed first: nobody could resume it once the pipe is gone."""
-        if screen.state.status == "paused" or screen.note == "pausing…":
-            screen.source.send("resume")
-        screen.source.close()
+        """Quit the UI, the trainer keeps going headless (its own session; the log keeps growing)."""
+        screen.detach()
         self.farewell = (f"cockpit: the run continues headless (pid {screen.source.pid}), writing "
                          f"{screen.source.path}\nreattach with: cockpit watch {screen.source.path}")
         self.exit()

@@ -4,6 +4,7 @@
     decode_image(payload)           a `sample` event (or its `image` field) -> (H, W, C) uint8
     halfblock(img, max_width=None)  -> rich.text.Text: one "▀" per two pixel rows, foreground = the top
                                        pixel, background = the bottom pixel, in true colour
+    fit_grid(img, grid, w, h)       a sample grid re-tiled to fit w x h pixels (class columns reflow)
     write_png(path, img)            a PNG file (Pillow), for `cockpit --replay FILE --images`
 """
 from __future__ import annotations
@@ -41,6 +42,15 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return img[..., :3]
 
 
+def box_average(img: np.ndarray, f: int) -> np.ndarray:
+    """Each f x f block of pixels averaged into one (edge pixels that do not fill a block are dropped)."""
+    if f <= 1:
+        return img
+    h, w = img.shape[0] // f * f, img.shape[1] // f * f
+    blocks = img[:h, :w].reshape(h // f, f, w // f, f, -1).astype(np.float32)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
 def shrink(img: np.ndarray, max_width: int | None) -> np.ndarray:
     """Downscale by the smallest integer factor that fits max_width columns (box average), keeping the aspect."""
     if not max_width or img.shape[1] <= max_width:
@@ -48,9 +58,54 @@ def shrink(img: np.ndarray, max_width: int | None) -> np.ndarray:
     f = -(-img.shape[1] // max(1, max_width))  # ceil
     if img.shape[0] < f:  # too short to average f rows: keep every f-th pixel
         return img[::f, ::f]
-    h, w = img.shape[0] // f * f, img.shape[1] // f * f
-    blocks = img[:h, :w].reshape(h // f, f, w // f, f, -1).astype(np.float32)
-    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+    return box_average(img, f)
+
+
+def fit_grid(img: np.ndarray, grid: dict | None, max_w: int, max_h: int) -> np.ndarray:
+    """Re-tile a sample grid to fit max_w x max_h pixels (a half-block cell is 1 x 2 pixels).
+
+    A diffusion sample is `rows` samples per class column, `cols` columns side by side; a terminal pane is
+    narrower than that. Each class column is kept whole and the columns reflow onto several lines; cells are
+    box-averaged by the smallest integer factor that makes the whole fit. Without grid metadata (or when it
+    does not match the image) the image is only shrunk to max_w."""
+    if img.ndim == 2:
+        img = img[..., None]
+    H0, W0 = img.shape[:2]
+    try:
+        rows, cols = int(grid["rows"]), int(grid["cols"])
+        ch, cw, pad = int(grid["cell_h"]), int(grid["cell_w"]), int(grid.get("pad", 0))
+        ok = rows * (ch + pad) - pad == H0 and cols * (cw + pad) - pad == W0 and rows > 0 and cols > 0
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        f = max(1, -(-W0 // max(1, max_w)))
+        return box_average(img, f)
+    pad_value = img[0, cw] if cols > 1 and pad else (img[ch, 0] if rows > 1 and pad else img[0, 0] * 0)
+    columns = [img[:, j * (cw + pad):j * (cw + pad) + cw] for j in range(cols)]
+    best = None
+    for f in range(1, max(ch, cw) + 1):
+        h1, w1 = ch // f, cw // f
+        if h1 < 1 or w1 < 1:
+            break
+        per_line = max(1, (max_w + pad) // (w1 + pad))
+        lines = -(-cols // per_line)
+        col_h = rows * (h1 + pad) - pad
+        total_h = lines * (col_h + pad) - pad
+        total_w = min(cols, per_line) * (w1 + pad) - pad
+        best = (f, per_line, lines, col_h, total_h, total_w)
+        if total_w <= max_w and total_h <= max_h:
+            break
+    f, per_line, lines, col_h, total_h, total_w = best
+    out = np.empty((total_h, total_w, img.shape[2]), dtype=np.uint8)
+    out[...] = pad_value
+    h1, w1 = ch // f, cw // f
+    for j, column in enumerate(columns):
+        line, pos = divmod(j, per_line)
+        y0, x0 = line * (col_h + pad), pos * (w1 + pad)
+        for i in range(rows):
+            cell = box_average(column[i * (ch + pad):i * (ch + pad) + ch], f)
+            out[y0 + i * (h1 + pad):y0 + i * (h1 + pad) + h1, x0:x0 + w1] = cell[:h1, :w1]
+    return out
 
 
 def halfblock(img: np.ndarray, max_width: int | None = None) -> Text:

@@ -1,4 +1,5 @@
-"""Preset facts for `cockpit presets` and the picker, measured by `python -m trainers.inspect` in a
+"""Preset facts for `cockpit presets` and the picker: name, arch, task and description read from the YAML
+files at once (preset_stubs), parameters and estimated VRAM measured by `python -m trainers.inspect` in a
 subprocess (torch stays out of the UI process) and cached by the content of the presets and models."""
 from __future__ import annotations
 
@@ -58,17 +59,44 @@ def presets_info(refresh: bool = False, names: list[str] | None = None) -> list[
     return infos
 
 
-def fits(info: dict) -> bool | None:
+def preset_stubs() -> list[dict]:
+    """Name, arch, task and description of every preset, read from the YAML files (fast: no torch, no
+    model building). The measured facts (params, est. VRAM, profile here) arrive later from presets_info."""
+    from trainers import config
+
+    out = []
+    for name in config.preset_names():
+        info = {"name": name, "arch": "?", "task": "?", "description": "", "vram_budget_gb": 12.0}
+        try:
+            raw = config.read_yaml(config.preset_path(name))
+            info.update(arch=str(raw.get("arch", "?")), task=str(raw.get("task", "?")),
+                        description=str(raw.get("description") or ""),
+                        vram_budget_gb=float(raw.get("vram_budget_gb", 12.0)))
+        except (config.ConfigError, TypeError, ValueError) as e:
+            info["error"] = str(e)
+        out.append(info)
+    return out
+
+
+def merge_infos(stubs: list[dict], measured: list[dict]) -> list[dict]:
+    """The stubs, each updated with its measured facts (matched by name); measured-only presets appended."""
+    by_name = {m.get("name"): m for m in measured}
+    out = [{**s, **by_name.pop(s["name"], {})} for s in stubs]
+    return out + list(by_name.values())
+
+
+def vram_fits(info: dict) -> bool | None:
+    """Whether the estimated VRAM at full size fits the preset's budget; None when not measured."""
     est = info.get("est_vram_bytes")
-    if est is None:
+    if not isinstance(est, (int, float)):
         return None
-    return est <= info.get("vram_budget_gb", 12) * 2**30
+    return est <= float(info.get("vram_budget_gb", 12.0)) * 2**30
 
 
 def preset_table(infos: list[dict]) -> str:
     rows = [["preset", "arch", "task", "params", "est. VRAM (full)", "fits", "profile here"]]
     for i in infos:
-        f = fits(i)
+        f = vram_fits(i)
         rows.append([i["name"], i["arch"], i["task"], fmt_count(i.get("n_params")),
                      fmt_bytes(i.get("est_vram_bytes")) if i.get("est_vram_bytes") is not None else "n/a",
                      {True: "yes", False: f"NO (> {i.get('vram_budget_gb', 12):g} GB)", None: "?"}[f],

@@ -1,33 +1,103 @@
 """Plot data: EMA smoothing over the full data, then min/max-per-bucket downsampling that keeps spikes.
 
 A 1,000,000-point curve is reduced to ~2 points per terminal column (each bucket's min and max, in the
-order they occur), so drawing costs the same for any run length and no spike disappears.
+order they occur), so drawing costs the same for any run length and no spike disappears. A live run redraws
+its chart every few seconds: GrowingArray and SmoothCache extend the converted and the smoothed series by the
+new points only, with the same numbers as converting and smoothing the whole series again.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 
-def ema(values, strength: float) -> np.ndarray:
-    """Debiased exponential moving average (TensorBoard's smoothing): strength in [0, 1), 0 = raw."""
-    y = np.asarray(values, dtype=np.float64)
-    if strength <= 0 or y.size == 0:
-        return y
+def ema_extend(values, strength: float, acc: float = 0.0, weight: float = 0.0):
+    """The debiased EMA recurrence (TensorBoard's smoothing) over `values` (Python floats), carried on from
+    the running (acc, weight) of the points before them. Returns (smoothed values, acc, weight).
+    A NaN or inf passes through unsmoothed and the average carries on past it."""
     a = float(min(strength, 0.999))
-    out = np.empty_like(y)
-    acc, weight = 0.0, 0.0
+    out = []
+    append = out.append
     # A plain loop over Python floats: ~0.2 s for 1e6 points, and exact.
-    ylist = y.tolist()
-    for i, v in enumerate(ylist):
-        if not math.isfinite(v):
-            out[i] = v
+    for v in values:
+        if v - v != 0.0:       # NaN or inf (a cheaper test than math.isfinite in this loop)
+            append(v)
             continue
         acc = a * acc + (1 - a) * v
         weight = a * weight + (1 - a)
-        out[i] = acc / weight
-    return out
+        append(acc / weight)
+    return out, acc, weight
+
+
+def ema(values, strength: float) -> np.ndarray:
+    """Debiased exponential moving average of a whole series: strength in [0, 1), 0 = raw."""
+    y = np.asarray(values, dtype=np.float64)
+    if strength <= 0 or y.size == 0:
+        return y
+    return np.asarray(ema_extend(y.tolist(), strength)[0], dtype=np.float64)
+
+
+def _with_room(buf: np.ndarray, keep: int, n: int) -> np.ndarray:
+    """`buf` with room for n values and its first `keep` kept; capacity doubles, so appending k points to a
+    growing series costs O(k) amortised."""
+    if n <= buf.size:
+        return buf
+    grown = np.empty(max(n, 2 * buf.size, 1024))
+    grown[:keep] = buf[:keep]
+    return grown
+
+
+class GrowingArray:
+    """A float64 numpy view of a growing Python list, extended in place: a redraw after k new points
+    converts k values, not all n. `epoch` must change when earlier entries may have changed (a resumed run
+    replacing points: RunState.out_of_order, len(RunState.resumes))."""
+
+    def __init__(self):
+        self.buf = np.empty(0)
+        self.n = 0
+        self.epoch = None
+
+    def get(self, values, epoch=None) -> np.ndarray:
+        n = len(values)
+        if epoch != self.epoch or n < self.n:
+            self.n, self.epoch = 0, epoch
+        if n > self.n:
+            self.buf = _with_room(self.buf, self.n, n)
+            self.buf[self.n:n] = np.fromiter(values[self.n:n], dtype=np.float64, count=n - self.n)
+            self.n = n
+        return self.buf[:n]
+
+
+class SmoothCache:
+    """The EMA of a growing series, extended incrementally by ema_extend: the same numbers as `ema`, but a
+    redraw after k new points costs O(k), not O(n). A series that shrank or changed is recomputed."""
+
+    def __init__(self):
+        self.strength = None
+        self.n = 0
+        self.acc = 0.0
+        self.weight = 0.0
+        self.buf = np.empty(0)
+        self.last = None
+        self.epoch = None
+
+    def get(self, values, strength: float, epoch=None) -> np.ndarray:
+        """`values`: a list or 1-D array; `epoch` changes whenever earlier points may have been replaced."""
+        n = len(values)
+        if strength <= 0:
+            return np.asarray(values, dtype=np.float64)
+        tail_same = self.n and n >= self.n and self.last == values[self.n - 1] and epoch == self.epoch
+        if strength != self.strength or not tail_same:
+            self.strength, self.n, self.acc, self.weight = strength, 0, 0.0, 0.0
+            self.epoch = epoch
+        if n > self.n:
+            new = values[self.n:n]
+            new = new.tolist() if isinstance(new, np.ndarray) else new
+            smoothed, self.acc, self.weight = ema_extend(new, strength, self.acc, self.weight)
+            self.buf = _with_room(self.buf, self.n, n)
+            self.buf[self.n:n] = smoothed
+            self.n = n
+            self.last = values[n - 1]
+        return self.buf[:n]
 
 
 def downsample_minmax(x, y, buckets: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,11 +129,22 @@ def downsample_minmax(x, y, buckets: int) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], y[keep]
 
 
-def plot_series(x, y, smoothing: float = 0.0, buckets: int = 200, log_y: bool = False):
-    """Smooth on the full data, then downsample for drawing. Non-positive values are dropped for log-y."""
-    ys = ema(y, smoothing)
+def series_for_plot(x, y, width: int, smoothing: float = 0.0, log_y: bool = False,
+                    cache: SmoothCache | None = None, epoch=None):
+    """(xs, ys) ready to draw: EMA on the full data, then min/max buckets (2 per column) keep spikes;
+    non-positive values are dropped for log-y. x and y: lists or arrays (GrowingArray views avoid
+    re-converting a long list on every redraw); `cache` smooths incrementally (a live chart)."""
+    ys = cache.get(y, smoothing, epoch) if cache is not None else ema(y, smoothing)
     xs = np.asarray(x, dtype=np.float64)
+    if xs.size != ys.size:
+        m = min(xs.size, ys.size)
+        xs, ys = xs[:m], ys[:m]
     if log_y:
         ok = ys > 0
         xs, ys = xs[ok], ys[ok]
-    return downsample_minmax(xs, ys, buckets)
+    return downsample_minmax(xs, ys, width)
+
+
+def plot_series(x, y, smoothing: float = 0.0, buckets: int = 200, log_y: bool = False):
+    """series_for_plot of a whole finished series into `buckets` columns (the text reports)."""
+    return series_for_plot(x, y, buckets, smoothing, log_y)

@@ -1,6 +1,6 @@
 """Where a run screen's events come from: a trainer subprocess this cockpit launched, or a log on disk.
 
-Both are polled from a timer (cockpit.tui_logic.TICK_S): one stat and one read of the new bytes per tick,
+Both are polled from a timer (cockpit.screens.pacing.TICK_S): one stat and one read of the new bytes per tick,
 no polling storm, and nothing here ever blocks the UI: commands go down a non-blocking pipe, the trainer's
 stdout/stderr go to a file beside its log (trainer.out) so a crash's traceback survives the UI.
 No Textual and no torch here.
@@ -12,7 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from common.events import COMMANDS, encode_command
+from common.events import COMMANDS, RunEnd, encode_command
 from common.paths import OUT_NAME
 from common.reader import Follower
 
@@ -162,3 +162,32 @@ class TrainerProcess:
                 self.proc.stdin.close()
             except OSError:
                 pass
+
+
+# --- the trainer process's output ------------------------------------------------------------------------
+
+def tail_text(path: str | Path, max_lines: int = 40, max_bytes: int = 32768) -> str:
+    """The last lines of a text file ('' when missing); used when a trainer died before writing run_end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]
+    return "\n".join(lines[-max_lines:])
+
+
+def failure_event(state, exit_code: int | None, out_path: Path | None) -> RunEnd:
+    """A run_end for a trainer that died without writing one: the exit code and its output's tail."""
+    tail = tail_text(out_path) if out_path is not None else ""
+    where = f"; last lines of {out_path}:\n{tail}" if tail else (f"; {out_path} is empty" if out_path else "")
+    how = f"exit code {exit_code}" if exit_code is not None and exit_code >= 0 else \
+        f"signal {-exit_code}" if exit_code is not None else "unknown exit"
+    return RunEnd(time=state.last_time or 0.0, status="failed", step=state.step,
+                  error=f"the trainer ended ({how}) without writing run_end{where}",
+                  exit_code=exit_code if exit_code is not None else 1, synthetic=True)

@@ -1,4 +1,5 @@
-"""The TUI's pure logic (cockpit/tui_logic.py, cockpit/trainer_proc.py), tested without a terminal."""
+"""The TUI's pure logic, tested without a terminal: what the picker, the panes, the loss chart and the run
+screen's redraw pacing compute (each beside its screen or widget), and the trainer process's end."""
 from __future__ import annotations
 
 import math
@@ -8,15 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cockpit.series import ema
+from cockpit.images import fit_grid
+from cockpit.presets_info import vram_fits
+from cockpit.screens.overrides import validate_overrides
+from cockpit.screens.pacing import (REDRAW_MAX_S, REDRAW_MIN_S, RedrawGate, frame_interval, heavy_render_seconds,
+                                    pane_signatures, redraw_interval)
+from cockpit.screens.picker import filter_presets, preset_cells
+from cockpit.series import GrowingArray, SmoothCache, ema, series_for_plot
+from common.events import Sample
 from common.state import RunState
-from cockpit.tui_logic import (REDRAW_MAX_S, REDRAW_MIN_S, GrowingArray, RedrawGate, SmoothCache, cycle,
-                               diff_pair_default, failure_event, filter_presets, fit_grid,
-                               frame_interval, hbar, heavy_render_seconds,
-                               lr_phase_changes, marker_steps, memory_rows, nice_ticks, pack_words, pane_signatures,
-                               preset_cells, redraw_interval, same_prompt_indices, series_for_plot, sparkline,
-                               status_fields, steps_to_x, tail_text, tick_label, validate_overrides, vram_fits,
-                               word_diff)
+from cockpit.trainer_proc import failure_event, tail_text
+from cockpit.widgets.chart_markers import lr_phase_changes, marker_steps, steps_to_x
+from cockpit.widgets.drawing import hbar, pack_words, sparkline
+from cockpit.widgets.loss_plot import cycle, nice_ticks, tick_label
+from cockpit.widgets.memory_pane import memory_rows
+from cockpit.widgets.samples_pane import diff_pair_default, same_prompt_indices, word_diff
+from cockpit.widgets.status_line import status_fields
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tui"
 
@@ -194,15 +202,15 @@ def test_memory_rows_read_layers_totals_and_budget():
     names = [n for n, _, _ in layers]
     assert "transformer.h.0" in names
     assert sum(a for _, a, _ in layers) > 0
-    assert dict(totals)["params"] == s.memory["totals"]["params"]
+    assert dict(totals)["params"] == s.memory.totals["params"]
 
 
 # --- samples -----------------------------------------------------------------------------------------
 
 def test_sample_diff_pairs_the_same_prompt_at_two_steps():
-    samples = [{"kind": "text", "step": 10, "prompt": "\n", "text": "a b"},
-               {"kind": "text", "step": 20, "prompt": "ROMEO:", "text": "x"},
-               {"kind": "text", "step": 30, "prompt": "\n", "text": "a c"}]
+    samples = [Sample(kind="text", step=10, prompt="\n", text="a b"),
+               Sample(kind="text", step=20, prompt="ROMEO:", text="x"),
+               Sample(kind="text", step=30, prompt="\n", text="a c")]
     assert same_prompt_indices(samples, "\n") == [0, 2]
     assert diff_pair_default(samples[:2]) is None            # the latest prompt appears once
     assert diff_pair_default(samples) == (0, 2)
@@ -275,7 +283,7 @@ def test_trainer_process_commands_go_down_the_pipe_as_json_lines(tmp_path):
     for cmd in ("pause", "resume", "sample", "checkpoint", "stop"):
         assert proc.send(cmd) is None
     assert proc.proc.wait(timeout=30) == 0
-    got = [ev["message"] for ev in proc.poll()]
+    got = [ev.message for ev in proc.poll()]
     assert got == ["pause", "resume", "sample", "checkpoint", "stop"]
     assert proc.send("pause") == "the trainer is not running"
     assert proc.send("explode") is not None

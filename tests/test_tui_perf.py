@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
+from cockpit.series import GrowingArray, SmoothCache, series_for_plot
 from common.state import RunState
-from cockpit.tui_logic import GrowingArray, SmoothCache, series_for_plot
 
 N = 1_000_000
 WIDTH = 120   # chart columns: two drawn points (min and max) per column

@@ -362,7 +362,7 @@ async def test_view_keys_change_smoothing_log_y_x_axis_markers_and_sample_browsi
         await pilot.pause(0.2)
         heading = str(pane.query_one("#sample-heading").render())
         a, b = pane.diff
-        assert f"step {run.state.samples[a]['step']} vs step {run.state.samples[b]['step']}" in heading
+        assert f"step {run.state.samples[a].step} vs step {run.state.samples[b].step}" in heading
         await pilot.press("left_curly_bracket")
         assert pane.diff[1] < b
         await pilot.press("question_mark")

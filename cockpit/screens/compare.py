@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from cockpit.messages import RunsLoaded
-from cockpit.tui_logic import SMOOTHING_LEVELS, TICK_S, X_AXES, cycle
+from cockpit.screens.pacing import TICK_S
 from cockpit.widgets.loss_plot import PALETTE, LossPlot
 
 # plotext colour names -> Rich colour names for the legend
@@ -132,19 +132,19 @@ class CompareScreen(Screen):
         table.border_subtitle = notes[0] if notes else ""
 
     # --- view keys -----------------------------------------------------------------------------------
-    def _plot(self, **kw):
+    def _view(self, change):
         plot = self.query_one(LossPlot)
-        plot.configure(**kw)
+        change(plot)
         plot.border_subtitle = plot.subtitle()
 
     def action_x_axis(self):
-        self._plot(x_axis=cycle(X_AXES, self.query_one(LossPlot).x_axis))
+        self._view(LossPlot.next_x_axis)
 
     def action_smoothing(self):
-        self._plot(smoothing=cycle(SMOOTHING_LEVELS, self.query_one(LossPlot).smoothing))
+        self._view(LossPlot.next_smoothing)
 
     def action_log_y(self):
-        self._plot(log_y=not self.query_one(LossPlot).log_y)
+        self._view(LossPlot.toggle_log_y)
 
     def action_back(self):
         self.app.pop_screen()

@@ -12,7 +12,26 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from cockpit.tui_logic import validate_overrides
+
+def parse_overrides_text(text: str) -> list[str]:
+    """`train.max_steps=50 data.path="my file.txt"` -> ["train.max_steps=50", "data.path=my file.txt"]."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        from trainers.config import ConfigError
+
+        raise ConfigError(f"overrides: {e}; close the quote") from None
+
+
+def validate_overrides(preset: str, text: str) -> tuple[list[str], str | None, dict | None]:
+    """(overrides, error line or None, resolved config or None), validated by trainers.config.load."""
+    from trainers.config import ConfigError, load
+
+    try:
+        items = parse_overrides_text(text)
+        return items, None, load(preset, items)
+    except ConfigError as e:
+        return [], str(e).splitlines()[0] if str(e) else "invalid overrides", None
 
 
 def preset_keys(preset: str) -> list[str]:

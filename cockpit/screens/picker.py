@@ -15,11 +15,44 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+from common.fmt import fmt_bytes, fmt_count
 from cockpit.messages import LaunchRequested, PresetsMeasured
-from cockpit.tui_logic import filter_presets, merge_infos, preset_cells, preset_stubs, vram_fits
+from cockpit.presets_info import merge_infos, preset_stubs, presets_info, vram_fits
 from cockpit.widgets.preset_table import PresetTable
 
 COLUMNS = ("preset", "arch", "params", "est. VRAM / budget", "profile here")
+
+
+def filter_presets(infos: list[dict], query: str) -> list[dict]:
+    """Presets whose name, arch, task or description contain every word of `query` (any case); those
+    matching by name come first, then by arch or task, then by description only (so `nano` puts nanogpt
+    on top even though other descriptions mention nanoGPT)."""
+    words = query.lower().split()
+    if not words:
+        return list(infos)
+
+    def text(i, keys):
+        return " ".join(str(i.get(k, "")) for k in keys).lower()
+
+    def rank(i):
+        if all(w in text(i, ("name",)) for w in words):
+            return 0
+        return 1 if all(w in text(i, ("name", "arch", "task")) for w in words) else 2
+    hits = [i for i in infos if all(w in text(i, ("name", "arch", "task", "description")) for w in words)]
+    return sorted(hits, key=rank)
+
+
+def preset_cells(info: dict, measuring: bool = False) -> list[str]:
+    """[preset, arch, params, est. VRAM / budget, profile here] as text."""
+    pending = "…" if measuring else "?"
+    params = fmt_count(info["n_params"]) if isinstance(info.get("n_params"), int) else pending
+    budget = f"{float(info.get('vram_budget_gb', 12.0)):g} GB"
+    if isinstance(info.get("est_vram_bytes"), (int, float)):
+        vram = f"{fmt_bytes(info['est_vram_bytes'])} / {budget}"
+    else:
+        vram = f"{'n/a' if info.get('error') and not measuring else pending} / {budget}"
+    return [str(info.get("name")), str(info.get("arch", "?")), params, vram,
+            str(info.get("profile_here", pending))]
 
 
 class PickerScreen(Screen):
@@ -70,8 +103,6 @@ class PickerScreen(Screen):
 
     @work(thread=True, exclusive=True, group="presets")
     def measure(self):
-        from cockpit.presets_info import presets_info
-
         try:
             infos = presets_info()
         except Exception as e:  # noqa: BLE001 — the picker still works with the YAML facts

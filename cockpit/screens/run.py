@@ -3,7 +3,7 @@
 It is a view of one RunState folded from the event stream by the shared reducer (common/state.py): a
 timer every TICK_S seconds reads the new bytes of the log once (never a polling storm), folds every new
 event, and redraws only the panes whose inputs changed, so a burst of events renders once; while a CPU
-trainer runs, frames and the heavy panes are paced (tui_logic.frame_interval, redraw_interval) so the UI
+trainer runs, frames and the heavy panes are paced (pacing.py: frame_interval, redraw_interval) so the UI
 takes about 1% of a core from training. The first catch-up
 read of an existing log (a finished run replays, a live one is watched) runs in a worker thread.
 """
@@ -18,17 +18,31 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from common.fmt import fmt_count
 from cockpit.messages import StateLoaded
+from cockpit.screens.pacing import (TICK_S, RedrawGate, frame_interval, heavy_render_seconds, pane_signatures,
+                                    redraw_interval)
+from common.events import as_dict
 from common.state import RunState, writer_gone
-from cockpit.tui_logic import (SMOOTHING_LEVELS, TICK_S, X_AXES, RedrawGate, cycle, failure_event,
-                               frame_interval, heavy_render_seconds, pane_signatures, redraw_interval,
-                               run_title)
+from cockpit.trainer_proc import failure_event
 from cockpit.widgets.error_pane import ErrorPane
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.loss_plot import LossPlot
 from cockpit.widgets.memory_pane import MemoryPane
 from cockpit.widgets.samples_pane import SamplesPane
 from cockpit.widgets.status_line import StatusLine
+
+
+def run_title(s) -> str:
+    """`nanogpt · gpt · 0.81M params · cpu (cpu profile)`."""
+    parts = [s.preset or "run", s.arch or "?"]
+    if s.n_params is not None:
+        parts.append(f"{fmt_count(s.n_params)} params")
+    if s.device:
+        parts.append(f"{s.device}" + (f" ({s.profile} profile)" if s.profile else ""))
+    if s.world_size > 1:
+        parts.append(f"{s.world_size} ranks")
+    return " · ".join(parts)
 
 
 def _set_if_changed(widget, attr: str, value):
@@ -166,6 +180,11 @@ class RunScreen(Screen):
         return self.source.launched and not self.finished and self.source.returncode() is None
 
     @property
+    def paused_or_pausing(self) -> bool:
+        """The run is paused, or a pause was sent and not acknowledged yet: `resume` is what it needs next."""
+        return self.state.status == "paused" or self.note == "pausing…"
+
+    @property
     def writer_alive(self) -> bool:
         """Someone is still writing this log (our trainer, or a watched one)."""
         if self.source.launched:
@@ -200,7 +219,7 @@ class RunScreen(Screen):
         if gate.due("memory", sigs["memory"], pace, force):
             memory.update_state(s)
         if gate.due("gpu", sigs["gpu"], pace, force):
-            _set_if_changed(gpu, "border_title", "GPU" if (s.system or {}).get("gpus") else "system")
+            _set_if_changed(gpu, "border_title", "GPU" if s.system is not None and s.system.gpus else "system")
             gpu.update_state(s)
         if gate.due("error", sigs["error"], 0.0, force):
             self.query_one(ErrorPane).update_state(s)
@@ -224,7 +243,7 @@ class RunScreen(Screen):
         return True
 
     def action_pause(self):
-        if self.state.status == "paused" or self.note == "pausing…":
+        if self.paused_or_pausing:
             self._send("resume", "resuming…")
         else:
             self._send("pause", "pausing…")
@@ -243,25 +262,25 @@ class RunScreen(Screen):
     def action_kernels(self):
         from cockpit.screens.kernels import KernelsScreen
 
-        self.app.push_screen(KernelsScreen(list(self.state.kernels.values())))
+        self.app.push_screen(KernelsScreen([as_dict(ev) for ev in self.state.kernels.values()]))
 
     # --- view keys -----------------------------------------------------------------------------------
-    def _plot(self, **kw):
+    def _view(self, change):
         loss = self.query_one(LossPlot)
-        loss.configure(**kw)
+        change(loss)
         loss.border_subtitle = loss.subtitle()
 
     def action_smoothing(self):
-        self._plot(smoothing=cycle(SMOOTHING_LEVELS, self.query_one(LossPlot).smoothing))
+        self._view(LossPlot.next_smoothing)
 
     def action_log_y(self):
-        self._plot(log_y=not self.query_one(LossPlot).log_y)
+        self._view(LossPlot.toggle_log_y)
 
     def action_x_axis(self):
-        self._plot(x_axis=cycle(X_AXES, self.query_one(LossPlot).x_axis))
+        self._view(LossPlot.next_x_axis)
 
     def action_markers(self):
-        self._plot(show_markers=not self.query_one(LossPlot).show_markers)
+        self._view(LossPlot.toggle_markers)
 
     def action_older(self):
         self.query_one(SamplesPane).step_back()
@@ -287,6 +306,13 @@ class RunScreen(Screen):
 
     def action_quit(self):
         self.app.request_quit()
+
+    def detach(self):
+        """Let the trainer go on headless when the UI leaves: a paused run is resumed first (nobody could
+        resume it once the pipe is gone), then the pipe is closed; the log keeps growing."""
+        if self.paused_or_pausing:
+            self.source.send("resume")
+        self.source.close()
 
     def ask_quit(self):
         """q with the trainer alive: stop it, or leave it running headless."""

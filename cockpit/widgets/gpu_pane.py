@@ -7,12 +7,33 @@ from rich.text import Text
 from textual.widget import Widget
 
 from common.fmt import fmt_bytes
-from cockpit.tui_logic import gpu_summary, hbar, pack_words, sparkline, throttle_text
+from cockpit.widgets.drawing import hbar, pack_words, sparkline
 from cockpit.widgets.render_cost import RenderCost
 
 
 def _num(x):
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def gpu_summary(s) -> dict:
+    """What the GPU pane shows: {'gpus': [...]} or {'no_gpu': reason, 'cpu': {...}}; {} before any event."""
+    ev = s.system
+    if not ev:
+        return {}
+    out: dict = {"cpu": ev.cpu or {}}
+    if ev.gpus:
+        out["gpus"] = ev.gpus
+    else:
+        out["no_gpu"] = ev.nvml or "NVML unavailable"
+    return out
+
+
+def throttle_text(reasons) -> str:
+    if not reasons:
+        return "none"
+    if isinstance(reasons, str):
+        return reasons
+    return ", ".join(str(r) for r in reasons)
 
 
 class GpuPane(RenderCost, Widget):

@@ -6,7 +6,7 @@ import math
 from rich.text import Text
 from textual.widget import Widget
 
-from cockpit.tui_logic import hbar
+from cockpit.widgets.drawing import hbar
 
 
 def _num(x):

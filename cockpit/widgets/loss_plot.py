@@ -7,15 +7,61 @@ changes, skipped non-finite steps, GPU throttling, resumes).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
-from cockpit.tui_logic import (MARKERS, X_LABELS, GrowingArray, SmoothCache, marker_steps, nice_ticks,
-                               series_for_plot, steps_to_x, tick_label)
+from common.fmt import fmt_duration
+from cockpit.series import GrowingArray, SmoothCache, series_for_plot
+from cockpit.widgets.chart_markers import MARKERS, marker_steps, steps_to_x
 from cockpit.widgets.render_cost import RenderCost
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
+SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
+X_AXES = ("step", "tokens", "time")
+X_LABELS = {"step": "step", "tokens": "tokens", "time": "seconds"}
+
+
+def cycle(seq, current):
+    """The element after `current` in `seq` (wrapping); the first one when `current` is not in it."""
+    seq = tuple(seq)
+    try:
+        return seq[(seq.index(current) + 1) % len(seq)]
+    except ValueError:
+        return seq[0]
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
+    """About n round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]; `integer` keeps
+    them whole numbers (steps, tokens)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or n < 2:
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / (n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10, 20)
+                if m * mag >= raw * 0.7 and (not integer or float(m * mag).is_integer()))
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    t = first
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def tick_label(x: float, axis: str) -> str:
+    """Short tick text: 1500 -> '1500' (steps), 51200 -> '51.2k' (tokens), 90 -> '1:30' (seconds)."""
+    if axis == "time":
+        return fmt_duration(x)
+    if axis == "tokens":
+        for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(x) >= div:
+                return f"{x / div:.4g}{unit}"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:g}"
 
 
 class LossPlot(RenderCost, PlotextPlot):
@@ -49,6 +95,19 @@ class LossPlot(RenderCost, PlotextPlot):
         if show_markers is not None:
             self.show_markers = show_markers
         self.refresh()
+
+    # the screens' view keys: e (EMA strength), t (x-axis), l (log-y), m (markers)
+    def next_smoothing(self):
+        self.configure(smoothing=cycle(SMOOTHING_LEVELS, self.smoothing))
+
+    def next_x_axis(self):
+        self.configure(x_axis=cycle(X_AXES, self.x_axis))
+
+    def toggle_log_y(self):
+        self.configure(log_y=not self.log_y)
+
+    def toggle_markers(self):
+        self.configure(show_markers=not self.show_markers)
 
     def subtitle(self) -> str:
         """The legend of a single-run chart (colours, marker letters present) and the view settings, as

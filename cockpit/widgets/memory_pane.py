@@ -6,8 +6,38 @@ from rich.text import Text
 from textual.widget import Widget
 
 from common.fmt import fmt_bytes
-from cockpit.tui_logic import hbar, memory_rows, pack_words, short_layer_name
+from cockpit.widgets.drawing import hbar, pack_words
 from cockpit.widgets.render_cost import RenderCost
+
+
+def budget_bytes(s) -> int:
+    if s.memory and s.memory.budget_bytes is not None:
+        return s.memory.budget_bytes
+    gb = s.config.get("vram_budget_gb") if isinstance(s.config, dict) else None
+    return int(float(gb if isinstance(gb, (int, float)) else 12.0) * 2**30)
+
+
+def memory_rows(s) -> tuple[list[tuple[str, int, int]], list[tuple[str, int | None]], int]:
+    """(layers [(name, activation_bytes, param_bytes)], totals [(label, bytes)], budget bytes)."""
+    if not s.memory:
+        return [], [], budget_bytes(s)
+    layers = [(l.get("name", "?"), l.get("activation_bytes", 0), l.get("param_bytes", 0)) for l in s.memory.layers]
+    t = s.memory.totals
+    totals = [(label, t.get(key)) for key, label in (("params", "params"), ("grads", "grads"),
+                                                     ("optimizer", "optimizer"), ("activations", "activations"),
+                                                     ("peak_allocated", "peak alloc"))]
+    return layers, totals, budget_bytes(s)
+
+
+def short_layer_name(name: str, width: int) -> str:
+    """`transformer.h.11.attn` -> `h.11.attn` when it does not fit; keep the informative tail."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    while len(parts) > 1 and len(".".join(parts)) > width:
+        parts.pop(0)
+    tail = ".".join(parts)
+    return tail if len(tail) <= width else "…" + tail[-(width - 1):]
 
 
 class MemoryPane(RenderCost, Widget):
@@ -61,9 +91,9 @@ class MemoryPane(RenderCost, Widget):
         room = h - head - 1
         if room <= 0 or not layers:
             return out
-        heading = f"activations by layer (measured @ step {s.memory.get('step')})"
+        heading = f"activations by layer (measured @ step {s.memory.step})"
         if len(heading) > w:
-            heading = f"activations @ step {s.memory.get('step')}"
+            heading = f"activations @ step {s.memory.step}"
         out.append(heading + "\n", style="dim")
         biggest = max(a for _, a, _ in layers) or 1
         name_w = min(max(len(n) for n, _, _ in layers), max(8, w // 4))

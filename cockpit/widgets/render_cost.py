@@ -1,9 +1,9 @@
 """RenderCost: a widget that knows what one of its redraws costs the UI thread.
 
-The run screen paces its heavy panes by this (tui_logic.redraw_interval). A redraw is more than render():
-Textual then turns the renderable into styled strips (for the loss chart, decoding plotext's ANSI output is
-as dear as building the chart), so the whole of render_lines is timed, but only on passes that rendered
-afresh: a compositor pass that reuses the cached lines costs nothing worth counting.
+The run screen paces its heavy panes by this (cockpit/screens/pacing.py, redraw_interval). A redraw is more
+than render(): Textual then turns the renderable into styled strips (for the loss chart, decoding plotext's
+ANSI output is as dear as building the chart), so the whole of render_lines is timed, but only on passes
+that rendered afresh: a compositor pass that reuses the cached lines costs nothing worth counting.
 """
 from __future__ import annotations
 

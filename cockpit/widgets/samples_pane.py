@@ -3,6 +3,9 @@ image samples (diffusion presets) drawn with half-block characters in true colou
 and the sample diff: the same prompt's output at two chosen steps side by side, new words highlighted."""
 from __future__ import annotations
 
+import difflib
+import re
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,10 +13,47 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
-from cockpit.tui_logic import diff_pair_default, fit_grid, same_prompt_indices, sample_heading, word_diff
+from common.events import Sample
 
 
-def render_image(ev: dict, width: int, height: int):
+def sample_heading(ev: Sample, index: int, count: int) -> str:
+    head = f"{ev.kind} sample {index + 1}/{count} @ step {ev.step}"
+    if ev.prompt and ev.prompt.strip():
+        p = ev.prompt.strip().replace("\n", "⏎")
+        head += f" · prompt {p[:40]!r}"
+    if ev.kind == "image" and ev.classes is not None:
+        head += " · classes " + " ".join(map(str, ev.classes))
+    return head
+
+
+def same_prompt_indices(samples: list[Sample], prompt) -> list[int]:
+    """Indices of text samples with the given prompt, oldest first."""
+    return [i for i, ev in enumerate(samples) if ev.kind == "text" and ev.prompt == prompt]
+
+
+def diff_pair_default(samples: list[Sample]) -> tuple[int, int] | None:
+    """The default pair for the sample diff: the earliest and the latest text sample with the latest
+    sample's prompt; None when fewer than two such samples exist."""
+    texts = [i for i, ev in enumerate(samples) if ev.kind == "text"]
+    if not texts:
+        return None
+    same = same_prompt_indices(samples, samples[texts[-1]].prompt)
+    return (same[0], same[-1]) if len(same) >= 2 else None
+
+
+def word_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """b split into (chunk, tag) with tag 'same' or 'new' against a (word level, whitespace kept)."""
+    wa = re.findall(r"\S+|\s+", a)
+    wb = re.findall(r"\S+|\s+", b)
+    out = []
+    sm = difflib.SequenceMatcher(a=wa, b=wb, autojunk=False)
+    for op, _i1, _i2, j1, j2 in sm.get_opcodes():
+        if j2 > j1:
+            out.append(("".join(wb[j1:j2]), "same" if op == "equal" else "new"))
+    return out
+
+
+def render_image(ev: Sample, width: int, height: int):
     """A Rich renderable of an image sample fitted to width x height cells (class columns of a sample grid
     reflow onto several lines), or a one-line reason it cannot be drawn."""
     try:
@@ -21,8 +61,8 @@ def render_image(ev: dict, width: int, height: int):
     except ImportError as e:
         return Text(f"(cannot draw image samples: cockpit.images is not available: {e})", style="yellow")
     try:
-        img = images.decode_image(ev["image"])
-        fitted = fit_grid(img, ev.get("grid"), max(4, width), max(2, 2 * height))
+        img = images.decode_image(ev.image)
+        fitted = images.fit_grid(img, ev.grid, max(4, width), max(2, 2 * height))
         return images.halfblock(fitted)
     except Exception as e:  # noqa: BLE001 — a malformed payload must not take the UI down
         return Text(f"(image sample could not be decoded: {type(e).__name__}: {e})", style="red")
@@ -89,8 +129,8 @@ class SamplesPane(Widget):
             return None
         i = self.current_index()
         pair = None
-        if i is not None and self.samples[i].get("kind") == "text":
-            same = same_prompt_indices(self.samples, self.samples[i].get("prompt"))
+        if i is not None and self.samples[i].kind == "text":
+            same = same_prompt_indices(self.samples, self.samples[i].prompt)
             if len(same) >= 2:
                 pair = (same[0], i) if same[0] != i else (i, same[-1])
         pair = pair or diff_pair_default(self.samples)
@@ -106,7 +146,7 @@ class SamplesPane(Widget):
 
     def _move_diff(self, side: int, delta: int):
         a, b = self.diff
-        same = same_prompt_indices(self.samples, self.samples[a].get("prompt"))
+        same = same_prompt_indices(self.samples, self.samples[a].prompt)
         cur = (a, b)[side]
         pos = same.index(cur) if cur in same else 0
         pos = min(max(pos + delta, 0), len(same) - 1)
@@ -140,15 +180,15 @@ class SamplesPane(Widget):
         if self.diff is not None:
             a, b = self.diff
             ea, eb = self.samples[a], self.samples[b]
-            heading.update(Text(f"sample diff · step {ea.get('step')} vs step {eb.get('step')} "
+            heading.update(Text(f"sample diff · step {ea.step} vs step {eb.step} "
                                 f"(same prompt; new words highlighted)", style="bold"), layout=False)
             grid = Table.grid(expand=True, padding=(0, 1))
             grid.add_column(ratio=1, overflow="fold")
             grid.add_column(ratio=1, overflow="fold")
-            left = Text(f"step {ea.get('step')}\n", style="bold")
-            left.append(ea.get("text", ""))
-            right = Text(f"step {eb.get('step')}\n", style="bold")
-            for chunk, tag in word_diff(ea.get("text", ""), eb.get("text", "")):
+            left = Text(f"step {ea.step}\n", style="bold")
+            left.append(ea.text or "")
+            right = Text(f"step {eb.step}\n", style="bold")
+            for chunk, tag in word_diff(ea.text or "", eb.text or ""):
                 right.append(chunk, style="black on green" if tag == "new" and chunk.strip() else "")
             grid.add_row(left, right)
             body.update(grid)
@@ -159,7 +199,7 @@ class SamplesPane(Widget):
         if self.index is not None:
             head.append("  ([ older, ] newer)", style="dim")
         heading.update(head, layout=False)   # one row, fixed: no layout pass for it
-        if ev.get("kind") == "image":
+        if ev.kind == "image":
             w, h = max(4, self.size.width - 1), max(2, self.size.height - 1)
             key = (id(ev), w, h)
             if key not in self._image_cache:
@@ -168,4 +208,4 @@ class SamplesPane(Widget):
                 self._image_cache[key] = render_image(ev, w, h)
             body.update(self._image_cache[key])
         else:
-            body.update(Text(ev.get("text", "")))
+            body.update(Text(ev.text or ""))

@@ -1,10 +1,35 @@
 """The status line: step/max, loss, val, lr, tokens/s, elapsed, ETA and the run state, in one row."""
 from __future__ import annotations
 
+import math
+
 from rich.text import Text
 from textual.widget import Widget
 
-from cockpit.tui_logic import STATE_STYLE, status_fields
+from common.fmt import fmt_duration, fmt_loss, fmt_rate
+
+STATE_STYLE = {"running": "green", "paused": "yellow", "completed": "bold green", "stopped": "yellow",
+               "failed": "bold red", "killed": "red", "waiting": "dim", "stopping": "yellow",
+               "starting": "dim"}
+
+
+def status_fields(s, note: str | None = None) -> list[tuple[str, str]]:
+    """(label, value) pairs of the status line: step/max, loss, lr, rate, elapsed, ETA, state."""
+    unit = "tok/s" if s.unit == "tokens" else "it/s"
+    lr = f"{s.lr:.2e}" if isinstance(s.lr, float) and math.isfinite(s.lr) else "-"
+    state = note or s.status
+    if s.exit_code not in (None, 0) and s.status in ("failed", "killed", "stopped"):
+        state += f" (exit {s.exit_code})"
+    return [
+        ("", state),
+        ("step", f"{s.step}/{s.max_steps or '?'}"),
+        ("loss", fmt_loss(s.loss)),
+        ("val", fmt_loss(s.val.values[-1]) if len(s.val) else "-"),
+        ("lr", lr),
+        (unit, fmt_rate(s.throughput)),
+        ("elapsed", fmt_duration(s.elapsed if len(s.train) else None)),
+        ("ETA", fmt_duration(s.eta())),
+    ]
 
 
 class StatusLine(Widget):
