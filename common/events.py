@@ -23,7 +23,7 @@ skip them), and a `v` newer than SCHEMA_VERSION is noted by the reader. No torch
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, TypedDict, Union
+from typing import Any, ClassVar, Literal, Optional, TypedDict, Union
 
 import msgspec
 
@@ -128,6 +128,17 @@ class Grid(TypedDict, total=False):
 Metrics = dict[str, Union[Num, int, bool, str, None]]
 
 
+def _check_image(img: Image) -> None:
+    """The payload holds exactly h*w*c bytes (counted from the base64 length, without decoding it)."""
+    h, w, c, data = img["h"], img["w"], img["c"], img["data"]
+    if c not in (1, 3, 4) or h <= 0 or w <= 0:
+        raise ValueError(f"image of {h}x{w}x{c}: needs h, w > 0 and 1, 3 or 4 channels")
+    n = len(data)
+    size = n // 4 * 3 - (data.endswith("=") + data.endswith("==")) if n % 4 == 0 else -1
+    if size != h * w * c:
+        raise ValueError(f"image payload holds {max(size, 0)} bytes, not h*w*c = {h * w * c}")
+
+
 _NON_FINITE = frozenset(("nan", "inf", "-inf"))
 
 
@@ -139,12 +150,9 @@ def _finite(x):
 # --- events ------------------------------------------------------------------------------------------------
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
+    type: ClassVar[str] = ""  # the tag ("step", ...), set on each class below
     v: int = SCHEMA_VERSION
     time: Optional[float] = None
-
-    @property
-    def type(self) -> str:
-        return type(self).__struct_config__.tag
 
 
 class RunStart(Event, tag="run_start", kw_only=True, gc=False):
@@ -220,8 +228,10 @@ class Sample(Event, tag="sample", kw_only=True, gc=False):
     def __post_init__(self):
         if self.kind == "text" and self.text is None:
             raise ValueError("a text sample needs `text`")
-        if self.kind == "image" and self.image is None:
-            raise ValueError("an image sample needs `image`")
+        if self.kind == "image":
+            if self.image is None:
+                raise ValueError("an image sample needs `image`")
+            _check_image(self.image)
 
 
 class Memory(Event, tag="memory", kw_only=True, gc=False):
@@ -313,6 +323,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls
     for cls in (RunStart, Step, Eval, Sample, Memory, System, Checkpoint, Kernel, Log, RunEnd)
 }
+for _kind, _cls in EVENT_TYPES.items():
+    _cls.type = _kind
 AnyEvent = Union[RunStart, Step, Eval, Sample, Memory, System, Checkpoint, Kernel, Log, RunEnd]
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from common import events as E
 from common.procs import trainer_alive
-from common.reader import read_events
+from common.reader import read_blocks
 
 THERMAL_THROTTLE = ("hw_thermal", "sw_thermal", "hw_slowdown", "hw_power_brake")
 
@@ -123,19 +123,19 @@ class RunState:
     def apply(self, ev) -> None:
         self.events += 1
         self.version += 1
-        handler = _HANDLERS.get(ev.__class__)
-        if handler is None:
+        entry = _HANDLERS.get(ev.__class__)
+        if entry is None:
             if isinstance(ev, dict):
                 ev = E.convert(ev)
-                handler = _HANDLERS.get(ev.__class__)
-            if handler is None:
+                entry = _HANDLERS.get(ev.__class__)
+            if entry is None:
                 if isinstance(ev, E.Unknown):
                     t = ev.type[:40]
                     self.unknown_types[t] = self.unknown_types.get(t, 0) + 1
                 else:  # Invalid, or not an event at all
                     self.bad_events += 1
                 return
-        kind = ev.type
+        kind, handler = entry
         self.counts[kind] = self.counts.get(kind, 0) + 1
         t = ev.time
         if t is not None:
@@ -148,9 +148,33 @@ class RunState:
             self.bad_events += 1
 
     def apply_all(self, events) -> "RunState":
+        """apply() each event in turn. A run of step events (most of a long log) goes faster: each is added
+        to the curves, and the latest values (step, loss, lr ...) are taken from the last of the run."""
+        Step, pending, n = E.Step, None, 0
         for ev in events:
+            if ev.__class__ is Step:
+                if self.start_time is None:
+                    self.start_time = ev.time
+                _add_step(self, ev)
+                pending = ev
+                n += 1
+                continue
+            if pending is not None:
+                self._took_steps(pending, n)
+                pending, n = None, 0
             self.apply(ev)
+        if pending is not None:
+            self._took_steps(pending, n)
         return self
+
+    def _took_steps(self, last: E.Step, n: int) -> None:
+        """Bookkeeping of n step events folded by _add_step, `last` the latest."""
+        self.events += n
+        self.version += n
+        self.counts["step"] = self.counts.get("step", 0) + n
+        if last.time is not None:
+            self.last_time = last.time
+        _step_values(self, last)
 
     # --- derived -------------------------------------------------------------------------------------
     @property
@@ -219,11 +243,14 @@ def _run_start(s: RunState, ev: E.RunStart):
     s.status = "running"
 
 
-def _step(s: RunState, ev: E.Step):
+def _add_step(s: RunState, ev: E.Step):
+    """The step's point on the train curve (replacing later points when steps went backwards)."""
     step, train = ev.step, s.train
-    units = ev.tokens if ev.tokens is not None else ev.items
+    units = ev.tokens
     if units is None:
-        units = train.units[-1] if train.units else 0.0
+        units = ev.items
+        if units is None:
+            units = train.units[-1] if train.units else 0.0
     el = ev.elapsed
     if el is None:
         el = ev.time - s.start_time if s.start_time is not None and ev.time is not None else 0.0
@@ -237,14 +264,23 @@ def _step(s: RunState, ev: E.Step):
     train.units.append(units)
     train.times.append(el)
     s.lrs.append(ev.lr)
-    s.step, s.loss, s.lr, s.grad_norm = step, ev.loss, ev.lr, ev.grad_norm
     if ev.throughput is not None:
         s.throughput = ev.throughput
-    s.units_seen, s.elapsed = units, el
     if ev.max_steps is not None:
         s.max_steps = ev.max_steps
+
+
+def _step_values(s: RunState, ev: E.Step):
+    """The latest values, from the latest step event (its point is already on the curve)."""
+    s.step, s.loss, s.lr, s.grad_norm = ev.step, ev.loss, ev.lr, ev.grad_norm
+    s.units_seen, s.elapsed = s.train.units[-1], s.train.times[-1]
     if s.status == "waiting":
         s.status = "running"
+
+
+def _step(s: RunState, ev: E.Step):
+    _add_step(s, ev)
+    _step_values(s, ev)
 
 
 def _eval(s: RunState, ev: E.Eval):
@@ -311,10 +347,11 @@ def _run_end(s: RunState, ev: E.RunEnd):
         s.step = ev.step
 
 
-_HANDLERS = {
-    E.RunStart: _run_start, E.Step: _step, E.Eval: _eval, E.Sample: _sample, E.Memory: _memory,
-    E.System: _system, E.Checkpoint: _checkpoint, E.Kernel: _kernel, E.Log: _log, E.RunEnd: _run_end,
-}
+_HANDLERS = {cls: (kind, handler) for kind, cls, handler in (
+    ("run_start", E.RunStart, _run_start), ("step", E.Step, _step), ("eval", E.Eval, _eval),
+    ("sample", E.Sample, _sample), ("memory", E.Memory, _memory), ("system", E.System, _system),
+    ("checkpoint", E.Checkpoint, _checkpoint), ("kernel", E.Kernel, _kernel), ("log", E.Log, _log),
+    ("run_end", E.RunEnd, _run_end))}
 
 
 # --- fold, then decide ---------------------------------------------------------------------------------------
@@ -334,6 +371,8 @@ def settle(s: RunState) -> bool:
 
 def load_state(path, stats=None) -> RunState:
     """Fold a whole log; a run without run_end whose trainer is gone is marked killed."""
-    s = RunState().apply_all(read_events(path, stats))
+    s = RunState()
+    for block in read_blocks(path, stats):
+        s.apply_all(block)
     settle(s)
     return s
