@@ -1,14 +1,28 @@
-"""BitLinear of BitNet b1.58 (Ma et al. 2024): ternary weights x int8 activations, fused.
+"""BitLinear of BitNet b1.58 (Ma et al. 2024): ternary weights x int8 activations; the PyTorch reference
+and the fused Triton kernels.
 
-Same arguments, result and straight-through gradients as `trainers.models.bitnet.bitlinear_ref(x, w, eps)`:
     x̂     = RMSNorm(x)  (no gain),  s = 127 / max|x̂|  per token,   x_int = Clip(Round(x̂ s), -128, 127)
     γ     = max(mean|W|, eps),                                       W_int = Clip(Round(W / γ), -1, 1)
     y     = (x_int W_int^T) γ / s
+Straight-through estimator: the forward uses the rounded values, the backward passes the gradient through
+Round/Clip unchanged (the scales are constants), so dL/dW and dL/dx̂ reach the latent weights.
+
+PyTorch reference (the BitNet model trains with it and exports with the two quantisers):
+    weight_quant(w, eps=1e-5) -> (w_int, gamma)
+        w: (out, in) float. w_int: same shape, float with values in {-1, 0, 1}; gamma: 0-d tensor, w ≈ w_int·γ.
+    activation_quant(x, eps=1e-5) -> (x_int, scale)
+        x: (..., in). x_int: same shape, float with integer values in [-128, 127]; scale: (..., 1) = 127/max|x|,
+        x ≈ x_int / scale.
+    bitlinear_ref(x, weight, eps=1e-5) -> y
+        x: (..., in), weight: (out, in) latent fp weights. The training-mode forward (RMSNorm without gain,
+        quantise both, integer-valued matmul, rescale), with the straight-through estimator for backward.
+The fused `bitlinear(x, weight, eps)` takes the arguments and gives the result and gradients of `bitlinear_ref`.
+
 Forward, three Triton kernels:
     1. per row: RMSNorm, absmax and 8-bit quantisation in one pass -> x_int (int8), rstd, s
     2. W -> W_int (int8 in {-1, 0, 1}) given γ (one torch reduction)
     3. int8 x int8 matmul with int32 accumulation (tensor cores on sm80+), rescaled by γ / s in the epilogue
-Backward (straight-through estimator: Round/Clip pass gradients unchanged, scales are constants):
+Backward (straight-through, as the reference):
     dx̂ = γ dy W_int,   dW = (dy / s)^T x_int          (dense matmuls: cuBLAS already does these best)
     dx  = rstd (dx̂ - x̂ mean(dx̂ x̂))                  (Triton: the RMSNorm backward without gain)
 Rounding is half-to-even, as torch.round, so the kernel and the reference quantise identically.
@@ -16,23 +30,42 @@ Rounding is half-to-even, as torch.round, so the kernel and the reference quanti
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+import torch.nn.functional as F
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register, row_tiles
+from kernels._triton import tl, triton
 
 
-def _bitnet():
-    from trainers.models import bitnet  # the model file owns the reference definition
-
-    return bitnet
-
-
-def reference(x, weight, eps: float = 1e-5):
-    return _bitnet().bitlinear_ref(x, weight, eps)
+# ---------------------------------------------------------------------------------------------- PyTorch
+def weight_quant(w, eps: float = 1e-5):
+    """absmean ternary quantisation: γ = max(mean|W|, ε), W_int = Clip(Round(W / γ), -1, 1)."""
+    gamma = w.abs().mean().clamp(min=eps)
+    return (w / gamma).round().clamp(-1, 1), gamma
 
 
+def activation_quant(x, eps: float = 1e-5):
+    """per-token absmax 8-bit quantisation: s = 127 / max|x|, x_int = Clip(Round(x · s), -128, 127)."""
+    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
+    return (x * scale).round().clamp(-128, 127), scale
+
+
+def ste(x, q):
+    """Straight-through: the forward value is exactly q, the gradient flows to x unchanged."""
+    return q.detach() + (x - x.detach())
+
+
+def bitlinear_ref(x, weight, eps: float = 1e-5):
+    """Training-mode BitLinear forward: RMSNorm -> int8 activations × ternary weights -> rescale."""
+    x = F.rms_norm(x, (x.size(-1),), eps=eps)
+    x_int, scale = activation_quant(x, eps)
+    w_int, gamma = weight_quant(weight, eps)
+    x_int = ste(x * scale.detach(), x_int)          # dL/dx = dL/dx_int · s (so that x ≈ x_int / s)
+    w_int = ste(weight / gamma.detach(), w_int)     # dL/dW = dL/dW_int / γ (so that W ≈ W_int · γ)
+    return F.linear(x_int, w_int) * (gamma.detach() / scale.detach())
+
+
+# ----------------------------------------------------------------------------------------------- Triton
 @triton.jit
 def _round_half_even(v):
     r = tl.floor(v + 0.5)
@@ -162,7 +195,7 @@ class BitLinearFunction(torch.autograd.Function):
 
 
 def bitlinear(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Fused BitLinear: x (..., in), latent weight (out, in); as `trainers.models.bitnet.bitlinear_ref`."""
+    """Fused BitLinear: x (..., in), latent weight (out, in); as `bitlinear_ref`."""
     return BitLinearFunction.apply(x, weight, eps)
 
 
@@ -174,6 +207,6 @@ def make_inputs(shape, dtype, device, seed):
 
 KERNEL = register(Kernel(
     name="bitlinear", title="BitNet b1.58 linear: int8 activations x ternary weights (int32 accumulate)",
-    reference=reference, fused=bitlinear, make_inputs=make_inputs, dims="tokens x in x out",
+    reference=bitlinear_ref, fused=bitlinear, make_inputs=make_inputs, dims="tokens x in x out",
     shapes={"cpu": [(64, 128, 96), (37, 100, 45)], "gpu": [(8 * 1024, 768, 3072)]},
 ))

@@ -1,13 +1,22 @@
-"""Chunkwise retention of RetNet (Sun et al. 2023, eq. 7), fused forward and backward
-(the fused-chunk form of flash-linear-attention's retention).
+"""Retention of RetNet (Sun et al. 2023, section 2.1): the three PyTorch forms and the fused chunkwise Triton
+kernel, forward and backward (the fused-chunk form of flash-linear-attention's retention).
 
-One head with decay γ, q, k (T, dk), v (T, dv), chunks of B tokens, j the position inside a chunk of
-length L, D_nm = γ^(n-m) for n >= m (else 0), ξ_j = γ^(j+1), ζ_j = γ^(L-1-j):
-    O_[i] = (Q_[i] K_[i]^T ⊙ D) V_[i] + (Q_[i] S_{i-1}) ⊙ ξ        (inside the chunk + the carried state)
-    S_i   = γ^L S_{i-1} + (K_[i] ⊙ ζ)^T V_[i]
-Same arguments and results as `trainers.models.retnet.retention_recurrent(q, k, v, gamma, state)`:
-q, k (B, H, T, dk); v (B, H, T, dv); gamma (H,) (a constant buffer, no gradient); state (B, H, dk, dv)
-or None -> y (B, H, T, dv), state.
+One head with decay γ, q, k (T, dk), v (T, dv):
+    parallel   (eq. 5):  Retention(X) = (Q Kᵀ ⊙ D) V,   D_nm = γ^(n-m) if n >= m else 0
+    recurrent  (eq. 6):  S_n = γ S_n-1 + K_nᵀ V_n;   Retention(X_n) = Q_n S_n
+    chunkwise  (eq. 7):  chunks of B tokens, j the position inside a chunk of length L,
+                         ξ_j = γ^(j+1), ζ_j = γ^(L-1-j):
+        O_[i] = (Q_[i] K_[i]^T ⊙ D) V_[i] + (Q_[i] S_{i-1}) ⊙ ξ        (inside the chunk + the carried state)
+        S_i   = γ^L S_{i-1} + (K_[i] ⊙ ζ)^T V_[i]
+
+PyTorch forms, all fp32 (the RetNet model trains with the chunkwise one and generates with the recurrent one):
+    retention_parallel(q, k, v, gamma) -> y
+    retention_recurrent(q, k, v, gamma, state=None) -> (y, state)
+    retention_chunkwise(q, k, v, gamma, chunk=64, state=None) -> (y, state)
+        q, k: (B, H, T, dk) (already rotated and scaled); v: (B, H, T, dv); gamma: (H,) decays in (0, 1);
+        state: (B, H, dk, dv) or None (zeros); y: (B, H, T, dv). The parallel form starts from zero state.
+The fused `retention(q, k, v, gamma, state)` takes the arguments and gives the results of
+`retention_recurrent` (gamma is a constant buffer, no gradient).
 
 Forward: one program per (batch x head, block of dv) walks the chunks with S (dk x BLOCK_V) in
 registers; every product is a tl.dot. Backward, two sweeps of the same shape:
@@ -21,29 +30,63 @@ For fp32 inputs the products use IEEE fp32 (input_precision="ieee"), for bf16 th
 """
 from __future__ import annotations
 
+import math
+
 import torch
-import triton
-import triton.language as tl
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register
+from kernels._triton import tl, triton
 
 
-def _retnet():
-    from trainers.models import retnet  # the model file owns the reference definition
-
-    return retnet
-
-
-def reference(q, k, v, gamma, state=None):
-    return _retnet().retention_recurrent(q, k, v, gamma, state)
-
-
-def baseline(q, k, v, gamma, state=None):
-    """What the PyTorch training path runs (chunkwise form, chunk 64): the timing baseline."""
-    return _retnet().retention_chunkwise(q, k, v, gamma, 64, state)
+# ---------------------------------------------------------------------------------------------- PyTorch
+def decay_mask(gamma, T: int, device=None):
+    """D (H, T, T): D_nm = γ^(n-m) for n >= m, else 0."""
+    n = torch.arange(T, device=device, dtype=torch.float32)
+    diff = n[:, None] - n[None, :]                                          # n - m
+    log_d = diff * torch.log(gamma.float())[:, None, None]
+    return torch.exp(log_d.masked_fill(diff < 0, -math.inf))
 
 
+def retention_parallel(q, k, v, gamma):
+    """(Q Kᵀ ⊙ D) V: the form that trains like attention (O(T²))."""
+    D = decay_mask(gamma, q.size(2), q.device).to(q.dtype)
+    return ((q @ k.transpose(-1, -2)) * D) @ v
+
+
+def retention_recurrent(q, k, v, gamma, state=None):
+    """S_n = γ S_n-1 + K_nᵀ V_n;  y_n = Q_n S_n: one token at a time (O(1) per token)."""
+    B, H, T, dk = q.shape
+    if state is None:
+        state = q.new_zeros(B, H, dk, v.size(-1))
+    g = gamma.to(q.dtype)[None, :, None, None]
+    ys = []
+    for n in range(T):
+        state = g * state + k[:, :, n, :, None] * v[:, :, n, None, :]
+        ys.append((q[:, :, n, None, :] @ state).squeeze(2))
+    return torch.stack(ys, dim=2), state
+
+
+def retention_chunkwise(q, k, v, gamma, chunk: int = 64, state=None):
+    """Parallel inside each chunk, recurrent across chunks (O(T · chunk)); the last chunk may be shorter."""
+    B, H, T, dk = q.shape
+    if state is None:
+        state = q.new_zeros(B, H, dk, v.size(-1))
+    log_g = torch.log(gamma.float()).to(q.device)[None, :, None, None]      # (1, H, 1, 1)
+    ys = []
+    for i in range(0, T, chunk):
+        qc, kc, vc = q[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk]
+        L = qc.size(2)
+        j = torch.arange(L, device=q.device, dtype=torch.float32)[None, None, :, None]
+        xi = torch.exp((j + 1) * log_g).to(q.dtype)                          # γ^(j+1): decay of the carried state
+        zeta = torch.exp((L - 1 - j) * log_g).to(q.dtype)                    # γ^(L-j-1): decay to the chunk end
+        inner = ((qc @ kc.transpose(-1, -2)) * decay_mask(gamma, L, q.device).to(q.dtype)) @ vc
+        ys.append(inner + (qc @ state) * xi)
+        state = torch.exp(L * log_g).to(q.dtype) * state + kc.transpose(-1, -2) @ (vc * zeta)
+    return torch.cat(ys, dim=2), state
+
+
+# ----------------------------------------------------------------------------------------------- Triton
 @triton.jit
 def _decays(t0, T, log_g, BT: tl.constexpr):
     """Row mask, ξ, ζ, D and γ^L for the chunk starting at t0."""
@@ -199,7 +242,7 @@ class RetentionFunction(torch.autograd.Function):
 
 
 def retention(q, k, v, gamma, state=None):
-    """Fused chunkwise retention; arguments and results as `trainers.models.retnet.retention_recurrent`."""
+    """Fused chunkwise retention; arguments and results as `retention_recurrent`."""
     return RetentionFunction.apply(q, k, v, gamma, state)
 
 
@@ -213,8 +256,8 @@ def make_inputs(shape, dtype, device, seed):
 
 
 KERNEL = register(Kernel(
-    name="retention", title="RetNet chunkwise retention (recurrent reference from trainers/models/retnet.py)",
-    reference=reference, fused=retention, baseline=baseline, make_inputs=make_inputs,
+    name="retention", title="RetNet chunkwise retention (recurrent reference, chunkwise PyTorch baseline)",
+    reference=retention_recurrent, baseline=retention_chunkwise, fused=retention, make_inputs=make_inputs,
     dims="batch x heads x T x dk x dv",
     shapes={"cpu": [(1, 2, 32, 16, 32), (1, 3, 19, 12, 20)], "gpu": [(8, 12, 1024, 64, 128)]},
 ))

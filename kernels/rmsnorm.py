@@ -13,10 +13,9 @@ summed afterwards (deterministic, no atomics), as in Liger-Kernel's rms_norm.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._harness import Kernel, generator, n_programs, randn, register, row_tiles
+from kernels._triton import tl, triton
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from trainers.models.gpt import MLP, CausalSelfAttention, LayerNorm
+from kernels.integrate import LayerNorm
+from trainers.models.gpt import MLP, CausalSelfAttention
 
 
 @dataclass
