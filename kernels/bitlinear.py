@@ -24,7 +24,7 @@ Forward, three Triton kernels:
     3. int8 x int8 matmul with int32 accumulation (tensor cores on sm80+), rescaled by γ / s in the epilogue
 Backward (straight-through, as the reference):
     dx̂ = γ dy W_int,   dW = (dy / s)^T x_int          (dense matmuls: cuBLAS already does these best)
-    dx  = rstd (dx̂ - x̂ mean(dx̂ x̂))                  (Triton: the RMSNorm backward without gain)
+    dx  = rstd (dx̂ - x̂ mean(dx̂ x̂))                  (Triton: kernels/rmsnorm.py's backward, without gain)
 Rounding is half-to-even, as torch.round, so the kernel and the reference quantise identically.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register, row_tiles
 from kernels._triton import tl, triton
+from kernels.rmsnorm import rms_norm_backward
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
@@ -121,21 +122,6 @@ def _int8_matmul(XQ, WQ, SCALE, GAMMA, Y, M, N, K, BLOCK_M: tl.constexpr, BLOCK_
              mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
-@triton.jit
-def _rmsnorm_nogain_bwd(DXN, X, RSTD, DX, M, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_K)
-    rmask = rows < M
-    mask = rmask[:, None] & (cols < K)[None, :]
-    offs = rows[:, None] * K + cols[None, :]
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(DXN + offs, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
-    xn = x * rstd[:, None]
-    c = tl.sum(g * xn, axis=1) / K
-    tl.store(DX + offs, ((g - xn * c[:, None]) * rstd[:, None]).to(DX.dtype.element_ty), mask=mask)
-
-
 def _mm_tiles(M: int, N: int, K: int) -> tuple[int, int, int]:
     if interpreting():
         return min(next_pow2(M), 64), min(next_pow2(N), 64), min(next_pow2(K), 256)
@@ -183,14 +169,11 @@ class BitLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, x_int, w_int, rstd, scale, gamma = ctx.saved_tensors
-        M, K = x2.shape
+        M = x2.shape[0]
         dy = dy.reshape(M, -1).float()
         dxn = (dy @ w_int.float()) * gamma                      # straight through Round/Clip of W and x̂ s
         dw = (dy / scale[:, None]).t() @ x_int.float()          # (N, K)
-        dx = torch.empty_like(x2)
-        BM, BK, warps = row_tiles(M, K)
-        _rmsnorm_nogain_bwd[(triton.cdiv(M, BM),)](dxn, x2, rstd, dx, M, K, BLOCK_M=BM, BLOCK_K=BK,
-                                                   num_warps=warps)
+        dx, _ = rms_norm_backward(dxn, x2, None, rstd)
         return dx.view(ctx.shape), dw.to(ctx.w_dtype), None
 
 

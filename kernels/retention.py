@@ -88,8 +88,9 @@ def retention_chunkwise(q, k, v, gamma, chunk: int = 64, state=None):
 
 # ----------------------------------------------------------------------------------------------- Triton
 @triton.jit
-def _decays(t0, T, log_g, BT: tl.constexpr):
-    """Row mask, ξ, ζ, D and γ^L for the chunk starting at t0."""
+def _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT: tl.constexpr):
+    """For the chunk starting at t0 of head pid_bh: its rows of the (B*H*T, d) views, the masks of its
+    (BT, dk) and (BT, dv) tiles, and ξ, ζ, D and γ^L."""
     js = tl.arange(0, BT)
     rmask = t0 + js < T
     L = tl.sum(rmask.to(tl.float32), axis=0)
@@ -98,7 +99,14 @@ def _decays(t0, T, log_g, BT: tl.constexpr):
     zeta = tl.where(rmask, tl.exp((L - 1.0 - jf) * log_g), 0.0)
     diff = jf[:, None] - jf[None, :]
     D = tl.where(diff >= 0.0, tl.exp(tl.where(diff >= 0.0, diff, 0.0) * log_g), 0.0)
-    return rmask, xi, zeta, D, tl.exp(L * log_g)
+    rows = pid_bh * T + t0 + js
+    return rows, rmask[:, None] & kmask[None, :], rmask[:, None] & vmask[None, :], xi, zeta, D, tl.exp(L * log_g)
+
+
+@triton.jit
+def _tile(P, rows, cols, width, mask):
+    """The fp32 tile (rows x cols) of a row-major matrix `width` wide."""
+    return tl.load(P + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -106,8 +114,7 @@ def _ret_fwd(Q, Kx, V, G, S0, O, SOUT, H, T, DK, DV, HAS_S0: tl.constexpr, PREC:
              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
-    js, ks = tl.arange(0, BT), tl.arange(0, BK)
-    vs = pid_v * BV + tl.arange(0, BV)
+    ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
     if HAS_S0:
@@ -115,13 +122,8 @@ def _ret_fwd(Q, Kx, V, G, S0, O, SOUT, H, T, DK, DV, HAS_S0: tl.constexpr, PREC:
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
     for t0 in range(0, T, BT):
-        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
-        rows = pid_bh * T + t0 + js
-        qk_mask = rmask[:, None] & kmask[None, :]
-        v_mask = rmask[:, None] & vmask[None, :]
-        q = tl.load(Q + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT)
+        q, k, v = _tile(Q, rows, ks, DK, qk_mask), _tile(Kx, rows, ks, DK, qk_mask), _tile(V, rows, vs, DV, v_mask)
         A = tl.dot(q, tl.trans(k), input_precision=PREC) * D
         o = tl.dot(A, v, input_precision=PREC) + tl.dot(q, S, input_precision=PREC) * xi[:, None]
         tl.store(O + rows[:, None] * DV + vs[None, :], o.to(O.dtype.element_ty), mask=v_mask)
@@ -134,8 +136,7 @@ def _ret_bwd_dq(Q, Kx, V, G, S0, DO, DQ_P, BH, H, T, DK, DV, HAS_S0: tl.constexp
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
-    js, ks = tl.arange(0, BT), tl.arange(0, BK)
-    vs = pid_v * BV + tl.arange(0, BV)
+    ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     if HAS_S0:
         S = tl.load(S0 + pid_bh * DK * DV + ks[:, None] * DV + vs[None, :],
@@ -143,13 +144,8 @@ def _ret_bwd_dq(Q, Kx, V, G, S0, DO, DQ_P, BH, H, T, DK, DV, HAS_S0: tl.constexp
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
     for t0 in range(0, T, BT):
-        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
-        rows = pid_bh * T + t0 + js
-        qk_mask = rmask[:, None] & kmask[None, :]
-        v_mask = rmask[:, None] & vmask[None, :]
-        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT)
+        k, v, do = _tile(Kx, rows, ks, DK, qk_mask), _tile(V, rows, vs, DV, v_mask), _tile(DO, rows, vs, DV, v_mask)
         dA = tl.dot(do, tl.trans(v), input_precision=PREC) * D
         dq = tl.dot(dA, k, input_precision=PREC) + tl.dot(do * xi[:, None], tl.trans(S), input_precision=PREC)
         part = (pid_v * BH * T + rows)[:, None] * DK + ks[None, :]
@@ -163,8 +159,7 @@ def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chu
                  BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
-    js, ks = tl.arange(0, BT), tl.arange(0, BK)
-    vs = pid_v * BV + tl.arange(0, BV)
+    ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
     if HAS_DSOUT:
@@ -172,15 +167,9 @@ def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chu
     else:
         dS = tl.zeros([BK, BV], dtype=tl.float32)
     for ci in range(0, n_chunks):
-        t0 = (n_chunks - 1 - ci) * BT
-        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
-        rows = pid_bh * T + t0 + js
-        qk_mask = rmask[:, None] & kmask[None, :]
-        v_mask = rmask[:, None] & vmask[None, :]
-        q = tl.load(Q + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, (n_chunks - 1 - ci) * BT, T, log_g, kmask, vmask, BT)
+        q, k = _tile(Q, rows, ks, DK, qk_mask), _tile(Kx, rows, ks, DK, qk_mask)
+        v, do = _tile(V, rows, vs, DV, v_mask), _tile(DO, rows, vs, DV, v_mask)
         At = tl.dot(k, tl.trans(q), input_precision=PREC) * tl.trans(D)
         dv = tl.dot(At, do, input_precision=PREC) + tl.dot(k * zeta[:, None], dS, input_precision=PREC)
         dAt = tl.dot(v, tl.trans(do), input_precision=PREC) * tl.trans(D)
