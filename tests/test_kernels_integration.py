@@ -136,15 +136,21 @@ def test_integrated_op_falls_back_to_pytorch_without_cuda(op, pytorch_fallback, 
     assert not any(n.endswith("FunctionBackward") for n in _graph_ops(out))
 
 
+def _python_without_cuda(code: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    """Run code in a fresh Python that sees no CUDA device and starts with neither interpreter variable set
+    (unless given in env), so that the process makes its own choices."""
+    base = {k: v for k, v in os.environ.items() if k not in ("COCKPIT_TRITON_INTERPRET", "TRITON_INTERPRET")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**base, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), **env})
+
+
 def test_fallback_is_announced_in_one_log_line_however_many_ops_run():
     code = ("import torch; from kernels import integrate as K\n"
             "x = torch.randn(4, 8); w = torch.ones(8)\n"
             "for _ in range(3): y = K.layer_norm(x, w); z = K.gelu_tanh(x)\n"
             "print(K.backend()); print(K.describe())\n"
             "print(torch.allclose(y, torch.nn.functional.layer_norm(x, (8,), w)))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("COCKPIT_TRITON_INTERPRET", "TRITON_INTERPRET")}
-    env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = _python_without_cuda(code, timeout=120)
     assert proc.returncode == 0, proc.stderr
     backend, described, same = proc.stdout.splitlines()
     assert backend == "torch" and same == "True"
@@ -184,9 +190,7 @@ def test_without_triton_kernel_files_import_and_every_model_trains_on_the_pytorc
             "    H.get('rmsnorm').fused(torch.ones(2, 4), torch.ones(4))\n"
             "except ModuleNotFoundError as e:\n"
             "    print(e)\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("COCKPIT_TRITON_INTERPRET", "TRITON_INTERPRET")}
-    env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    proc = _python_without_cuda(code)
     assert proc.returncode == 0, proc.stderr
     described, fused_error = proc.stdout.splitlines()
     assert "Triton is not installed (pip install 'cockpit[triton]')" in described and "PyTorch" in described
@@ -212,9 +216,7 @@ def test_interpreter_asked_for_is_chosen_before_importing_a_model_decorates_its_
             "        seen.add(fn)\n"
             "        stack.extend(f for f, _ in fn.next_functions)\n"
             "print(integrate.backend(), 'SelectiveScanFunctionBackward' in {type(f).__name__ for f in seen})\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(COCKPIT_TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    proc = _python_without_cuda(code, COCKPIT_TRITON_INTERPRET="1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["interpreter", "True"]
 
