@@ -26,12 +26,22 @@ MODULES: dict[str, str] = {
 NAMES: tuple[str, ...] = tuple(MODULES)
 
 
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "on", "yes")
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return _truthy("TRITON_INTERPRET")
+
+
+def interpreter_requested() -> bool:
+    """True when the run asks for the fused kernels through the interpreter where no CUDA device is visible
+    (COCKPIT_TRITON_INTERPRET=1; see kernels/integrate.py `backend`)."""
+    return _truthy("COCKPIT_TRITON_INTERPRET")
 
 
 def use_interpreter() -> None:
     """Route Triton through its CPU interpreter. Must run before any kernel module is imported, because
-    `@triton.jit` decides at decoration time whether a kernel is compiled or interpreted."""
+    `@triton.jit` decides at decoration time whether a kernel is compiled or interpreted (kernels/_triton.py)."""
     os.environ["TRITON_INTERPRET"] = "1"

@@ -20,11 +20,10 @@ import gc
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register
+from kernels._triton import tl, triton
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None = None,

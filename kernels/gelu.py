@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, randn, register
+from kernels._triton import tl, triton
 
 SQRT_2_OVER_PI = 0.7978845608028654
 

@@ -1,4 +1,4 @@
-"""Fused kernels for the trainers (`kernels: triton` in a preset), with a PyTorch fallback.
+"""Fused kernels for the models (`kernels: triton` in a preset), with a PyTorch fallback.
 
 Models call these functions in place of their PyTorch ops when their Config says `kernels="triton"`:
 
@@ -10,9 +10,11 @@ Models call these functions in place of their PyTorch ops when their Config says
     x = fused.rope(x, cos, sin)                           # rotate-half RoPE, x (B, T, H, D)
     loss = fused.linear_cross_entropy(x, W, targets)      # F.cross_entropy(F.linear(x, W), targets, ignore -1)
     y = fused.bitlinear(x, w)                             # BitNet b1.58 quantised linear (STE backward)
-    y, h = fused.selective_scan(u, delta, A, B, C, D)     # mamba.selective_scan_chunked
-    y, s = fused.wkv(r, k, v, log_w, u)                   # rwkv.wkv_chunked
-    y, s = fused.retention(q, k, v, gamma)                # retnet.retention_chunkwise
+    y, h = fused.selective_scan(u, delta, A, B, C, D)     # kernels/selective_scan.py selective_scan_chunked
+    y, s = fused.wkv(r, k, v, log_w, u)                   # kernels/wkv.py wkv_chunked
+    y, s = fused.retention(q, k, v, gamma)                # kernels/retention.py retention_chunkwise
+and build their norms from the modules here (`LayerNorm`, `RMSNorm`, with `fused=` their kernels choice),
+the one place a model's norm switches between PyTorch and the fused kernel.
 
 Which implementation runs is decided once per process by `backend()`:
     "triton"       CUDA is visible and Triton imports: the fused kernels run on CUDA tensors.
@@ -22,18 +24,20 @@ Which implementation runs is decided once per process by `backend()`:
                    "kernels", plus `on_fallback` callbacks) saying why.
 A call whose tensors are not on a device the backend serves (CPU tensors with backend "triton") uses
 the PyTorch code too, so a model moved between devices keeps working.
+
+The kernel files (and Triton) are imported when an op first needs them, not with this module: a GPT with
+kernels="torch" imports this module for its LayerNorm without paying for Triton.
 """
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import interpreting, use_interpreter
+from kernels import interpreter_requested, interpreting, use_interpreter
 
 log = logging.getLogger("kernels")
 
@@ -42,25 +46,18 @@ _REASON = ""
 _fallback_listeners: list[Callable[[str], None]] = []
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
-
-
 def backend() -> str:
     """'triton', 'interpreter' or 'torch' (see the module docstring); decided once, logged once."""
     global _BACKEND, _REASON
     if _BACKEND is not None:
         return _BACKEND
-    try:
-        import triton  # noqa: F401
-        has_triton = True
-    except ImportError:
-        has_triton = False
-    if not has_triton:
-        _BACKEND, _REASON = "torch", "Triton is not installed (pip install 'cockpit[triton]')"
+    from kernels import _triton
+
+    if not _triton.INSTALLED:
+        _BACKEND, _REASON = "torch", _triton.NOT_INSTALLED
     elif torch.cuda.is_available() and not interpreting():
         _BACKEND = "triton"
-    elif _truthy("COCKPIT_TRITON_INTERPRET"):
+    elif interpreter_requested():
         use_interpreter()
         _BACKEND = "interpreter"
     elif torch.cuda.is_available():
@@ -191,7 +188,7 @@ def bitlinear(x, weight, eps: float = 1e-5):
         from kernels.bitlinear import bitlinear as fused
 
         return fused(x, weight, eps)
-    from trainers.models.bitnet import bitlinear_ref
+    from kernels.bitlinear import bitlinear_ref
 
     return bitlinear_ref(x, weight, eps)
 
@@ -201,7 +198,7 @@ def selective_scan(u, delta, A, B, C, D, h0=None, chunk=None):
         from kernels.selective_scan import selective_scan as fused
 
         return fused(u, delta, A, B, C, D, h0)
-    from trainers.models.mamba import selective_scan_chunked
+    from kernels.selective_scan import selective_scan_chunked
 
     return selective_scan_chunked(u, delta, A, B, C, D, h0, chunk=chunk)
 
@@ -211,7 +208,7 @@ def wkv(r, k, v, log_w, u, state=None, chunk: int = 16):
         from kernels.wkv import wkv as fused
 
         return fused(r, k, v, log_w, u, state)
-    from trainers.models.rwkv import wkv_chunked
+    from kernels.wkv import wkv_chunked
 
     return wkv_chunked(r, k, v, log_w, u, state, chunk=chunk)
 
@@ -222,33 +219,47 @@ def retention(q, k, v, gamma, state=None, chunk: int = 64):
         from kernels.retention import retention as fused
 
         return fused(q, k, v, gamma, state)
-    from trainers.models.retnet import retention_chunkwise
+    from kernels.retention import retention_chunkwise
 
     return retention_chunkwise(q, k, v, gamma, chunk, state)
 
 
 # ------------------------------------------------------------------------------------------ modules
-class LayerNorm(nn.Module):
-    """nn.LayerNorm-like (optional bias) on the fused kernel."""
+def fp32(x):
+    """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run): the recurrences
+    (selective scan, WKV, retention) run in it, their exps and long products being precision-sensitive."""
+    return torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False)
 
-    def __init__(self, ndim: int, bias: bool = True, eps: float = 1e-5):
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last dimension, bias optional; parameters `weight` and `bias` as nn.LayerNorm's
+    (checkpoints and GPT-2 weights load). fused=True (a model's kernels="triton") runs the fused kernel
+    where `backend()` serves the tensors; otherwise F.layer_norm."""
+
+    def __init__(self, ndim: int, bias: bool = True, eps: float = 1e-5, fused: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self.eps = eps
+        self.eps, self.fused = eps, fused
 
     def forward(self, x):
-        return layer_norm(x, self.weight, self.bias, self.eps)
+        if self.fused:
+            return layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, ndim: int, eps: float = 1e-6):
+    """RMSNorm over the last dimension with a gain `weight`; fused=True as in `LayerNorm`, else F.rms_norm."""
+
+    def __init__(self, ndim: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
-        self.eps = eps
+        self.eps, self.fused = eps, fused
 
     def forward(self, x):
-        return rms_norm(x, self.weight, self.eps)
+        if self.fused:
+            return rms_norm(x, self.weight, self.eps)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class GELUTanh(nn.Module):

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from kernels._harness import Kernel, generator, n_programs, randn, register, row_tiles
+from kernels._triton import tl, triton
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -1,13 +1,22 @@
-"""Chunkwise retention of RetNet (Sun et al. 2023, eq. 7), fused forward and backward
-(the fused-chunk form of flash-linear-attention's retention).
+"""Retention of RetNet (Sun et al. 2023, section 2.1): the three PyTorch forms and the fused chunkwise Triton
+kernel, forward and backward (the fused-chunk form of flash-linear-attention's retention).
 
-One head with decay γ, q, k (T, dk), v (T, dv), chunks of B tokens, j the position inside a chunk of
-length L, D_nm = γ^(n-m) for n >= m (else 0), ξ_j = γ^(j+1), ζ_j = γ^(L-1-j):
-    O_[i] = (Q_[i] K_[i]^T ⊙ D) V_[i] + (Q_[i] S_{i-1}) ⊙ ξ        (inside the chunk + the carried state)
-    S_i   = γ^L S_{i-1} + (K_[i] ⊙ ζ)^T V_[i]
-Same arguments and results as `trainers.models.retnet.retention_recurrent(q, k, v, gamma, state)`:
-q, k (B, H, T, dk); v (B, H, T, dv); gamma (H,) (a constant buffer, no gradient); state (B, H, dk, dv)
-or None -> y (B, H, T, dv), state.
+One head with decay γ, q, k (T, dk), v (T, dv):
+    parallel   (eq. 5):  Retention(X) = (Q Kᵀ ⊙ D) V,   D_nm = γ^(n-m) if n >= m else 0
+    recurrent  (eq. 6):  S_n = γ S_n-1 + K_nᵀ V_n;   Retention(X_n) = Q_n S_n
+    chunkwise  (eq. 7):  chunks of B tokens, j the position inside a chunk of length L,
+                         ξ_j = γ^(j+1), ζ_j = γ^(L-1-j):
+        O_[i] = (Q_[i] K_[i]^T ⊙ D) V_[i] + (Q_[i] S_{i-1}) ⊙ ξ        (inside the chunk + the carried state)
+        S_i   = γ^L S_{i-1} + (K_[i] ⊙ ζ)^T V_[i]
+
+PyTorch forms, all fp32 (the RetNet model trains with the chunkwise one and generates with the recurrent one):
+    retention_parallel(q, k, v, gamma) -> y
+    retention_recurrent(q, k, v, gamma, state=None) -> (y, state)
+    retention_chunkwise(q, k, v, gamma, chunk=64, state=None) -> (y, state)
+        q, k: (B, H, T, dk) (already rotated and scaled); v: (B, H, T, dv); gamma: (H,) decays in (0, 1);
+        state: (B, H, dk, dv) or None (zeros); y: (B, H, T, dv). The parallel form starts from zero state.
+The fused `retention(q, k, v, gamma, state)` takes the arguments and gives the results of
+`retention_recurrent` (gamma is a constant buffer, no gradient).
 
 Forward: one program per (batch x head, block of dv) walks the chunks with S (dk x BLOCK_V) in
 registers; every product is a tl.dot. Backward, two sweeps of the same shape:
@@ -21,32 +30,67 @@ For fp32 inputs the products use IEEE fp32 (input_precision="ieee"), for bf16 th
 """
 from __future__ import annotations
 
+import math
+
 import torch
-import triton
-import triton.language as tl
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register
+from kernels._triton import tl, triton
 
 
-def _retnet():
-    from trainers.models import retnet  # the model file owns the reference definition
-
-    return retnet
-
-
-def reference(q, k, v, gamma, state=None):
-    return _retnet().retention_recurrent(q, k, v, gamma, state)
-
-
-def baseline(q, k, v, gamma, state=None):
-    """What the PyTorch training path runs (chunkwise form, chunk 64): the timing baseline."""
-    return _retnet().retention_chunkwise(q, k, v, gamma, 64, state)
+# ---------------------------------------------------------------------------------------------- PyTorch
+def decay_mask(gamma, T: int, device=None):
+    """D (H, T, T): D_nm = γ^(n-m) for n >= m, else 0."""
+    n = torch.arange(T, device=device, dtype=torch.float32)
+    diff = n[:, None] - n[None, :]                                          # n - m
+    log_d = diff * torch.log(gamma.float())[:, None, None]
+    return torch.exp(log_d.masked_fill(diff < 0, -math.inf))
 
 
+def retention_parallel(q, k, v, gamma):
+    """(Q Kᵀ ⊙ D) V: the form that trains like attention (O(T²))."""
+    D = decay_mask(gamma, q.size(2), q.device).to(q.dtype)
+    return ((q @ k.transpose(-1, -2)) * D) @ v
+
+
+def retention_recurrent(q, k, v, gamma, state=None):
+    """S_n = γ S_n-1 + K_nᵀ V_n;  y_n = Q_n S_n: one token at a time (O(1) per token)."""
+    B, H, T, dk = q.shape
+    if state is None:
+        state = q.new_zeros(B, H, dk, v.size(-1))
+    g = gamma.to(q.dtype)[None, :, None, None]
+    ys = []
+    for n in range(T):
+        state = g * state + k[:, :, n, :, None] * v[:, :, n, None, :]
+        ys.append((q[:, :, n, None, :] @ state).squeeze(2))
+    return torch.stack(ys, dim=2), state
+
+
+def retention_chunkwise(q, k, v, gamma, chunk: int = 64, state=None):
+    """Parallel inside each chunk, recurrent across chunks (O(T · chunk)); the last chunk may be shorter."""
+    B, H, T, dk = q.shape
+    if state is None:
+        state = q.new_zeros(B, H, dk, v.size(-1))
+    log_g = torch.log(gamma.float()).to(q.device)[None, :, None, None]      # (1, H, 1, 1)
+    ys = []
+    for i in range(0, T, chunk):
+        qc, kc, vc = q[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk]
+        L = qc.size(2)
+        j = torch.arange(L, device=q.device, dtype=torch.float32)[None, None, :, None]
+        xi = torch.exp((j + 1) * log_g).to(q.dtype)                          # γ^(j+1): decay of the carried state
+        zeta = torch.exp((L - 1 - j) * log_g).to(q.dtype)                    # γ^(L-j-1): decay to the chunk end
+        inner = ((qc @ kc.transpose(-1, -2)) * decay_mask(gamma, L, q.device).to(q.dtype)) @ vc
+        ys.append(inner + (qc @ state) * xi)
+        state = torch.exp(L * log_g).to(q.dtype) * state + kc.transpose(-1, -2) @ (vc * zeta)
+    return torch.cat(ys, dim=2), state
+
+
+# ----------------------------------------------------------------------------------------------- Triton
 @triton.jit
-def _decays(t0, T, log_g, BT: tl.constexpr):
-    """Row mask, ξ, ζ, D and γ^L for the chunk starting at t0."""
+def _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT: tl.constexpr):
+    """For the chunk starting at t0 of head pid_bh: its rows of the (B*H*T, d) views, the masks of its
+    (BT, dk) and (BT, dv) tiles, and ξ, ζ, D and γ^L."""
     js = tl.arange(0, BT)
     rmask = t0 + js < T
     L = tl.sum(rmask.to(tl.float32), axis=0)
@@ -55,7 +99,14 @@ def _decays(t0, T, log_g, BT: tl.constexpr):
     zeta = tl.where(rmask, tl.exp((L - 1.0 - jf) * log_g), 0.0)
     diff = jf[:, None] - jf[None, :]
     D = tl.where(diff >= 0.0, tl.exp(tl.where(diff >= 0.0, diff, 0.0) * log_g), 0.0)
-    return rmask, xi, zeta, D, tl.exp(L * log_g)
+    rows = pid_bh * T + t0 + js
+    return rows, rmask[:, None] & kmask[None, :], rmask[:, None] & vmask[None, :], xi, zeta, D, tl.exp(L * log_g)
+
+
+@triton.jit
+def _tile(P, rows, cols, width, mask):
+    """The fp32 tile (rows x cols) of a row-major matrix `width` wide."""
+    return tl.load(P + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -63,8 +114,7 @@ def _ret_fwd(Q, Kx, V, G, S0, O, SOUT, H, T, DK, DV, HAS_S0: tl.constexpr, PREC:
              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
-    js, ks = tl.arange(0, BT), tl.arange(0, BK)
-    vs = pid_v * BV + tl.arange(0, BV)
+    ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
     if HAS_S0:
@@ -72,13 +122,8 @@ def _ret_fwd(Q, Kx, V, G, S0, O, SOUT, H, T, DK, DV, HAS_S0: tl.constexpr, PREC:
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
     for t0 in range(0, T, BT):
-        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
-        rows = pid_bh * T + t0 + js
-        qk_mask = rmask[:, None] & kmask[None, :]
-        v_mask = rmask[:, None] & vmask[None, :]
-        q = tl.load(Q + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT)
+        q, k, v = _tile(Q, rows, ks, DK, qk_mask), _tile(Kx, rows, ks, DK, qk_mask), _tile(V, rows, vs, DV, v_mask)
         A = tl.dot(q, tl.trans(k), input_precision=PREC) * D
         o = tl.dot(A, v, input_precision=PREC) + tl.dot(q, S, input_precision=PREC) * xi[:, None]
         tl.store(O + rows[:, None] * DV + vs[None, :], o.to(O.dtype.element_ty), mask=v_mask)
@@ -91,8 +136,7 @@ def _ret_bwd_dq(Q, Kx, V, G, S0, DO, DQ_P, BH, H, T, DK, DV, HAS_S0: tl.constexp
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
-    js, ks = tl.arange(0, BT), tl.arange(0, BK)
-    vs = pid_v * BV + tl.arange(0, BV)
+    ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     if HAS_S0:
         S = tl.load(S0 + pid_bh * DK * DV + ks[:, None] * DV + vs[None, :],
@@ -100,13 +144,8 @@ def _ret_bwd_dq(Q, Kx, V, G, S0, DO, DQ_P, BH, H, T, DK, DV, HAS_S0: tl.constexp
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
     for t0 in range(0, T, BT):
-        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
-        rows = pid_bh * T + t0 + js
-        qk_mask = rmask[:, None] & kmask[None, :]
-        v_mask = rmask[:, None] & vmask[None, :]
-        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT)
+        k, v, do = _tile(Kx, rows, ks, DK, qk_mask), _tile(V, rows, vs, DV, v_mask), _tile(DO, rows, vs, DV, v_mask)
         dA = tl.dot(do, tl.trans(v), input_precision=PREC) * D
         dq = tl.dot(dA, k, input_precision=PREC) + tl.dot(do * xi[:, None], tl.trans(S), input_precision=PREC)
         part = (pid_v * BH * T + rows)[:, None] * DK + ks[None, :]
@@ -120,8 +159,7 @@ def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chu
                  BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
-    js, ks = tl.arange(0, BT), tl.arange(0, BK)
-    vs = pid_v * BV + tl.arange(0, BV)
+    ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
     if HAS_DSOUT:
@@ -129,15 +167,9 @@ def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chu
     else:
         dS = tl.zeros([BK, BV], dtype=tl.float32)
     for ci in range(0, n_chunks):
-        t0 = (n_chunks - 1 - ci) * BT
-        rmask, xi, zeta, D, gL = _decays(t0, T, log_g, BT)
-        rows = pid_bh * T + t0 + js
-        qk_mask = rmask[:, None] & kmask[None, :]
-        v_mask = rmask[:, None] & vmask[None, :]
-        q = tl.load(Q + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        k = tl.load(Kx + rows[:, None] * DK + ks[None, :], mask=qk_mask, other=0.0).to(tl.float32)
-        v = tl.load(V + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + rows[:, None] * DV + vs[None, :], mask=v_mask, other=0.0).to(tl.float32)
+        rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, (n_chunks - 1 - ci) * BT, T, log_g, kmask, vmask, BT)
+        q, k = _tile(Q, rows, ks, DK, qk_mask), _tile(Kx, rows, ks, DK, qk_mask)
+        v, do = _tile(V, rows, vs, DV, v_mask), _tile(DO, rows, vs, DV, v_mask)
         At = tl.dot(k, tl.trans(q), input_precision=PREC) * tl.trans(D)
         dv = tl.dot(At, do, input_precision=PREC) + tl.dot(k * zeta[:, None], dS, input_precision=PREC)
         dAt = tl.dot(v, tl.trans(do), input_precision=PREC) * tl.trans(D)
@@ -199,7 +231,7 @@ class RetentionFunction(torch.autograd.Function):
 
 
 def retention(q, k, v, gamma, state=None):
-    """Fused chunkwise retention; arguments and results as `trainers.models.retnet.retention_recurrent`."""
+    """Fused chunkwise retention; arguments and results as `retention_recurrent`."""
     return RetentionFunction.apply(q, k, v, gamma, state)
 
 
@@ -213,8 +245,8 @@ def make_inputs(shape, dtype, device, seed):
 
 
 KERNEL = register(Kernel(
-    name="retention", title="RetNet chunkwise retention (recurrent reference from trainers/models/retnet.py)",
-    reference=reference, fused=retention, baseline=baseline, make_inputs=make_inputs,
+    name="retention", title="RetNet chunkwise retention (recurrent reference, chunkwise PyTorch baseline)",
+    reference=retention_recurrent, baseline=retention_chunkwise, fused=retention, make_inputs=make_inputs,
     dims="batch x heads x T x dk x dv",
     shapes={"cpu": [(1, 2, 32, 16, 32), (1, 3, 19, 12, 20)], "gpu": [(8, 12, 1024, 64, 128)]},
 ))

@@ -13,10 +13,9 @@ summed afterwards (deterministic, no atomics), as in Liger-Kernel's rms_norm.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._harness import Kernel, generator, n_programs, randn, register, row_tiles
+from kernels._triton import tl, triton
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -41,11 +40,15 @@ def _rmsnorm_fwd(X, W, Y, RSTD, M, N, eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.co
 
 
 @triton.jit
-def _rmsnorm_bwd(DY, X, W, RSTD, DX, DW, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _rmsnorm_bwd(DY, X, W, RSTD, DX, DW, M, N, HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
     pid, n_prog = tl.program_id(0), tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
-    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    else:  # the RMSNorm without gain (BitLinear's): w = 1, no dw
+        w = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
     dw = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(pid * BLOCK_M, M, n_prog * BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M).to(tl.int64)
@@ -60,8 +63,25 @@ def _rmsnorm_bwd(DY, X, W, RSTD, DX, DW, M, N, BLOCK_M: tl.constexpr, BLOCK_N: t
         c = tl.sum(g * x_hat, axis=1) / N
         dx = (g - x_hat * c[:, None]) * rstd[:, None]
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
-        dw += tl.sum(dy * x_hat, axis=0)
-    tl.store(DW + pid * N + cols, dw, mask=cmask)
+        if HAS_WEIGHT:
+            dw += tl.sum(dy * x_hat, axis=0)
+    if HAS_WEIGHT:
+        tl.store(DW + pid * N + cols, dw, mask=cmask)
+
+
+def rms_norm_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor):
+    """dx (M, N) and dw (N,) of y = x * rstd * w over rows x2 (M, N), given dy2 (M, N) and the forward's rstd
+    (M,). weight None: the RMSNorm without gain (BitLinear's), and dw None."""
+    M, N = x2.shape
+    dx = torch.empty_like(x2)
+    BLOCK_M, BLOCK_N, warps = row_tiles(M, N)
+    progs = n_programs(triton.cdiv(M, BLOCK_M), x2.device)
+    has_weight = weight is not None
+    dw = torch.empty(progs, N, device=x2.device, dtype=torch.float32) if has_weight else None
+    _rmsnorm_bwd[(progs,)](dy2, x2, weight.contiguous() if has_weight else rstd, rstd, dx,
+                           dw if has_weight else rstd, M, N, HAS_WEIGHT=has_weight, BLOCK_M=BLOCK_M,
+                           BLOCK_N=BLOCK_N, num_warps=warps)
+    return dx, dw.sum(0).to(weight.dtype) if has_weight else None
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -82,15 +102,8 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, weight, rstd = ctx.saved_tensors
-        M, N = x2.shape
-        dy = dy.reshape(M, N).contiguous()
-        dx = torch.empty_like(x2)
-        BLOCK_M, BLOCK_N, warps = row_tiles(M, N)
-        progs = n_programs(triton.cdiv(M, BLOCK_M), x2.device)
-        dw = torch.empty(progs, N, device=x2.device, dtype=torch.float32)
-        _rmsnorm_bwd[(progs,)](dy, x2, weight.contiguous(), rstd, dx, dw, M, N,
-                               BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=warps)
-        return dx.view(ctx.shape), dw.sum(0).to(weight.dtype), None
+        dx, dw = rms_norm_backward(dy.reshape(x2.shape).contiguous(), x2, weight, rstd)
+        return dx.view(ctx.shape), dw, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

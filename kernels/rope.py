@@ -11,10 +11,9 @@ Layout: x (B, T, H, D) as it comes out of the q/k projection, cos/sin (T, D/2).
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._harness import Kernel, generator, randn, register, row_tiles
+from kernels._triton import tl, triton
 
 
 def rope_cache(T: int, D: int, base: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,21 @@
-"""Selective scan of Mamba (Gu & Dao 2023, eq. 2a/2b, zero-order-hold Ā = exp(ΔA), B̄ ≈ ΔB), fused.
+"""Selective scan of Mamba (Gu & Dao 2023, eq. 2a/2b, zero-order-hold Ā = exp(ΔA), B̄ ≈ ΔB): the PyTorch
+forms and the fused Triton kernel.
 
 For every batch b and channel d, with a diagonal state h of size n:
     h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t          (B_t, C_t shared by all channels)
     y_t = C_t · h_t + D u_t
-Same arguments and results as `trainers.models.mamba.selective_scan_ref(u, delta, A, B, C, D, h0)`:
-u, delta (b, l, d); A (d, n); B, C (b, l, n); D (d,); h0 (b, d, n) or None -> y (b, l, d), h_last (b, d, n).
+
+PyTorch forms (the Mamba model trains with the chunked one and generates with the step):
+    selective_scan_ref(u, delta, A, B, C, D, h0=None) -> (y, h_last)
+        u, delta: (b, l, d) float; A: (d, n) (negative); B, C: (b, l, n); D: (d,); h0: (b, d, n) or None.
+        y: (b, l, d); h_last: (b, d, n). One Python step per token: the readable definition, and the
+        reference the other forms and the kernel are tested against.
+    selective_scan_chunked(u, delta, A, B, C, D, h0=None, chunk=None) -> (y, h_last)
+        Same signature and result; the two-level scan used in training (about 2*sqrt(l) sequential steps).
+    selective_scan_step(u_t, delta_t, A, B_t, C_t, D, h) -> (y_t, h)
+        One token: u_t, delta_t (b, d); B_t, C_t (b, n); h (b, d, n). Used by generation.
+The fused `selective_scan(u, delta, A, B, C, D, h0)` takes the arguments and gives the results of
+`selective_scan_ref`.
 
 Forward: one program per (batch, block of channels) walks the sequence with its state block in registers
 and writes y; every CHUNK steps it checkpoints the state (b, l/CHUNK, d, n). No (b, l, d, n) tensor is
@@ -19,30 +30,80 @@ Sums over channels (dB, dC) and over batch (dA, dD) go through per-program fp32 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register
+from kernels._triton import tl, triton
 
 
-def _mamba():
-    from trainers.models import mamba  # the model file owns the reference definition
-
-    return mamba
-
-
-def reference(u, delta, A, B, C, D, h0=None):
-    return _mamba().selective_scan_ref(u, delta, A, B, C, D, h0)
-
-
-def baseline(u, delta, A, B, C, D, h0=None):
-    """What the PyTorch training path runs (two-level chunked scan): the timing baseline."""
-    return _mamba().selective_scan_chunked(u, delta, A, B, C, D, h0)
+# ---------------------------------------------------------------------------------------------- PyTorch
+def selective_scan_step(u_t, delta_t, A, B_t, C_t, D, h):
+    """One recurrence step: h = exp(Δ A) h + Δ B u;  y = C·h + D u."""
+    dA = torch.exp(delta_t.unsqueeze(-1) * A)                       # (b, d, n)  Ā = exp(ΔA)
+    dBu = (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)          # (b, d, n)  B̄u = ΔBu
+    h = dA * h + dBu
+    y = torch.einsum("bdn,bn->bd", h, C_t) + D * u_t
+    return y, h
 
 
+def selective_scan_ref(u, delta, A, B, C, D, h0=None):
+    """Sequential selective scan, one token at a time: the definition the other forms are tested against."""
+    b, l, d = u.shape
+    h = u.new_zeros(b, d, A.shape[1]) if h0 is None else h0
+    ys = []
+    for t in range(l):
+        y, h = selective_scan_step(u[:, t], delta[:, t], A, B[:, t], C[:, t], D, h)
+        ys.append(y)
+    return torch.stack(ys, dim=1), h
+
+
+def selective_scan_chunked(u, delta, A, B, C, D, h0=None, chunk=None):
+    """Two-level scan: split the sequence into chunks of T tokens.
+
+    1. inside every chunk at once, scan from a zero state (T sequential steps over all chunks together);
+    2. carry the state across chunks (l/T sequential steps): h_start[c+1] = Π_chunk Ā · h_start[c] + h_local_end[c];
+    3. add the carried state everywhere: h_t = h_local_t + exp(Σ_{s<=t in chunk} Δ_s A) · h_start.
+    Only products of decays <= 1 appear (no division by a decay), so it is as stable as the sequential scan.
+    """
+    b, l, d = u.shape
+    n = A.shape[1]
+    T = chunk or max(1, math.ceil(math.sqrt(l)))
+    nc = math.ceil(l / T)
+    pad = nc * T - l
+    if pad:  # padded steps keep the state unchanged: Δ = 0 gives Ā = 1 and B̄u = 0
+        u, delta, B = (F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B))
+    delta_c = delta.view(b, nc, T, d)
+    dA = torch.exp(delta_c.unsqueeze(-1) * A)                       # (b, nc, T, d, n)  Ā = exp(ΔA)
+    dBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)                # (b, l, d, n)      B̄u = ΔBu
+    dA_t, dBu_t = dA.unbind(2), dBu.view(b, nc, T, d, n).unbind(2)  # T slices of (b, nc, d, n)
+    # 1. local scans, all chunks in parallel
+    h = dBu_t[0]
+    local = [h]
+    for t in range(1, T):
+        h = dA_t[t] * h + dBu_t[t]
+        local.append(h)
+    h_local = torch.stack(local, dim=2)                               # (b, nc, T, d, n)
+    # decay from the chunk start: Π_{s<=t} exp(Δ_s A) = exp((Σ_{s<=t} Δ_s) A), a cumsum over (b, nc, T, d) only
+    decay = torch.exp(torch.cumsum(delta_c, dim=2).unsqueeze(-1) * A)  # (b, nc, T, d, n)
+    # 2. carry the state from chunk to chunk
+    carry = u.new_zeros(b, d, n) if h0 is None else h0
+    starts = []
+    for decay_c, h_end_c in zip(decay[:, :, -1].unbind(1), local[-1].unbind(1)):
+        starts.append(carry)
+        carry = decay_c * carry + h_end_c
+    h_start = torch.stack(starts, dim=1)                            # (b, nc, d, n)
+    # 3. every state = local part + decayed carried state
+    hs = h_local + decay * h_start.unsqueeze(2)                     # (b, nc, T, d, n)
+    hs = hs.view(b, nc * T, d, n)[:, :l]
+    y = torch.einsum("bldn,bln->bld", hs, C) + D * u[:, :l]
+    return y, carry
+
+
+# ----------------------------------------------------------------------------------------------- Triton
 @triton.jit
 def _scan_fwd(U, DELTA, A, Bm, Cm, Dv, H0, Y, HLAST, HS, L, D, N, n_chunks, HAS_H0: tl.constexpr,
               CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -196,7 +257,7 @@ class SelectiveScanFunction(torch.autograd.Function):
 
 
 def selective_scan(u, delta, A, B, C, D, h0=None):
-    """Fused selective scan; arguments and results as `trainers.models.mamba.selective_scan_ref`."""
+    """Fused selective scan; arguments and results as `selective_scan_ref`."""
     return SelectiveScanFunction.apply(u, delta, A, B, C, D, h0)
 
 
@@ -214,8 +275,8 @@ def make_inputs(shape, dtype, device, seed):
 
 
 KERNEL = register(Kernel(
-    name="selective_scan", title="Mamba selective scan (sequential reference from trainers/models/mamba.py)",
-    reference=reference, fused=selective_scan, baseline=baseline, make_inputs=make_inputs,
+    name="selective_scan", title="Mamba selective scan (sequential reference, chunked PyTorch baseline)",
+    reference=selective_scan_ref, baseline=selective_scan_chunked, fused=selective_scan, make_inputs=make_inputs,
     dims="batch x L x d_inner x d_state",
     shapes={"cpu": [(2, 16, 16, 8), (1, 11, 13, 5)], "gpu": [(8, 1024, 1536, 16)]},
 ))

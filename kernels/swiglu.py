@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from kernels._harness import Kernel, generator, randn, register
+from kernels._triton import tl, triton
 from kernels.gelu import elementwise_block
 
 

@@ -1,11 +1,21 @@
 """WKV of RWKV-6 "Finch" (Peng et al. 2024): the matrix-valued linear recurrence with data-dependent
-per-channel decay, fused (the fused-recurrent form of flash-linear-attention's rwkv6).
+per-channel decay; the PyTorch forms and the fused Triton kernel (the fused-recurrent form of
+flash-linear-attention's rwkv6).
 
 Per batch b and head h, with state S (K x V), r_t, k_t, w_t = exp(log_w_t) in R^K, v_t in R^V, bonus u:
     y_t = r_t (S_{t-1} + diag(u) k_t^T v_t)
     S_t = diag(w_t) S_{t-1} + k_t^T v_t
-Same arguments and results as `trainers.models.rwkv.wkv_ref(r, k, v, log_w, u, state)`:
-r, k, log_w (B, T, H, K); v (B, T, H, V); u (H, K); state (B, H, K, V) or None -> y (B, T, H, V), state.
+
+PyTorch forms, all fp32 (the RWKV model trains with the chunked one and generates with the step):
+    wkv_ref(r, k, v, log_w, u, state=None) -> (y, state)
+        r, k, log_w: (B, T, H, K); v: (B, T, H, V); log_w = log of the per-step decay (<= 0); u: (H, K) bonus;
+        state: (B, H, K, V) or None (zeros). y: (B, T, H, V). One Python step per token: the definition.
+    wkv_chunked(r, k, v, log_w, u, state=None, chunk=16) -> (y, state)
+        Same signature and result; the chunked parallel form used in training. Inside a chunk the decay between
+        positions s < t is exp(Σ_{s<i<t} log w_i), summed over exactly those steps (a masked cumsum), so no
+        decay is ever divided by and no large cumulative sums are subtracted: fp32-exact however strong the decay.
+    wkv_step(r_t, k_t, v_t, log_w_t, u, state) -> (y_t, state)      one token (B, H, K) / (B, H, V).
+The fused `wkv(r, k, v, log_w, u, state)` takes the arguments and gives the results of `wkv_ref`.
 
 Forward: one program per (batch x head, block of V columns) walks the sequence with its (K, BLOCK_V)
 state in registers, checkpointing the state every CHUNK steps (B, H, T/CHUNK, K, V); the PyTorch chunked
@@ -20,29 +30,70 @@ Sums over V (dr, dk, dlog_w, du) go through per-V-block partials (one block when
 """
 from __future__ import annotations
 
+import math
+
 import torch
-import triton
-import triton.language as tl
+import torch.nn.functional as F
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register
+from kernels._triton import tl, triton
 
 
-def _rwkv():
-    from trainers.models import rwkv  # the model file owns the reference definition
-
-    return rwkv
-
-
-def reference(r, k, v, log_w, u, state=None):
-    return _rwkv().wkv_ref(r, k, v, log_w, u, state)
-
-
-def baseline(r, k, v, log_w, u, state=None):
-    """What the PyTorch training path runs (chunked parallel form): the timing baseline."""
-    return _rwkv().wkv_chunked(r, k, v, log_w, u, state)
+# ---------------------------------------------------------------------------------------------- PyTorch
+def wkv_step(r_t, k_t, v_t, log_w_t, u, state):
+    """y = r·(S + diag(u) kᵀv);  S = diag(w) S + kᵀv.   r, k, log_w (B, H, K); v (B, H, V); S (B, H, K, V)."""
+    kv = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)                               # (B, H, K, V)  kᵀv
+    y = torch.einsum("bhk,bhkv->bhv", r_t, state + u.unsqueeze(-1) * kv)
+    state = torch.exp(log_w_t).unsqueeze(-1) * state + kv
+    return y, state
 
 
+def wkv_ref(r, k, v, log_w, u, state=None):
+    """The recurrence, one token at a time."""
+    B, T, H, K = r.shape
+    if state is None:
+        state = r.new_zeros(B, H, K, v.shape[-1])
+    ys = []
+    for t in range(T):
+        y, state = wkv_step(r[:, t], k[:, t], v[:, t], log_w[:, t], u, state)
+        ys.append(y)
+    return torch.stack(ys, dim=1), state
+
+
+def wkv_chunked(r, k, v, log_w, u, state=None, chunk=16):
+    """Chunked parallel form. For a chunk that starts from state S, with decays between positions written as
+    sums of log w over exactly the steps in between (never as a difference of two cumulative sums, which
+    would lose precision when one step's decay is very strong):
+        y_t   = (r_t ⊙ exp(Σ_{i<t} log w_i)) S + Σ_{s<t} [Σ_k r_t k_s exp(Σ_{s<i<t} log w_i)] v_s + (r_t ⊙ u ⊙ k_t) v_t
+        S_end = exp(Σ_i log w_i) ⊙ S + Σ_s (k_s ⊙ exp(Σ_{s<i} log w_i))ᵀ v_s
+    """
+    B, T, H, K = r.shape
+    if state is None:
+        state = r.new_zeros(B, H, K, v.shape[-1])
+    # (B, H, T, K): heads as batch
+    r, k, v, log_w = (t.transpose(1, 2) for t in (r, k, v, log_w))
+    ys = []
+    for i in range(0, T, chunk):
+        rc, kc, vc, wc = r[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk], log_w[:, :, i:i + chunk]
+        L = rc.shape[2]
+        lower = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)[:, :, None]  # [t, s]: s < t
+        # seg[t, s] = Σ_{s<i<=t} log w_i (a masked cumsum: each entry sums only its own steps)
+        seg = torch.where(lower, wc.unsqueeze(3), 0.0).cumsum(dim=2)           # (B, H, L_t, L_s, K)
+        between = F.pad(seg, (0, 0, 0, 0, 1, -1))                             # [t, s] = Σ_{s<i<t} log w_i
+        decay = torch.exp(between.masked_fill(~lower, -math.inf))            # 0 where s >= t
+        att = (rc.unsqueeze(3) * kc.unsqueeze(2) * decay).sum(-1)            # (B, H, L, L)
+        bonus = (rc * u[None, :, None, :] * kc).sum(-1, keepdim=True)         # (B, H, L, 1) current token
+        before = F.pad(torch.cumsum(wc, dim=2), (0, 0, 1, -1))                # Σ_{i<t} log w_i
+        y = att @ vc + bonus * vc + (rc * torch.exp(before)) @ state
+        to_end = seg[:, :, -1]                                                # Σ_{s<i<=end} log w_i, (B, H, L, K)
+        total = before[:, :, -1:] + wc[:, :, -1:]                             # Σ_i log w_i, (B, H, 1, K)
+        state = torch.exp(total).transpose(2, 3) * state + (kc * torch.exp(to_end)).transpose(2, 3) @ vc
+        ys.append(y)
+    return torch.cat(ys, dim=2).transpose(1, 2), state
+
+
+# ----------------------------------------------------------------------------------------------- Triton
 @triton.jit
 def _wkv_fwd(R, Kx, V, LW, U, S0, Y, SOUT, CKPT, T, H, K, VD, n_chunks, HAS_S0: tl.constexpr,
              CHUNK: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr):
@@ -189,7 +240,7 @@ class WKVFunction(torch.autograd.Function):
 
 
 def wkv(r, k, v, log_w, u, state=None):
-    """Fused RWKV-6 WKV; arguments and results as `trainers.models.rwkv.wkv_ref`."""
+    """Fused RWKV-6 WKV; arguments and results as `wkv_ref`."""
     return WKVFunction.apply(r, k, v, log_w, u, state)
 
 
@@ -205,8 +256,8 @@ def make_inputs(shape, dtype, device, seed):
 
 
 KERNEL = register(Kernel(
-    name="wkv", title="RWKV-6 WKV recurrence (sequential reference from trainers/models/rwkv.py)",
-    reference=reference, fused=wkv, baseline=baseline, make_inputs=make_inputs,
+    name="wkv", title="RWKV-6 WKV recurrence (sequential reference, chunked PyTorch baseline)",
+    reference=wkv_ref, baseline=wkv_chunked, fused=wkv, make_inputs=make_inputs,
     dims="batch x T x heads x head_size",
     shapes={"cpu": [(1, 16, 2, 16), (1, 11, 3, 12)], "gpu": [(8, 1024, 12, 64)]},
 ))

@@ -14,6 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # Spinning OpenMP threads crawl when the 2 cores are shared with other processes (trainer subprocesses)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("COCKPIT_CACHE", str(ROOT / ".pytest_cache" / "cockpit"))
+# The fused kernels are tested on CPU tensors through Triton's interpreter. `@triton.jit` picks compiled or
+# interpreted when a kernel file is imported, and importing a model imports its kernel file (the PyTorch
+# references live there), which test modules do at collection, in whatever order they are collected: so the
+# choice is made here, before any test module is imported.
+os.environ["TRITON_INTERPRET"] = "1"
 
 
 def read_log(path) -> list[dict]:

@@ -13,8 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers.models import build_model
-from trainers.models import bitnet, mamba, retnet, rwkv
+from kernels.bitlinear import activation_quant, bitlinear_ref, weight_quant
+from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
+from kernels.selective_scan import selective_scan_chunked, selective_scan_ref
+from kernels.wkv import wkv_chunked, wkv_ref
+from trainers.models import bitnet, build_model
 
 ATOL = 1e-4
 
@@ -70,8 +73,8 @@ def mamba_scan_inputs(b, l, d, n, seed=0, requires_grad=False):
 @pytest.mark.parametrize("chunk", [None, 4, 5])
 def test_mamba_chunked_scan_equals_sequential_scan_on_odd_lengths(length, chunk):
     u, delta, A, B, C, D, h0 = mamba_scan_inputs(2, length, 6, 4)
-    y_ref, h_ref = mamba.selective_scan_ref(u, delta, A, B, C, D, h0)
-    y, h = mamba.selective_scan_chunked(u, delta, A, B, C, D, h0, chunk=chunk)
+    y_ref, h_ref = selective_scan_ref(u, delta, A, B, C, D, h0)
+    y, h = selective_scan_chunked(u, delta, A, B, C, D, h0, chunk=chunk)
     assert y.shape == (2, length, 6) and h.shape == (2, 6, 4)
     assert close(y, y_ref)[0], close(y, y_ref)[1]
     assert close(h, h_ref)[0], close(h, h_ref)[1]
@@ -81,8 +84,8 @@ def test_mamba_chunked_scan_gradients_equal_sequential_scan_gradients():
     ins_ref = mamba_scan_inputs(2, 29, 6, 4, seed=1, requires_grad=True)
     ins = mamba_scan_inputs(2, 29, 6, 4, seed=1, requires_grad=True)
     w = torch.randn(2, 29, 6, generator=torch.Generator().manual_seed(2))
-    (mamba.selective_scan_ref(*ins_ref)[0] * w).sum().backward()
-    (mamba.selective_scan_chunked(*ins, chunk=6)[0] * w).sum().backward()
+    (selective_scan_ref(*ins_ref)[0] * w).sum().backward()
+    (selective_scan_chunked(*ins, chunk=6)[0] * w).sum().backward()
     for name, a, b in zip("u delta A B C D h0".split(), ins, ins_ref):
         ok, msg = close(a.grad, b.grad)
         assert ok, f"grad of {name}: {msg}"
@@ -91,8 +94,8 @@ def test_mamba_chunked_scan_gradients_equal_sequential_scan_gradients():
 def test_mamba_scan_stays_finite_under_very_strong_decay():
     u, delta, A, B, C, D, h0 = mamba_scan_inputs(1, 40, 4, 3, seed=3)
     delta = delta * 200  # Σ Δ·A over a chunk far below the fp32 exp range
-    y_ref, _ = mamba.selective_scan_ref(u, delta, A, B, C, D, h0)
-    y, _ = mamba.selective_scan_chunked(u, delta, A, B, C, D, h0, chunk=8)
+    y_ref, _ = selective_scan_ref(u, delta, A, B, C, D, h0)
+    y, _ = selective_scan_chunked(u, delta, A, B, C, D, h0, chunk=8)
     assert torch.isfinite(y).all()
     assert close(y, y_ref, atol=1e-3)[0], close(y, y_ref)[1]
 
@@ -136,8 +139,8 @@ def wkv_inputs(B, T, H, K, seed=0, strong=False):
 @pytest.mark.parametrize("chunk", [8, 16])
 def test_rwkv_chunked_wkv_equals_recurrent_on_odd_lengths(length, chunk):
     r, k, v, log_w, u, state = wkv_inputs(2, length, 3, 8, strong=True)
-    y_ref, s_ref = rwkv.wkv_ref(r, k, v, log_w, u, state)
-    y, s = rwkv.wkv_chunked(r, k, v, log_w, u, state, chunk=chunk)
+    y_ref, s_ref = wkv_ref(r, k, v, log_w, u, state)
+    y, s = wkv_chunked(r, k, v, log_w, u, state, chunk=chunk)
     assert y.shape == (2, length, 3, 8) and s.shape == (2, 3, 8, 8)
     assert torch.isfinite(y).all()
     assert close(y, y_ref)[0], close(y, y_ref)[1]
@@ -231,9 +234,9 @@ def retention_inputs(B, H, T, dk, dv, seed=0):
 @pytest.mark.parametrize("length", [1, 16, 37])
 def test_retention_parallel_recurrent_and_chunkwise_forms_agree(length):
     q, k, v, gamma = retention_inputs(2, 3, length, 8, 12)
-    par = retnet.retention_parallel(q, k, v, gamma)
-    rec, s_rec = retnet.retention_recurrent(q, k, v, gamma)
-    chk, s_chk = retnet.retention_chunkwise(q, k, v, gamma, chunk=16)  # 37 = 2 full chunks + 5
+    par = retention_parallel(q, k, v, gamma)
+    rec, s_rec = retention_recurrent(q, k, v, gamma)
+    chk, s_chk = retention_chunkwise(q, k, v, gamma, chunk=16)  # 37 = 2 full chunks + 5
     assert close(rec, par)[0], close(rec, par)[1]
     assert close(chk, par)[0], close(chk, par)[1]
     assert close(s_chk, s_rec)[0], close(s_chk, s_rec)[1]
@@ -242,8 +245,8 @@ def test_retention_parallel_recurrent_and_chunkwise_forms_agree(length):
 def test_retention_chunkwise_carries_an_initial_state_like_the_recurrence():
     q, k, v, gamma = retention_inputs(1, 2, 23, 4, 6, seed=4)
     state = torch.randn(1, 2, 4, 6)
-    rec, s_rec = retnet.retention_recurrent(q, k, v, gamma, state)
-    chk, s_chk = retnet.retention_chunkwise(q, k, v, gamma, chunk=7, state=state)
+    rec, s_rec = retention_recurrent(q, k, v, gamma, state)
+    chk, s_chk = retention_chunkwise(q, k, v, gamma, chunk=7, state=state)
     assert close(chk, rec)[0] and close(s_chk, s_rec)[0]
 
 
@@ -291,7 +294,7 @@ def test_bitnet_quantised_weights_take_exactly_three_values_per_tensor():
     idx = torch.randint(0, 11, (4, 16))
     for _ in range(3):  # before and after a few updates
         for name, layer in bitlinears(model):
-            w_int, gamma = bitnet.weight_quant(layer.weight)
+            w_int, gamma = weight_quant(layer.weight)
             values = torch.unique(w_int * gamma)
             assert len(values) == 3, f"{name}: {values.tolist()}"
             assert torch.allclose(values, torch.stack([-gamma, torch.zeros(()), gamma]))
@@ -303,7 +306,7 @@ def test_bitnet_quantised_weights_take_exactly_three_values_per_tensor():
 
 def test_bitnet_activations_are_int8_per_token():
     x = torch.randn(3, 5, 16) * torch.tensor([0.01, 1.0, 100.0])[:, None, None]
-    x_int, scale = bitnet.activation_quant(x)
+    x_int, scale = activation_quant(x)
     assert torch.equal(x_int, x_int.round()) and x_int.min() >= -128 and x_int.max() <= 127
     assert torch.equal(x_int.abs().amax(-1), torch.full((3, 5), 127.0))  # each token uses the full range
     assert ((x_int / scale - x).abs() <= 0.5 / scale + 1e-6).all()  # at most half a step per token
@@ -320,8 +323,8 @@ def test_bitnet_gradients_reach_the_latent_weights():
     # the STE gradient is the gradient w.r.t. the dequantised weight, i.e. dL/dW = x_deqᵀ · dL/dy
     x = torch.randn(6, 32, requires_grad=True)
     w = torch.randn(8, 32, requires_grad=True)
-    bitnet.bitlinear_ref(x, w).sum().backward()
-    x_int, s = bitnet.activation_quant(F.rms_norm(x.detach(), (32,), eps=1e-5))
+    bitlinear_ref(x, w).sum().backward()
+    x_int, s = activation_quant(F.rms_norm(x.detach(), (32,), eps=1e-5))
     assert torch.allclose(w.grad, (x_int / s).sum(0).expand(8, 32), atol=1e-5)
 
 

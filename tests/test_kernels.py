@@ -1,18 +1,22 @@
-"""Every fused Triton kernel against its PyTorch reference, on the CPU through Triton's interpreter.
-
-TRITON_INTERPRET=1 must be set before any `@triton.jit` runs, so it is set here, before the kernel
-modules are imported (they are imported lazily by kernels._harness.get).
+"""Every fused Triton kernel against its PyTorch reference, on the CPU through Triton's interpreter
+(TRITON_INTERPRET=1, set by tests/conftest.py before any kernel file is imported).
 """
-import os
+import pytest
+import torch
+import torch.nn.functional as F
 
-os.environ["TRITON_INTERPRET"] = "1"
+from kernels import NAMES, interpreting
+from kernels import _harness as H
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from kernels import NAMES  # noqa: E402
-from kernels import _harness as H  # noqa: E402
+def test_the_kernels_run_through_the_interpreter_whatever_was_imported_first():
+    """tests/conftest.py chose the interpreter before any test module imported a model or a kernel file,
+    so a kernel decorated at collection (the models import their references) is an interpreted one."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from kernels.selective_scan import _scan_fwd
+
+    assert interpreting() and isinstance(_scan_fwd, InterpretedFunction)
 
 
 def _is_pow2(n: int) -> bool:
@@ -169,8 +173,7 @@ def test_fused_cross_entropy_never_allocates_the_full_logits():
 
 
 def test_bitlinear_quantises_exactly_like_the_bitnet_reference():
-    from kernels.bitlinear import quantize_activations, quantize_weights
-    from trainers.models.bitnet import activation_quant, weight_quant
+    from kernels.bitlinear import activation_quant, quantize_activations, quantize_weights, weight_quant
 
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(37, 100, generator=g), torch.randn(45, 100, generator=g) * 0.02

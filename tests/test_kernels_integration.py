@@ -1,21 +1,24 @@
 """`kernels: triton` in the trainers: the drop-in ops of kernels/integrate.py, their PyTorch fallback, and a
 tiny GPT that trains the same with the fused kernels as without.
 
-Without CUDA the fused path runs through Triton's CPU interpreter when COCKPIT_TRITON_INTERPRET=1.
+Without CUDA the fused path runs through Triton's CPU interpreter when COCKPIT_TRITON_INTERPRET=1 (and
+TRITON_INTERPRET=1, set by tests/conftest.py before any kernel file is imported).
 """
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit runs in this process (see test_kernels.py)
+import pytest
+import torch
+import torch.nn.functional as F
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from kernels import integrate  # noqa: E402
-from trainers.models import build_model  # noqa: E402
+from kernels import integrate
+from kernels.bitlinear import bitlinear_ref
+from kernels.retention import retention_chunkwise
+from kernels.selective_scan import selective_scan_chunked
+from kernels.wkv import wkv_chunked
+from trainers.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,11 +60,6 @@ def _cases():
 
     def r(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).requires_grad_()
-
-    from trainers.models.mamba import selective_scan_chunked
-    from trainers.models.retnet import retention_chunkwise
-    from trainers.models.rwkv import wkv_chunked
-    from trainers.models.bitnet import bitlinear_ref
 
     x, w, b = r(6, 10), r(10).detach().add_(1).requires_grad_(), r(10)
     cos, sin = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
@@ -138,15 +136,21 @@ def test_integrated_op_falls_back_to_pytorch_without_cuda(op, pytorch_fallback, 
     assert not any(n.endswith("FunctionBackward") for n in _graph_ops(out))
 
 
+def _python_without_cuda(code: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    """Run code in a fresh Python that sees no CUDA device and starts with neither interpreter variable set
+    (unless given in env), so that the process makes its own choices."""
+    base = {k: v for k, v in os.environ.items() if k not in ("COCKPIT_TRITON_INTERPRET", "TRITON_INTERPRET")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**base, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), **env})
+
+
 def test_fallback_is_announced_in_one_log_line_however_many_ops_run():
     code = ("import torch; from kernels import integrate as K\n"
             "x = torch.randn(4, 8); w = torch.ones(8)\n"
             "for _ in range(3): y = K.layer_norm(x, w); z = K.gelu_tanh(x)\n"
             "print(K.backend()); print(K.describe())\n"
             "print(torch.allclose(y, torch.nn.functional.layer_norm(x, (8,), w)))\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("COCKPIT_TRITON_INTERPRET", "TRITON_INTERPRET")}
-    env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = _python_without_cuda(code, timeout=120)
     assert proc.returncode == 0, proc.stderr
     backend, described, same = proc.stdout.splitlines()
     assert backend == "torch" and same == "True"
@@ -163,6 +167,58 @@ def test_fallback_listener_gets_the_message_for_the_run_log(pytorch_fallback):
         assert len(got) == 1 and "using the PyTorch implementations" in got[0]
     finally:
         integrate._fallback_listeners.remove(got.append)
+
+
+def test_without_triton_kernel_files_import_and_every_model_trains_on_the_pytorch_code():
+    """Triton is an optional extra: without it every kernel file still imports and its PyTorch reference
+    runs, every model with kernels=triton trains on the PyTorch code (one fallback line saying why), and a
+    fused kernel called directly says what to install."""
+    archs = {"gpt": dict(n_layer=1, n_head=2, n_embd=32, block_size=16), **{a: c for a, (c, _) in ARCHS.items()}}
+    code = ("import sys\n"
+            "sys.modules['triton'] = None  # `import triton` now fails as it does where Triton is not installed\n"
+            "import torch\n"
+            "from kernels import _harness as H, integrate\n"
+            "from trainers.models import build_model\n"
+            "for k in H.all_kernels():\n"
+            "    k.reference(**k.make_inputs(k.shapes['cpu'][1], torch.float32, 'cpu', 0))\n"
+            "idx = torch.randint(0, 11, (2, 16))\n"
+            f"for arch, cfg in {archs!r}.items():\n"
+            "    _, loss = build_model(arch, cfg, vocab_size=11, kernels='triton')(idx, idx)\n"
+            "    loss.backward()\n"
+            "print(integrate.describe())\n"
+            "try:\n"
+            "    H.get('rmsnorm').fused(torch.ones(2, 4), torch.ones(4))\n"
+            "except ModuleNotFoundError as e:\n"
+            "    print(e)\n")
+    proc = _python_without_cuda(code)
+    assert proc.returncode == 0, proc.stderr
+    described, fused_error = proc.stdout.splitlines()
+    assert "Triton is not installed (pip install 'cockpit[triton]')" in described and "PyTorch" in described
+    assert "pip install 'cockpit[triton]'" in fused_error
+    lines = [ln for ln in proc.stderr.splitlines() if "kernels" in ln]
+    assert len(lines) == 1 and "Triton is not installed" in lines[0], proc.stderr
+
+
+def test_interpreter_asked_for_is_chosen_before_importing_a_model_decorates_its_kernels():
+    """COCKPIT_TRITON_INTERPRET=1 alone (no TRITON_INTERPRET): importing the model imports its kernel file,
+    whose kernels are decorated there and then, and they must still be the interpreted ones."""
+    code = ("import torch\n"
+            "from trainers.models import mamba\n"
+            "from kernels import integrate\n"
+            "cfg = mamba.Config(vocab_size=11, n_layer=1, n_embd=16, d_state=4, block_size=16, kernels='triton')\n"
+            "idx = torch.randint(0, 11, (2, 16))\n"
+            "_, loss = mamba.Model(cfg)(idx, idx)\n"
+            "loss.backward()\n"
+            "seen, stack = set(), [loss.grad_fn]\n"
+            "while stack:\n"
+            "    fn = stack.pop()\n"
+            "    if fn is not None and fn not in seen:\n"
+            "        seen.add(fn)\n"
+            "        stack.extend(f for f, _ in fn.next_functions)\n"
+            "print(integrate.backend(), 'SelectiveScanFunctionBackward' in {type(f).__name__ for f in seen})\n")
+    proc = _python_without_cuda(code, COCKPIT_TRITON_INTERPRET="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["interpreter", "True"]
 
 
 # ------------------------------------------------------------------------------------------ convergence

@@ -18,15 +18,8 @@ Round/Clip unchanged, so dL/dW and dL/dx̂ reach the latent weights (scales are 
 Two-stage schedule (`on_step`): the learning rate drops to `stage2_lr_scale` of the loop's schedule at half
 of training, and weight decay follows a cosine from its configured peak to 0 over the first half, then stays 0.
 
-Reference functions (importable; a fused Triton BitLinear can be tested against them):
-    weight_quant(w, eps=1e-5) -> (w_int, gamma)
-        w: (out, in) float. w_int: same shape, float with values in {-1, 0, 1}; gamma: 0-d tensor, w ≈ w_int·γ.
-    activation_quant(x, eps=1e-5) -> (x_int, scale)
-        x: (..., in). x_int: same shape, float with integer values in [-128, 127]; scale: (..., 1) = 127/max|x|,
-        x ≈ x_int / scale.
-    bitlinear_ref(x, weight, eps=1e-5) -> y
-        x: (..., in), weight: (out, in) latent fp weights. The training-mode forward (RMSNorm without gain,
-        quantise both, integer-valued matmul, rescale), with the straight-through estimator for backward.
+The quantisers and the training-mode BitLinear forward live with the fused kernel in kernels/bitlinear.py
+(`weight_quant`, `activation_quant`, `bitlinear_ref`).
 """
 from __future__ import annotations
 
@@ -38,6 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from kernels import integrate
+from kernels.bitlinear import activation_quant, bitlinear_ref, weight_quant
+from kernels.integrate import RMSNorm
 
 
 @dataclass
@@ -55,34 +52,7 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Quantisation (reference functions)
-
-def weight_quant(w, eps: float = 1e-5):
-    """absmean ternary quantisation: γ = max(mean|W|, ε), W_int = Clip(Round(W / γ), -1, 1)."""
-    gamma = w.abs().mean().clamp(min=eps)
-    return (w / gamma).round().clamp(-1, 1), gamma
-
-
-def activation_quant(x, eps: float = 1e-5):
-    """per-token absmax 8-bit quantisation: s = 127 / max|x|, x_int = Clip(Round(x · s), -128, 127)."""
-    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=eps)
-    return (x * scale).round().clamp(-128, 127), scale
-
-
-def ste(x, q):
-    """Straight-through: the forward value is exactly q, the gradient flows to x unchanged."""
-    return q.detach() + (x - x.detach())
-
-
-def bitlinear_ref(x, weight, eps: float = 1e-5):
-    """Training-mode BitLinear forward: RMSNorm -> int8 activations × ternary weights -> rescale."""
-    x = F.rms_norm(x, (x.size(-1),), eps=eps)
-    x_int, scale = activation_quant(x, eps)
-    w_int, gamma = weight_quant(weight, eps)
-    x_int = ste(x * scale.detach(), x_int)          # dL/dx = dL/dx_int · s (so that x ≈ x_int / s)
-    w_int = ste(weight / gamma.detach(), w_int)     # dL/dW = dL/dW_int / γ (so that W ≈ W_int · γ)
-    return F.linear(x_int, w_int) * (gamma.detach() / scale.detach())
-
+# BitLinear
 
 class BitLinear(nn.Linear):
     """nn.Linear with latent fp weights, trained through ternary weights and 8-bit activations."""
@@ -93,8 +63,6 @@ class BitLinear(nn.Linear):
 
     def forward(self, x):
         if self.fused:  # int8 x ternary Triton matmul, same straight-through gradients
-            from kernels import integrate
-
             return integrate.bitlinear(x, self.weight)
         return bitlinear_ref(x, self.weight)
 
@@ -117,20 +85,6 @@ class TernaryLinear(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------
 # Model
-
-class RMSNorm(nn.Module):
-    def __init__(self, ndim: int, eps: float = 1e-5, fused: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.eps, self.fused = eps, fused
-
-    def forward(self, x):
-        if self.fused:
-            from kernels import integrate
-
-            return integrate.rms_norm(x, self.weight, self.eps)
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
-
 
 def rotary(x, pos):
     """Rotary position embedding (RoFormer, Su et al. 2021) on x (B, H, T, d)."""
@@ -174,8 +128,6 @@ class SwiGLU(nn.Module):
     def forward(self, x):
         a, b = self.w13(x).chunk(2, dim=-1)
         if self.fused:
-            from kernels import integrate
-
             return self.w2(integrate.swiglu(a, b))
         return self.w2(F.silu(a) * b)
 
@@ -223,8 +175,6 @@ class Model(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            from kernels import integrate
-
             return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)

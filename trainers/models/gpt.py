@@ -17,6 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from kernels import integrate
+from kernels.integrate import GELUTanh, LayerNorm
+
 
 @dataclass
 class Config:
@@ -29,23 +32,6 @@ class Config:
     bias: bool = False          # biases in Linear and LayerNorm (GPT-2: True)
     activation_checkpointing: bool = False
     kernels: str = "torch"      # torch | triton (fused LayerNorm / GELU / linear+cross-entropy)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (torch's has no `bias=False` before 2.1); fused with kernels=triton."""
-
-    def __init__(self, ndim: int, bias: bool, fused: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self.fused = fused
-
-    def forward(self, x):
-        if self.fused:
-            from kernels import integrate
-
-            return integrate.layer_norm(x, self.weight, self.bias, 1e-5)
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
 class CausalSelfAttention(nn.Module):
@@ -74,12 +60,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        if cfg.kernels == "triton":
-            from kernels import integrate
-
-            self.gelu = integrate.GELUTanh()
-        else:
-            self.gelu = nn.GELU(approximate="tanh")
+        self.gelu = GELUTanh() if cfg.kernels == "triton" else nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -154,8 +135,6 @@ class Model(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # inference: only the last position
         if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            from kernels import integrate
-
             return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)

@@ -16,14 +16,9 @@ Selective scan (eq. 2a/2b with the zero-order-hold discretisation Ā = exp(ΔA),
     h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x_t            h: (B, d_inner, d_state)
     y_t = h_t · C_t + D ⊙ x_t
 
-Reference functions (importable, a Triton kernel can be tested against them):
-    selective_scan_ref(u, delta, A, B, C, D, h0=None) -> (y, h_last)
-        u, delta: (b, l, d) float; A: (d, n) (negative); B, C: (b, l, n); D: (d,); h0: (b, d, n) or None.
-        y: (b, l, d); h_last: (b, d, n). One Python step per token: the readable definition.
-    selective_scan_chunked(u, delta, A, B, C, D, h0=None, chunk=None) -> (y, h_last)
-        Same signature and result; the two-level scan used in training (about 2*sqrt(l) sequential steps).
-    selective_scan_step(u_t, delta_t, A, B_t, C_t, D, h) -> (y_t, h)
-        One token: u_t, delta_t (b, d); B_t, C_t (b, n); h (b, d, n). Used by `generate`.
+The scan's PyTorch forms live with its fused kernel in kernels/selective_scan.py: training runs the two-level
+chunked scan (`selective_scan_chunked`, about 2*sqrt(T) sequential steps), generation one step at a time
+(`selective_scan_step`); both are tested against the sequential definition `selective_scan_ref`.
 
 Generation is recurrent: each layer keeps a conv window (B, d_inner, d_conv-1) and the SSM state
 (B, d_inner, d_state), so a new token costs O(1) time and memory however long the context is.
@@ -37,6 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from kernels import integrate
+from kernels.integrate import RMSNorm, fp32
+from kernels.selective_scan import selective_scan_chunked, selective_scan_step
 
 
 @dataclass
@@ -58,91 +57,7 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Selective scan: reference (sequential), chunked (training) and one-step (generation)
-
-def selective_scan_ref(u, delta, A, B, C, D, h0=None):
-    """Sequential selective scan, one token at a time: the definition the other forms are tested against."""
-    b, l, d = u.shape
-    h = u.new_zeros(b, d, A.shape[1]) if h0 is None else h0
-    ys = []
-    for t in range(l):
-        y, h = selective_scan_step(u[:, t], delta[:, t], A, B[:, t], C[:, t], D, h)
-        ys.append(y)
-    return torch.stack(ys, dim=1), h
-
-
-def selective_scan_step(u_t, delta_t, A, B_t, C_t, D, h):
-    """One recurrence step: h = exp(Δ A) h + Δ B u;  y = C·h + D u."""
-    dA = torch.exp(delta_t.unsqueeze(-1) * A)                       # (b, d, n)  Ā = exp(ΔA)
-    dBu = (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)          # (b, d, n)  B̄u = ΔBu
-    h = dA * h + dBu
-    y = torch.einsum("bdn,bn->bd", h, C_t) + D * u_t
-    return y, h
-
-
-def selective_scan_chunked(u, delta, A, B, C, D, h0=None, chunk=None):
-    """Two-level scan: split the sequence into chunks of T tokens.
-
-    1. inside every chunk at once, scan from a zero state (T sequential steps over all chunks together);
-    2. carry the state across chunks (l/T sequential steps): h_start[c+1] = Π_chunk Ā · h_start[c] + h_local_end[c];
-    3. add the carried state everywhere: h_t = h_local_t + exp(Σ_{s<=t in chunk} Δ_s A) · h_start.
-    Only products of decays <= 1 appear (no division by a decay), so it is as stable as the sequential scan.
-    """
-    b, l, d = u.shape
-    n = A.shape[1]
-    T = chunk or max(1, math.ceil(math.sqrt(l)))
-    nc = math.ceil(l / T)
-    pad = nc * T - l
-    if pad:  # padded steps keep the state unchanged: Δ = 0 gives Ā = 1 and B̄u = 0
-        u, delta, B = (F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B))
-    delta_c = delta.view(b, nc, T, d)
-    dA = torch.exp(delta_c.unsqueeze(-1) * A)                       # (b, nc, T, d, n)  Ā = exp(ΔA)
-    dBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)                # (b, l, d, n)      B̄u = ΔBu
-    dA_t, dBu_t = dA.unbind(2), dBu.view(b, nc, T, d, n).unbind(2)  # T slices of (b, nc, d, n)
-    # 1. local scans, all chunks in parallel
-    h = dBu_t[0]
-    local = [h]
-    for t in range(1, T):
-        h = dA_t[t] * h + dBu_t[t]
-        local.append(h)
-    h_local = torch.stack(local, dim=2)                               # (b, nc, T, d, n)
-    # decay from the chunk start: Π_{s<=t} exp(Δ_s A) = exp((Σ_{s<=t} Δ_s) A), a cumsum over (b, nc, T, d) only
-    decay = torch.exp(torch.cumsum(delta_c, dim=2).unsqueeze(-1) * A)  # (b, nc, T, d, n)
-    # 2. carry the state from chunk to chunk
-    carry = u.new_zeros(b, d, n) if h0 is None else h0
-    starts = []
-    for decay_c, h_end_c in zip(decay[:, :, -1].unbind(1), local[-1].unbind(1)):
-        starts.append(carry)
-        carry = decay_c * carry + h_end_c
-    h_start = torch.stack(starts, dim=1)                            # (b, nc, d, n)
-    # 3. every state = local part + decayed carried state
-    hs = h_local + decay * h_start.unsqueeze(2)                     # (b, nc, T, d, n)
-    hs = hs.view(b, nc * T, d, n)[:, :l]
-    y = torch.einsum("bldn,bln->bld", hs, C) + D * u[:, :l]
-    return y, carry
-
-
-# ----------------------------------------------------------------------------------------------------
 # Model
-
-def fp32(x):
-    """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run)."""
-    return torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, ndim: int, eps: float = 1e-5, fused: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.eps, self.fused = eps, fused
-
-    def forward(self, x):
-        if self.fused:
-            from kernels import integrate
-
-            return integrate.rms_norm(x, self.weight, self.eps)
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
-
 
 class MambaMixer(nn.Module):
     def __init__(self, cfg: Config):
@@ -181,8 +96,6 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         with fp32(x):  # the scan runs in fp32 even under autocast: exp and long products are precision-sensitive
             if self.fused:  # one Triton program per (batch, channel block) walks the sequence
-                from kernels import integrate
-
                 y, _ = integrate.selective_scan(x.float(), delta.float(), A, Bm.float(), Cm.float(),
                                                 self.D.float(), chunk=self.scan_chunk or None)
             else:
@@ -257,8 +170,6 @@ class Model(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            from kernels import integrate
-
             return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)

@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from trainers.models.gpt import MLP, CausalSelfAttention, LayerNorm
+from kernels.integrate import LayerNorm
+from trainers.models.gpt import MLP, CausalSelfAttention
 
 
 @dataclass
@@ -108,9 +109,10 @@ class MoE(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config, moe: bool):
         super().__init__()
-        self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias)
+        fused = cfg.kernels == "triton"
+        self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias, fused=fused)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias, fused=fused)
         self.mlp = MoE(cfg) if moe else MLP(cfg)
 
     def forward(self, x):
@@ -132,7 +134,7 @@ class Model(nn.Module):
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg, moe=(i % cfg.moe_every == cfg.moe_every - 1))
                              for i in range(cfg.n_layer)]),
-            ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias),
+            ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias, fused=cfg.kernels == "triton"),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying

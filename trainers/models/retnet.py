@@ -14,12 +14,9 @@ Multi-scale retention (eq. 8): head h has γ_h = 1 - 2^(-5-h); each head is norm
     MSR(X) = (swish(X W_G) ⊙ GroupNorm(head_1, ..., head_H)) W_O
 Training uses the chunkwise form (linear in T); generation uses the recurrent form (O(1) per token).
 
-Reference functions (importable, a Triton kernel can be tested against them), all fp32:
-    retention_parallel(q, k, v, gamma) -> y
-    retention_recurrent(q, k, v, gamma, state=None) -> (y, state)
-    retention_chunkwise(q, k, v, gamma, chunk=64, state=None) -> (y, state)
-        q, k: (B, H, T, dk) (already rotated and scaled); v: (B, H, T, dv); gamma: (H,) decays in (0, 1);
-        state: (B, H, dk, dv) or None (zeros); y: (B, H, T, dv). The parallel form starts from zero state.
+The three forms live in kernels/retention.py, in PyTorch and as the fused chunkwise kernel
+(`retention_parallel`, `retention_recurrent`, `retention_chunkwise`; q, k (B, H, T, dk) already rotated and
+scaled, v (B, H, T, dv), gamma (H,), all fp32).
 """
 from __future__ import annotations
 
@@ -30,6 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from kernels import integrate
+from kernels.integrate import LayerNorm, fp32
+from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
 
 
 @dataclass
@@ -49,61 +50,7 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Retention: the three forms
-
-def decay_mask(gamma, T: int, device=None):
-    """D (H, T, T): D_nm = γ^(n-m) for n >= m, else 0."""
-    n = torch.arange(T, device=device, dtype=torch.float32)
-    diff = n[:, None] - n[None, :]                                          # n - m
-    log_d = diff * torch.log(gamma.float())[:, None, None]
-    return torch.exp(log_d.masked_fill(diff < 0, -math.inf))
-
-
-def retention_parallel(q, k, v, gamma):
-    """(Q Kᵀ ⊙ D) V: the form that trains like attention (O(T²))."""
-    D = decay_mask(gamma, q.size(2), q.device).to(q.dtype)
-    return ((q @ k.transpose(-1, -2)) * D) @ v
-
-
-def retention_recurrent(q, k, v, gamma, state=None):
-    """S_n = γ S_n-1 + K_nᵀ V_n;  y_n = Q_n S_n: one token at a time (O(1) per token)."""
-    B, H, T, dk = q.shape
-    if state is None:
-        state = q.new_zeros(B, H, dk, v.size(-1))
-    g = gamma.to(q.dtype)[None, :, None, None]
-    ys = []
-    for n in range(T):
-        state = g * state + k[:, :, n, :, None] * v[:, :, n, None, :]
-        ys.append((q[:, :, n, None, :] @ state).squeeze(2))
-    return torch.stack(ys, dim=2), state
-
-
-def retention_chunkwise(q, k, v, gamma, chunk: int = 64, state=None):
-    """Parallel inside each chunk, recurrent across chunks (O(T · chunk)); the last chunk may be shorter."""
-    B, H, T, dk = q.shape
-    if state is None:
-        state = q.new_zeros(B, H, dk, v.size(-1))
-    log_g = torch.log(gamma.float()).to(q.device)[None, :, None, None]      # (1, H, 1, 1)
-    ys = []
-    for i in range(0, T, chunk):
-        qc, kc, vc = q[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk]
-        L = qc.size(2)
-        j = torch.arange(L, device=q.device, dtype=torch.float32)[None, None, :, None]
-        xi = torch.exp((j + 1) * log_g).to(q.dtype)                          # γ^(j+1): decay of the carried state
-        zeta = torch.exp((L - 1 - j) * log_g).to(q.dtype)                    # γ^(L-j-1): decay to the chunk end
-        inner = ((qc @ kc.transpose(-1, -2)) * decay_mask(gamma, L, q.device).to(q.dtype)) @ vc
-        ys.append(inner + (qc @ state) * xi)
-        state = torch.exp(L * log_g).to(q.dtype) * state + kc.transpose(-1, -2) @ (vc * zeta)
-    return torch.cat(ys, dim=2), state
-
-
-# ----------------------------------------------------------------------------------------------------
 # Model
-
-def fp32(x):
-    """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run)."""
-    return torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False)
-
 
 def rotate(x, pos):
     """Rotary position rotation (the xPos Θ without its length extrapolation scale); x (B, H, T, d)."""
@@ -159,8 +106,6 @@ class MultiScaleRetention(nn.Module):
             elif form == "recurrent":
                 y, _ = retention_recurrent(q, k, v, self.gamma)
             elif self.fused:  # one Triton program per (batch, head) walks the chunks, state in registers
-                from kernels import integrate
-
                 y, _ = integrate.retention(q, k, v, self.gamma, chunk=self.chunk)
             else:
                 y, _ = retention_chunkwise(q, k, v, self.gamma, self.chunk)
@@ -185,21 +130,13 @@ class FFN(nn.Module):
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
 
 
-def layer_norm(cfg: Config) -> nn.Module:
-    """nn.LayerNorm, or the fused Triton LayerNorm (same parameters) with kernels=triton."""
-    if cfg.kernels == "triton":
-        from kernels import integrate
-
-        return integrate.LayerNorm(cfg.n_embd, bias=cfg.bias)
-    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-
-
 class Block(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        self.ln_1 = layer_norm(cfg)
+        fused = cfg.kernels == "triton"
+        self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias, fused=fused)
         self.msr = MultiScaleRetention(cfg)
-        self.ln_2 = layer_norm(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias, fused=fused)
         self.ffn = FFN(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -220,7 +157,7 @@ class Model(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = layer_norm(cfg)
+        self.ln_f = LayerNorm(cfg.n_embd, bias=cfg.bias, fused=cfg.kernels == "triton")
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
@@ -251,8 +188,6 @@ class Model(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            from kernels import integrate
-
             return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)

@@ -14,15 +14,9 @@ TimeMix (Finch, section 4): data-dependent token shift (ddlerp), data-dependent 
     out            = W_o (GroupNorm_heads(wkv) ⊙ g)
 ChannelMix:  k = ReLU(W_k lerp_k)^2;  out = σ(W_r lerp_r) ⊙ (W_v k)
 
-Reference functions (importable, a Triton kernel can be tested against them), all fp32:
-    wkv_ref(r, k, v, log_w, u, state=None) -> (y, state)
-        r, k, log_w: (B, T, H, K); v: (B, T, H, V); log_w = log of the per-step decay (<= 0); u: (H, K) bonus;
-        state: (B, H, K, V) or None (zeros). y: (B, T, H, V). One Python step per token: the definition.
-    wkv_chunked(r, k, v, log_w, u, state=None, chunk=16) -> (y, state)
-        Same signature and result; the chunked parallel form used in training. Inside a chunk the decay between
-        positions s < t is exp(Σ_{s<i<t} log w_i), summed over exactly those steps (a masked cumsum), so no
-        decay is ever divided by and no large cumulative sums are subtracted: fp32-exact however strong the decay.
-    wkv_step(r_t, k_t, v_t, log_w_t, u, state) -> (y_t, state)      one token (B, H, K) / (B, H, V).
+The WKV recurrence's PyTorch forms live with its fused kernel in kernels/wkv.py: training runs the chunked
+parallel form (`wkv_chunked`, exact in fp32 however strong the decay), generation one step at a time
+(`wkv_step`); both are tested against the recurrence `wkv_ref`.
 
 Generation is recurrent: per layer two shifted tokens (B, C) and the wkv state (B, H, K, K), a constant
 amount of memory per generated token however long the context grows.
@@ -36,6 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from kernels import integrate
+from kernels.integrate import LayerNorm, fp32
+from kernels.wkv import wkv_chunked, wkv_step
 
 
 @dataclass
@@ -55,67 +53,7 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------
-# WKV: recurrent reference, chunked parallel form (training) and one step (generation)
-
-def wkv_step(r_t, k_t, v_t, log_w_t, u, state):
-    """y = r·(S + diag(u) kᵀv);  S = diag(w) S + kᵀv.   r, k, log_w (B, H, K); v (B, H, V); S (B, H, K, V)."""
-    kv = k_t.unsqueeze(-1) * v_t.unsqueeze(-2)                               # (B, H, K, V)  kᵀv
-    y = torch.einsum("bhk,bhkv->bhv", r_t, state + u.unsqueeze(-1) * kv)
-    state = torch.exp(log_w_t).unsqueeze(-1) * state + kv
-    return y, state
-
-
-def wkv_ref(r, k, v, log_w, u, state=None):
-    """The recurrence, one token at a time."""
-    B, T, H, K = r.shape
-    if state is None:
-        state = r.new_zeros(B, H, K, v.shape[-1])
-    ys = []
-    for t in range(T):
-        y, state = wkv_step(r[:, t], k[:, t], v[:, t], log_w[:, t], u, state)
-        ys.append(y)
-    return torch.stack(ys, dim=1), state
-
-
-def wkv_chunked(r, k, v, log_w, u, state=None, chunk=16):
-    """Chunked parallel form. For a chunk that starts from state S, with decays between positions written as
-    sums of log w over exactly the steps in between (never as a difference of two cumulative sums, which
-    would lose precision when one step's decay is very strong):
-        y_t   = (r_t ⊙ exp(Σ_{i<t} log w_i)) S + Σ_{s<t} [Σ_k r_t k_s exp(Σ_{s<i<t} log w_i)] v_s + (r_t ⊙ u ⊙ k_t) v_t
-        S_end = exp(Σ_i log w_i) ⊙ S + Σ_s (k_s ⊙ exp(Σ_{s<i} log w_i))ᵀ v_s
-    """
-    B, T, H, K = r.shape
-    if state is None:
-        state = r.new_zeros(B, H, K, v.shape[-1])
-    # (B, H, T, K): heads as batch
-    r, k, v, log_w = (t.transpose(1, 2) for t in (r, k, v, log_w))
-    ys = []
-    for i in range(0, T, chunk):
-        rc, kc, vc, wc = r[:, :, i:i + chunk], k[:, :, i:i + chunk], v[:, :, i:i + chunk], log_w[:, :, i:i + chunk]
-        L = rc.shape[2]
-        lower = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)[:, :, None]  # [t, s]: s < t
-        # seg[t, s] = Σ_{s<i<=t} log w_i (a masked cumsum: each entry sums only its own steps)
-        seg = torch.where(lower, wc.unsqueeze(3), 0.0).cumsum(dim=2)           # (B, H, L_t, L_s, K)
-        between = F.pad(seg, (0, 0, 0, 0, 1, -1))                             # [t, s] = Σ_{s<i<t} log w_i
-        decay = torch.exp(between.masked_fill(~lower, -math.inf))            # 0 where s >= t
-        att = (rc.unsqueeze(3) * kc.unsqueeze(2) * decay).sum(-1)            # (B, H, L, L)
-        bonus = (rc * u[None, :, None, :] * kc).sum(-1, keepdim=True)         # (B, H, L, 1) current token
-        before = F.pad(torch.cumsum(wc, dim=2), (0, 0, 1, -1))                # Σ_{i<t} log w_i
-        y = att @ vc + bonus * vc + (rc * torch.exp(before)) @ state
-        to_end = seg[:, :, -1]                                                # Σ_{s<i<=end} log w_i, (B, H, L, K)
-        total = before[:, :, -1:] + wc[:, :, -1:]                             # Σ_i log w_i, (B, H, 1, K)
-        state = torch.exp(total).transpose(2, 3) * state + (kc * torch.exp(to_end)).transpose(2, 3) @ vc
-        ys.append(y)
-    return torch.cat(ys, dim=2).transpose(1, 2), state
-
-
-# ----------------------------------------------------------------------------------------------------
 # Model
-
-def fp32(x):
-    """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run)."""
-    return torch.autocast("cuda" if x.is_cuda else "cpu", enabled=False)
-
 
 def token_shift(x):
     """x (B, T, C) -> x_t-1 for every t (zeros before the first token)."""
@@ -177,8 +115,6 @@ class TimeMix(nn.Module):
         u = self.bonus.view(self.n_head, self.head_size)
         with fp32(x):  # the state recurrence in fp32, also under bf16 autocast
             if self.fused:  # one Triton program per (batch, head) carries the (K, K) state through time
-                from kernels import integrate
-
                 y, _ = integrate.wkv(*(self.heads(t.float()) for t in (r, k, v, log_w)), u.float(),
                                      chunk=self.chunk)
             else:
@@ -222,21 +158,13 @@ class ChannelMix(nn.Module):
         return self.mix(x, x_prev), x
 
 
-def layer_norm(cfg: Config) -> nn.Module:
-    """nn.LayerNorm, or the fused Triton LayerNorm (same parameters) with kernels=triton."""
-    if cfg.kernels == "triton":
-        from kernels import integrate
-
-        return integrate.LayerNorm(cfg.n_embd)
-    return nn.LayerNorm(cfg.n_embd)
-
-
 class Block(nn.Module):
     def __init__(self, cfg: Config, layer_id: int):
         super().__init__()
-        self.ln1 = layer_norm(cfg)
+        fused = cfg.kernels == "triton"
+        self.ln1 = LayerNorm(cfg.n_embd, fused=fused)
         self.att = TimeMix(cfg, layer_id)
-        self.ln2 = layer_norm(cfg)
+        self.ln2 = LayerNorm(cfg.n_embd, fused=fused)
         self.ffn = ChannelMix(cfg, layer_id)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -257,9 +185,10 @@ class Model(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.ln0 = layer_norm(cfg)
+        fused = cfg.kernels == "triton"
+        self.ln0 = LayerNorm(cfg.n_embd, fused=fused)
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
-        self.ln_out = layer_norm(cfg)
+        self.ln_out = LayerNorm(cfg.n_embd, fused=fused)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         # RWKV-LM's initialisation: tiny embedding (LN0 rescales it), orthogonal projections, zero outputs
         nn.init.uniform_(self.wte.weight, -1e-4, 1e-4)
@@ -287,8 +216,6 @@ class Model(nn.Module):
         if targets is None:
             return self.head(x[:, [-1], :]), None
         if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            from kernels import integrate
-
             return None, integrate.linear_cross_entropy(x, self.head.weight, targets, ignore_index=-1)
         logits = self.head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
