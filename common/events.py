@@ -272,7 +272,7 @@ class Kernel(Event, tag="kernel", kw_only=True, gc=False):
     rel_rms_err: Optional[Num] = None
     grad_max_abs_err: Optional[Num] = None
     grad_rel_rms_err: Optional[Num] = None
-    worst: Optional[Num] = None
+    worst: Optional[str] = None
     tol_rms: Optional[float] = None
     tol_max: Optional[float] = None
     torch_fwd_ms: Optional[float] = None
@@ -289,8 +289,7 @@ class Kernel(Event, tag="kernel", kw_only=True, gc=False):
     mem_saving: Optional[Num] = None
 
     def __post_init__(self):
-        for name in ("max_abs_err", "rel_rms_err", "grad_max_abs_err", "grad_rel_rms_err", "worst", "speedup",
-                     "mem_saving"):
+        for name in ("max_abs_err", "rel_rms_err", "grad_max_abs_err", "grad_rel_rms_err", "speedup", "mem_saving"):
             x = getattr(self, name)
             if x.__class__ is str:
                 setattr(self, name, float(x))
