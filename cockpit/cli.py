@@ -1,4 +1,4 @@
-"""The `cockpit` command (DESIGN.md "CLI contract"). Imports nothing heavy at start-up: no torch, no Textual
+"""The `cockpit` command (README "Use"; docs/ARCHITECTURE.md). Imports nothing heavy at start-up: no torch, no Textual
 until a subcommand needs it, and a subcommand's module only when that subcommand runs.
 
     cockpit                               TUI: preset picker, then the run screen

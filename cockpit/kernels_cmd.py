@@ -3,7 +3,7 @@
 The benchmark runs in a subprocess (`python -m kernels.bench --json`), so this module, like the rest of the
 cockpit CLI, never imports torch or triton: it validates the arguments, streams the child's `kernel`
 events and prints them as JSON lines (--json) or as table rows while they arrive. The kernels panel of the
-TUI uses `bench_command` and `parse_line` the same way to stay responsive and re-run one kernel at a time.
+TUI reads the child's lines with `parse_line` the same way to stay responsive and re-run one kernel at a time.
 """
 from __future__ import annotations
 
@@ -16,16 +16,6 @@ from common.cli import BadInput, Parser, fail
 from common import events as E
 from kernels import _table
 from kernels.bench import build_parser, parse_dtypes, parse_names
-
-
-def bench_command(only: list[str] | str | None = None, dtype: str | None = None, *extra: str) -> list[str]:
-    """argv of the benchmark subprocess emitting JSON lines, e.g. bench_command(["rmsnorm"])."""
-    cmd = [sys.executable, "-m", "kernels.bench", "--json"]
-    if only:
-        cmd += ["--only", only if isinstance(only, str) else ",".join(only)]
-    if dtype:
-        cmd += ["--dtype", dtype]
-    return cmd + list(extra)
 
 
 def bench_env() -> dict[str, str]:

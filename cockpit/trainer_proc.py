@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.events import COMMANDS, RunEnd, encode_command
 from common.paths import OUT_NAME
+from common.procs import trainer_alive
 from common.reader import Follower
 
 
@@ -39,13 +40,16 @@ class LogSource:
     def returncode(self) -> int | None:
         return None
 
-    def send(self, cmd: str, pid: int | None = None) -> str | None:
-        """Deliver a command; returns None when sent, else why not (one line for the user)."""
+    def send(self, cmd: str, pid: int | None = None, started: float | None = None) -> str | None:
+        """Deliver a command to the trainer of `pid` (whose run started at unix time `started`); returns None
+        when sent, else why not (one line for the user)."""
         if cmd != "stop":
             return (f"`{cmd}` needs a trainer this cockpit launched (commands go down its stdin); "
                     "this log is only watched. `x` (stop) works: it sends SIGTERM")
         if not pid:
             return "no trainer pid in this log's run_start; cannot stop it from here"
+        if not trainer_alive(pid, started):  # never signal a process that reused a dead trainer's pid
+            return f"trainer pid {pid} is gone"
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -116,7 +120,7 @@ class TrainerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def send(self, cmd: str, pid: int | None = None) -> str | None:
+    def send(self, cmd: str, pid: int | None = None, started: float | None = None) -> str | None:
         """Queue one JSON-line command for the trainer's stdin; never blocks (a full pipe keeps the rest for
         the next tick). Returns None when queued, else why not."""
         if cmd not in COMMANDS:

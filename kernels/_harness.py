@@ -3,7 +3,7 @@
 Every kernel file registers one `Kernel`: a differentiable PyTorch `reference`, the `fused` Triton op
 (an autograd.Function behind a plain function), an input maker and per-dtype tolerances. `check` runs both
 on the same inputs and compares outputs and input gradients; `run_case` adds timings and peak memory and
-returns the fields of one `kernel` event (DESIGN.md).
+returns the fields of one `kernel` event (docs/events.md).
 
 Correctness is judged against the reference evaluated in float32 on the same (up-cast) inputs, so a bf16
 kernel is compared with the exact answer, not with PyTorch's own bf16 rounding. Two errors per tensor:

@@ -6,7 +6,7 @@
 On a CUDA machine: preset shapes (GPT-2: 8x1024 tokens, 768 wide, 50257 vocab; Mamba-130M ...), timings
 by triton.testing.do_bench, and torch.compile of the same PyTorch code as a third column. Without CUDA:
 the kernels run through Triton's CPU interpreter at small shapes; correctness is real, timings are
-interpreter timings, not GPU timings. One row (or with --json one `kernel` event, DESIGN.md) per kernel,
+interpreter timings, not GPU timings. One row (or with --json one `kernel` event, docs/events.md) per kernel,
 shape and dtype, streamed as each finishes. Exit status: 0 all correct, 1 a kernel failed its check,
 2 bad arguments.
 """

@@ -3,7 +3,9 @@ screen's redraw pacing compute (each beside its screen or widget), and the train
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +354,24 @@ def test_pack_words_breaks_lines_only_between_parts():
         ["params 3 MiB  grads 3 MiB", "acts 67 MiB"]
     assert pack_words(["a-very-long-part", "b"], 5) == ["a-very-long-part", "b"]
     assert pack_words([], 10) == [""]
+
+
+def test_stopping_a_watched_run_never_signals_a_process_that_reused_the_trainers_pid(tmp_path):
+    """`x` on a watched log sends SIGTERM to the run_start's pid: only while that pid is still the trainer."""
+    from cockpit.trainer_proc import LogSource
+
+    other = subprocess.Popen(["sleep", "60"])        # a live process that is not a trainer
+    try:
+        why = LogSource(tmp_path / "events.jsonl").send("stop", other.pid, time.time())
+        assert why == f"trainer pid {other.pid} is gone"
+        assert other.poll() is None                  # still running: it was not signalled
+    finally:
+        other.kill()
+        other.wait()
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert LogSource(tmp_path / "events.jsonl").send("stop", trainer.pid, time.time()) is None
+        assert trainer.wait(timeout=10) == -15       # the trainer got SIGTERM
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()

@@ -31,8 +31,6 @@ from cockpit.runs.query import sort_runs
 TAIL_BYTES = 64 << 10      # how much of a long log's end is read
 WHOLE_BYTES = 128 << 10    # logs up to this size are read whole
 HEAD_LINES = 20            # how many leading lines may precede run_start (normally 0)
-STATUSES = ("running", "completed", "stopped", "failed", "killed", "empty", "unreadable")
-ENDED = ("completed", "stopped", "failed")
 SCANNED = frozenset({"run_start", "eval"})
 
 

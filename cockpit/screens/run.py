@@ -233,7 +233,7 @@ class RunScreen(Screen):
             self.notify(f"the run has ended ({self.state.status}); `{cmd}` needs a live trainer",
                         severity="warning")
             return False
-        why = self.source.send(cmd, self.state.pid)
+        why = self.source.send(cmd, self.state.pid, self.state.run_started)
         if why:
             self.notify(why, severity="warning")
             return False
