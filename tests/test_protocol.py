@@ -201,3 +201,14 @@ def test_the_reducer_takes_dicts_and_typed_events_alike():
     a = RunState().apply_all([{"type": "step", "step": 1, "loss": 2.0}, {"type": "eval", "step": 1, "val_loss": 1.5}])
     b = RunState().apply_all([E.Step(step=1, loss=2.0), E.Eval(step=1, val_loss=1.5)])
     assert (a.step, a.loss, a.best_val, a.bad_events) == (b.step, b.loss, b.best_val, b.bad_events) == (1, 2.0, 1.5, 0)
+
+
+def test_non_finite_numbers_come_back_as_floats_on_every_read_path(tmp_path):
+    lines = [E.encode("step", {"step": i, "loss": float("nan") if i == 2 else 1.0, "lr": float("inf")}, 1.0)
+             for i in (1, 2)]
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"".join(lines))
+    for evs in (list(read_events(log)), decode_block(b"".join(lines)[:-1], ReadStats()),
+                [E.decode(l[:-1]) for l in lines], [E.convert(json.loads(l)) for l in lines]):
+        assert [type(e.loss) for e in evs] == [float, float] and math.isnan(evs[1].loss)
+        assert [e.lr for e in evs] == [math.inf, math.inf]

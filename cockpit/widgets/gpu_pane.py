@@ -11,10 +11,6 @@ from cockpit.widgets.drawing import hbar, pack_words, sparkline
 from cockpit.widgets.render_cost import RenderCost
 
 
-def _num(x):
-    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
 def gpu_summary(s) -> dict:
     """What the GPU pane shows: {'gpus': [...]} or {'no_gpu': reason, 'cpu': {...}}; {} before any event."""
     ev = s.system
@@ -75,14 +71,14 @@ class GpuPane(RenderCost, Widget):
 
     def _gpu(self, out: Text, g: dict, s, w: int):
         out.append(f"GPU {g.get('index', 0)} {g.get('name', '?')}\n", style="bold")
-        temp, util, power = _num(g.get("temp_c")), _num(g.get("util_pct")), _num(g.get("power_w"))
+        temp, util, power = g.get("temp_c"), g.get("util_pct"), g.get("power_w")
         out.append("temp ", style="dim")
         out.append(f"{temp:.0f}°C" if temp is not None else "-", style="red" if temp and temp >= 85 else "")
         out.append("  util ", style="dim")
         out.append(f"{util:.0f}%" if util is not None else "-")
         out.append("  power ", style="dim")
         out.append(f"{power:.0f} W\n" if power is not None else "-\n")
-        used, total = _num(g.get("mem_used")), _num(g.get("mem_total"))
+        used, total = g.get("mem_used"), g.get("mem_total")
         frac = used / total if used is not None and total else 0.0
         gw = max(6, w - 24)
         out.append("VRAM ", style="dim")
@@ -97,7 +93,7 @@ class GpuPane(RenderCost, Widget):
         out.append(thr + "\n", style="red" if thr != "none" else "")
 
     def _cpu(self, out: Text, cpu: dict, s, w: int, brief: bool):
-        util = _num(cpu.get("util_pct"))
+        util = cpu.get("util_pct")
         cores = cpu.get("cores")
         out.append("CPU  ", style="dim")
         out.append(f"{util:.0f}%" if util is not None else "-")
@@ -107,7 +103,7 @@ class GpuPane(RenderCost, Widget):
             out.append("\n     ")
             out.append(sparkline(s.cpu_util_history, w - 5, 0, 100), style="cyan")
         out.append("\n")
-        used, total, rss = _num(cpu.get("ram_used")), _num(cpu.get("ram_total")), _num(cpu.get("rss"))
+        used, total, rss = cpu.get("ram_used"), cpu.get("ram_total"), cpu.get("rss")
         if used is not None and total:
             out.append("RAM  ", style="dim")
             out.append(hbar(used / total, max(6, w - 24)), style="green")

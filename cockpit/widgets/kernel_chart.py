@@ -9,19 +9,15 @@ from textual.widget import Widget
 from cockpit.widgets.drawing import hbar
 
 
-def _num(x):
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
 def kernel_metrics(ev: dict) -> tuple[float | None, float | None]:
-    """(speedup = torch_ms / triton_ms, memory saving = 1 - triton_mem / torch_mem); the event's own
+    """For a `kernel` event (a dict, validated by the protocol): (speedup = torch_ms / triton_ms, memory saving = 1 - triton_mem / torch_mem); the event's own
     `speedup` / `mem_saving` when it has them."""
-    tms, gms = _num(ev.get("torch_ms")), _num(ev.get("triton_ms"))
-    tmem, gmem = _num(ev.get("torch_mem")), _num(ev.get("triton_mem"))
-    speed = _num(ev.get("speedup"))
+    tms, gms = ev.get("torch_ms"), ev.get("triton_ms")
+    tmem, gmem = ev.get("torch_mem"), ev.get("triton_mem")
+    speed = ev.get("speedup")
     if speed is None:
         speed = tms / gms if tms is not None and gms else None
-    saving = _num(ev.get("mem_saving"))
+    saving = ev.get("mem_saving")
     if saving is None:
         saving = 1 - gmem / tmem if tmem and gmem is not None else None
     return speed, saving
