@@ -39,6 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from trainers.models.contract import LanguageModelBase
+
 
 @dataclass
 class Config:
@@ -192,7 +194,7 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(x))
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from trainers.models.contract import LanguageModelBase
+
 
 @dataclass
 class Config:
@@ -102,7 +104,7 @@ class Block(nn.Module):
         return x
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg

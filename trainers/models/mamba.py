@@ -38,6 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from trainers.models.contract import LanguageModelBase
+
 
 @dataclass
 class Config:
@@ -225,7 +227,7 @@ class Block(nn.Module):
         return x_t + y, state
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg

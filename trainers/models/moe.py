@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from trainers.models.contract import LanguageModelBase
 from trainers.models.gpt import MLP, CausalSelfAttention, LayerNorm
 
 
@@ -121,7 +122,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), x.new_zeros((), dtype=torch.float32)
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         assert cfg.top_k <= cfg.n_expert, "top_k must not exceed n_expert"

@@ -31,6 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from trainers.models.contract import LanguageModelBase
+
 
 @dataclass
 class Config:
@@ -213,7 +215,7 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_2(x)), state
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
