@@ -1,9 +1,10 @@
 """The training loop, the same for every preset: the task supplies data, model, loss, eval and samples.
 
 AdamW, linear warm-up then cosine decay to min_lr, gradient accumulation and clipping, bf16 autocast on
-CUDA, eval on a held-out split, samples at each eval and at the end, measured activation memory, atomic
-checkpoints with exact resume, NaN/inf detection, stdin commands (pause/resume/stop/sample/checkpoint) and
-SIGINT/SIGTERM meaning stop. Every observation goes out as an event (trainers/events.py).
+CUDA, torch.compile of the training steps (train.compile), eval on a held-out split, samples at each eval
+and at the end, measured activation memory, atomic checkpoints with exact resume, NaN/inf detection, stdin
+commands (pause/resume/stop/sample/checkpoint) and SIGINT/SIGTERM meaning stop. Every observation goes out
+as an event (trainers/events.py).
 """
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ class Trainer:
         # Build everything that can fail on bad input before the log file exists.
         self.task = load_task(cfg, self.device, self._log, self.amp_dtype)
         self.raw_model = self.task.build_model().to(self.device)  # weights: optimizer, eval, samples, checkpoints
-        self.model = self.raw_model  # what training steps run: wrapped below for DDP
+        self.model = self.raw_model  # what training steps run: wrapped below for DDP and torch.compile
         self.optimizer = self.task.configure_optimizer(self.raw_model)
         self.step = 0
         self.best_val = float("inf")
@@ -151,6 +152,11 @@ class Trainer:
             self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             # commands and signals land in the inbox; the loop acts on flags all ranks agreed on (distributed.py)
             self.inbox, self.controls = self.controls, Controls()
+        # the steps the activation probe watches run eagerly: a compiled graph calls no module hooks, so the
+        # probe could not say which layer saved what
+        self.eager_model = self.model
+        if self.t["compile"]:
+            self.model = torch.compile(self.model)
 
     # --- helpers -------------------------------------------------------------------------------------
     def _amp_dtype(self):
@@ -267,18 +273,19 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         total_loss, units = 0.0, 0
+        model = self.model if probe is None else self.eager_model
         for micro in range(t["grad_accum"]):
             batch = self.task.rank_batch("train", step, micro, self.rank, self.world_size)
             units += self.task.batch_units(batch)
             sync = micro == t["grad_accum"] - 1 or self.world_size == 1
-            ctx = self.model.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
+            ctx = model.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
             with ctx:
                 if probe is not None and micro == 0:
                     with probe.capture(), self.task.autocast():
-                        loss = self.task.loss(self.model, batch)
+                        loss = self.task.loss(model, batch)
                 else:
                     with self.task.autocast():
-                        loss = self.task.loss(self.model, batch)
+                        loss = self.task.loss(model, batch)
                 (loss / t["grad_accum"]).backward()
             total_loss += loss.item() / t["grad_accum"]
         if self.world_size > 1:  # the loss of the global batch: the mean of the ranks' shares (distributed.py)
