@@ -289,7 +289,6 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
     if not cfg["name"]:
         cfg["name"] = path.stem
     out = unflatten(cfg)
-    out["_source"] = str(path)
     out["_has_profiles"] = sorted(profiles)
     return out
 

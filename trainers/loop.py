@@ -492,7 +492,7 @@ def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None):
     ckpt = None
     if resume:
         ckpt = ckpt_io.load(resume)
-        cfg = override_resolved({**ckpt["config"], "_source": cfg.get("_source")}, overrides or {})
+        cfg = override_resolved(ckpt["config"], overrides or {})
         if not log:
             log = str(ckpt_io.resolve(resume).parent / "events.jsonl")
     if not log:

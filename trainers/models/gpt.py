@@ -131,12 +131,6 @@ class Model(LanguageModelBase):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
-        return n
-
     def hidden(self, idx):
         """Final hidden states (B, T, n_embd) after ln_f."""
         B, T = idx.shape

@@ -244,9 +244,6 @@ class Model(LanguageModelBase):
             elif name.endswith("out_proj.weight"):  # prenorm residual rescaling (GPT-2, as in mamba_ssm)
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
         x = self.drop(self.wte(idx))

@@ -161,9 +161,6 @@ class Model(LanguageModelBase):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits; loss = cross-entropy + aux_loss_coef · mean balance loss of the MoE layers."""
         B, T = idx.shape

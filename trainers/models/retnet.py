@@ -238,9 +238,6 @@ class Model(LanguageModelBase):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, idx, targets=None, form: str = "chunkwise"):
         """idx (B, T) -> logits (B, T, vocab); `form` picks the retention form (all give the same result)."""
         x = self.drop(self.wte(idx))

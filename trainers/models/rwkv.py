@@ -274,9 +274,6 @@ class Model(LanguageModelBase):
             for lin in (block.att.output, block.ffn.receptance, block.ffn.value):
                 nn.init.zeros_(lin.weight)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
         x = self.ln0(self.wte(idx))

@@ -235,7 +235,6 @@ class Task(LMTask):
         ws = int(self.ft["block_size"])
         if ws and ws < self.stream.block_size:  # train/eval on shorter windows than the base's context
             self.stream.block_size = ws
-        self.merged_paths: list[str] = []
 
     # the base decides the tokenizer (and the model shape); read it here, before the corpus is encoded
     def make_tokenizer(self, text: str):
@@ -326,7 +325,6 @@ class Task(LMTask):
         paths = export_merged(model, self.cfg, self.state_dict(), run_dir, self.ft["export"])
         for p in paths:
             self.log("info", f"merged weights written to {p}")
-        self.merged_paths = paths
         return paths
 
 

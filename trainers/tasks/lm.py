@@ -24,7 +24,6 @@ class Task(BaseTask):
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         super().__init__(cfg, device, log, amp_dtype)
         text, source = textdata.load_text(cfg["data"].get("path", ""), self.default_corpus)
-        self.source = source
         self.tokenizer = self.make_tokenizer(text)
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         self.stream = textdata.TokenStream(ids, cfg["data"]["val_fraction"], cfg["model"]["block_size"], source)
