@@ -53,7 +53,6 @@ def score(run_dir: Path, n_ddim: int, n_ddpm: int) -> dict:
 
     ckpt = checkpoint.load(run_dir / "ckpt.pt")
     cfg = ckpt["config"]
-    cfg["_amp_dtype"] = None
     task = load_task(cfg, torch.device("cpu"))
     model = task.build_model()
     model.load_state_dict(ckpt["model"])

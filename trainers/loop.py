@@ -1,12 +1,14 @@
 """The training loop, the same for every preset: the task supplies data, model, loss, eval and samples.
 
 AdamW, linear warm-up then cosine decay to min_lr, gradient accumulation and clipping, bf16 autocast on
-CUDA, eval on a held-out split, samples at each eval and at the end, measured activation memory, atomic
-checkpoints with exact resume, NaN/inf detection, stdin commands (pause/resume/stop/sample/checkpoint) and
-SIGINT/SIGTERM meaning stop. Every observation goes out as an event (trainers/events.py).
+CUDA, torch.compile of the training steps (train.compile), eval on a held-out split, samples at each eval
+and at the end, measured activation memory, atomic checkpoints with exact resume, NaN/inf detection, stdin
+commands (pause/resume/stop/sample/checkpoint) and SIGINT/SIGTERM meaning stop. Every observation goes out
+as an event (trainers/events.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -115,7 +117,6 @@ class Trainer:
         self.device = torch.device(cfg["device"] if cfg["device"] != "cuda" else f"cuda:{torch.cuda.current_device() if world_size > 1 else 0}")
         self.pending_logs: list[tuple[str, str]] = []
         self.amp_dtype = self._amp_dtype()
-        cfg["_amp_dtype"] = self.amp_dtype
         torch.manual_seed(self.t["seed"])
         if cfg.get("kernels") == "triton":
             from kernels import integrate
@@ -123,10 +124,10 @@ class Trainer:
             b = integrate.backend()
             self._log("info" if b != "torch" else "warning", integrate.describe())  # one line, fused or not
         # Build everything that can fail on bad input before the log file exists.
-        self.task = load_task(cfg, self.device, self._log)
-        self.model = self.task.build_model().to(self.device)
-        self.raw_model = self.model
-        self.optimizer = self.task.configure_optimizer(self.model)
+        self.task = load_task(cfg, self.device, self._log, self.amp_dtype)
+        self.raw_model = self.task.build_model().to(self.device)  # weights: optimizer, eval, samples, checkpoints
+        self.model = self.raw_model  # what training steps run: wrapped below for DDP and torch.compile
+        self.optimizer = self.task.configure_optimizer(self.raw_model)
         self.step = 0
         self.best_val = float("inf")
         self.last_val = None
@@ -145,6 +146,11 @@ class Trainer:
             self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             # commands and signals land in the inbox; the loop acts on flags all ranks agreed on (distributed.py)
             self.inbox, self.controls = self.controls, Controls()
+        # the steps the activation probe watches run eagerly: a compiled graph calls no module hooks, so the
+        # probe could not say which layer saved what
+        self.eager_model = self.model
+        if self.t["compile"]:
+            self.model = torch.compile(self.model)
 
     # --- helpers -------------------------------------------------------------------------------------
     def _amp_dtype(self):
@@ -164,11 +170,6 @@ class Trainer:
             self.pending_logs.append((level, message))
         else:
             self.writer.emit("log", level=level, message=message)
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _load_resume(self, ckpt: dict):
         self.raw_model.load_state_dict(ckpt["model"])
@@ -225,7 +226,7 @@ class Trainer:
         acts = probe.total if probe else 0
         layers = probe.table(param_bytes_by_layer(self.raw_model)) if probe else []
         tot = totals(self.raw_model, self.optimizer, acts, self.device)
-        extra = self.task.memory_fields(self.raw_model, self.optimizer) if hasattr(self.task, "memory_fields") else {}
+        extra = self.task.memory_fields(self.raw_model, self.optimizer)
         tot.update(extra.pop("totals", {}))
         self.last_memory = {"step": self.step if step is None else step, "layers": layers, "totals": tot}
         self.writer.emit("memory", step=self.step if step is None else step, layers=layers, totals=tot,
@@ -233,15 +234,13 @@ class Trainer:
         return tot, layers
 
     def evaluate(self):
-        if not self.is_main:  # DDP: rank 0 evaluates (no collectives); the others wait at the next step's sync
-            if hasattr(self.task, "skip_eval"):  # ... after drawing the same eval batches, to keep data in step
-                with self.task.global_batch(self.world_size):
-                    self.task.skip_eval(self.step)
+        batch_size = self.t["batch_size"] * self.world_size  # DDP: the global batch, as one process would
+        if not self.is_main:  # DDP: rank 0 evaluates (no collectives); the others wait at the next step's sync,
+            self.task.skip_eval(self.step, batch_size)  # after drawing the same eval batches: data stays in step
             return
         self.raw_model.eval()
         try:
-            with self.task.global_batch(self.world_size):  # DDP: the global batch, as one process would
-                res = self.task.evaluate(self.raw_model, self.step)
+            res = self.task.evaluate(self.raw_model, self.step, batch_size)
         finally:
             self.raw_model.train()
         val = float(res.pop("val_loss"))
@@ -268,18 +267,19 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         total_loss, units = 0.0, 0
+        model = self.model if probe is None else self.eager_model
         for micro in range(t["grad_accum"]):
             batch = self.task.rank_batch("train", step, micro, self.rank, self.world_size)
             units += self.task.batch_units(batch)
             sync = micro == t["grad_accum"] - 1 or self.world_size == 1
-            ctx = self.model.no_sync() if (self.world_size > 1 and not sync) else _null()
+            ctx = model.no_sync() if (self.world_size > 1 and not sync) else contextlib.nullcontext()
             with ctx:
                 if probe is not None and micro == 0:
-                    with probe.capture(), self.autocast():
-                        loss = self.task.loss(self.model, batch)
+                    with probe.capture(), self.task.autocast():
+                        loss = self.task.loss(model, batch)
                 else:
-                    with self.autocast():
-                        loss = self.task.loss(self.model, batch)
+                    with self.task.autocast():
+                        loss = self.task.loss(model, batch)
                 (loss / t["grad_accum"]).backward()
             total_loss += loss.item() / t["grad_accum"]
         if self.world_size > 1:  # the loss of the global batch: the mean of the ranks' shares (distributed.py)
@@ -324,7 +324,7 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             self.raw_model.train()
-            if start_step == 0 and getattr(self.task, "eval_at_start", False):
+            if start_step == 0 and self.task.eval_at_start:
                 self.evaluate()  # the untrained (or, fine-tuning, the base) model's loss starts the curve
             governor = ThreadGovernor(torch, log=self._log) if self.device.type == "cpu" else None
             while self.step < t["max_steps"]:
@@ -381,7 +381,7 @@ class Trainer:
                 if t["checkpoint_interval"] and step % t["checkpoint_interval"] == 0 and not last:
                     self.save_checkpoint()
             self.save_checkpoint("end" if status == "completed" else "stop")
-            if self.is_main and self.log_path is not None and hasattr(self.task, "on_end"):
+            if self.is_main and self.log_path is not None:
                 self.task.on_end(self.raw_model, self.ckpt_path.parent, status)  # e.g. merged weights
         except (NonFinite, LogWriteFailed) as e:
             status, error, exit_code = "failed", str(e), 1
@@ -479,14 +479,6 @@ class LogWriteFailed(RuntimeError):
     pass
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None):
     """(cfg, log_path, checkpoint) for a run; on resume the checkpoint's config wins, plus new overrides."""
     from trainers.config import override_resolved
@@ -494,7 +486,7 @@ def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None):
     ckpt = None
     if resume:
         ckpt = ckpt_io.load(resume)
-        cfg = override_resolved({**ckpt["config"], "_source": cfg.get("_source")}, overrides or {})
+        cfg = override_resolved(ckpt["config"], overrides or {})
         if not log:
             log = str(ckpt_io.resolve(resume).parent / "events.jsonl")
     if not log:

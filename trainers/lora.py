@@ -199,15 +199,6 @@ def freeze_base(model: nn.Module) -> int:
     return n
 
 
-def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for name, p in model.named_parameters() if is_lora_param(name)]
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the adapters (a few hundred KB): what a LoRA fine-tune adds to its base."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_lora_param(k)}
-
-
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by a plain nn.Linear holding W0 + (alpha / r) B A (in place), and any

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from kernels import integrate
 from kernels.bitlinear import activation_quant, bitlinear_ref, weight_quant
 from kernels.integrate import RMSNorm
+from trainers.models.contract import LanguageModelBase
 
 
 @dataclass
@@ -144,7 +145,7 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(x))
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
@@ -157,9 +158,6 @@ class Model(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""

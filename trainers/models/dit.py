@@ -167,9 +167,6 @@ class Model(nn.Module):
         for p in (*self.final_layer.adaLN_modulation[-1].parameters(), *self.final_layer.linear.parameters()):
             nn.init.zeros_(p)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, x, t, y):
         """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) class ids (num_classes: null) -> noise (B, C, H, W)"""
         p = self.config.patch_size

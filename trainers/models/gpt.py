@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
 from kernels.integrate import GELUTanh, LayerNorm
+from trainers.models.contract import LanguageModelBase
 
 
 @dataclass
@@ -83,7 +84,7 @@ class Block(nn.Module):
         return x
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
@@ -109,12 +110,6 @@ class Model(nn.Module):
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
-        return n
 
     def hidden(self, idx):
         """Final hidden states (B, T, n_embd) after ln_f."""

@@ -36,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from kernels import integrate
 from kernels.integrate import RMSNorm, fp32
 from kernels.selective_scan import selective_scan_chunked, selective_scan_step
+from trainers.models.contract import LanguageModelBase
 
 
 @dataclass
@@ -138,7 +139,7 @@ class Block(nn.Module):
         return x_t + y, state
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
@@ -154,9 +155,6 @@ class Model(nn.Module):
                 nn.init.normal_(p, std=0.02)
             elif name.endswith("out_proj.weight"):  # prenorm residual rescaling (GPT-2, as in mamba_ssm)
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainers.models.contract import LanguageModelBase
+
 
 @dataclass
 class Config:
@@ -77,7 +79,7 @@ class Block(nn.Module):
         return x
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg

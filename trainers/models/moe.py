@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from kernels.integrate import LayerNorm
+from trainers.models.contract import LanguageModelBase
 from trainers.models.gpt import MLP, CausalSelfAttention
 
 
@@ -123,7 +124,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), x.new_zeros((), dtype=torch.float32)
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         assert cfg.top_k <= cfg.n_expert, "top_k must not exceed n_expert"
@@ -161,9 +162,6 @@ class Model(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits; loss = cross-entropy + aux_loss_coef · mean balance loss of the MoE layers."""

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
+from trainers.models.contract import LanguageModelBase
 
 
 @dataclass
@@ -150,7 +151,7 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_2(x)), state
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
@@ -172,9 +173,6 @@ class Model(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx, targets=None, form: str = "chunkwise"):
         """idx (B, T) -> logits (B, T, vocab); `form` picks the retention form (all give the same result)."""

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.wkv import wkv_chunked, wkv_step
+from trainers.models.contract import LanguageModelBase
 
 
 @dataclass
@@ -180,7 +181,7 @@ class Block(nn.Module):
         return x + y, (att_state, ffn_prev)
 
 
-class Model(nn.Module):
+class Model(LanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
@@ -200,9 +201,6 @@ class Model(nn.Module):
             block.att.key.weight.data.mul_(0.1)
             for lin in (block.att.output, block.ffn.receptance, block.ffn.value):
                 nn.init.zeros_(lin.weight)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""

@@ -148,9 +148,6 @@ class Model(nn.Module):
         self.norm_out = norm(c)
         self.conv_out = zero(nn.Conv2d(c, cfg.in_channels, 3, padding=1))  # predicts 0 noise at init
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, x, t, y):
         """x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) class ids (num_classes: null) -> noise (B, C, H, W)"""
         t_freq = timestep_embedding(t, self.config.base_channels).to(self.conv_in.weight.dtype)

@@ -2,13 +2,14 @@
 
 The training loop (trainers/loop.py) is the same for every task; a task supplies data, the model, the
 loss, evaluation and samples. Batches are a pure function of (split, step, micro-step, seed) so that a
-resumed run sees exactly the batches an uninterrupted run would.
+resumed run sees exactly the batches an uninterrupted run would. Under DDP the loop asks for the global
+batch (train.batch_size x ranks) by passing `batch_size`; without it a task draws train.batch_size rows.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
 
@@ -17,11 +18,14 @@ from trainers.config import ConfigError
 
 class Task(ABC):
     unit = "tokens"  # what `step` events count: "tokens" or "items"
+    eval_at_start = False  # evaluate before the first step (the curve starts at the untrained loss)
 
-    def __init__(self, cfg: dict, device: torch.device, log=None):
+    def __init__(self, cfg: dict, device: torch.device, log=None, amp_dtype: torch.dtype | None = None):
+        """`amp_dtype`: the autocast dtype of the run (None: float32), which eval and samples use too."""
         self.cfg = cfg
         self.device = device
         self.log = log or (lambda level, message: None)
+        self.amp_dtype = amp_dtype
 
     # --- data --------------------------------------------------------------------------------------
     def generator(self, split: str, step: int, micro: int = 0) -> torch.Generator:
@@ -32,7 +36,8 @@ class Task(ABC):
         return g
 
     @abstractmethod
-    def get_batch(self, split: str, step: int, micro: int = 0):
+    def get_batch(self, split: str, step: int, micro: int = 0, batch_size: int | None = None):
+        """The batch of (split, step, micro): `batch_size` rows (None: train.batch_size)."""
         ...
 
     def rank_batch(self, split: str, step: int, micro: int = 0, rank: int = 0, world: int = 1):
@@ -42,20 +47,7 @@ class Task(ABC):
         if world == 1:
             return self.get_batch(split, step, micro)
         b = self.cfg["train"]["batch_size"]
-        with self.global_batch(world):
-            batch = self.get_batch(split, step, micro)
-        return take_rows(batch, rank * b, (rank + 1) * b)
-
-    @contextlib.contextmanager
-    def global_batch(self, world: int):
-        """Inside, train.batch_size (which get_batch and evaluate read) is the global batch: B x world."""
-        t = self.cfg["train"]
-        b = t["batch_size"]
-        t["batch_size"] = b * world
-        try:
-            yield
-        finally:
-            t["batch_size"] = b
+        return take_rows(self.get_batch(split, step, micro, batch_size=b * world), rank * b, (rank + 1) * b)
 
     @abstractmethod
     def batch_units(self, batch) -> int:
@@ -84,16 +76,25 @@ class Task(ABC):
         return torch.optim.AdamW(groups, lr=t["lr"], betas=(t["beta1"], t["beta2"]), **kw)
 
     def on_step(self, model, optimizer, step: int, lr: float) -> float:
-        """Called before each optimizer step; may change the lr (e.g. BitNet's two-stage schedule)."""
-        if hasattr(model, "on_step"):
-            return model.on_step(optimizer, step, self.cfg["train"]["max_steps"], lr)
-        return lr
+        """Called before each optimizer step; may change the lr (the model's hook: BitNet's two-stage schedule)."""
+        return model.on_step(optimizer, step, self.cfg["train"]["max_steps"], lr)
+
+    def autocast(self):
+        """The run's mixed precision, for eval and samples as for training steps."""
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # --- reporting ---------------------------------------------------------------------------------
     @abstractmethod
-    def evaluate(self, model, step: int) -> dict:
-        """Returns {"val_loss": float, "metrics": {...}} plus any extra event fields."""
+    def evaluate(self, model, step: int, batch_size: int | None = None) -> dict:
+        """Returns {"val_loss": float, "metrics": {...}} plus any extra event fields; eval batches have
+        `batch_size` rows (None: train.batch_size)."""
         ...
+
+    def skip_eval(self, step: int, batch_size: int | None = None):
+        """On a DDP rank that does not evaluate: do what evaluate does to the task's data state (nothing,
+        unless eval batches come from the training stream), so that every rank's data stays in step."""
 
     @torch.no_grad()
     def samples(self, model, step: int) -> list[dict]:
@@ -107,6 +108,14 @@ class Task(ABC):
     def load_state_dict(self, state: dict):
         """Restore what state_dict() saved that changes during a run (e.g. a data stream's position)."""
 
+    def memory_fields(self, model, optimizer) -> dict:
+        """Extra fields of the loop's `memory` event; a "totals" dict in it is merged into the totals."""
+        return {}
+
+    def on_end(self, model, run_dir: Path, status: str = "completed") -> list[str]:
+        """When the run ends (rank 0, with a log): write any files it leaves besides ckpt.pt; their paths."""
+        return []
+
 
 def take_rows(batch, start: int, stop: int):
     """Rows [start, stop) of every batch-first tensor in a batch (a tensor, or tuples/lists/dicts of them)."""
@@ -119,7 +128,7 @@ def take_rows(batch, start: int, stop: int):
     return batch
 
 
-def load_task(cfg: dict, device, log=None) -> Task:
+def load_task(cfg: dict, device, log=None, amp_dtype: torch.dtype | None = None) -> Task:
     name = cfg["task"]
     try:
         mod = importlib.import_module(f"trainers.tasks.{name}")
@@ -127,4 +136,4 @@ def load_task(cfg: dict, device, log=None) -> Task:
         if e.name == f"trainers.tasks.{name}":
             raise ConfigError(f"task '{name}' is not available; use lm, sort, diffusion or finetune") from None
         raise
-    return mod.Task(cfg, device, log)
+    return mod.Task(cfg, device, log, amp_dtype)

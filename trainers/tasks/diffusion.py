@@ -17,7 +17,6 @@ so a resumed run sees exactly the batches of an uninterrupted one.
 from __future__ import annotations
 
 import base64
-import contextlib
 
 import torch
 
@@ -25,19 +24,13 @@ from trainers.config import ConfigError
 from trainers.diffusion import SCHEDULES, Diffusion, DiffusionModel
 from trainers.images import load_images, to_uint8
 from trainers.models import build_model
+from trainers.models.contract import Denoiser
 from trainers.tasks import Task as BaseTask
 
 SAMPLE_DEFAULTS = {"steps": 20, "eta": 0.0, "guidance": 2.0, "rows": 2, "cols": 8, "ema_decay": 0.999,
                    "eval_samples": 100, "sampler": "ddim"}
 GRID_PAD = 1          # pixels between grid cells
 GRID_PAD_VALUE = 128  # mid grey, visible on black digits and white emoji backgrounds
-
-
-def unwrap(model: torch.nn.Module) -> DiffusionModel:
-    """The DiffusionModel inside DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
-    while not isinstance(model, DiffusionModel):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
 
 
 def image_grid(images: torch.Tensor, rows: int, cols: int, pad: int = GRID_PAD,
@@ -63,8 +56,8 @@ def image_payload(grid: torch.Tensor) -> dict:
 class Task(BaseTask):
     unit = "items"
 
-    def __init__(self, cfg, device, log=None):
-        super().__init__(cfg, device, log)
+    def __init__(self, cfg, device, log=None, amp_dtype=None):
+        super().__init__(cfg, device, log, amp_dtype)
         m, d = cfg["model"], cfg["data"]
         self.opts = {**SAMPLE_DEFAULTS, **(cfg.get("sample") or {})}
         self._check(m)
@@ -108,7 +101,7 @@ class Task(BaseTask):
     # --- model -------------------------------------------------------------------------------------
     def build_model(self):
         try:
-            net = build_model(self.cfg["arch"], self.cfg["model"], image_size=self.data.size,
+            net = build_model(self.cfg["arch"], self.cfg["model"], contract=Denoiser, image_size=self.data.size,
                               in_channels=self.data.channels, num_classes=self.data.num_classes,
                               kernels=self.cfg.get("kernels", "torch"))
         except AssertionError as e:
@@ -118,8 +111,7 @@ class Task(BaseTask):
     def on_step(self, model, optimizer, step, lr):
         """Fold the weights into the EMA once per optimizer step (these are the weights after step - 1)."""
         if step > 1:
-            m = unwrap(model)
-            m.ema.update(m.net)
+            model.ema.update(model.net)
         return lr
 
     # --- data --------------------------------------------------------------------------------------
@@ -136,10 +128,10 @@ class Task(BaseTask):
         noise = torch.randn(x0.shape, generator=g)
         return tuple(v.to(self.device, non_blocking=True) for v in (x0, y, t, noise))
 
-    def get_batch(self, split, step, micro=0):
+    def get_batch(self, split, step, micro=0, batch_size=None):
         """(x0 (B,C,H,W) in [-1,1], y (B,) with dropped labels = null class, t (B,), noise (B,C,H,W))."""
-        return self._draw(split, self.generator(split, step, micro), self.cfg["train"]["batch_size"],
-                          drop_labels=split == "train")
+        bs = batch_size or self.cfg["train"]["batch_size"]
+        return self._draw(split, self.generator(split, step, micro), bs, drop_labels=split == "train")
 
     def batch_units(self, batch) -> int:
         return batch[0].shape[0]
@@ -150,43 +142,34 @@ class Task(BaseTask):
         return self.diffusion.loss(model, x0.to(dtype), t, noise.to(dtype), y)
 
     # --- reporting ---------------------------------------------------------------------------------
-    def autocast(self):
-        dtype = self.cfg.get("_amp_dtype")
-        if dtype is None and self.device.type == "cuda" and self.cfg["train"].get("dtype", "auto") != "float32":
-            dtype = torch.bfloat16
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def _fixed_loss(self, net, split: str) -> float:
+    def _fixed_loss(self, net, split: str, batch_size: int) -> float:
         """Diffusion loss on fixed images, timesteps and noise (the same at every eval, labels never dropped),
         so evals are comparable with each other."""
         losses = []
         for i in range(self.cfg["train"]["eval_iters"]):
             g = self.generator("test", 10_000 + i, 0 if split == "train" else 1)
-            x0, y, t, noise = self._draw(split, g, self.cfg["train"]["batch_size"], drop_labels=False)
+            x0, y, t, noise = self._draw(split, g, batch_size, drop_labels=False)
             with self.autocast():
                 losses.append(self.diffusion.loss(net, x0, t, noise, y).item())
         return sum(losses) / len(losses)
 
     @torch.no_grad()
-    def evaluate(self, model, step):
-        m = unwrap(model)
-        metrics = {"train_loss": self._fixed_loss(m.net, "train"), "ema_val_loss": self._fixed_loss(m.ema_net, "val"),
-                   "ema_decay": m.ema.current_decay()}
+    def evaluate(self, model: DiffusionModel, step, batch_size=None):
+        bs = batch_size or self.cfg["train"]["batch_size"]
+        metrics = {"train_loss": self._fixed_loss(model.net, "train", bs),
+                   "ema_val_loss": self._fixed_loss(model.ema_net, "val", bs), "ema_decay": model.ema.current_decay()}
         if self.score_digits:
             from trainers.digit_classifier import score_samples
 
             n = int(self.opts["eval_samples"])
             labels = torch.arange(n) % 10
-            images = self.generate(m, labels, seed=self.cfg["train"]["seed"] + 1)
+            images = self.generate(model, labels, seed=self.cfg["train"]["seed"] + 1)
             metrics["sample_accuracy"] = score_samples(images, labels)
-        return {"val_loss": self._fixed_loss(m.net, "val"), "metrics": metrics}
+        return {"val_loss": self._fixed_loss(model.net, "val", bs), "metrics": metrics}
 
     @torch.no_grad()
     def generate(self, model, labels: torch.Tensor, seed: int, sampler: str | None = None) -> torch.Tensor:
         """Class-conditional samples (N, C, H, W) in [-1, 1] from the EMA weights, in chunks of 256."""
-        m = unwrap(model)
         o = self.opts
         sampler = sampler or o["sampler"]
         g = torch.Generator().manual_seed(seed)
@@ -196,10 +179,10 @@ class Task(BaseTask):
             y = labels[i:i + 256].to(self.device)
             with self.autocast():
                 if sampler == "ddpm":
-                    x = self.diffusion.ddpm_sample(m.ema_net, y, shape, generator=g, null_class=self.null_class,
+                    x = self.diffusion.ddpm_sample(model.ema_net, y, shape, generator=g, null_class=self.null_class,
                                                    guidance=float(o["guidance"]))
                 else:
-                    x = self.diffusion.ddim_sample(m.ema_net, y, shape, generator=g, null_class=self.null_class,
+                    x = self.diffusion.ddim_sample(model.ema_net, y, shape, generator=g, null_class=self.null_class,
                                                    steps=int(o["steps"]), eta=float(o["eta"]),
                                                    guidance=float(o["guidance"]))
             out.append(x.float().cpu())

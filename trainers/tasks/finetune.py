@@ -30,6 +30,7 @@ from trainers import data as textdata
 from trainers import hf, lora, quant
 from trainers.config import ConfigError, strip_private
 from trainers.models import build_model
+from trainers.models.contract import LanguageModel
 from trainers.tasks.lm import Task as LMTask
 
 METHODS = ("full", "lora", "qlora")
@@ -123,7 +124,8 @@ def build_base(base: dict, kernels: str = "torch", seed: int = 0) -> torch.nn.Mo
         mcfg["dropout"] = 0.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a random base is the same base every time it is built
-        model = build_model(base["arch"], mcfg, vocab_size=base["vocab_size"], kernels=kernels)
+        model = build_model(base["arch"], mcfg, contract=LanguageModel, vocab_size=base["vocab_size"],
+                            kernels=kernels)
     if base.get("weights") is not None and not next(model.parameters()).is_meta:
         try:
             model.load_state_dict(base["weights"](), strict=True)
@@ -225,15 +227,14 @@ class Task(LMTask):
     default_corpus = "milton.txt"
     eval_at_start = True  # the first eval shows the base's loss on the new corpus
 
-    def __init__(self, cfg, device, log=None):
+    def __init__(self, cfg, device, log=None, amp_dtype=None):
         self.ft = finetune_settings(cfg)
         self.base_info: dict | None = None
         self._comparison: dict | None = None
-        super().__init__(cfg, device, log)  # calls make_tokenizer, which reads the base
+        super().__init__(cfg, device, log, amp_dtype)  # calls make_tokenizer, which reads the base
         ws = int(self.ft["block_size"])
         if ws and ws < self.stream.block_size:  # train/eval on shorter windows than the base's context
             self.stream.block_size = ws
-        self.merged_paths: list[str] = []
 
     # the base decides the tokenizer (and the model shape); read it here, before the corpus is encoded
     def make_tokenizer(self, text: str):
@@ -282,8 +283,8 @@ class Task(LMTask):
         return make_optimizer(model, self.ft, self.cfg["train"], self.device, self.log)
 
     @torch.no_grad()
-    def evaluate(self, model, step):
-        out = super().evaluate(model, step)
+    def evaluate(self, model, step, batch_size=None):
+        out = super().evaluate(model, step, batch_size)
         counts = lora.count_params(model)
         out["metrics"].update(trainable_params=counts["trainable"], params=counts["total"],
                               trainable_pct=100.0 * counts["trainable"] / max(1, counts["total"]))
@@ -324,7 +325,6 @@ class Task(LMTask):
         paths = export_merged(model, self.cfg, self.state_dict(), run_dir, self.ft["export"])
         for p in paths:
             self.log("info", f"merged weights written to {p}")
-        self.merged_paths = paths
         return paths
 
 

@@ -5,6 +5,7 @@ import torch
 
 from trainers import data as textdata
 from trainers.models import build_model
+from trainers.models.contract import LanguageModel
 from trainers.tasks import Task as BaseTask
 
 
@@ -20,10 +21,9 @@ class Task(BaseTask):
     sample_prompt = "\n"
     eval_at_start = True  # the curve starts at the untrained loss, ln(vocab)
 
-    def __init__(self, cfg, device, log=None):
-        super().__init__(cfg, device, log)
+    def __init__(self, cfg, device, log=None, amp_dtype=None):
+        super().__init__(cfg, device, log, amp_dtype)
         text, source = textdata.load_text(cfg["data"].get("path", ""), self.default_corpus)
-        self.source = source
         self.tokenizer = self.make_tokenizer(text)
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
         self.stream = textdata.TokenStream(ids, cfg["data"]["val_fraction"], cfg["model"]["block_size"], source)
@@ -37,46 +37,47 @@ class Task(BaseTask):
         self.data_gen.set_state(torch.get_rng_state())
         self.pending = None
 
-    def draw(self, split):
-        return self.stream.batch(split, self.cfg["train"]["batch_size"], self.data_gen)
+    def draw(self, split, batch_size):
+        return self.stream.batch(split, batch_size, self.data_gen)
 
     def make_tokenizer(self, text: str):
         return textdata.make_tokenizer(self.cfg["data"]["tokenizer"], text)
 
     def build_model(self):
-        model = build_model(self.cfg["arch"], self.cfg["model"], vocab_size=self.tokenizer.vocab_size,
-                            kernels=self.cfg.get("kernels", "torch"),
+        model = build_model(self.cfg["arch"], self.cfg["model"], contract=LanguageModel,
+                            vocab_size=self.tokenizer.vocab_size, kernels=self.cfg.get("kernels", "torch"),
                             activation_checkpointing=self.cfg["train"]["activation_checkpointing"])
         self.fork_data_rng()
         return model
 
-    def get_batch(self, split, step, micro=0):
+    def get_batch(self, split, step, micro=0, batch_size=None):
         """The next training batch of the stream (step and micro are implied by the order of calls)."""
+        bs = batch_size or self.cfg["train"]["batch_size"]
         if split != "train":
-            x, y = self.draw(split)
+            x, y = self.draw(split, bs)
         else:
             if self.pending is None:
-                self.pending = self.draw("train")
-            (x, y), self.pending = self.pending, self.draw("train")  # nanoGPT prefetches the next one
+                self.pending = self.draw("train", bs)
+            (x, y), self.pending = self.pending, self.draw("train", bs)  # nanoGPT prefetches the next one
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def eval_batches(self, step: int):
+    def eval_batches(self, step: int, batch_size: int | None = None):
         """Fresh batches of both splits for one eval. Evals on the schedule (step 0 and every eval_interval)
         draw them from the stream, as nanoGPT does; an eval off the schedule (the last step of a run that
         ends between evals) draws from a generator of its own, so that it does not move the stream and a run
         stopped there and resumed trains on the batches the uninterrupted run would. DDP ranks that do not
         evaluate draw the same batches (skip_eval) so that every rank's stream stays in step."""
         n, every = self.cfg["train"]["eval_iters"], self.cfg["train"]["eval_interval"]
+        bs = batch_size or self.cfg["train"]["batch_size"]
         if step % every == 0:
             if self.pending is None:
-                self.pending = self.draw("train")
-            return {split: [self.draw(split) for _ in range(n)] for split in ("train", "val")}
+                self.pending = self.draw("train", bs)
+            return {split: [self.draw(split, bs) for _ in range(n)] for split in ("train", "val")}
         g = self.generator("test", step)
-        bs = self.cfg["train"]["batch_size"]
         return {split: [self.stream.batch(split, bs, g) for _ in range(n)] for split in ("train", "val")}
 
-    def skip_eval(self, step: int):
-        self.eval_batches(step)
+    def skip_eval(self, step: int, batch_size: int | None = None):
+        self.eval_batches(step, batch_size)
 
     def batch_units(self, batch) -> int:
         return batch[0].numel()
@@ -86,28 +87,18 @@ class Task(BaseTask):
         return loss
 
     @torch.no_grad()
-    def evaluate(self, model, step):
+    def evaluate(self, model, step, batch_size=None):
         out = {}
-        for split, batches in self.eval_batches(step).items():
+        for split, batches in self.eval_batches(step, batch_size).items():
             losses = []
             for x, y in batches:
                 with self.autocast():
                     _, loss = model(x.to(self.device), y.to(self.device))
                 losses.append(loss.item())
             out[split] = sum(losses) / len(losses)
-        metrics = {"train_loss": out["train"]}
-        if hasattr(model, "metrics"):
-            metrics.update(model.metrics())
-        result = {"val_loss": out["val"], "metrics": metrics}
-        if hasattr(model, "eval_fields"):  # e.g. MoE's `experts` (per-expert counts, balance loss)
-            result.update(model.eval_fields())
-        return result
-
-    def autocast(self):
-        dtype = self.cfg.get("_amp_dtype")
-        if dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=dtype)
+        metrics = {"train_loss": out["train"], **model.metrics()}
+        # the model's extra eval fields, e.g. MoE's `experts` (per-expert counts, balance loss)
+        return {"val_loss": out["val"], "metrics": metrics, **model.eval_fields()}
 
     @torch.no_grad()
     def samples(self, model, step):

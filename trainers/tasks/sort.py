@@ -13,6 +13,7 @@ import zlib
 import torch
 
 from trainers.models import build_model
+from trainers.models.contract import LanguageModel
 from trainers.tasks import Task as BaseTask
 
 
@@ -23,8 +24,8 @@ def is_test(seq: tuple[int, ...]) -> bool:
 class Task(BaseTask):
     unit = "tokens"
 
-    def __init__(self, cfg, device, log=None):
-        super().__init__(cfg, device, log)
+    def __init__(self, cfg, device, log=None, amp_dtype=None):
+        super().__init__(cfg, device, log, amp_dtype)
         self.length = int(cfg["data"].get("length", 6))
         self.num_digits = int(cfg["data"].get("num_digits", 3))
         all_seqs = list(itertools.product(range(self.num_digits), repeat=self.length))
@@ -35,7 +36,7 @@ class Task(BaseTask):
 
     def build_model(self):
         model_cfg = {**self.cfg["model"], "block_size": self.length * 2 - 1}
-        return build_model(self.cfg["arch"], model_cfg, vocab_size=self.num_digits,
+        return build_model(self.cfg["arch"], model_cfg, contract=LanguageModel, vocab_size=self.num_digits,
                            kernels=self.cfg.get("kernels", "torch"))
 
     def _pairs(self, inputs: torch.Tensor):
@@ -45,9 +46,10 @@ class Task(BaseTask):
         y[:, :self.length - 1] = -1  # only the sorted half is predicted
         return x, y
 
-    def get_batch(self, split, step, micro=0):
+    def get_batch(self, split, step, micro=0, batch_size=None):
         pool = self.train_inputs if split == "train" else self.test_inputs
-        ix = torch.randint(len(pool), (self.cfg["train"]["batch_size"],), generator=self.generator(split, step, micro))
+        bs = batch_size or self.cfg["train"]["batch_size"]
+        ix = torch.randint(len(pool), (bs,), generator=self.generator(split, step, micro))
         x, y = self._pairs(pool[ix])
         return x.to(self.device), y.to(self.device)
 
@@ -71,7 +73,8 @@ class Task(BaseTask):
         return idx[:, self.length:]
 
     @torch.no_grad()
-    def evaluate(self, model, step):
+    def evaluate(self, model, step, batch_size=None):
+        """Every held-out input, whatever the batch size."""
         x, y = self._pairs(self.test_inputs)
         _, val_loss = model(x.to(self.device), y.to(self.device))
         acc = self.accuracy(model, self.test_inputs)
