@@ -219,8 +219,8 @@ def replay(argv: list[str]) -> int:
         raise BadInput(f"--smooth {a.smooth} must be in [0, 1)")
     from pathlib import Path
 
-    from common.reader import ReadStats, check_log
     from cockpit.report import report
+    from common.reader import ReadStats, check_log
     from common.state import load_state
 
     color = None if a.color == "auto" else a.color == "always"

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.cli import BadInput, Parser, fail
 from common import events as E
+from common.cli import BadInput, Parser, fail
 from kernels import _table
 from kernels.bench import build_parser, parse_dtypes, parse_names
 

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from cockpit.ansi import strip_ansi, use_color
-from common.reader import ReadStats
-from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from cockpit.series import plot_series
+from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
+from common.reader import ReadStats
 from common.state import RunState
 
 

@@ -15,8 +15,8 @@ from cockpit.runs import RunsError
 from cockpit.runs.index import index_runs
 from cockpit.runs.query import SORT_KEYS, filter_runs, sort_runs
 from cockpit.runs.table import runs_table
-from common.paths import runs_root
 from common.cli import BadInput, Parser, fail
+from common.paths import runs_root
 
 
 def build_parser() -> Parser:

@@ -33,7 +33,7 @@ def run_bench(extra: list[str]) -> list[dict]:
 def markdown(events: list[dict], machine: str, date: str) -> str:
     gpu = bool(events) and events[0].get("timing") == "cuda"
     compile_ = any("compile_ms" in e for e in events)
-    out = [f"# Kernels: PyTorch vs fused Triton", "", f"Machine: {machine}. Date: {date}.", ""]
+    out = ["# Kernels: PyTorch vs fused Triton", "", f"Machine: {machine}. Date: {date}.", ""]
     if gpu:
         out += [f"Device: {events[0].get('device')}. Timing: `triton.testing.do_bench` (CUDA events, median). "
                 f"Peak memory: `torch.cuda.max_memory_allocated` above the baseline, forward + backward.", ""]

@@ -51,9 +51,11 @@ def test_export_merged_keeps_its_own_name_when_run_as_a_module():
 def every_parser():
     """Every argument parser of the project, each cockpit subcommand with its arguments."""
     from cockpit import runs_cmd
-    from cockpit.cli import SUBCOMMANDS as registered, build_parser, replay_parser
+    from cockpit.cli import SUBCOMMANDS as registered
+    from cockpit.cli import build_parser, replay_parser
     from kernels import bench
-    from trainers import __main__ as trainer, export_merged
+    from trainers import __main__ as trainer
+    from trainers import export_merged
 
     def walk(parser):
         yield parser

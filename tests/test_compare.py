@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from cockpit.compare import (compare_chart, compare_report, compare_rows, diff_rows, peak_memory, run_label,
-                             unique_labels)
+from cockpit.compare import (
+    compare_chart,
+    compare_report,
+    compare_rows,
+    diff_rows,
+    peak_memory,
+    run_label,
+    unique_labels,
+)
 from common.reader import ReadStats
 from common.state import RunState, load_state
 

@@ -6,8 +6,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.reader import ReadStats, read_events
 from cockpit.report import report
+from common.reader import ReadStats, read_events
 from common.state import RunState
 from trainers import config
 

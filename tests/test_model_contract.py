@@ -13,7 +13,6 @@ from trainers import config, models
 from trainers.config import ConfigError
 from trainers.models.contract import Denoiser, LanguageModel, LanguageModelBase
 
-
 LANGUAGE_MODELS = {"bitnet", "gpt", "mamba", "mingpt", "moe", "retnet", "rwkv"}
 
 

@@ -14,7 +14,7 @@ def test_headless_progress_prints_start_steps_with_eta_evals_and_the_end(tmp_pat
     assert code == 0
     out = capsys.readouterr().out.splitlines()
     start = events_of(log, "run_start")[0]
-    assert out[0].startswith(f"nanogpt (gpt, ") and f"on {start['device']}, cpu profile" in out[0]
+    assert out[0].startswith("nanogpt (gpt, ") and f"on {start['device']}, cpu profile" in out[0]
     steps = [l for l in out if l.startswith("step ")]
     assert [int(re.match(r"step +(\d+)/20", l).group(1)) for l in steps] == [1, 5, 10, 15, 20]
     last = events_of(log, "step")[-1]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_GPT, cockpit, events_of, read_log, train_in_process
+from tests.conftest import ROOT, TINY_GPT, cockpit, events_of, train_in_process
 
 SLOW_TINY = (*TINY_GPT, "train.max_steps=100000", "train.log_interval=1", "train.checkpoint_interval=5",
              "train.eval_interval=1000000", "train.sample_interval=0")

@@ -14,12 +14,17 @@ import pytest
 from cockpit.images import fit_grid
 from cockpit.presets_info import vram_fits
 from cockpit.screens.overrides import validate_overrides
-from cockpit.screens.pacing import (REDRAW_MAX_S, REDRAW_MIN_S, RedrawGate, frame_interval, heavy_render_seconds,
-                                    pane_signatures, redraw_interval)
+from cockpit.screens.pacing import (
+    REDRAW_MAX_S,
+    REDRAW_MIN_S,
+    RedrawGate,
+    frame_interval,
+    heavy_render_seconds,
+    redraw_interval,
+)
 from cockpit.screens.picker import filter_presets, preset_cells
+from cockpit.screens.run import pane_signatures
 from cockpit.series import GrowingArray, SmoothCache, ema, series_for_plot
-from common.events import Sample
-from common.state import RunState
 from cockpit.trainer_proc import failure_event, tail_text
 from cockpit.widgets.chart_markers import lr_phase_changes, marker_steps, steps_to_x
 from cockpit.widgets.drawing import hbar, pack_words, sparkline
@@ -27,6 +32,8 @@ from cockpit.widgets.loss_plot import cycle, nice_ticks, tick_label
 from cockpit.widgets.memory_pane import memory_rows
 from cockpit.widgets.samples_pane import diff_pair_default, same_prompt_indices, word_diff
 from cockpit.widgets.status_line import status_fields
+from common.events import Sample
+from common.state import RunState
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tui"
 

@@ -5,11 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.state import RunState
 from cockpit.widgets.gpu_pane import GpuPane
 from cockpit.widgets.kernel_chart import KernelChart
 from cockpit.widgets.loss_plot import LossPlot
 from cockpit.widgets.memory_pane import MemoryPane
+from common.state import RunState
 
 ROOT = Path(__file__).resolve().parents[1]
 

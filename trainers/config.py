@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from common.cli import BadInput
-from common.dotted import flatten as _flatten, unflatten
+from common.dotted import flatten as _flatten
+from common.dotted import unflatten
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -21,12 +21,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cockpit.runs.query import sort_runs
 from common import events as E
 from common.paths import LOG_NAME, runs_root
 from common.procs import trainer_alive
 from common.reader import last_event, read_tail, scan
 from common.state import RunState
-from cockpit.runs.query import sort_runs
 
 TAIL_BYTES = 64 << 10      # how much of a long log's end is read
 WHOLE_BYTES = 128 << 10    # logs up to this size are read whole

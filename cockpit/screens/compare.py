@@ -56,8 +56,8 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare-load")
     def load(self):
-        from common.state import RunState
         from cockpit.trainer_proc import LogSource
+        from common.state import RunState
 
         loaded = []
         try:

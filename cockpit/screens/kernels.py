@@ -4,7 +4,6 @@ memory saving; Enter re-runs the highlighted kernel alone (`--only NAME`), `r` r
 from __future__ import annotations
 
 import importlib.util
-from cockpit.kernels_cmd import parse_line
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from cockpit.kernels_cmd import parse_line
 from cockpit.messages import KernelEvent, KernelsDone
 from cockpit.widgets.kernel_chart import KernelChart, kernel_metrics
 from cockpit.widgets.kernels_table import KernelsTable

@@ -1,7 +1,7 @@
 """How often a run screen reads its log and redraws, and which of its panes redraw.
 
 A live run shares the CPU with its trainer: the screen folds new events every TICK_S, redraws only the panes
-whose own inputs changed (pane_signatures, RedrawGate), draws at most one frame per frame_interval beside a
+whose own inputs changed (each pane's signature, RedrawGate), draws at most one frame per frame_interval beside a
 CPU trainer, and paces its heavy panes (the loss chart, memory, system) by what their redraws measured to
 cost (widgets/render_cost.py) so that redrawing them takes about REDRAW_BUDGET of a core.
 """
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-
-from cockpit.widgets.status_line import status_fields
 
 TICK_S = 0.25            # how often a screen folds new events and redraws (one render per tick)
 
@@ -49,21 +47,6 @@ def redraw_interval(render_seconds: float | None, device: str | None = None) -> 
     if render_seconds is None or not math.isfinite(render_seconds) or render_seconds <= 0:
         return REDRAW_MIN_S
     return min(REDRAW_MAX_S, max(REDRAW_MIN_S, render_seconds / budget))
-
-
-def pane_signatures(s, note: str | None = None) -> dict[str, tuple]:
-    """What each run-screen pane draws from, as a cheap hashable: a pane redraws only when its own changed
-    (a system sample must not re-render the loss chart)."""
-    seen = s.counts
-    return {
-        "loss": (len(s.train), len(s.val), len(s.checkpoints), len(s.skipped_steps), len(s.throttle_steps),
-                 len(s.resumes), s.out_of_order, s.run_id, s.n_params, s.device, s.profile, s.world_size),
-        "samples": (seen.get("sample", 0),),
-        "memory": (seen.get("memory", 0), seen.get("run_start", 0)),
-        "gpu": (seen.get("system", 0),),
-        "error": (s.status, s.error, s.exit_code),
-        "status": tuple(status_fields(s, note)),   # the state word is among the fields
-    }
 
 
 class RedrawGate:

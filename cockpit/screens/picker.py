@@ -15,10 +15,10 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from common.fmt import fmt_bytes, fmt_count
 from cockpit.messages import LaunchRequested, PresetsMeasured
 from cockpit.presets_info import merge_infos, preset_stubs, presets_info, vram_fits
 from cockpit.widgets.preset_table import PresetTable
+from common.fmt import fmt_bytes, fmt_count
 
 COLUMNS = ("preset", "arch", "params", "est. VRAM / budget", "profile here")
 

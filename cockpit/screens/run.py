@@ -18,12 +18,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from common.fmt import fmt_count
 from cockpit.messages import StateLoaded
-from cockpit.screens.pacing import (TICK_S, RedrawGate, frame_interval, heavy_render_seconds, pane_signatures,
-                                    redraw_interval)
-from common.events import as_dict
-from common.state import RunState, writer_gone
+from cockpit.screens.pacing import TICK_S, RedrawGate, frame_interval, heavy_render_seconds, redraw_interval
 from cockpit.trainer_proc import failure_event
 from cockpit.widgets.error_pane import ErrorPane
 from cockpit.widgets.gpu_pane import GpuPane
@@ -31,24 +27,17 @@ from cockpit.widgets.loss_plot import LossPlot
 from cockpit.widgets.memory_pane import MemoryPane
 from cockpit.widgets.samples_pane import SamplesPane
 from cockpit.widgets.status_line import StatusLine
+from common.events import as_dict
+from common.state import RunState, writer_gone
+
+# The panes, in the order they redraw (each a RunPane: cockpit/widgets/run_pane.py).
+PANES = (LossPlot, SamplesPane, MemoryPane, GpuPane, ErrorPane, StatusLine)
 
 
-def run_title(s) -> str:
-    """`nanogpt · gpt · 0.81M params · cpu (cpu profile)`."""
-    parts = [s.preset or "run", s.arch or "?"]
-    if s.n_params is not None:
-        parts.append(f"{fmt_count(s.n_params)} params")
-    if s.device:
-        parts.append(f"{s.device}" + (f" ({s.profile} profile)" if s.profile else ""))
-    if s.world_size > 1:
-        parts.append(f"{s.world_size} ranks")
-    return " · ".join(parts)
-
-
-def _set_if_changed(widget, attr: str, value):
-    """Setting a border title refreshes the widget even when the text is the same."""
-    if getattr(widget, attr) != value:
-        setattr(widget, attr, value)
+def pane_signatures(s, note: str | None = None) -> dict[str, tuple]:
+    """What each pane draws from, as a cheap hashable: a pane redraws only when its own changed (a system
+    sample must not re-render the loss chart)."""
+    return {p.pane: p.signature(s, note) for p in PANES}
 
 
 class RunScreen(Screen):
@@ -205,27 +194,14 @@ class RunScreen(Screen):
                 return
             self._frame_at = now
         self._drawn, self._drawn_note = s.version, self.note
-        sigs = pane_signatures(s, self.note)
-        gate = self._gate
-        loss, memory, gpu = self.query_one(LossPlot), self.query_one(MemoryPane), self.query_one(GpuPane)
-        heavy = heavy_render_seconds(p.render_seconds for p in (loss, memory, gpu))
+        panes = [self.query_one(p) for p in PANES]
+        sigs = {p.pane: p.signature(s, self.note) for p in panes}
+        heavy = heavy_render_seconds(p.render_seconds for p in panes if p.heavy)
         pace = redraw_interval(heavy, s.device) if live else 0.0
-        if gate.due("loss", sigs["loss"], pace, force):
-            loss.set_runs([(s.preset or "run", s)])
-            _set_if_changed(loss, "border_title", run_title(s) if s.run_id else "loss")
-            _set_if_changed(loss, "border_subtitle", loss.subtitle())
-        if gate.due("samples", sigs["samples"], 0.0, force):
-            self.query_one(SamplesPane).update_state(s)
-        if gate.due("memory", sigs["memory"], pace, force):
-            memory.update_state(s)
-        if gate.due("gpu", sigs["gpu"], pace, force):
-            _set_if_changed(gpu, "border_title", "GPU" if s.system is not None and s.system.gpus else "system")
-            gpu.update_state(s)
-        if gate.due("error", sigs["error"], 0.0, force):
-            self.query_one(ErrorPane).update_state(s)
-        if gate.due("status", sigs["status"], 0.0, force):
-            self.query_one(StatusLine).update_state(s, self.note)
-        self._held_back = gate.pending(sigs)
+        for p in panes:
+            if self._gate.due(p.pane, sigs[p.pane], pace if p.heavy else 0.0, force):
+                p.update_state(s, self.note)
+        self._held_back = self._gate.pending(sigs)
 
     # --- commands to the trainer ---------------------------------------------------------------------
     def _send(self, cmd: str, note: str | None) -> bool:

@@ -21,7 +21,13 @@ class ErrorPane(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("", id="error-text")
 
-    def update_state(self, state):
+    pane, heavy = "error", False
+
+    @staticmethod
+    def signature(s, note=None) -> tuple:
+        return (s.status, s.error, s.exit_code)
+
+    def update_state(self, state, note: str | None = None):
         err = state.error if state.status in ("failed", "killed") or state.error else None
         if state.status == "killed" and not err:
             err = ("the log ends without run_end and its trainer is gone: the run was killed "

@@ -6,9 +6,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from common.fmt import fmt_bytes
 from cockpit.widgets.drawing import hbar, pack_words, sparkline
 from cockpit.widgets.render_cost import RenderCost
+from cockpit.widgets.run_pane import set_if_changed
+from common.fmt import fmt_bytes
 
 
 def gpu_summary(s) -> dict:
@@ -41,7 +42,14 @@ class GpuPane(RenderCost, Widget):
         super().__init__(**kwargs)
         self.state = None
 
-    def update_state(self, state):
+    pane, heavy = "gpu", True
+
+    @staticmethod
+    def signature(s, note=None) -> tuple:
+        return (s.counts.get("system", 0),)
+
+    def update_state(self, state, note: str | None = None):
+        set_if_changed(self, "border_title", "GPU" if state.system is not None and state.system.gpus else "system")
         self.state = state
         self.refresh()
 

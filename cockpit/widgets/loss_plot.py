@@ -13,10 +13,11 @@ import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
-from common.fmt import fmt_duration
 from cockpit.series import GrowingArray, SmoothCache, series_for_plot
 from cockpit.widgets.chart_markers import MARKERS, marker_steps, steps_to_x
 from cockpit.widgets.render_cost import RenderCost
+from cockpit.widgets.run_pane import set_if_changed
+from common.fmt import fmt_count, fmt_duration
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
 SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
@@ -64,6 +65,18 @@ def tick_label(x: float, axis: str) -> str:
     return f"{x:.0f}" if float(x).is_integer() else f"{x:g}"
 
 
+def run_title(s) -> str:
+    """`nanogpt · gpt · 0.81M params · cpu (cpu profile)`."""
+    parts = [s.preset or "run", s.arch or "?"]
+    if s.n_params is not None:
+        parts.append(f"{fmt_count(s.n_params)} params")
+    if s.device:
+        parts.append(f"{s.device}" + (f" ({s.profile} profile)" if s.profile else ""))
+    if s.world_size > 1:
+        parts.append(f"{s.world_size} ranks")
+    return " · ".join(parts)
+
+
 class LossPlot(RenderCost, PlotextPlot):
     """`runs`: [(label, RunState)]. One run: train (cyan) + val (orange). Several: a colour per run,
     train as a line and val as a dotted line of the same colour."""
@@ -78,6 +91,19 @@ class LossPlot(RenderCost, PlotextPlot):
         self.empty_message = empty_message
         self._caches: dict[tuple, object] = {}
         self.drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # label -> (xs, ys): what was drawn last
+
+    # as a pane of the run screen: one run
+    pane, heavy = "loss", True
+
+    @staticmethod
+    def signature(s, note=None) -> tuple:
+        return (len(s.train), len(s.val), len(s.checkpoints), len(s.skipped_steps), len(s.throttle_steps),
+                len(s.resumes), s.out_of_order, s.run_id, s.n_params, s.device, s.profile, s.world_size)
+
+    def update_state(self, s, note: str | None = None):
+        self.set_runs([(s.preset or "run", s)])
+        set_if_changed(self, "border_title", run_title(s) if s.run_id else "loss")
+        set_if_changed(self, "border_subtitle", self.subtitle())
 
     def set_runs(self, runs: list[tuple[str, object]]):
         if [id(s) for _, s in runs] != [id(s) for _, s in self.runs]:

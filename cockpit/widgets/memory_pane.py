@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from common.fmt import fmt_bytes
 from cockpit.widgets.drawing import hbar, pack_words
 from cockpit.widgets.render_cost import RenderCost
+from common.fmt import fmt_bytes
 
 
 def budget_bytes(s) -> int:
@@ -49,7 +49,13 @@ class MemoryPane(RenderCost, Widget):
         super().__init__(**kwargs)
         self.state = None
 
-    def update_state(self, state):
+    pane, heavy = "memory", True
+
+    @staticmethod
+    def signature(s, note=None) -> tuple:
+        return (s.counts.get("memory", 0), s.counts.get("run_start", 0))
+
+    def update_state(self, state, note: str | None = None):
         self.state = state
         self.refresh()
 

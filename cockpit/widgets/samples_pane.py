@@ -159,7 +159,14 @@ class SamplesPane(Widget):
     def on_resize(self, _event):
         self._redraw()
 
-    def update_state(self, state):
+    pane, heavy = "samples", False
+
+    @staticmethod
+    def signature(s, note=None) -> tuple:
+        # sample events folded so far, not len(samples): the list is capped, its length stops changing
+        return (s.counts.get("sample", 0),)
+
+    def update_state(self, state, note: str | None = None):
         self.state = state
         # sample events folded so far, not len(samples): the list is capped, its length stops changing
         count = state.counts.get("sample", len(state.samples))

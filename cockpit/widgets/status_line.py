@@ -42,6 +42,12 @@ class StatusLine(Widget):
         self.state = None
         self.note: str | None = None   # overrides the state word, e.g. "stopping…"
 
+    pane, heavy = "status", False
+
+    @staticmethod
+    def signature(s, note=None) -> tuple:
+        return tuple(status_fields(s, note))   # the state word is among the fields
+
     def update_state(self, state, note: str | None = None):
         self.state, self.note = state, note
         self.refresh()

@@ -1,0 +1,24 @@
+"""What a pane of the run screen provides. cockpit/screens/run.py lists its panes in PANES and redraws each
+the same way: when the pane's signature changes (and, for a heavy pane beside a CPU trainer, when its pace
+allows), it calls update_state."""
+from __future__ import annotations
+
+from typing import ClassVar, Protocol
+
+
+class RunPane(Protocol):
+    pane: ClassVar[str]    # its name in the redraw bookkeeping (cockpit/screens/pacing.py RedrawGate)
+    heavy: ClassVar[bool]  # costly to draw: paced while a CPU trainer runs, its redraws timed by RenderCost
+
+    @staticmethod
+    def signature(s, note: str | None) -> tuple:
+        """What the pane draws from, as a cheap hashable: it redraws only when this changes."""
+
+    def update_state(self, s, note: str | None = None) -> None:
+        """Draw the RunState `s` (and the screen's pending-command note)."""
+
+
+def set_if_changed(widget, attr: str, value) -> None:
+    """Set a border title or subtitle: setting one refreshes the widget even when the text is the same."""
+    if getattr(widget, attr) != value:
+        setattr(widget, attr, value)
