@@ -15,7 +15,7 @@ tests/test_protocol.py fails when that page and these classes disagree.
 Top-level events are msgspec Structs (attributes); their nested records (a memory layer, a GPU, the metrics of
 an eval) are TypedDicts, validated on decode and read as plain dicts. Every event carries `v` (the schema
 version, 1), `type` and `time` (unix seconds). JSON has no NaN or infinity: non-finite numbers are written as
-the strings "nan", "inf" and "-inf" and decoded back to floats wherever a field is a number (`Num`).
+the strings "nan", "inf" and "-inf", and any float field reads them back as floats.
 
 Forward compatibility: unknown fields are ignored, unknown types are passed on as Unknown (readers count and
 skip them), and a `v` newer than SCHEMA_VERSION is noted by the reader. No torch, no Textual.
@@ -28,9 +28,6 @@ from typing import Any, ClassVar, Literal, Optional, TypedDict, Union
 import msgspec
 
 SCHEMA_VERSION = 1
-# JSON has no NaN/inf: such numbers travel as these strings and come back as floats
-NonFinite = Literal["nan", "inf", "-inf"]
-Num = Union[float, NonFinite]
 
 
 class ProtocolError(ValueError):
@@ -97,15 +94,15 @@ class Cpu(TypedDict, total=False):
 
 class Rank(TypedDict, total=False):
     rank: int
-    throughput: Num
-    step_ms: Num
+    throughput: float
+    step_ms: float
     host: str
     pid: int
 
 
 class Experts(TypedDict, total=False):
     counts: list[int]
-    balance_loss: Num
+    balance_loss: float
     dropped: int
     per_layer: list[list[int]]
 
@@ -125,7 +122,7 @@ class Grid(TypedDict, total=False):
     pad: int
 
 
-Metrics = dict[str, Union[Num, int, bool, str, None]]
+Metrics = dict[str, Union[float, int, bool, str, None]]
 
 
 def _check_image(img: Image) -> None:
@@ -140,11 +137,6 @@ def _check_image(img: Image) -> None:
 
 
 _NON_FINITE = frozenset(("nan", "inf", "-inf"))
-
-
-def _finite(x):
-    """'nan' / 'inf' / '-inf' (how JSON carries them) back to floats; anything else as it is."""
-    return float(x) if x.__class__ is str and x in _NON_FINITE else x
 
 
 # --- events ------------------------------------------------------------------------------------------------
@@ -175,18 +167,15 @@ class RunStart(Event, tag="run_start", kw_only=True, gc=False):
 
 class Step(Event, tag="step", kw_only=True, gc=False):
     step: int
-    loss: Num
-    lr: Optional[Num] = None
-    grad_norm: Optional[Num] = None
+    loss: float
+    lr: Optional[float] = None
+    grad_norm: Optional[float] = None
     tokens: Optional[float] = None
     items: Optional[float] = None
-    throughput: Optional[Num] = None
+    throughput: Optional[float] = None
     elapsed: Optional[float] = None
     max_steps: Optional[int] = None
     ranks: Optional[list[Rank]] = None
-    # No __post_init__ here: a long log is mostly step events, and one Python call each would cost a third of
-    # decoding. decode / decode_many / convert turn the strings into floats (_step_finite), only where the
-    # line or block holds one.
 
     @property
     def units(self) -> Optional[float]:
@@ -196,15 +185,14 @@ class Step(Event, tag="step", kw_only=True, gc=False):
 
 class Eval(Event, tag="eval", kw_only=True, gc=False):
     step: int
-    val_loss: Num
+    val_loss: float
     metrics: Metrics = {}
     experts: Optional[Experts] = None
     method: Optional[str] = None
 
     def __post_init__(self):
-        self.val_loss = _finite(self.val_loss)
         if self.metrics:
-            self.metrics = {k: _finite(x) for k, x in self.metrics.items()}
+            self.metrics = _restore_non_finite(self.metrics)
 
 
 class Sample(Event, tag="sample", kw_only=True, gc=False):
@@ -261,10 +249,10 @@ class Kernel(Event, tag="kernel", kw_only=True, gc=False):
     note: Optional[str] = None
     ok: Optional[bool] = None
     error: Optional[str] = None
-    max_abs_err: Optional[Num] = None
-    rel_rms_err: Optional[Num] = None
-    grad_max_abs_err: Optional[Num] = None
-    grad_rel_rms_err: Optional[Num] = None
+    max_abs_err: Optional[float] = None
+    rel_rms_err: Optional[float] = None
+    grad_max_abs_err: Optional[float] = None
+    grad_rel_rms_err: Optional[float] = None
     worst: Optional[str] = None
     tol_rms: Optional[float] = None
     tol_max: Optional[float] = None
@@ -278,14 +266,8 @@ class Kernel(Event, tag="kernel", kw_only=True, gc=False):
     compile_ms: Optional[float] = None
     compile_mem: Optional[int] = None
     compile_error: Optional[str] = None
-    speedup: Optional[Num] = None
-    mem_saving: Optional[Num] = None
-
-    def __post_init__(self):
-        for name in ("max_abs_err", "rel_rms_err", "grad_max_abs_err", "grad_rel_rms_err", "speedup", "mem_saving"):
-            x = getattr(self, name)
-            if x.__class__ is str:
-                setattr(self, name, float(x))
+    speedup: Optional[float] = None
+    mem_saving: Optional[float] = None
 
 
 class Log(Event, tag="log", kw_only=True, gc=False):
@@ -308,7 +290,7 @@ class RunEnd(Event, tag="run_end", kw_only=True, gc=False):
 
     def __post_init__(self):
         if self.metrics:
-            self.metrics = {k: _finite(x) for k, x in self.metrics.items()}
+            self.metrics = _restore_non_finite(self.metrics)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -344,18 +326,34 @@ class NotAnEvent(ValueError):
 
 _decoder = msgspec.json.Decoder(AnyEvent)
 _untyped = msgspec.json.Decoder()
-_NON_FINITE_BYTES = (b'"nan"', b'"inf"', b'"-inf"')
 
 
-def _step_finite(ev: Step) -> None:
-    if ev.loss.__class__ is str:
-        ev.loss = float(ev.loss)
-    if ev.lr.__class__ is str:
-        ev.lr = float(ev.lr)
-    if ev.grad_norm.__class__ is str:
-        ev.grad_norm = float(ev.grad_norm)
-    if ev.throughput.__class__ is str:
-        ev.throughput = float(ev.throughput)
+def _restore_non_finite(obj, depth: int = 0):
+    """obj with every "nan" / "inf" / "-inf" string turned back into the float it stands for (the way
+    back from _clean). Decoding tries without it first: a log of finite numbers never pays for this."""
+    if obj.__class__ is str:
+        return float(obj) if obj in _NON_FINITE else obj
+    if depth > 8:
+        return obj
+    if isinstance(obj, dict):
+        return {k: _restore_non_finite(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore_non_finite(v, depth + 1) for v in obj]
+    return obj
+
+
+def _convert_restored(obj: dict, first_error: Exception) -> Event | Unknown | Invalid:
+    """A parsed line that failed the typed decode: with its non-finite strings restored it may be a valid
+    event; otherwise it is classified (Unknown, Invalid, or NotAnEvent raised)."""
+    if isinstance(obj, dict):
+        kind = obj.get("type")
+        cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is not None:
+            try:
+                return msgspec.convert(_restore_non_finite(obj), cls)
+            except (msgspec.ValidationError, RecursionError, ValueError, TypeError):
+                pass
+    return _classify(obj, first_error)
 
 
 def _classify(obj, error: Exception) -> Event | Unknown | Invalid:
@@ -373,10 +371,7 @@ def _classify(obj, error: Exception) -> Event | Unknown | Invalid:
 def decode(raw: bytes) -> Event | Unknown | Invalid:
     """One line of a log (without its newline) -> an event; see the module docstring."""
     try:
-        ev = _decoder.decode(raw)
-        if ev.__class__ is Step:
-            _step_finite(ev)
-        return ev
+        return _decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError, ValueError, TypeError) as e:
         error = e
     try:
@@ -389,18 +384,13 @@ def decode(raw: bytes) -> Event | Unknown | Invalid:
         raise NotAnEvent("nested too deeply") from None
     except msgspec.DecodeError as e:
         raise NotAnEvent("invalid UTF-8" if "UTF-8" in str(e) else "not JSON") from None
-    return _classify(obj, error)
+    return _convert_restored(obj, error)
 
 
 def decode_many(block: bytes) -> list[Event]:
     """The events of `block`, complete lines separated by newlines, all known and valid; raises if any line
     is not (the caller then decodes line by line to count what was wrong, and where)."""
-    evs = _decoder.decode_lines(block)
-    if any(b in block for b in _NON_FINITE_BYTES):
-        for ev in evs:
-            if ev.__class__ is Step:
-                _step_finite(ev)
-    return evs
+    return _decoder.decode_lines(block)
 
 
 def convert(obj: dict) -> Event | Unknown | Invalid:
@@ -410,12 +400,9 @@ def convert(obj: dict) -> Event | Unknown | Invalid:
     kind = obj.get("type") if isinstance(obj, dict) else None
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     try:
-        ev = msgspec.convert(obj, cls or AnyEvent)  # the class itself: ~20x faster than the union
-        if ev.__class__ is Step:
-            _step_finite(ev)
-        return ev
+        return msgspec.convert(obj, cls or AnyEvent)  # the class itself: ~20x faster than the union
     except (msgspec.ValidationError, RecursionError, ValueError, TypeError) as e:
-        return _classify(obj, e)
+        return _convert_restored(obj, e)
 
 
 # --- encoding ----------------------------------------------------------------------------------------------
@@ -453,12 +440,12 @@ def encode(type_: str, fields: dict, time: float) -> bytes:
     if extra:
         raise ProtocolError(f"`{type_}` event has no field(s) {', '.join(sorted(extra))}; declare them in "
                             "common/events.py and docs/events.md")
-    event = {"v": SCHEMA_VERSION, "type": type_, "time": time, **_clean(fields)}
+    event = {"v": SCHEMA_VERSION, "type": type_, "time": time, **fields}
     try:
         msgspec.convert(event, cls)
     except (msgspec.ValidationError, ValueError, TypeError) as e:
         raise ProtocolError(f"`{type_}` event: {e}") from None
-    return _encoder.encode(event) + b"\n"
+    return _encoder.encode(_clean(event)) + b"\n"
 
 
 def as_dict(ev: Event) -> dict:

@@ -14,6 +14,8 @@ was killed (common/procs.py decides "gone").
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -89,7 +91,7 @@ class RunState:
     elapsed: float = 0.0
     train: Curve = field(default_factory=Curve)
     val: Curve = field(default_factory=Curve)
-    lrs: list = field(default_factory=list)
+    lrs: list = field(default_factory=list)          # lr of each train point (NaN where a step had none)
     best_val: float | None = None
     best_val_step: int | None = None
     last_eval: E.Eval | None = None
@@ -121,20 +123,24 @@ class RunState:
 
     # --- the reducer ---------------------------------------------------------------------------------
     def apply(self, ev) -> None:
+        if isinstance(ev, dict):
+            try:
+                ev = E.convert(ev)
+            except E.NotAnEvent:
+                pass  # counted below as a bad event
+        if ev.__class__ is E.Step:
+            _fold_steps(self, (ev,), 0)
+            return
         self.events += 1
         self.version += 1
         entry = _HANDLERS.get(ev.__class__)
         if entry is None:
-            if isinstance(ev, dict):
-                ev = E.convert(ev)
-                entry = _HANDLERS.get(ev.__class__)
-            if entry is None:
-                if isinstance(ev, E.Unknown):
-                    t = ev.type[:40]
-                    self.unknown_types[t] = self.unknown_types.get(t, 0) + 1
-                else:  # Invalid, or not an event at all
-                    self.bad_events += 1
-                return
+            if isinstance(ev, E.Unknown):
+                t = ev.type[:40]
+                self.unknown_types[t] = self.unknown_types.get(t, 0) + 1
+            else:  # Invalid, or not an event at all
+                self.bad_events += 1
+            return
         kind, handler = entry
         self.counts[kind] = self.counts.get(kind, 0) + 1
         t = ev.time
@@ -148,33 +154,16 @@ class RunState:
             self.bad_events += 1
 
     def apply_all(self, events) -> "RunState":
-        """apply() each event in turn. A run of step events (most of a long log) goes faster: each is added
-        to the curves, and the latest values (step, loss, lr ...) are taken from the last of the run."""
-        Step, pending, n = E.Step, None, 0
-        for ev in events:
-            if ev.__class__ is Step:
-                if self.start_time is None:
-                    self.start_time = ev.time
-                _add_step(self, ev)
-                pending = ev
-                n += 1
-                continue
-            if pending is not None:
-                self._took_steps(pending, n)
-                pending, n = None, 0
-            self.apply(ev)
-        if pending is not None:
-            self._took_steps(pending, n)
+        """apply() each event in turn; a run of step events (most of a long log) in one go."""
+        evs = events if isinstance(events, (list, tuple)) else list(events)
+        i, n, Step = 0, len(evs), E.Step
+        while i < n:
+            if evs[i].__class__ is Step:
+                i = _fold_steps(self, evs, i)
+            else:
+                self.apply(evs[i])
+                i += 1
         return self
-
-    def _took_steps(self, last: E.Step, n: int) -> None:
-        """Bookkeeping of n step events folded by _add_step, `last` the latest."""
-        self.events += n
-        self.version += n
-        self.counts["step"] = self.counts.get("step", 0) + n
-        if last.time is not None:
-            self.last_time = last.time
-        _step_values(self, last)
 
     # --- derived -------------------------------------------------------------------------------------
     @property
@@ -243,44 +232,58 @@ def _run_start(s: RunState, ev: E.RunStart):
     s.status = "running"
 
 
-def _add_step(s: RunState, ev: E.Step):
-    """The step's point on the train curve (replacing later points when steps went backwards)."""
-    step, train = ev.step, s.train
-    units = ev.tokens
-    if units is None:
-        units = ev.items
+def _fold_steps(s: RunState, evs, i: int) -> int:
+    """Fold the run of step events that starts at evs[i]; returns the index after it. Each step is a point on
+    the train curve (a step that goes backwards first drops the points from it on); the latest values (step,
+    loss, lr ...) come from the last of the run. The hot loop of a replay: locals, no calls."""
+    Step, start, end = E.Step, i, len(evs)
+    train, lrs = s.train, s.lrs
+    steps, values, units_col, times = train.steps, train.values, train.units, train.times
+    if s.start_time is None:
+        s.start_time = evs[i].time
+    t0, last = s.start_time, (steps[-1] if steps else None)
+    throughput, max_steps = s.throughput, s.max_steps
+    while i < end:
+        ev = evs[i]
+        if ev.__class__ is not Step:
+            break
+        step = ev.step
+        if last is not None and step <= last:
+            s.out_of_order += 1
+            train.truncate_from(step)
+            del lrs[len(steps):]
+            s.val.truncate_from(step + 1)
+        units = ev.tokens
         if units is None:
-            units = train.units[-1] if train.units else 0.0
-    el = ev.elapsed
-    if el is None:
-        el = ev.time - s.start_time if s.start_time is not None and ev.time is not None else 0.0
-    if train.steps and step <= train.steps[-1]:
-        s.out_of_order += 1
-        train.truncate_from(step)
-        del s.lrs[len(train.steps):]
-        s.val.truncate_from(step + 1)
-    train.steps.append(step)
-    train.values.append(ev.loss)
-    train.units.append(units)
-    train.times.append(el)
-    s.lrs.append(ev.lr)
-    if ev.throughput is not None:
-        s.throughput = ev.throughput
-    if ev.max_steps is not None:
-        s.max_steps = ev.max_steps
-
-
-def _step_values(s: RunState, ev: E.Step):
-    """The latest values, from the latest step event (its point is already on the curve)."""
+            units = ev.items
+            if units is None:
+                units = units_col[-1] if units_col else 0.0
+        el = ev.elapsed
+        if el is None:
+            el = ev.time - t0 if t0 is not None and ev.time is not None else 0.0
+        steps.append(step)
+        values.append(ev.loss)
+        units_col.append(units)
+        times.append(el)
+        lrs.append(ev.lr if ev.lr is not None else math.nan)
+        if ev.throughput is not None:
+            throughput = ev.throughput
+        if ev.max_steps is not None:
+            max_steps = ev.max_steps
+        last = step
+        i += 1
+    n, ev = i - start, evs[i - 1]
+    s.events += n
+    s.version += n
+    s.counts["step"] = s.counts.get("step", 0) + n
+    if ev.time is not None:
+        s.last_time = ev.time
     s.step, s.loss, s.lr, s.grad_norm = ev.step, ev.loss, ev.lr, ev.grad_norm
-    s.units_seen, s.elapsed = s.train.units[-1], s.train.times[-1]
+    s.units_seen, s.elapsed = units_col[-1], times[-1]
+    s.throughput, s.max_steps = throughput, max_steps
     if s.status == "waiting":
         s.status = "running"
-
-
-def _step(s: RunState, ev: E.Step):
-    _add_step(s, ev)
-    _step_values(s, ev)
+    return i
 
 
 def _eval(s: RunState, ev: E.Eval):
@@ -348,7 +351,7 @@ def _run_end(s: RunState, ev: E.RunEnd):
 
 
 _HANDLERS = {cls: (kind, handler) for kind, cls, handler in (
-    ("run_start", E.RunStart, _run_start), ("step", E.Step, _step), ("eval", E.Eval, _eval),
+    ("run_start", E.RunStart, _run_start), ("eval", E.Eval, _eval),
     ("sample", E.Sample, _sample), ("memory", E.Memory, _memory), ("system", E.System, _system),
     ("checkpoint", E.Checkpoint, _checkpoint), ("kernel", E.Kernel, _kernel), ("log", E.Log, _log),
     ("run_end", E.RunEnd, _run_end))}
@@ -369,10 +372,36 @@ def settle(s: RunState) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def bulk():
+    """Around the fold of a whole log: it makes millions of objects that live as long as the state, and the
+    cyclic garbage collector's passes over them free nothing yet cost a tenth of the fold, so it waits."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def fold_available(poll, s: RunState | None = None) -> RunState:
+    """Fold everything a log source holds now (`poll()` returns the new events, [] when there are none):
+    the first read of a watched or replayed log."""
+    s = s if s is not None else RunState()
+    with bulk():
+        while True:
+            events = poll()
+            if not events:
+                return s
+            s.apply_all(events)
+
+
 def load_state(path, stats=None) -> RunState:
     """Fold a whole log; a run without run_end whose trainer is gone is marked killed."""
     s = RunState()
-    for block in read_blocks(path, stats):
-        s.apply_all(block)
+    with bulk():
+        for block in read_blocks(path, stats):
+            s.apply_all(block)
     settle(s)
     return s

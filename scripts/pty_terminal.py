@@ -98,6 +98,9 @@ class Terminal:
                 os.waitpid(self.pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+        # The drain thread must be gone before the fd is closed: the next Terminal's pty gets the same fd
+        # number, and a drain thread still selecting on it would steal the new program's first frame.
+        self.closed.wait(5)
         try:
             os.close(self.fd)
         except OSError:

@@ -78,7 +78,7 @@ def test_the_commands_on_the_doc_page_are_the_protocols():
 
 def test_a_doc_table_that_drifts_from_the_code_is_caught(tmp_path, monkeypatch):
     drifted = tmp_path / "events.md"
-    drifted.write_text(DOC.read_text().replace("| `grad_norm` | number |", "| `grad_norm` | float |"))
+    drifted.write_text(DOC.read_text().replace("| `grad_norm` | float |", "| `grad_norm` | int |"))
     monkeypatch.setattr(sys.modules[__name__], "DOC", drifted)
     with pytest.raises(AssertionError, match="`step`"):
         test_every_event_type_and_field_in_the_code_is_on_the_doc_page_and_nothing_else()

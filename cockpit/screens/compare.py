@@ -57,19 +57,13 @@ class CompareScreen(Screen):
     @work(thread=True, exclusive=True, group="compare-load")
     def load(self):
         from cockpit.trainer_proc import LogSource
-        from common.state import RunState
+        from common.state import fold_available
 
         loaded = []
         try:
             for path in self.logs:
                 src = LogSource(path)
-                state = RunState()
-                while True:
-                    events = src.poll()
-                    if not events:
-                        break
-                    state.apply_all(events)
-                loaded.append((src, state))
+                loaded.append((src, fold_available(src.poll)))
         except Exception as e:  # noqa: BLE001
             self.post_message(RunsLoaded(loaded, f"{type(e).__name__}: {e}"))
             return

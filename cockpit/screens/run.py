@@ -28,7 +28,7 @@ from cockpit.widgets.memory_pane import MemoryPane
 from cockpit.widgets.samples_pane import SamplesPane
 from cockpit.widgets.status_line import StatusLine
 from common.events import as_dict
-from common.state import RunState, writer_gone
+from common.state import RunState, fold_available, writer_gone
 
 # The panes, in the order they redraw (each a RunPane: cockpit/widgets/run_pane.py).
 PANES = (LossPlot, SamplesPane, MemoryPane, GpuPane, ErrorPane, StatusLine)
@@ -103,11 +103,7 @@ class RunScreen(Screen):
         """Fold everything already in the log (a finished run: all of it) off the UI thread."""
         state = RunState()
         try:
-            while True:
-                events = self.source.poll()
-                if not events:
-                    break
-                state.apply_all(events)
+            fold_available(self.source.poll, state)
         except Exception as e:  # noqa: BLE001
             self.post_message(StateLoaded(state, f"{type(e).__name__}: {e}"))
             return

@@ -21,7 +21,7 @@ def lr_phase_changes(steps, lrs, rel_tol: float = 1e-6) -> list[tuple[int, str]]
     if n < 3:
         return []
     st = np.asarray(steps[-n:], dtype=np.int64)
-    lr = np.asarray([v if v is not None else np.nan for v in lrs[-n:]], dtype=np.float64)
+    lr = np.asarray(lrs[-n:], dtype=np.float64)  # a missing lr (None) becomes NaN
     ok = np.isfinite(lr)
     st, lr = st[ok], lr[ok]
     if lr.size < 3:
@@ -43,16 +43,28 @@ def lr_phase_changes(steps, lrs, rel_tol: float = 1e-6) -> list[tuple[int, str]]
     return out
 
 
-def marker_steps(s) -> dict[str, list[int]]:
-    """Steps of each marker kind, from the RunState."""
+def marker_steps(s, steps=None, lrs=None) -> dict[str, list[int]]:
+    """Steps of each marker kind, from the RunState; `steps` and `lrs`: the train steps and their lrs as
+    arrays where the caller has them (the chart keeps them converted), else read from the state."""
     return {
         "checkpoint": [st for st, _ in s.checkpoints],
         "eval": list(s.val.steps),
-        "lr": [st for st, _ in lr_phase_changes(s.train.steps, s.lrs)],
+        "lr": [st for st, _ in lr_phase_changes(s.train.steps if steps is None else steps,
+                                                 s.lrs if lrs is None else lrs)],
         "skipped": list(s.skipped_steps),
         "throttle": list(s.throttle_steps),
         "resume": list(s.resumes),
     }
+
+
+def one_per_column(xs: np.ndarray, lo: float, hi: float, width: int) -> np.ndarray:
+    """The first of the xs that fall in each of `width` character columns spanning [lo, hi]: a rug of
+    thousands of evals draws the same letters from as many points as the chart has columns."""
+    if xs.size <= width:
+        return xs
+    cols = np.floor((xs - lo) / max(hi - lo, 1e-12) * width)
+    _, first = np.unique(cols, return_index=True)
+    return xs[np.sort(first)]
 
 
 def steps_to_x(curve, steps, axis: str) -> np.ndarray:

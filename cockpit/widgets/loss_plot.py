@@ -14,7 +14,7 @@ from rich.text import Text
 from textual_plotext import PlotextPlot
 
 from cockpit.series import GrowingArray, SmoothCache, series_for_plot
-from cockpit.widgets.chart_markers import MARKERS, marker_steps, steps_to_x
+from cockpit.widgets.chart_markers import MARKERS, marker_steps, one_per_column, steps_to_x
 from cockpit.widgets.render_cost import RenderCost
 from cockpit.widgets.run_pane import set_if_changed
 from common.fmt import fmt_count, fmt_duration
@@ -91,6 +91,7 @@ class LossPlot(RenderCost, PlotextPlot):
         self.empty_message = empty_message
         self._caches: dict[tuple, object] = {}
         self.drawn: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # label -> (xs, ys): what was drawn last
+        self._markers_key, self._markers = None, {}
 
     # as a pane of the run screen: one run
     pane, heavy = "loss", True
@@ -145,7 +146,7 @@ class LossPlot(RenderCost, PlotextPlot):
             parts.append("[cyan]━[/] train" + (f" EMA {self.smoothing:g}" if self.smoothing else "")
                          + (" [orange]━[/] val" if len(s.val) else ""))
             if self.show_markers:
-                present = [f"{MARKERS[k][1]} {MARKERS[k][0]}" for k, v in marker_steps(s).items() if v]
+                present = [f"{MARKERS[k][1]} {MARKERS[k][0]}" for k, v in self.markers(s).items() if v]
                 if present:
                     parts.append(" ".join(present))
         elif self.smoothing:
@@ -203,30 +204,41 @@ class LossPlot(RenderCost, PlotextPlot):
                     ys_all.append(ys)
         if not ys_all:
             return False
-        finite = np.concatenate([y[np.isfinite(y)] for y in ys_all])
-        if self.show_markers and not many and finite.size:
-            self._draw_markers(self.runs[0][1], float(finite.min()))
-        if self.log_y:
-            plt.yscale("log")
-        xs_all = [xy[0] for k, xy in self.drawn.items() if not k.startswith("marker:") and xy[0].size]
+        xs_all = [xy[0] for xy in self.drawn.values() if xy[0].size]
         lo = min(float(x.min()) for x in xs_all)
         hi = max(float(x.max()) for x in xs_all)
+        finite = np.concatenate([y[np.isfinite(y)] for y in ys_all])
+        if self.show_markers and not many and finite.size:
+            self._draw_markers(self.runs[0][1], float(finite.min()), lo, hi, width)
+        if self.log_y:
+            plt.yscale("log")
         ticks = nice_ticks(lo, hi, max(3, min(8, width // 10)), integer=self.x_axis != "time")
         if ticks:
             plt.xticks(ticks, [tick_label(t, self.x_axis) for t in ticks])
         plt.xlabel(X_LABELS[self.x_axis])
         return True
 
-    def _draw_markers(self, s, y_floor: float):
+    def markers(self, s) -> dict[str, list[int]]:
+        """marker_steps(s), computed once per change of what they are made of (the pane's signature): a
+        redraw and the subtitle both ask, and on a long run finding the lr phases is not free."""
+        key = (id(s), self.signature(s))
+        if self._markers_key != key:
+            epoch = (s.out_of_order, len(s.resumes))
+            steps = self._cache(("markers", "steps"), GrowingArray).get(s.train.steps, epoch)
+            lrs = self._cache(("markers", "lrs"), GrowingArray).get(s.lrs, epoch)
+            self._markers_key, self._markers = key, marker_steps(s, steps, lrs)
+        return self._markers
+
+    def _draw_markers(self, s, y_floor: float, lo: float, hi: float, width: int):
         """A rug of letters along the bottom of the chart (C checkpoint, E eval, L lr phase, S skipped,
-        T throttle, R resume), at the x of each event."""
+        T throttle, R resume), at the x of each event (one per character column)."""
         plt = self.plt
-        for kind, steps in marker_steps(s).items():
+        for kind, steps in self.markers(s).items():
             if not steps:
                 continue
             _label, char, color = MARKERS[kind]
             xs = steps_to_x(s.train, steps, self.x_axis)
-            xs = xs[np.isfinite(xs)]
+            xs = one_per_column(xs[np.isfinite(xs)], lo, hi, width)
             if xs.size == 0:
                 continue
             plt.scatter(xs.tolist(), [y_floor] * int(xs.size), marker=char, color=color)
