@@ -109,6 +109,13 @@ def first_frame(argv: list[str], markers: list[bytes], timeout: float, env=None)
         term.kill()
 
 
+def median_seen(times) -> float | None:
+    """The median of the times a marker was seen; None when it was missed in half the runs or more."""
+    times = list(times)
+    seen = [t for t in times if t is not None]
+    return statistics.median(seen) if len(seen) * 2 > len(times) else None
+
+
 def small_log(path: Path) -> Path:
     if not path.exists():
         generate(path, 2000, seed=1)
@@ -144,10 +151,15 @@ def main(argv=None) -> int:
     small = small_log(base / "events-2000.jsonl")
     py = [sys.executable, "-m", "cockpit"]
     first_preset = sorted(x.stem for x in (ROOT / "presets").glob("*.yaml"))[0]
-    picker = first_frame(py, [b"pick a preset", first_preset.encode()], a.timeout)
-    watch_small = first_frame([*py, "watch", str(small)], [b"Pause/resume", PRESET.encode()], a.timeout)
-    watch_big = first_frame([*py, "watch", str(log)], [b"Pause/resume", PRESET.encode()], a.timeout)
-    print(json.dumps({"picker": picker, "watch_small": watch_small, "watch_big": watch_big}), flush=True)
+    ui: dict[str, list] = {"picker": [], "watch_small": [], "watch_big": []}
+    for _ in range(max(1, a.repeats)):  # in turns, so that a slow phase of the machine touches all three
+        ui["picker"].append(first_frame(py, [b"pick a preset", first_preset.encode()], a.timeout))
+        ui["watch_small"].append(first_frame([*py, "watch", str(small)], [b"Pause/resume", PRESET.encode()],
+                                             a.timeout))
+        ui["watch_big"].append(first_frame([*py, "watch", str(log)], [b"Pause/resume", PRESET.encode()], a.timeout))
+        print(json.dumps({k: v[-1] for k, v in ui.items()}), flush=True)
+    picker, watch_small, watch_big = ([median_seen(t[i] for t in ui[k]) for i in (0, 1)]
+                                      for k in ("picker", "watch_small", "watch_big"))
 
     def s(x):
         return f"{x:.2f} s" if x is not None else "not seen"
@@ -160,7 +172,7 @@ def main(argv=None) -> int:
             *[f"| run {i + 1} | {w:.2f} s | {r / 2**20:.0f} MiB |" for i, (w, r) in enumerate(runs)],
             f"| median | {statistics.median(w for w, _ in runs):.2f} s | "
             f"{statistics.median(r for _, r in runs) / 2**20:.0f} MiB |", "",
-            "| UI (real app, 160x48 pseudo-terminal) | first frame | content drawn |",
+            f"| UI (real app, 160x48 pseudo-terminal; median of {max(1, a.repeats)}) | first frame | content drawn |",
             "| --- | --- | --- |",
             f"| `cockpit` (preset picker; content: the preset table's rows) | {s(picker[0])} | {s(picker[1])} |",
             f"| `cockpit watch` a finished 2,000-event log (content: log folded, run title drawn) | "

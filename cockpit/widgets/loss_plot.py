@@ -224,7 +224,7 @@ class LossPlot(RenderCost, PlotextPlot):
         key = (id(s), self.signature(s))
         if self._markers_key != key:
             epoch = (s.out_of_order, len(s.resumes))
-            steps = self._cache(("markers", "steps"), GrowingArray).get(s.train.steps, epoch)
+            steps = self._cache((0, "train", "x", "step"), GrowingArray).get(s.train.steps, epoch)  # as _series
             lrs = self._cache(("markers", "lrs"), GrowingArray).get(s.lrs, epoch)
             self._markers_key, self._markers = key, marker_steps(s, steps, lrs)
         return self._markers
