@@ -235,4 +235,3 @@ def load_images(dataset: str, path: str = "", image_size: int = 16) -> ImageSet:
         return load_emoji(image_size)
     raise ConfigError(f"data.dataset={dataset!r} is not a shipped image set; use one of {', '.join(DATASETS)} "
                       "or set data.path")
-

@@ -9,10 +9,10 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from cockpit.messages import RunsLoaded
+from cockpit.screens.base import ChartKeys, CockpitScreen
 from cockpit.screens.pacing import TICK_S
 from cockpit.widgets.loss_plot import PALETTE, LossPlot
 
@@ -20,7 +20,8 @@ from cockpit.widgets.loss_plot import PALETTE, LossPlot
 RICH_COLOR = {"orange": "dark_orange", "gray": "grey50"}
 
 
-class CompareScreen(Screen):
+class CompareScreen(ChartKeys, CockpitScreen):
+    HELP_TITLE = "run comparison"
     BINDINGS = [
         Binding("t", "x_axis", "X-axis"),
         Binding("e", "smoothing", "EMA"),
@@ -125,28 +126,5 @@ class CompareScreen(Screen):
         notes = memory_notes(self.states)
         table.border_subtitle = notes[0] if notes else ""
 
-    # --- view keys -----------------------------------------------------------------------------------
-    def _view(self, change):
-        plot = self.query_one(LossPlot)
-        change(plot)
-        plot.border_subtitle = plot.subtitle()
-
-    def action_x_axis(self):
-        self._view(LossPlot.next_x_axis)
-
-    def action_smoothing(self):
-        self._view(LossPlot.next_smoothing)
-
-    def action_log_y(self):
-        self._view(LossPlot.toggle_log_y)
-
     def action_back(self):
         self.app.pop_screen()
-
-    def action_help(self):
-        from cockpit.screens.help import HelpScreen
-
-        self.app.push_screen(HelpScreen("run comparison", self))
-
-    def action_quit(self):
-        self.app.request_quit()

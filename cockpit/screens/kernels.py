@@ -12,11 +12,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from cockpit.kernels_cmd import parse_line
 from cockpit.messages import KernelEvent, KernelsDone
+from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.kernel_chart import KernelChart, kernel_metrics
 from cockpit.widgets.kernels_table import KernelsTable
 
@@ -40,7 +40,8 @@ def _f(x, fmt):
     return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
 
-class KernelsScreen(Screen):
+class KernelsScreen(CockpitScreen):
+    HELP_TITLE = "kernels"
     BINDINGS = [
         Binding("enter", "rerun_one", "Re-run kernel", show=False),
         Binding("r", "rerun_all", "Re-run all"),
@@ -190,8 +191,3 @@ class KernelsScreen(Screen):
             self.proc.terminate()
         self.generation += 1
         self.app.pop_screen()
-
-    def action_help(self):
-        from cockpit.screens.help import HelpScreen
-
-        self.app.push_screen(HelpScreen("kernels", self))

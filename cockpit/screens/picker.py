@@ -12,11 +12,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from cockpit.messages import LaunchRequested, PresetsMeasured
 from cockpit.presets_info import merge_infos, preset_stubs, presets_info, vram_fits
+from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.preset_table import PresetTable
 from common.fmt import fmt_bytes, fmt_count
 
@@ -55,7 +55,8 @@ def preset_cells(info: dict, measuring: bool = False) -> list[str]:
             str(info.get("profile_here", pending))]
 
 
-class PickerScreen(Screen):
+class PickerScreen(CockpitScreen):
+    HELP_TITLE = "preset picker"
     BINDINGS = [
         Binding("enter", "launch", "Launch", show=False),
         Binding("e", "edit_overrides", "Edit overrides"),
@@ -229,11 +230,3 @@ class PickerScreen(Screen):
 
     def action_runs(self):
         self.app.open_runs()
-
-    def action_help(self):
-        from cockpit.screens.help import HelpScreen
-
-        self.app.push_screen(HelpScreen("preset picker", self))
-
-    def action_quit(self):
-        self.app.request_quit()

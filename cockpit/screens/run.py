@@ -15,10 +15,10 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Footer
 
 from cockpit.messages import StateLoaded
+from cockpit.screens.base import ChartKeys, CockpitScreen
 from cockpit.screens.pacing import TICK_S, RedrawGate, frame_interval, heavy_render_seconds, redraw_interval
 from cockpit.trainer_proc import failure_event
 from cockpit.widgets.error_pane import ErrorPane
@@ -40,7 +40,8 @@ def pane_signatures(s, note: str | None = None) -> dict[str, tuple]:
     return {p.pane: p.signature(s, note) for p in PANES}
 
 
-class RunScreen(Screen):
+class RunScreen(ChartKeys, CockpitScreen):
+    HELP_TITLE = "run screen"
     BINDINGS = [
         Binding("p", "pause", "Pause/resume"),
         Binding("s", "sample", "Sample"),
@@ -236,24 +237,7 @@ class RunScreen(Screen):
 
         self.app.push_screen(KernelsScreen([as_dict(ev) for ev in self.state.kernels.values()]))
 
-    # --- view keys -----------------------------------------------------------------------------------
-    def _view(self, change):
-        loss = self.query_one(LossPlot)
-        change(loss)
-        loss.border_subtitle = loss.subtitle()
-
-    def action_smoothing(self):
-        self._view(LossPlot.next_smoothing)
-
-    def action_log_y(self):
-        self._view(LossPlot.toggle_log_y)
-
-    def action_x_axis(self):
-        self._view(LossPlot.next_x_axis)
-
-    def action_markers(self):
-        self._view(LossPlot.toggle_markers)
-
+    # --- view keys (the chart's: ChartKeys) -----------------------------------------------------------
     def action_older(self):
         self.query_one(SamplesPane).step_back()
 
@@ -276,9 +260,6 @@ class RunScreen(Screen):
             return
         self.app.back_to_picker(self)
 
-    def action_quit(self):
-        self.app.request_quit()
-
     def detach(self):
         """Let the trainer go on headless when the UI leaves: a paused run is resumed first (nobody could
         resume it once the pipe is gone), then the pipe is closed; the log keeps growing."""
@@ -300,11 +281,6 @@ class RunScreen(Screen):
             elif choice == "leave":
                 self.app.leave_running(self)
         self.app.push_screen(QuitScreen(str(self.source.path)), chosen)
-
-    def action_help(self):
-        from cockpit.screens.help import HelpScreen
-
-        self.app.push_screen(HelpScreen("run screen", self))
 
     def on_unmount(self):
         if self._timer is not None:

@@ -10,10 +10,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from cockpit.messages import RunsIndexed
+from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.runs_table import RunsTable
 
 STATUS_STYLE = {"running": "bold green", "completed": "green", "stopped": "yellow", "failed": "bold red",
@@ -21,7 +21,8 @@ STATUS_STYLE = {"running": "bold green", "completed": "green", "stopped": "yello
 REFRESH_S = 2.0
 
 
-class RunsScreen(Screen):
+class RunsScreen(CockpitScreen):
+    HELP_TITLE = "runs browser"
     BINDINGS = [
         Binding("enter", "open", "Open", show=False),
         Binding("space", "mark", "Mark"),
@@ -253,12 +254,3 @@ class RunsScreen(Screen):
             self.query_one(RunsTable).focus()
             return
         self.app.back_to_picker(self)
-
-    def action_help(self):
-        from cockpit.screens.help import HelpScreen
-
-        self.app.push_screen(HelpScreen("runs browser", self))
-
-    def action_quit(self):
-        self.app.request_quit()
-

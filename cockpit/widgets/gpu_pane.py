@@ -4,11 +4,9 @@ NVML's reason, then CPU utilisation and RAM instead."""
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widget import Widget
 
 from cockpit.widgets.drawing import hbar, pack_words, sparkline
-from cockpit.widgets.render_cost import RenderCost
-from cockpit.widgets.run_pane import set_if_changed
+from cockpit.widgets.run_pane import StatePane, set_if_changed
 from common.fmt import fmt_bytes
 
 
@@ -33,16 +31,8 @@ def throttle_text(reasons) -> str:
     return ", ".join(str(r) for r in reasons)
 
 
-class GpuPane(RenderCost, Widget):
-    DEFAULT_CSS = """
-    GpuPane { height: 1fr; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.state = None
-
-    pane, heavy = "gpu", True
+class GpuPane(StatePane):
+    pane = "gpu"
 
     @staticmethod
     def signature(s, note=None) -> tuple:
@@ -50,8 +40,7 @@ class GpuPane(RenderCost, Widget):
 
     def update_state(self, state, note: str | None = None):
         set_if_changed(self, "border_title", "GPU" if state.system is not None and state.system.gpus else "system")
-        self.state = state
-        self.refresh()
+        super().update_state(state, note)
 
     def render(self):
         self.rendered()

@@ -3,10 +3,9 @@ grads, optimizer state, activations and peak allocated against the VRAM budget."
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widget import Widget
 
 from cockpit.widgets.drawing import hbar, pack_words
-from cockpit.widgets.render_cost import RenderCost
+from cockpit.widgets.run_pane import StatePane
 from common.fmt import fmt_bytes
 
 
@@ -40,24 +39,12 @@ def short_layer_name(name: str, width: int) -> str:
     return tail if len(tail) <= width else "…" + tail[-(width - 1):]
 
 
-class MemoryPane(RenderCost, Widget):
-    DEFAULT_CSS = """
-    MemoryPane { height: 1fr; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.state = None
-
-    pane, heavy = "memory", True
+class MemoryPane(StatePane):
+    pane = "memory"
 
     @staticmethod
     def signature(s, note=None) -> tuple:
         return (s.counts.get("memory", 0), s.counts.get("run_start", 0))
-
-    def update_state(self, state, note: str | None = None):
-        self.state = state
-        self.refresh()
 
     def render(self):
         self.rendered()

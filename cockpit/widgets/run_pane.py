@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
+from textual.widget import Widget
+
+from cockpit.widgets.render_cost import RenderCost
+
 
 class RunPane(Protocol):
     pane: ClassVar[str]    # its name in the redraw bookkeeping (cockpit/screens/pacing.py RedrawGate)
@@ -22,3 +26,21 @@ def set_if_changed(widget, attr: str, value) -> None:
     """Set a border title or subtitle: setting one refreshes the widget even when the text is the same."""
     if getattr(widget, attr) != value:
         setattr(widget, attr, value)
+
+
+class StatePane(RenderCost, Widget):
+    """A heavy pane that draws the whole RunState in render(): update_state keeps the state and asks for a
+    redraw (the screen decides how often); render() calls self.rendered() so its cost is measured."""
+
+    DEFAULT_CSS = """
+    StatePane { height: 1fr; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+    heavy = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.state = None
+
+    def update_state(self, state, note: str | None = None):
+        self.state = state
+        self.refresh()

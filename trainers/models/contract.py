@@ -56,8 +56,31 @@ class Denoiser(Protocol):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token (B, 1) from the last position's logits (B, vocab), as nanoGPT samples: divide by the
+    temperature, keep the top_k largest, draw from the softmax (in float32, whatever the logits' dtype)."""
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
 class LanguageModelBase(nn.Module):
-    """The optional hooks of a LanguageModel, doing nothing: a model overrides the ones it needs."""
+    """What every language model shares: generation as nanoGPT does it (each sampled token fed back, the
+    context cropped to config.block_size), and the optional hooks, doing nothing. A model overrides what it
+    does differently."""
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """idx (B, T) -> (B, T + max_new_tokens): autoregressive sampling, one full forward per token."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, generator)), dim=1)
+        return idx
 
     def on_step(self, optimizer: torch.optim.Optimizer, step: int, max_steps: int, lr: float) -> float:
         return lr
@@ -67,6 +90,27 @@ class LanguageModelBase(nn.Module):
 
     def eval_fields(self) -> dict[str, Any]:
         return {}
+
+
+class RecurrentLanguageModelBase(LanguageModelBase):
+    """A language model with a recurrent form (Mamba, RWKV, RetNet): it provides
+        init_state(batch, device) -> state          the state before any token
+        step(token (B,), state) -> (logits (B, vocab), state)   one token in O(1) of the context length
+    and generates from it: the prompt goes through the recurrence, then one token per step from the carried
+    state (no context is re-read and none is cropped)."""
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        state = self.init_state(idx.size(0), idx.device)
+        for t in range(idx.size(1)):
+            logits, state = self.step(idx[:, t], state)
+        out = [idx]
+        for i in range(max_new_tokens):
+            if i > 0:
+                logits, state = self.step(out[-1][:, 0], state)
+            out.append(sample_next(logits, temperature, top_k, generator))
+        return torch.cat(out, dim=1)
 
 
 CONTRACTS = (LanguageModel, Denoiser)

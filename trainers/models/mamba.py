@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from kernels import integrate
 from kernels.integrate import RMSNorm, fp32
 from kernels.selective_scan import selective_scan_chunked, selective_scan_step
-from trainers.models.contract import LanguageModelBase
+from trainers.models.contract import RecurrentLanguageModelBase
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Block(nn.Module):
         return x_t + y, state
 
 
-class Model(LanguageModelBase):
+class Model(RecurrentLanguageModelBase):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
@@ -185,22 +185,3 @@ class Model(LanguageModelBase):
             x, s = layer.step(x, s)
             new_state.append(s)
         return self.lm_head(self.norm_f(x)), new_state
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None):
-        """Feed the prompt through the recurrence, then sample one token per step from the carried state."""
-        state = self.init_state(idx.size(0), idx.device)
-        for t in range(idx.size(1)):
-            logits, state = self.step(idx[:, t], state)
-        out = [idx]
-        for i in range(max_new_tokens):
-            if i > 0:
-                logits, state = self.step(out[-1][:, 0], state)
-            logits = logits.float() / max(temperature, 1e-6)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
-            out.append(idx_next)
-        return torch.cat(out, dim=1)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainers.models.contract import LanguageModelBase
+from trainers.models.contract import LanguageModelBase, sample_next
 
 
 @dataclass
@@ -126,13 +126,9 @@ class Model(LanguageModelBase):
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
             logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / max(temperature, 1e-6)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
             if do_sample:
-                idx_next = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+                idx_next = sample_next(logits[:, -1, :], temperature, top_k, generator)
             else:
-                idx_next = logits.argmax(dim=-1, keepdim=True)
+                idx_next = logits[:, -1, :].argmax(dim=-1, keepdim=True)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
