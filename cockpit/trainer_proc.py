@@ -144,18 +144,17 @@ class TrainerProcess:
 
     def terminate(self):
         """SIGTERM (= stop with a checkpoint) to the trainer's whole session (torchrun and its ranks)."""
-        if self.alive:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                self.proc.terminate()
+        self._signal(signal.SIGTERM)
 
     def kill(self):
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig):
         if self.alive:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self.proc.kill()
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):  # not the leader of its session any more
+                self.proc.send_signal(sig)
 
     def close(self):
         """Let go of the pipe (the UI is leaving): the trainer's stdin reader ends, training goes on.

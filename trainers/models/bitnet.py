@@ -30,12 +30,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
 from kernels.bitlinear import activation_quant, bitlinear_ref, weight_quant
 from kernels.integrate import RMSNorm
-from trainers.models.contract import LanguageModelBase
+from trainers.models.contract import LanguageModelBase, head_and_loss, through_blocks
 
 
 @dataclass
@@ -164,19 +163,9 @@ class Model(LanguageModelBase):
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
         x = self.drop(self.wte(idx))
-        for block in self.blocks:
-            if self.config.activation_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = through_blocks(self.blocks, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.norm_f(x)
-        if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
-        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")
 
     def on_step(self, optimizer, step: int, max_steps: int, lr: float) -> float:
         """BitNet b1.58's two-stage schedule: lr drops at half-way; weight decay cosine -> 0, then off."""

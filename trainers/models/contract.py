@@ -32,6 +32,10 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from kernels import integrate
 
 
 class LanguageModel(Protocol):
@@ -54,6 +58,27 @@ class Denoiser(Protocol):
     config: Any
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+def through_blocks(blocks, x: torch.Tensor, *args, checkpointed: bool = False) -> torch.Tensor:
+    """x through each block in turn (block(x, *args)). checkpointed (train.activation_checkpointing, while
+    training): each block's activations are recomputed in backward instead of kept, torch.utils.checkpoint."""
+    for block in blocks:
+        x = checkpoint(block, x, *args, use_reentrant=False) if checkpointed else block(x, *args)
+    return x
+
+
+def head_and_loss(x: torch.Tensor, head: nn.Linear, targets: torch.Tensor | None = None, fused: bool = False):
+    """How a language model's forward ends, from the final hidden states x (B, T, C): without targets, the
+    logits of the last position only (generation needs no more); with them, the logits (B, T, vocab) and the
+    mean cross-entropy, targets -1 ignored; fused (kernels=triton), the loss alone from the fused
+    linear + cross-entropy kernel, which never builds the logits."""
+    if targets is None:
+        return head(x[:, [-1], :]), None
+    if fused:
+        return None, integrate.linear_cross_entropy(x, head.weight, targets, ignore_index=-1)
+    logits = head(x)
+    return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from kernels import integrate
 from kernels.integrate import GELUTanh, LayerNorm
-from trainers.models.contract import LanguageModelBase
+from trainers.models.contract import LanguageModelBase, head_and_loss, through_blocks
 
 
 @dataclass
@@ -117,20 +115,10 @@ class Model(LanguageModelBase):
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
         pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            if self.config.activation_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = through_blocks(self.transformer.h, x, checkpointed=self.config.activation_checkpointing and self.training)
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None):
         """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, targets -1 ignored."""
         x = self.hidden(idx)
-        if targets is None:
-            return self.lm_head(x[:, [-1], :]), None  # inference: only the last position
-        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")

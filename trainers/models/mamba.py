@@ -31,12 +31,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
 from kernels.integrate import RMSNorm, fp32
 from kernels.selective_scan import selective_scan_chunked, selective_scan_step
-from trainers.models.contract import RecurrentLanguageModelBase
+from trainers.models.contract import RecurrentLanguageModelBase, head_and_loss, through_blocks
 
 
 @dataclass
@@ -159,19 +158,9 @@ class Model(RecurrentLanguageModelBase):
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
         x = self.drop(self.wte(idx))
-        for layer in self.layers:
-            if self.config.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, use_reentrant=False)
-            else:
-                x = layer(x)
+        x = through_blocks(self.layers, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.norm_f(x)
-        if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
-        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
-from trainers.models.contract import RecurrentLanguageModelBase
+from trainers.models.contract import RecurrentLanguageModelBase, head_and_loss, through_blocks
 
 
 @dataclass
@@ -177,19 +176,9 @@ class Model(RecurrentLanguageModelBase):
     def forward(self, idx, targets=None, form: str = "chunkwise"):
         """idx (B, T) -> logits (B, T, vocab); `form` picks the retention form (all give the same result)."""
         x = self.drop(self.wte(idx))
-        for block in self.blocks:
-            if self.config.activation_checkpointing and self.training:
-                x = checkpoint(block, x, form, use_reentrant=False)
-            else:
-                x = block(x, form)
+        x = through_blocks(self.blocks, x, form, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.ln_f(x)
-        if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
-        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            return None, integrate.linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1)
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):

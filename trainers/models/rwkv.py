@@ -29,12 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.wkv import wkv_chunked, wkv_step
-from trainers.models.contract import RecurrentLanguageModelBase
+from trainers.models.contract import RecurrentLanguageModelBase, head_and_loss, through_blocks
 
 
 @dataclass
@@ -205,19 +204,9 @@ class Model(RecurrentLanguageModelBase):
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
         x = self.ln0(self.wte(idx))
-        for block in self.blocks:
-            if self.config.activation_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = through_blocks(self.blocks, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.ln_out(x)
-        if targets is None:
-            return self.head(x[:, [-1], :]), None
-        if self.config.kernels == "triton":  # fused classifier: the (B, T, vocab) logits are never built
-            return None, integrate.linear_cross_entropy(x, self.head.weight, targets, ignore_index=-1)
-        logits = self.head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        return logits, loss
+        return head_and_loss(x, self.head, targets, fused=self.config.kernels == "triton")
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):
