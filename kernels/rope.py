@@ -23,6 +23,18 @@ def rope_cache(T: int, D: int, base: float = 10000.0, device=None) -> tuple[torc
     return angles.cos(), angles.sin()
 
 
+def rope_pairs(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """The same rotation in RoFormer's own layout, over the pairs (x0, x1), (x2, x3), ... of x (B, H, T, D) at
+    positions pos (T,): what BitNet and RetNet (xPos's Θ, without its length-extrapolation scale) use.
+    PyTorch only; the kernel below takes the rotate-half layout."""
+    d = x.size(-1)
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    ang = pos.float()[:, None] * inv_freq[None, :]                  # (T, D/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
 def reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)              # (B, T, H, D/2) each
     c, s = cos[:, None, :], sin[:, None, :]          # (T, 1, D/2): broadcast over batch and heads

@@ -1,5 +1,6 @@
 """Denoising diffusion: noise schedules, the DDPM training loss, EMA weights, DDPM and DDIM samplers, and
-classifier-free guidance. Model-agnostic: a network is any `eps = net(x_t, t, y)`.
+classifier-free guidance. Model-agnostic: a network is any `eps = net(x_t, t, y)`; the denoisers embed their
+timestep with `timestep_embedding`.
 
 Forward process (Ho et al. 2020, eq. 4):   q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),
                                            abar_t = prod_{s<=t} (1 - beta_s)
@@ -18,6 +19,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoids of the (integer) timestep: [cos(t * w_i), sin(t * w_i)], w_i = max_period^(-i/half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 SCHEDULES = ("linear", "cosine")
 

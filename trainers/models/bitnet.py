@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from kernels import integrate
 from kernels.bitlinear import activation_quant, bitlinear_ref, weight_quant
 from kernels.integrate import RMSNorm
+from kernels.rope import rope_pairs
 from trainers.models.contract import LanguageModelBase, head_and_loss, through_blocks
 
 
@@ -86,16 +87,6 @@ class TernaryLinear(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # Model
 
-def rotary(x, pos):
-    """Rotary position embedding (RoFormer, Su et al. 2021) on x (B, H, T, d)."""
-    d = x.size(-1)
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    ang = pos.float()[:, None] * inv_freq[None, :]                  # (T, d/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
@@ -109,7 +100,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         pos = torch.arange(T, device=x.device)
-        q, k = rotary(q, pos), rotary(k, pos)
+        q, k = rope_pairs(q, pos), rope_pairs(k, pos)  # RoFormer rotary positions
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=True)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))

@@ -14,13 +14,14 @@ variance): sampling uses DDPM's fixed variance or DDIM.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+
+from trainers.diffusion import timestep_embedding
 
 
 @dataclass
@@ -38,14 +39,6 @@ class Config:
     num_timesteps: int = 1000
     schedule: str = "linear"        # linear | cosine beta schedule
     class_dropout: float = 0.1      # probability a training label is replaced by the null class
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer sinusoids of the (integer) timestep: [cos(t * w_i), sin(t * w_i)], w_i = max_period^(-i/half)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
+from kernels.rope import rope_pairs
 from trainers.models.contract import RecurrentLanguageModelBase, head_and_loss, through_blocks
 
 
@@ -51,16 +52,6 @@ class Config:
 
 # ----------------------------------------------------------------------------------------------------
 # Model
-
-def rotate(x, pos):
-    """Rotary position rotation (the xPos Θ without its length extrapolation scale); x (B, H, T, d)."""
-    d = x.size(-1)
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    ang = pos.float()[:, None] * inv_freq[None, :]                          # (T, d/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-
 
 class MultiScaleRetention(nn.Module):
     def __init__(self, cfg: Config):
@@ -87,7 +78,7 @@ class MultiScaleRetention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, self.dk).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_head, self.dk).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_head, self.dv).transpose(1, 2)
-        return rotate(q, pos), rotate(k, pos) * self.dk ** -0.5, v
+        return rope_pairs(q, pos), rope_pairs(k, pos) * self.dk ** -0.5, v  # xPos Θ, without its scale
 
     def output(self, x, y):
         """y (B, H, T, dv) -> per-head GroupNorm, swish gate, output projection."""
