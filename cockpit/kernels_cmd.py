@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=bench_env(), bufsize=1)
     except OSError as e:
-        print(f"cockpit: error: cannot start the kernel benchmark ({e})", file=sys.stderr)
-        return 1
+        return fail(f"cannot start the kernel benchmark ({e})", 1)
     events: list[dict] = []
     with_compile = None
     try:
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
             if ev["type"] != "kernel":
                 continue
             if with_compile is None:
-                with_compile = "compile_ms" in ev
+                with_compile = "compile_ms" in ev or "compile_error" in ev  # torch.compile was timed
                 print(_table.banner(ev))
                 print(_table.header(with_compile))
             events.append(ev)
@@ -106,7 +105,6 @@ def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
     if not args.json and events:
         print(_table.summary(events))
     if rc not in (0, 1):
-        print(f"cockpit: error: the kernel benchmark exited with status {rc} "
-              f"after {len(events)} result(s); run `python -m kernels.bench` to see why", file=sys.stderr)
-        return 1
+        return fail(f"the kernel benchmark exited with status {rc} after {len(events)} result(s); "
+                    "run `python -m kernels.bench` to see why", 1)
     return rc

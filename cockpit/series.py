@@ -110,7 +110,8 @@ def downsample_minmax(x, y, buckets: int) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y, dtype=np.float64)
     n = y.size
     if n <= 2 * buckets or buckets <= 0:
-        return x, y
+        finite = np.isfinite(y)
+        return (x, y) if finite.all() else (x[finite], y[finite])
     k = -(-n // buckets)          # points per bucket
     nb = -(-n // k)               # buckets actually used (<= buckets)
     pad = nb * k - n

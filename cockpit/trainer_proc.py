@@ -31,10 +31,10 @@ class LogSource:
         self.follower = Follower(self.path)
         self.out_path = self.path.parent / OUT_NAME
 
-    def poll(self) -> list[dict]:
+    def poll(self) -> list:
         return self.follower.poll()
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list:
         return self.follower.finish()
 
     def returncode(self) -> int | None:
@@ -106,11 +106,11 @@ class TrainerProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def poll(self) -> list[dict]:
+    def poll(self) -> list:
         self._flush()
         return self.follower.poll()
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list:
         return self.follower.finish()
 
     def returncode(self) -> int | None:

@@ -6,6 +6,7 @@
     common.procs     is the trainer that writes a log still alive (psutil, any OS)
     common.paths     where runs live: runs/<name>-<timestamp>/events.jsonl, trainer.out
     common.fmt       numbers for people: bytes, counts, rates, durations, losses
+    common.dotted    dotted keys: {"model": {"n_layer": 2}} <-> {"model.n_layer": 2}
     common.cli       the one argparse error hook: bad usage is one `cockpit: error:` line and exit 2
 
 No torch, no Textual, no numpy: both sides import this at start-up.

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def flatten(d: dict, prefix: str = "", keep: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Nested dicts to dotted keys; lists stay values, and so do the dicts under a key named in `keep`."""
+def flatten(d: dict, prefix: str = "", keep: tuple[str, ...] = (), empty: bool = True) -> dict[str, Any]:
+    """Nested dicts to dotted keys; lists stay values, and so do the dicts under a key named in `keep` and
+    empty dicts (with empty=False an empty dict has no keys to give, and vanishes)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in keep:
-            out.update(flatten(v, key + ".", keep))
+        if isinstance(v, dict) and k not in keep and (v or not empty):
+            out.update(flatten(v, key + ".", keep, empty))
         else:
             out[key] = v
     return out

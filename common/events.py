@@ -22,7 +22,9 @@ skip them), and a `v` newer than SCHEMA_VERSION is noted by the reader. No torch
 """
 from __future__ import annotations
 
+import base64
 import math
+import numbers
 from typing import Any, ClassVar, Literal, Optional, TypedDict, Union
 
 import msgspec
@@ -126,14 +128,16 @@ Metrics = dict[str, Union[float, int, bool, str, None]]
 
 
 def _check_image(img: Image) -> None:
-    """The payload holds exactly h*w*c bytes (counted from the base64 length, without decoding it)."""
-    h, w, c, data = img["h"], img["w"], img["c"], img["data"]
+    """The payload is base64 of exactly h*w*c bytes (a few kilobytes: image samples are rare events)."""
+    h, w, c = img["h"], img["w"], img["c"]
     if c not in (1, 3, 4) or h <= 0 or w <= 0:
         raise ValueError(f"image of {h}x{w}x{c}: needs h, w > 0 and 1, 3 or 4 channels")
-    n = len(data)
-    size = n // 4 * 3 - (data.endswith("=") + data.endswith("==")) if n % 4 == 0 else -1
+    try:
+        size = len(base64.b64decode(img["data"], validate=True))
+    except ValueError:  # binascii.Error: not base64
+        raise ValueError("image payload is not base64") from None
     if size != h * w * c:
-        raise ValueError(f"image payload holds {max(size, 0)} bytes, not h*w*c = {h * w * c}")
+        raise ValueError(f"image payload holds {size} bytes, not h*w*c = {h * w * c}")
 
 
 _NON_FINITE = frozenset(("nan", "inf", "-inf"))
@@ -299,7 +303,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 for _kind, _cls in EVENT_TYPES.items():
     _cls.type = _kind
-AnyEvent = Union[RunStart, Step, Eval, Sample, Memory, System, Checkpoint, Kernel, Log, RunEnd]
+AnyEvent = Union[tuple(EVENT_TYPES.values())]  # the tagged union the decoder reads
 
 
 class Unknown(msgspec.Struct, gc=False):
@@ -418,16 +422,28 @@ def _clean(obj):
     return obj
 
 
-def _plain(x):
-    """Subclasses of str, int and float (torch.__version__, numpy scalars) as the plain values they are."""
-    for base in (bool, int, float, str):
-        if isinstance(x, base):
-            return base(x)
-    raise TypeError(f"cannot write a {type(x).__name__} in an event")
+def _plain(obj):
+    """obj with numbers and strings of other types (numpy scalars, torch.__version__) as plain Python ones."""
+    cls = obj.__class__
+    if cls is float or cls is int or cls is str or cls is bool or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    return obj  # anything else is refused by the validation that follows
 
 
 _FIELDS = {t: frozenset(cls.__struct_fields__) - {"v", "time"} for t, cls in EVENT_TYPES.items()}
-_encoder = msgspec.json.Encoder(enc_hook=_plain)
+_encoder = msgspec.json.Encoder()
 
 
 def encode(type_: str, fields: dict, time: float) -> bytes:
@@ -440,7 +456,7 @@ def encode(type_: str, fields: dict, time: float) -> bytes:
     if extra:
         raise ProtocolError(f"`{type_}` event has no field(s) {', '.join(sorted(extra))}; declare them in "
                             "common/events.py and docs/events.md")
-    event = {"v": SCHEMA_VERSION, "type": type_, "time": time, **fields}
+    event = {"v": SCHEMA_VERSION, "type": type_, "time": time, **_plain(fields)}
     try:
         msgspec.convert(event, cls)
     except (msgspec.ValidationError, ValueError, TypeError) as e:
@@ -449,8 +465,10 @@ def encode(type_: str, fields: dict, time: float) -> bytes:
 
 
 def as_dict(ev: Event) -> dict:
-    """An event as the dict its line holds (for tests, JSON output and tools)."""
-    return {"v": ev.v, "type": ev.type, **{k: v for k, v in msgspec.structs.asdict(ev).items() if k != "v"}}
+    """An event as a dict of the fields it has (a field that is None was absent, or null, in its line): what
+    the dict-reading tables (kernels/_table.py, the kernels panel) and tools take."""
+    fields = {k: v for k, v in msgspec.structs.asdict(ev).items() if v is not None and k != "v"}
+    return {"v": ev.v, "type": ev.type, **fields}
 
 
 # --- commands: cockpit -> trainer, one JSON object per line on the trainer's stdin -------------------------

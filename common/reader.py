@@ -16,6 +16,7 @@ decoded many at a time (msgspec, typed), falling back to one at a time only wher
 """
 from __future__ import annotations
 
+import operator
 import os
 import re
 from dataclasses import dataclass, field
@@ -80,20 +81,29 @@ def check_log(path: str | Path) -> Path:
 
 # --- decoding lines ----------------------------------------------------------------------------------------
 
+def _counted(evs: list, stats: ReadStats) -> list:
+    """Count decoded events (each a line), noting a schema newer than this reader's."""
+    stats.lines += len(evs)
+    stats.events += len(evs)
+    newest = max(map(_version, evs), default=0)
+    if newest > E.SCHEMA_VERSION:
+        stats.newer_version = max(newest, stats.newer_version or 0)
+    return evs
+
+
+_version = operator.attrgetter("v")
+
+
 def decode_line(raw: bytes, stats: ReadStats):
     """One line (no newline) -> an event, Unknown or Invalid; None (counted in stats) for anything else."""
     if not raw.strip():
         return None
-    stats.lines += 1
     try:
-        ev = E.decode(raw)
+        return _counted([E.decode(raw)], stats)[0]
     except E.NotAnEvent as e:
+        stats.lines += 1
         stats.skip(str(e))
         return None
-    stats.events += 1
-    if ev.v > E.SCHEMA_VERSION:
-        stats.newer_version = max(ev.v, stats.newer_version or 0)
-    return ev
 
 
 def decode_block(block: bytes, stats: ReadStats) -> list:
@@ -107,13 +117,7 @@ def decode_block(block: bytes, stats: ReadStats) -> list:
             if ev is not None:
                 out.append(ev)
         return out
-    n = len(evs)
-    stats.lines += n
-    stats.events += n
-    for ev in evs:
-        if ev.v > E.SCHEMA_VERSION:
-            stats.newer_version = max(ev.v, stats.newer_version or 0)
-    return evs
+    return _counted(evs, stats)
 
 
 def decode_last(buf: bytes, stats: ReadStats) -> list:
@@ -122,13 +126,10 @@ def decode_last(buf: bytes, stats: ReadStats) -> list:
     if not buf.strip():
         return []
     try:
-        ev = E.decode(buf)
+        return _counted([E.decode(buf)], stats)
     except E.NotAnEvent:
         stats.torn_tail = True
         return []
-    stats.lines += 1
-    stats.events += 1
-    return [ev]
 
 
 class _Lines:

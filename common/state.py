@@ -91,6 +91,7 @@ class RunState:
     elapsed: float = 0.0
     train: Curve = field(default_factory=Curve)
     val: Curve = field(default_factory=Curve)
+    segment_start: int = 0                                # first train point of the latest run_start
     lrs: list = field(default_factory=list)          # lr of each train point (NaN where a step had none)
     best_val: float | None = None
     best_val_step: int | None = None
@@ -170,12 +171,17 @@ class RunState:
     def ended(self) -> bool:
         return self.end is not None
 
+    def _segment(self) -> int:
+        """Index of the first train point of the latest segment (a resume restarts `elapsed`)."""
+        return min(self.segment_start, max(0, len(self.train) - 1))
+
     def eta(self) -> float | None:
-        """Seconds left, from the step rate over the logged curve."""
-        if not self.max_steps or len(self.train) < 2 or self.status not in ("running", "paused"):
+        """Seconds left, from the step rate over the latest segment's logged curve."""
+        i = self._segment()
+        if not self.max_steps or len(self.train) - i < 2 or self.status not in ("running", "paused"):
             return None
-        s0, s1 = self.train.steps[0], self.train.steps[-1]
-        t0, t1 = self.train.times[0], self.train.times[-1]
+        s0, s1 = self.train.steps[i], self.train.steps[-1]
+        t0, t1 = self.train.times[i], self.train.times[-1]
         if s1 <= s0 or t1 <= t0:
             return None
         return (t1 - t0) / (s1 - s0) * max(0, self.max_steps - s1)
@@ -188,8 +194,9 @@ class RunState:
         tp = self.end_metric("throughput")
         if tp is not None:
             return tp
-        if len(self.train) >= 2 and self.train.times[-1] > self.train.times[0]:
-            return (self.train.units[-1] - self.train.units[0]) / (self.train.times[-1] - self.train.times[0])
+        i, units, times = self._segment(), self.train.units, self.train.times
+        if len(times) - i >= 2 and times[-1] > times[i]:
+            return (units[-1] - units[i]) / (times[-1] - times[i])
         return self.throughput
 
     def wall_time(self) -> float | None:
@@ -216,6 +223,7 @@ def _run_start(s: RunState, ev: E.RunStart):
         s.val.truncate_from(resumed + 1)
         s.end = None
         s.error = None
+    s.segment_start = len(s.train)
     for name in ("run_id", "preset", "arch", "task", "n_params", "device", "profile", "pid", "unit"):
         value = getattr(ev, name)
         if value is not None:

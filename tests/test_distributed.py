@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +173,17 @@ def test_ranks_agree_on_rank0_commands_and_on_a_stop_that_reached_any_rank():
     f = dict(stop=False, paused=False, checkpoint=False, sample=False)
     assert results[0] == [{**f, "paused": True, "checkpoint": True}, {**f, "paused": True},
                           {**f, "sample": True}, {**f, "stop": True}]
+
+
+def test_without_a_log_only_rank_0_claims_a_run_directory(tmp_path, monkeypatch):
+    """Every rank runs the same start-up: only rank 0 writes the log, so only rank 0 may create its directory
+    (each rank claiming one left empty run directories beside the real one)."""
+    from trainers import config
+    from trainers.loop import prepare
+
+    monkeypatch.setenv("COCKPIT_RUNS", str(tmp_path))
+    cfg = config.load("nanogpt", [], has_cuda=False)
+    assert prepare(cfg, None, None, rank=1)[1] is None
+    assert list(tmp_path.iterdir()) == []
+    log = Path(prepare(cfg, None, None, rank=0)[1])
+    assert [p.name for p in tmp_path.iterdir()] == [log.parent.name] and log.name == "events.jsonl"

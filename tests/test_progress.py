@@ -27,3 +27,16 @@ def test_headless_progress_prints_start_steps_with_eta_evals_and_the_end(tmp_pat
     end = events_of(log, "run_end")[0]
     assert out[-1].startswith(f"run completed at step 20: best val loss "
                               f"{end['metrics']['best_val_loss']:.4f}, wall ")
+
+
+def test_progress_leaves_system_events_to_the_sampler_thread():
+    """The sampler emits from its own thread: Progress prints nothing for them and keeps them out of its
+    state, which the loop's thread folds."""
+    import io
+
+    from common import events as E
+    from trainers.progress import Progress
+
+    p = Progress(io.StringIO())
+    p(E.System(cpu={"util_pct": 50.0}))
+    assert p.state.events == 0 and p.out.getvalue() == ""

@@ -212,3 +212,31 @@ def test_non_finite_numbers_come_back_as_floats_on_every_read_path(tmp_path):
                 [E.decode(l[:-1]) for l in lines], [E.convert(json.loads(l)) for l in lines]):
         assert [type(e.loss) for e in evs] == [float, float] and math.isnan(evs[1].loss)
         assert [e.lr for e in evs] == [math.inf, math.inf]
+
+
+def test_a_newer_schema_on_the_last_line_without_its_newline_is_noted(tmp_path):
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(E.encode("step", {"step": 1, "loss": 1.0}, 1.0) + b'{"v": 2, "type": "step", "step": 2, "loss": 1}')
+    stats = ReadStats()
+    assert [e.step for e in read_events(log, stats)] == [1, 2]
+    assert stats.newer_version == 2 and not stats.torn_tail
+
+
+def test_an_image_payload_that_is_not_base64_is_a_bad_event():
+    ev = E.convert({"type": "sample", "step": 1, "kind": "image", "image": {"h": 1, "w": 1, "c": 3, "data": "!!!!"}})
+    assert isinstance(ev, E.Invalid) and "base64" in ev.reason
+
+
+def test_the_writer_writes_numpy_scalars_and_string_subclasses_as_plain_values():
+    import numpy as np
+
+    class Version(str):
+        pass
+    line = E.encode("step", {"step": np.int64(3), "loss": np.float32(0.5), "lr": np.float64("nan")}, 1.0)
+    assert json.loads(line) == {"v": 1, "type": "step", "time": 1.0, "step": 3, "loss": 0.5, "lr": "nan"}
+    assert json.loads(E.encode("run_start", {"torch": Version("2.13.0")}, 1.0))["torch"] == "2.13.0"
+
+
+def test_a_kernel_event_as_a_dict_holds_only_the_fields_its_line_had():
+    d = E.as_dict(E.decode(b'{"v": 1, "type": "kernel", "name": "gelu", "torch_ms": 1.5}'))
+    assert d == {"v": 1, "type": "kernel", "name": "gelu", "torch_ms": 1.5}

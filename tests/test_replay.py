@@ -63,3 +63,14 @@ def test_replay_does_not_import_torch(recorded):
     imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "cockpit.report" in imported
     assert not any(name == "torch" or name.startswith("torch.") for name in imported)
+
+
+def test_a_non_finite_val_loss_replays_with_a_chart(recorded, tmp_path):
+    log = tmp_path / "nan.jsonl"
+    shutil.copy(recorded, log)
+    with open(log, "a") as f:  # a diverged eval between finite ones: plotext cannot place an infinite point
+        for step, val in ((21, "inf"), (22, 2.5)):
+            f.write(json.dumps({"v": 1, "type": "eval", "time": 2e9, "step": step, "val_loss": val}) + "\n")
+    r = cockpit("--replay", str(log))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "loss" in r.stdout

@@ -1,4 +1,4 @@
-"""The run index (cockpit/runs.py) and `cockpit runs`: built from the logs alone, fast, honest about status."""
+"""The run index (cockpit/runs/) and `cockpit runs`: built from the logs alone, fast, honest about status."""
 from __future__ import annotations
 
 import json
@@ -477,3 +477,23 @@ def test_cockpit_runs_on_a_terminal_prints_the_table_until_the_browser_exists(mo
     assert main(["--dir", str(FIXTURES)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("preset") and "killed" in out and "stopped" in out
+
+
+def test_a_resumed_run_without_run_end_is_rated_by_its_latest_segment(tmp_path):
+    """`elapsed` restarts with each resumed segment: a rate over the whole curve would mix the two clocks."""
+    done = events("nanogpt-completed")
+    now = time.time()
+    resumed_start = {**done[0], "time": now, "pid": os.getpid(), "resumed_from": 20, "max_steps": 40}
+    step = next(e for e in done if e["type"] == "step")
+    more = [dict(step, step=20 + i, tokens=20_000 + 1000 * i, elapsed=0.5 * i, time=now + 0.5 * i, max_steps=40)
+            for i in (1, 2, 3)]
+    log = write_log(tmp_path / "r" / "events.jsonl", [e for e in done if e["type"] != "run_end"] + [resumed_start]
+                    + more)
+    info = read_run(log)
+    assert info.status == "running" and info.steps == 23
+    assert info.throughput == pytest.approx(2000.0)            # 2000 tokens in 1 s of the latest segment
+    assert load_state(log).mean_throughput() == pytest.approx(2000.0)
+
+
+def test_config_diff_tells_an_empty_section_from_a_missing_one():
+    assert config_diff([{"a": {}}, {}]) == {"a": [{}, None]}

@@ -41,7 +41,7 @@ def run(args, echo=None) -> int:
         init_distributed(cfg, rank, world)
     from trainers.loop import Controls, Trainer, check_log_writable, prepare
 
-    cfg, log, ckpt = prepare(cfg, args.log, args.resume, args.overrides if args.resume else None)
+    cfg, log, ckpt = prepare(cfg, args.log, args.resume, args.overrides if args.resume else None, rank=rank)
     if rank == 0:
         check_log_writable(log)
     if args.progress and echo is None and rank == 0:

@@ -22,8 +22,9 @@ from common.dotted import unflatten
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """A preset's dotted keys; `profiles` stays one value (its sections are overrides, not keys)."""
-    return _flatten(d, prefix, keep=("profiles",))
+    """A preset's dotted keys; `profiles` stays one value (its sections are overrides, not keys), and a section
+    with no keys adds none."""
+    return _flatten(d, prefix, keep=("profiles",), empty=False)
 
 
 class ConfigError(BadInput, ValueError):

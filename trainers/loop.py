@@ -200,11 +200,11 @@ class Trainer:
         return sum(p.numel() for p in {id(p): p for p in self.raw_model.parameters()}.values())
 
     def save_checkpoint(self, reason: str = "interval") -> str | None:
-        if self.log_path is None:
-            return None
         if not self.is_main:  # DDP: rank 0 writes the checkpoint; the other ranks wait until it is complete
             from trainers.distributed import barrier
             barrier()
+            return None
+        if self.log_path is None:
             return None
         state = {
             "step": self.step, "run_id": self.run_id, "config": strip_private(self.cfg),
@@ -479,8 +479,9 @@ class LogWriteFailed(RuntimeError):
     pass
 
 
-def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None):
-    """(cfg, log_path, checkpoint) for a run; on resume the checkpoint's config wins, plus new overrides."""
+def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None, rank: int = 0):
+    """(cfg, log_path, checkpoint) for a run; on resume the checkpoint's config wins, plus new overrides.
+    Without --log, rank 0 claims a new run directory; the other ranks write no log (log_path None)."""
     from trainers.config import override_resolved
 
     ckpt = None
@@ -489,7 +490,7 @@ def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None):
         cfg = override_resolved(ckpt["config"], overrides or {})
         if not log:
             log = str(ckpt_io.resolve(resume).parent / "events.jsonl")
-    if not log:
+    if not log and rank == 0:
         log = str(default_log_path(cfg["name"]))
     return cfg, log, ckpt
 

@@ -14,6 +14,8 @@ class Progress:
         self.state = RunState()
 
     def __call__(self, ev: E.Event):
+        if isinstance(ev, E.System):
+            return  # from the sampler's thread: nothing to print, and the state belongs to the loop's thread
         s = self.state
         s.apply(ev)
         unit = "tok" if s.unit == "tokens" else "it"

@@ -25,7 +25,7 @@ from cockpit.runs.query import sort_runs
 from common import events as E
 from common.paths import LOG_NAME, runs_root
 from common.procs import trainer_alive
-from common.reader import last_event, read_tail, scan
+from common.reader import ReadStats, decode_line, last_event, read_tail, scan
 from common.state import RunState
 
 TAIL_BYTES = 64 << 10      # how much of a long log's end is read
@@ -94,10 +94,7 @@ def _head_start(f) -> E.RunStart | None:
         raw = f.readline(10 << 20)
         if not raw:
             return None
-        try:
-            ev = E.decode(raw.rstrip(b"\n"))
-        except E.NotAnEvent:
-            continue
+        ev = decode_line(raw.rstrip(b"\n"), ReadStats())
         if isinstance(ev, E.RunStart):
             return ev
     return None

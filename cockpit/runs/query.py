@@ -8,6 +8,7 @@ import re
 from cockpit.runs import RunsError
 from cockpit.runs.table import COLUMNS
 from common.dotted import flatten
+from common.state import number
 
 SORT_KEYS = tuple(k for k, _ in COLUMNS) + ("name", "task", "device", "size", "last_time")
 TEXT_FIELDS = ("run_id", "preset", "arch", "status", "task", "device", "name")
@@ -45,10 +46,6 @@ def _field(r, name: str):
     return False, None
 
 
-def _number(x) -> float | None:
-    return float(x) if type(x) in (int, float) else None
-
-
 def _term_matches(r, term: str) -> bool:
     m = _COND.match(term)
     if m:
@@ -57,7 +54,7 @@ def _term_matches(r, term: str) -> bool:
             op, want = m.group(2), m.group(3)
             if op == ":":
                 return want.lower() in str(value).lower() if value is not None else want == ""
-            num = _number(value)
+            num = number(value)
             try:
                 w = float(want)
             except ValueError:

@@ -192,7 +192,7 @@ class RunScreen(ChartKeys, CockpitScreen):
             self._frame_at = now
         self._drawn, self._drawn_note = s.version, self.note
         panes = [self.query_one(p) for p in PANES]
-        sigs = {p.pane: p.signature(s, self.note) for p in panes}
+        sigs = pane_signatures(s, self.note)
         heavy = heavy_render_seconds(p.render_seconds for p in panes if p.heavy)
         pace = redraw_interval(heavy, s.device) if live else 0.0
         for p in panes:
