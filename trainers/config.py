@@ -3,13 +3,21 @@
 A preset is a YAML file (presets/NAME.yaml, or any path in the same schema). Its keys are
 checked against a schema: the common keys below, plus the preset's own `model.*`, `data.*` and
 `finetune.*` keys (typed by their default values). `profiles.cpu` holds overrides applied when no
-CUDA device is present (or `profile=cpu`). `k=v` overrides use dotted keys typed by the schema.
+CUDA device is present (or `profile=cpu`). `k=v` overrides use dotted keys typed by the schema. What the
+model itself needs of its `model.*` keys (their types, n_embd divisible by n_head ...) is checked by its
+Config (trainers/models/__init__.py make_config), before the trainer creates anything.
+
+A preset is read with bounds (PresetLoader): a small regular file, nested a few levels, whose aliases do not
+expand it beyond a hand-written size. Input files the trainer reads go through read_regular / open_regular:
+a named pipe or a device is refused instead of blocking or reading for ever.
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,7 @@ import yaml
 from common.cli import BadInput
 from common.dotted import flatten as _flatten
 from common.dotted import unflatten
+from common.paths import NAME_RULE, name_problem, safe_name
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -100,7 +109,7 @@ def preset_path(name_or_path: str) -> Path:
     """A preset name (`cockpit presets`) or the path of a YAML file."""
     p = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
-        if not p.is_file():
+        if not p.exists():
             raise ConfigError(f"preset file {name_or_path} not found; pass an existing YAML file or a preset name")
         return p
     cand = presets_dir() / f"{name_or_path}.yaml"
@@ -112,13 +121,171 @@ def preset_path(name_or_path: str) -> Path:
     raise ConfigError(f"unknown preset {name_or_path!r}; {hint} (available: {', '.join(names)})")
 
 
+# --- reading input files ----------------------------------------------------------------------------
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike, what: str, fix: str):
+    """`path` opened for binary reading, or ConfigError `<what>: is a named pipe (FIFO), not a regular file;
+    <fix>` (what: the key and value, e.g. "data.path=x.txt"). Anything but a regular file is refused before it
+    is opened (a FIFO blocks its reader for ever, /dev/zero never ends, opening some devices does something),
+    and checked again on the open descriptor (opened without blocking), so that nothing swaps it in between."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISREG(mode):
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: not found; {fix}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"{what}: cannot open ({reason}); {fix}") from None
+    raise ConfigError(f"{what}: is {_kind(mode)}, not a regular file; {fix}")
+
+
+def refuse_special(path: str | os.PathLike, what: str, fix: str) -> None:
+    """ConfigError when `path` exists as anything but a regular file (a pipe, a device, a directory), for a
+    file about to be written: opening a FIFO for writing blocks until someone reads it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return  # absent (or unreachable): whoever creates it reports what goes wrong
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{what}: is {_kind(mode)}, not a regular file; {fix}")
+
+
+def read_regular(path: str | os.PathLike, what: str, fix: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (open_regular), read with a bound: the size it had when opened (a file that
+    grows meanwhile is read no further), refused with ConfigError when that is over `limit` bytes."""
+    with open_regular(path, what, fix) as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and size > limit:
+            raise ConfigError(f"{what}: is {size:,} bytes, more than the {limit:,} this file may have; {fix}")
+        try:
+            return f.read(size)
+        except OSError as e:
+            raise ConfigError(f"{what}: cannot read ({e.strerror}); {fix}") from None
+
+
+# --- reading presets ----------------------------------------------------------------------------------
+# A preset is a hand-written file of a few hundred nodes, nested three or four levels deep. The bounds stop
+# what a hostile or broken file could do to the loader and to everything that walks the loaded dicts: an
+# alias "bomb" (each level of aliases multiplying the size: 9 levels of 9 aliases are 9^9 nodes), a node that
+# contains itself (walking it never ends), nesting deep enough to exhaust Python's recursion.
+MAX_PRESET_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000   # nodes with every alias expanded
+MAX_YAML_DEPTH = 50        # levels of nesting, aliases expanded
+
+
+class PresetTooLarge(yaml.YAMLError):
+    """A preset beyond the bounds above; str(e) says which and where."""
+
+
+class PresetLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with bounds: the nesting as it is composed, then the node graph's size and depth with
+    every alias expanded (measured on the graph, without expanding anything), and no node inside itself.
+    A value the constructor cannot make (a 5000-digit integer, a 13th month) is a YAML error at its line."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= MAX_YAML_DEPTH:
+            raise PresetTooLarge(f"nested more than {MAX_YAML_DEPTH} levels deep at {_where(self.peek_event())}; "
+                                 "a preset nests a few levels, like model: {n_layer: 4}")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expanded(node)
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError) as e:
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read this value ({e})",
+                                                    node.start_mark) from None
+
+
+def _where(item) -> str:
+    mark = getattr(item, "start_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the end"
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expanded(root) -> None:
+    """Size and depth of the node graph with aliases expanded (an alias is the node it names, shared), computed
+    once per node, depth first without recursion; PresetTooLarge beyond the bounds or for a node in itself."""
+    if root is None:
+        return
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path from the root
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            open_nodes.discard(key)
+            if size[key] > MAX_YAML_NODES:
+                raise PresetTooLarge(f"the {_kind_of(node)} at {_where(node)} holds more than {MAX_YAML_NODES:,} "
+                                     "values with its aliases expanded; write out the values a preset needs")
+            if depth[key] > MAX_YAML_DEPTH:
+                raise PresetTooLarge(f"the {_kind_of(node)} at {_where(node)} nests more than {MAX_YAML_DEPTH} "
+                                     "levels deep with its aliases expanded; write out the values a preset needs")
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise PresetTooLarge(f"the {_kind_of(node)} at {_where(node)} contains itself through an alias; "
+                                 "an alias must name something outside it")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in size)
+
+
+def _kind_of(node) -> str:
+    return {yaml.MappingNode: "mapping", yaml.SequenceNode: "list"}.get(type(node), "value")
+
+
 def read_yaml(path: Path) -> dict:
+    data = read_regular(path, f"preset file {path}", "give a YAML file", limit=MAX_PRESET_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read preset ({e.__class__.__name__}: {e}); check the file") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read preset (UnicodeDecodeError: {e}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=PresetLoader)  # noqa: S506 — a SafeLoader, with bounds
+    except PresetTooLarge as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -149,10 +316,14 @@ def coerce(key: str, value: Any, typ: type, source: str) -> Any:
             if typ is int:
                 return int(float(s)) if ("e" in s.lower() and float(s).is_integer()) else int(s)
             if typ is float:
-                return float(s)
+                value = float(s)
         except ValueError:
             raise ConfigError(f"{source}: {key}={value!r} must be {_type_name(typ)}") from None
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key}={value!r} must be a finite number")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        if not -1e308 < value < 1e308:  # float() of a longer integer overflows
+            raise ConfigError(f"{source}: {key}={value} must be a finite number")
         return float(value)
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
@@ -180,6 +351,9 @@ def _schema_for(flat_preset: dict[str, Any]) -> dict[str, tuple]:
 def _check_value(key: str, value: Any, spec: tuple, source: str) -> Any:
     typ, _default, rng, choices = spec
     value = coerce(key, value, typ, source)
+    if key == "name" and value and name_problem(value):  # it names run directories (common/paths.py)
+        raise ConfigError(f"{source}: name={value!r} {name_problem(value)}; a name is {NAME_RULE}, e.g. "
+                          f"name={safe_name(value)}")
     if choices is not None and value not in choices:
         raise ConfigError(f"{source}: {key}={value!r} is not allowed; use one of {', '.join(map(str, choices))}")
     if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -187,6 +361,17 @@ def _check_value(key: str, value: Any, spec: tuple, source: str) -> Any:
         if not (lo <= value <= hi):
             raise ConfigError(f"{source}: {key}={value!r} is out of range; use a value in [{lo}, {hi}]")
     return value
+
+
+def _check_sections(flat: dict[str, Any], source: str) -> None:
+    """A dotted key is a value or a section, never both: `model: {"n_layer.x": 1, n_layer: 2}` names model.n_layer
+    as a value and as the section holding x."""
+    for key in flat:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[:i]) in flat:
+                raise ConfigError(f"{source}: {'.'.join(parts[:i])!r} is a value and also the section of {key!r}; "
+                                  "keep one of them (a key with a dot in it is read as a section)")
 
 
 def _unknown(key: str, known: list[str], source: str) -> ConfigError:
@@ -230,12 +415,15 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
     if not isinstance(profiles, dict):
         raise ConfigError(f"{source}: `profiles` must be a mapping like `profiles: {{cpu: {{train: {{...}}}}}}`")
     flat_raw = flatten(raw)
+    _check_sections(flat_raw, source)
     schema = _schema_for(flat_raw)
     known = sorted(schema)
     cfg: dict[str, Any] = {k: spec[1] for k, spec in COMMON.items()}
     for key, v in flat_raw.items():
         if key not in schema:
             raise _unknown(key, known, source)
+        if key not in COMMON and not isinstance(v, (bool, int, float, str, type(None))):
+            raise ConfigError(f"{source}: {key}={v!r} must be a single value: a number, true/false or a string")
         cfg[key] = _check_value(key, v, schema[key], source)
     for pname, pvals in profiles.items():
         if pname not in ("cpu", "full"):
@@ -254,6 +442,9 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
     if profile:
         cfg["profile"] = profile
     if cfg["device"] == "cuda":
+        if has_cuda is None and not cuda_available():
+            raise ConfigError("device=cuda, but this machine has no CUDA device (no NVIDIA driver is loaded); use "
+                              "device=cpu, or device=auto to take a GPU where there is one")
         has_cuda = True
     elif cfg["device"] == "cpu":
         has_cuda = False
@@ -275,7 +466,7 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
     if cfg["train.compile"] is None:  # on a CPU compiling takes tens of seconds for a step ~20% faster
         cfg["train.compile"] = cfg["device"] == "cuda"
     if not cfg["name"]:
-        cfg["name"] = path.stem
+        cfg["name"] = safe_name(path.stem)
     out = unflatten(cfg)
     out["_has_profiles"] = sorted(profiles)
     return out
