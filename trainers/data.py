@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.config import ConfigError
+from trainers.config import ConfigError, open_regular, read_regular
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -24,20 +24,28 @@ def asset_path(name: str) -> Path:
     return Path(str(resources.files("trainers") / "assets" / name))
 
 
-def load_text(path: str = "", default: str = "shakespeare.txt") -> tuple[str, str]:
-    """(text, source). An empty path means the embedded corpus `default`."""
+def text_path(path: str) -> Path | None:
+    """`data.path` checked without reading it (None: the embedded corpus): an existing regular file that can
+    be opened; a named pipe, a device or a directory is refused (ConfigError) rather than read."""
     if not path:
-        p = asset_path(default)
-        return p.read_text(encoding="utf-8"), f"embedded {default}"
+        return None
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"data.path={path}: file not found; give an existing text file")
     if p.is_dir():
         raise ConfigError(f"data.path={path}: is a directory; give a text file")
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise ConfigError(f"data.path={path}: cannot read ({e.strerror}); check permissions") from None
+    with open_regular(p, f"data.path={path}", "give a text file"):
+        return p
+
+
+def load_text(path: str = "", default: str = "shakespeare.txt") -> tuple[str, str]:
+    """(text, source). An empty path means the embedded corpus `default`. A file is read up to the size it
+    had when opened, never further (text_path refuses what has no size: a pipe, a device)."""
+    p = text_path(path)
+    if p is None:
+        p = asset_path(default)
+        return p.read_text(encoding="utf-8"), f"embedded {default}"
+    text = read_regular(p, f"data.path={path}", "give a text file").decode("utf-8", errors="replace")
     if not text.strip():
         raise ConfigError(f"data.path={path}: file is empty; give a file with text in it")
     return text, str(p)

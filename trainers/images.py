@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trainers.config import ConfigError
+from trainers.config import ConfigError, open_regular
 
 DATASETS = ("digits", "emoji")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -159,12 +160,15 @@ def read_png(data: bytes) -> np.ndarray:
 
 
 def decode_image_file(path: Path) -> np.ndarray:
-    """A PNG or JPEG file -> (H, W, C) uint8 with C = 1 or 3."""
-    try:
-        with Image.open(path) as im:
-            return _pixels(im)
-    except (OSError, SyntaxError) as e:  # includes PIL.UnidentifiedImageError
-        raise ConfigError(f"data.path: cannot decode {path} ({e}); remove or re-save the file") from None
+    """A PNG or JPEG file -> (H, W, C) uint8 with C = 1 or 3. Only a regular file is opened (a pipe named
+    x.png would block), and an image whose header claims more pixels than Pillow's decompression-bomb limit
+    is refused before it is decoded."""
+    with open_regular(path, f"data.path: {path}", "remove it from the folder") as f:
+        try:
+            with Image.open(f) as im:
+                return _pixels(im)
+        except (OSError, SyntaxError, Image.DecompressionBombError, ValueError) as e:  # UnidentifiedImageError too
+            raise ConfigError(f"data.path: cannot decode {path} ({e}); remove or re-save the file") from None
 
 
 def load_folder(root: Path, image_size: int) -> ImageSet:
@@ -186,16 +190,35 @@ def load_folder(root: Path, image_size: int) -> ImageSet:
                     f"{root} ({len(files)} images)", labelled=labelled)
 
 
+def _check_fits(path: Path, z) -> None:
+    """A compressed array can claim any size: refuse one larger than the memory available, before it is read."""
+    import psutil
+
+    size = sum(z.zip.getinfo(f"{k}.npy").file_size for k in z.files if f"{k}.npy" in z.zip.namelist())
+    free = psutil.virtual_memory().available
+    if size > free:
+        raise ConfigError(f"data.path={path}: its arrays are {size / 2**30:.1f} GiB uncompressed, more than the "
+                          f"{free / 2**30:.1f} GiB of memory available; give a smaller data set")
+
+
 def load_npz(path: Path, image_size: int) -> ImageSet:
-    try:
-        z = np.load(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"data.path={path}: cannot read the .npz ({e}); give an .npz with key `images`") from None
-    with z:
-        if "images" not in z.files:
-            raise ConfigError(f"data.path={path}: no key `images` (has {', '.join(z.files) or 'none'}); save the "
-                              "images as np.savez(path, images=..., labels=...)")
-        imgs, labels = z["images"], (z["labels"] if "labels" in z.files else None)
+    fix = "give an .npz with key `images`"
+    with open_regular(path, f"data.path={path}", fix) as f:
+        try:
+            z = np.load(f)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ConfigError(f"data.path={path}: is a single .npy array, not an .npz archive; save it with "
+                                  "np.savez(path, images=...)")
+            with z:
+                if "images" not in z.files:
+                    raise ConfigError(f"data.path={path}: no key `images` (has {', '.join(z.files) or 'none'}); save "
+                                      "the images as np.savez(path, images=..., labels=...)")
+                _check_fits(path, z)
+                imgs, labels = z["images"], (z["labels"] if "labels" in z.files else None)
+        except ConfigError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, not a zip, pickled objects
+            raise ConfigError(f"data.path={path}: cannot read the .npz ({e}); {fix}") from None
     if imgs.ndim == 3:
         imgs = imgs[..., None]
     if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3) or len(imgs) < 2:
@@ -216,22 +239,32 @@ def load_npz(path: Path, image_size: int) -> ImageSet:
     return ImageSet(x, torch.from_numpy(labels.astype(np.int64)), [str(i) for i in range(n)], str(path))
 
 
-def load_images(dataset: str, path: str = "", image_size: int = 16) -> ImageSet:
-    """The data set a diffusion preset trains on: `data.path` when given, else the named shipped set."""
+def image_source(dataset: str, path: str = "") -> tuple[str, Path | None]:
+    """Where a diffusion preset's images come from, checked without reading them: ("folder", DIR),
+    ("npz", FILE) or (a shipped data set, None); ConfigError names data.path or data.dataset otherwise."""
     if path:
         p = Path(path).expanduser()
         if not p.exists():
             raise ConfigError(f"data.path={path}: not found; give a folder of PNG/JPEG images or an .npz file")
         if p.is_dir():
-            return load_folder(p, image_size)
+            return "folder", p
         if p.suffix.lower() == ".npz":
-            return load_npz(p, image_size)
+            with open_regular(p, f"data.path={path}", "give a folder of PNG/JPEG images or an .npz file"):
+                return "npz", p
         if p.suffix.lower() in IMAGE_SUFFIXES:
             raise ConfigError(f"data.path={path}: is a single image; give the folder that holds the images")
         raise ConfigError(f"data.path={path}: unsupported file type; give a folder of PNG/JPEG images or an .npz")
-    if dataset == "digits":
-        return load_digits(image_size)
-    if dataset == "emoji":
-        return load_emoji(image_size)
-    raise ConfigError(f"data.dataset={dataset!r} is not a shipped image set; use one of {', '.join(DATASETS)} "
-                      "or set data.path")
+    if dataset not in DATASETS:
+        raise ConfigError(f"data.dataset={dataset!r} is not a shipped image set; use one of {', '.join(DATASETS)} "
+                          "or set data.path")
+    return dataset, None
+
+
+def load_images(dataset: str, path: str = "", image_size: int = 16) -> ImageSet:
+    """The data set a diffusion preset trains on: `data.path` when given, else the named shipped set."""
+    kind, p = image_source(dataset, path)
+    if kind == "folder":
+        return load_folder(p, image_size)
+    if kind == "npz":
+        return load_npz(p, image_size)
+    return load_digits(image_size) if kind == "digits" else load_emoji(image_size)
