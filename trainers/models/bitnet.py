@@ -35,7 +35,7 @@ from kernels import integrate
 from kernels.bitlinear import activation_quant, bitlinear_ref, weight_quant
 from kernels.integrate import RMSNorm
 from kernels.rope import rope_pairs
-from trainers.models.contract import LanguageModelBase, head_and_loss, through_blocks
+from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, head_and_loss, through_blocks
 
 
 @dataclass
@@ -50,6 +50,12 @@ class Config:
     stage2_lr_scale: float = 0.5    # lr multiplier for the second half of training (two-stage schedule)
     activation_checkpointing: bool = False
     kernels: str = "torch"          # torch | triton (fused BitLinear, RMSNorm, SwiGLU, linear+cross-entropy)
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        at_least(self, 0, "ffn_hidden", "stage2_lr_scale")
+        fraction(self, "dropout")
+        divisible(self, "n_embd", "n_head", "rotary positions turn pairs of each head's channels", times=2)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 trainers/models/<arch>.py defines
     Config   a dataclass of the model's hyper-parameters: the preset's `model.*` keys, plus those a task
-             supplies when it takes them (vocab_size, kernels, activation_checkpointing, image_size, ...)
+             supplies when it takes them (vocab_size, kernels, activation_checkpointing, image_size, ...).
+             Its field types are what the keys must be (make_config checks them), and its __post_init__
+             refuses the values the model cannot be built with (n_embd not divisible by n_head ...), with
+             the checks at the end of this file: a ValueError naming `model.<key>` and the fix, which
+             make_config turns into the one-line error a user sees before anything is created.
     Model    an nn.Module built as Model(Config(...)) that keeps its config as `model.config` and meets one
              of the two contracts below.
 
@@ -186,3 +190,38 @@ def instance_gaps(model: nn.Module, contract) -> list[str]:
         elif name == "config" and not dataclasses.is_dataclass(model.config):
             gaps.append("`config` is not the Config dataclass it was built from")
     return gaps
+
+
+# --- Config checks: what a Config's __post_init__ raises (ValueError: `model.<key>=<value> <rule>; <fix>`) ----
+def require(ok: bool, cfg, key: str, rule: str) -> None:
+    """The general form: `model.<key>=<value> <rule>` unless ok."""
+    if not ok:
+        raise ValueError(f"model.{key}={getattr(cfg, key)!r} {rule}")
+
+
+def at_least(cfg, low: float, *keys: str) -> None:
+    for key in keys:
+        require(getattr(cfg, key) >= low, cfg, key, f"must be at least {low}")
+
+
+def fraction(cfg, *keys: str) -> None:
+    """Probabilities such as dropout: in [0, 1) (1 would drop everything)."""
+    for key in keys:
+        require(0.0 <= getattr(cfg, key) < 1.0, cfg, key, "must be in [0, 1), e.g. 0.1")
+
+
+def one_of(cfg, key: str, choices) -> None:
+    require(getattr(cfg, key) in choices, cfg, key, f"must be one of {', '.join(map(str, choices))}")
+
+
+def divisible(cfg, key: str, by: str, why: str, times: int = 1) -> None:
+    """cfg.<key> a multiple of times * cfg.<by>, the fix naming the nearest multiples."""
+    step = times * getattr(cfg, by)
+    value = getattr(cfg, key)
+    if step <= 0 or value % step == 0:
+        return
+    what = f"model.{by}={getattr(cfg, by)}" if times == 1 else f"{times} x model.{by} = {step}"
+    lower, upper = value - value % step, value - value % step + step
+    near = f"{lower} or {upper}" if lower > 0 else f"{upper}"
+    raise ValueError(f"model.{key}={value} must be divisible by {what} ({why}); use model.{key}={near}, or "
+                     f"change model.{by}")

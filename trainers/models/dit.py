@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from trainers.diffusion import timestep_embedding
+from trainers.diffusion import SCHEDULES, timestep_embedding
+from trainers.models.contract import at_least, divisible, fraction, one_of, require
 
 
 @dataclass
@@ -39,6 +40,18 @@ class Config:
     num_timesteps: int = 1000
     schedule: str = "linear"        # linear | cosine beta schedule
     class_dropout: float = 0.1      # probability a training label is replaced by the null class
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "image_size", "in_channels", "num_classes", "patch_size", "n_layer", "n_head", "n_embd")
+        require(self.mlp_ratio > 0, self, "mlp_ratio", "must be greater than 0 (4.0 is DiT's)")
+        fraction(self, "dropout", "class_dropout")
+        at_least(self, 2, "num_timesteps")
+        one_of(self, "schedule", SCHEDULES)
+        divisible(self, "image_size", "patch_size", "the image is cut into patch_size x patch_size patches")
+        divisible(self, "n_embd", "n_head", "each head attends over n_embd / n_head channels")
+        require(self.n_embd % 4 == 0, self, "n_embd", "must be divisible by 4 (the 2-D sin-cos positions give a "
+                f"quarter of the channels to each of sin and cos of rows and columns); use model.n_embd="
+                f"{self.n_embd + 4 - self.n_embd % 4}")
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:

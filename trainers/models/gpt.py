@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.integrate import GELUTanh, LayerNorm
-from trainers.models.contract import LanguageModelBase, head_and_loss, through_blocks
+from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, head_and_loss, through_blocks
 
 
 @dataclass
@@ -31,6 +31,11 @@ class Config:
     bias: bool = False          # biases in Linear and LayerNorm (GPT-2: True)
     activation_checkpointing: bool = False
     kernels: str = "torch"      # torch | triton (fused LayerNorm / GELU / linear+cross-entropy)
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        fraction(self, "dropout")
+        divisible(self, "n_embd", "n_head", "each head attends over n_embd / n_head channels")
 
 
 class CausalSelfAttention(nn.Module):

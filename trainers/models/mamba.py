@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from kernels import integrate
 from kernels.integrate import RMSNorm, fp32
 from kernels.selective_scan import selective_scan_chunked, selective_scan_step
-from trainers.models.contract import RecurrentLanguageModelBase, head_and_loss, through_blocks
+from trainers.models.contract import (RecurrentLanguageModelBase, at_least, fraction, head_and_loss, require,
+                                      through_blocks)
 
 
 @dataclass
@@ -54,6 +55,13 @@ class Config:
     dropout: float = 0.0
     activation_checkpointing: bool = False
     kernels: str = "torch"         # torch | triton (fused selective scan, RMSNorm, linear+cross-entropy)
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_embd", "d_state", "d_conv", "expand")
+        at_least(self, 0, "dt_rank", "scan_chunk")
+        require(self.dt_min > 0, self, "dt_min", "must be greater than 0 (Δ starts log-uniform in [dt_min, dt_max])")
+        require(self.dt_max >= self.dt_min, self, "dt_max", f"must be at least model.dt_min={self.dt_min}")
+        fraction(self, "dropout")
 
 
 # ----------------------------------------------------------------------------------------------------

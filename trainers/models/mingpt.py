@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainers.models.contract import LanguageModelBase, sample_next
+from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, sample_next
 
 
 @dataclass
@@ -28,6 +28,11 @@ class Config:
     embd_pdrop: float = 0.1
     resid_pdrop: float = 0.1
     attn_pdrop: float = 0.1
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        fraction(self, "embd_pdrop", "resid_pdrop", "attn_pdrop")
+        divisible(self, "n_embd", "n_head", "each head attends over n_embd / n_head channels")
 
 
 class NewGELU(nn.Module):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from kernels.integrate import LayerNorm
-from trainers.models.contract import LanguageModelBase
+from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, require
 from trainers.models.gpt import MLP, CausalSelfAttention
 
 
@@ -52,6 +52,16 @@ class Config:
     moe_every: int = 2              # MoE on blocks 1, 3, 5, ... (every other block)
     activation_checkpointing: bool = False
     kernels: str = "torch"          # triton: the shared GPT blocks use fused LayerNorm / GELU
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_expert", "top_k",
+                 "moe_every")
+        at_least(self, 0, "aux_loss_coef")
+        require(self.capacity_factor > 0, self, "capacity_factor", "must be greater than 0 (1.25 is usual)")
+        fraction(self, "dropout")
+        divisible(self, "n_embd", "n_head", "each head attends over n_embd / n_head channels")
+        require(self.top_k <= self.n_expert, self, "top_k",
+                f"must be at most model.n_expert={self.n_expert} (each token picks top_k different experts)")
 
 
 class MoE(nn.Module):

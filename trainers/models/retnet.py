@@ -31,7 +31,8 @@ from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
 from kernels.rope import rope_pairs
-from trainers.models.contract import RecurrentLanguageModelBase, head_and_loss, through_blocks
+from trainers.models.contract import (RecurrentLanguageModelBase, at_least, divisible, fraction, head_and_loss,
+                                      through_blocks)
 
 
 @dataclass
@@ -48,6 +49,12 @@ class Config:
     bias: bool = False
     activation_checkpointing: bool = False
     kernels: str = "torch"         # torch | triton (fused chunkwise retention, LayerNorm, linear+cross-entropy)
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "value_factor", "ffn_mult",
+                 "chunk_size")
+        fraction(self, "dropout")
+        divisible(self, "n_embd", "n_head", "rotary positions turn pairs of each head's channels", times=2)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.wkv import wkv_chunked, wkv_step
-from trainers.models.contract import RecurrentLanguageModelBase, head_and_loss, through_blocks
+from trainers.models.contract import (RecurrentLanguageModelBase, at_least, divisible, fraction, head_and_loss,
+                                      require, through_blocks)
 
 
 @dataclass
@@ -50,6 +51,13 @@ class Config:
     dropout: float = 0.0
     activation_checkpointing: bool = False
     kernels: str = "torch"         # torch | triton (fused WKV, LayerNorm, linear+cross-entropy)
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_embd", "head_size", "mix_lora", "decay_lora",
+                 "wkv_chunk")
+        require(self.ffn_mult > 0, self, "ffn_mult", "must be greater than 0 (3.5 is RWKV-6's)")
+        fraction(self, "dropout")
+        divisible(self, "n_embd", "head_size", "the channels split into heads of head_size")
 
 
 # ----------------------------------------------------------------------------------------------------

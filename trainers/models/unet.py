@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainers.diffusion import timestep_embedding
+from trainers.diffusion import SCHEDULES, timestep_embedding
+from trainers.models.contract import at_least, fraction, one_of, require
 
 
 @dataclass
@@ -39,6 +40,31 @@ class Config:
     num_timesteps: int = 1000
     schedule: str = "linear"        # linear | cosine beta schedule
     class_dropout: float = 0.1      # probability a training label is replaced by the null class
+
+    @property
+    def mults(self) -> list[int]:
+        """channel_mult as numbers: [1, 2, 2]."""
+        return [int(m) for m in str(self.channel_mult).split(",") if m.strip()]
+
+    def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
+        at_least(self, 1, "image_size", "in_channels", "num_classes", "base_channels", "num_res_blocks", "n_head")
+        fraction(self, "dropout", "class_dropout")
+        at_least(self, 2, "num_timesteps")
+        one_of(self, "schedule", SCHEDULES)
+        try:
+            mults = self.mults
+        except ValueError:
+            mults = []
+        require(bool(mults) and min(mults) >= 1, self, "channel_mult",
+                "must be positive whole numbers separated by commas, one per resolution level, e.g. '1,2,2'")
+        down = 2 ** (len(mults) - 1)
+        require(self.image_size % down == 0, self, "image_size",
+                f"must be divisible by {down}: model.channel_mult={self.channel_mult!r} halves it "
+                f"{len(mults) - 1} times; use a multiple of {down} or fewer levels")
+        lowest = self.base_channels * mults[-1]  # the width attention runs at
+        require(lowest % self.n_head == 0, self, "n_head",
+                f"must divide the {lowest} channels of the lowest level (model.base_channels x the last "
+                "model.channel_mult), where self-attention runs")
 
 
 def norm(ch: int) -> nn.GroupNorm:
@@ -103,10 +129,7 @@ class Model(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.config = cfg
-        mult = [int(m) for m in str(cfg.channel_mult).split(",") if m.strip()]
-        assert mult, "channel_mult needs at least one level, e.g. '1,2'"
-        assert cfg.image_size % 2 ** (len(mult) - 1) == 0, \
-            f"image_size {cfg.image_size} must be divisible by 2^{len(mult) - 1} (channel_mult {cfg.channel_mult})"
+        mult = cfg.mults  # checked by Config.__post_init__
         ch = cfg.base_channels
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

@@ -4,6 +4,10 @@ The training loop (trainers/loop.py) is the same for every task; a task supplies
 loss, evaluation and samples. Batches are a pure function of (split, step, micro-step, seed) so that a
 resumed run sees exactly the batches an uninterrupted run would. Under DDP the loop asks for the global
 batch (train.batch_size x ranks) by passing `batch_size`; without it a task draws train.batch_size rows.
+
+`Task.check(cfg)` refuses, before anything is read, built or written, what would break the task's start:
+the model's Config and contract, and where its data would come from (check_task, which the trainer runs
+before it creates a run directory, and load_task).
 """
 from __future__ import annotations
 
@@ -14,11 +18,19 @@ from pathlib import Path
 import torch
 
 from trainers.config import ConfigError
+from trainers.models import check_model
 
 
 class Task(ABC):
     unit = "tokens"  # what `step` events count: "tokens" or "items"
     eval_at_start = False  # evaluate before the first step (the curve starts at the untrained loss)
+    contract: type | None = None  # the kind of model it trains (trainers/models/contract.py)
+
+    @classmethod
+    def check(cls, cfg: dict) -> None:
+        """Refuse (ConfigError naming the key) what would break this task's start, cheaply: nothing is read,
+        built or written. Here the model (its contract, its `model.*` keys); tasks add their data's checks."""
+        check_model(cfg["arch"], cfg["model"], contract=cls.contract, kernels=cfg.get("kernels", "torch"))
 
     def __init__(self, cfg: dict, device: torch.device, log=None, amp_dtype: torch.dtype | None = None):
         """`amp_dtype`: the autocast dtype of the run (None: float32), which eval and samples use too."""
@@ -128,7 +140,7 @@ def take_rows(batch, start: int, stop: int):
     return batch
 
 
-def load_task(cfg: dict, device, log=None, amp_dtype: torch.dtype | None = None) -> Task:
+def task_class(cfg: dict) -> type[Task]:
     name = cfg["task"]
     try:
         mod = importlib.import_module(f"trainers.tasks.{name}")
@@ -136,4 +148,15 @@ def load_task(cfg: dict, device, log=None, amp_dtype: torch.dtype | None = None)
         if e.name == f"trainers.tasks.{name}":
             raise ConfigError(f"task '{name}' is not available; use lm, sort, diffusion or finetune") from None
         raise
-    return mod.Task(cfg, device, log, amp_dtype)
+    return mod.Task
+
+
+def check_task(cfg: dict) -> None:
+    """What the task of `cfg` needs, checked without reading or building anything (Task.check)."""
+    task_class(cfg).check(cfg)
+
+
+def load_task(cfg: dict, device, log=None, amp_dtype: torch.dtype | None = None) -> Task:
+    cls = task_class(cfg)
+    cls.check(cfg)
+    return cls(cfg, device, log, amp_dtype)

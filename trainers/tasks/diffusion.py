@@ -17,18 +17,57 @@ so a resumed run sees exactly the batches of an uninterrupted one.
 from __future__ import annotations
 
 import base64
+import difflib
 
 import torch
 
-from trainers.config import ConfigError
-from trainers.diffusion import SCHEDULES, Diffusion, DiffusionModel
-from trainers.images import load_images, to_uint8
-from trainers.models import build_model
+from trainers.config import ConfigError, coerce
+from trainers.diffusion import Diffusion, DiffusionModel
+from trainers.images import image_source, load_images, to_uint8
+from trainers.models import build_model, make_config
 from trainers.models.contract import Denoiser
 from trainers.tasks import Task as BaseTask
 
 SAMPLE_DEFAULTS = {"steps": 20, "eta": 0.0, "guidance": 2.0, "rows": 2, "cols": 8, "ema_decay": 0.999,
                    "eval_samples": 100, "sampler": "ddim"}
+SAMPLE_RULES = {  # key: (holds for a good value, the fix); each value is typed by its default first
+    "steps": (lambda v: v >= 1, "use at least 1 (20 is typical for DDIM)"),
+    "eta": (lambda v: 0.0 <= v <= 1.0, "use a value in [0, 1]"),
+    "guidance": (lambda v: v >= 0.0, "use a value >= 0 (1 = no guidance)"),
+    "rows": (lambda v: v >= 1, "use at least 1"),
+    "cols": (lambda v: v >= 1, "use at least 1"),
+    "ema_decay": (lambda v: 0.0 <= v < 1.0, "use a value in [0, 1), e.g. 0.999"),
+    "eval_samples": (lambda v: v >= 0, "use 0 (off) or more"),
+    "sampler": (lambda v: v in ("ddim", "ddpm"), "use ddim or ddpm"),
+}
+# what the task reads of the denoiser's Config, for an arch whose Config lacks one of them
+PROCESS_DEFAULTS = {"image_size": 16, "num_timesteps": 1000, "schedule": "linear", "class_dropout": 0.1}
+
+
+def sample_options(cfg: dict) -> dict:
+    """The `sample.*` keys with defaults filled in, typed and checked (ConfigError names the bad key)."""
+    given = cfg.get("sample") or {}
+    for key in given:
+        if key not in SAMPLE_DEFAULTS:
+            close = difflib.get_close_matches(key, list(SAMPLE_DEFAULTS), n=1)
+            hint = f"did you mean 'sample.{close[0]}'?" if close else f"use {', '.join(SAMPLE_DEFAULTS)}"
+            raise ConfigError(f"unknown key 'sample.{key}' for the diffusion task; {hint}")
+    opts = {}
+    for key, default in SAMPLE_DEFAULTS.items():
+        value = coerce(f"sample.{key}", given.get(key, default), type(default), "diffusion task")
+        ok, fix = SAMPLE_RULES[key]
+        if not ok(value):
+            raise ConfigError(f"sample.{key}={value!r} is invalid; {fix}")
+        opts[key] = value
+    return opts
+
+
+def data_options(cfg: dict) -> tuple[str, str, bool]:
+    """(data.dataset, data.path, data.hflip), typed."""
+    d = cfg["data"]
+    return (coerce("data.dataset", d.get("dataset", "digits"), str, "diffusion task"),
+            coerce("data.path", d.get("path", ""), str, "diffusion task"),
+            coerce("data.hflip", d.get("hflip", False), bool, "diffusion task"))
 GRID_PAD = 1          # pixels between grid cells
 GRID_PAD_VALUE = 128  # mid grey, visible on black digits and white emoji backgrounds
 
@@ -55,57 +94,38 @@ def image_payload(grid: torch.Tensor) -> dict:
 
 class Task(BaseTask):
     unit = "items"
+    contract = Denoiser
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)  # the denoiser's Config holds the process too: image_size, schedule, num_timesteps ...
+        sample_options(cfg)
+        dataset, path, _ = data_options(cfg)
+        image_source(dataset, path)
 
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         super().__init__(cfg, device, log, amp_dtype)
-        m, d = cfg["model"], cfg["data"]
-        self.opts = {**SAMPLE_DEFAULTS, **(cfg.get("sample") or {})}
-        self._check(m)
-        self.data = load_images(d.get("dataset", "digits"), d.get("path", ""), int(m.get("image_size", 16)))
-        self.train_set, self.val_set = self.data.split(d["val_fraction"])
-        self.hflip = bool(d.get("hflip", False))
-        self.class_dropout = float(m.get("class_dropout", 0.1))
-        self.diffusion = Diffusion(m.get("schedule", "linear"), int(m.get("num_timesteps", 1000)))
+        net = make_config(cfg["arch"], cfg["model"])  # the model.* keys, typed and checked
+        process = {k: getattr(net, k, default) for k, default in PROCESS_DEFAULTS.items()}
+        self.opts = sample_options(cfg)
+        dataset, path, self.hflip = data_options(cfg)
+        self.data = load_images(dataset, path, process["image_size"])
+        self.train_set, self.val_set = self.data.split(cfg["data"]["val_fraction"])
+        self.class_dropout = process["class_dropout"]
+        self.diffusion = Diffusion(process["schedule"], process["num_timesteps"])
         self.null_class = self.data.num_classes
         # The classifier check applies to the shipped digits (class-conditional, grey).
-        self.score_digits = (not d.get("path") and d.get("dataset", "digits") == "digits"
-                             and int(self.opts["eval_samples"]) > 0)
+        self.score_digits = not path and dataset == "digits" and self.opts["eval_samples"] > 0
         s = self.data
         self.log("info", f"data: {s.source}, {len(s.images)} images ({len(self.train_set.images)} train, "
                          f"{len(self.val_set.images)} val), {s.channels}x{s.size}x{s.size}, "
                          f"{s.num_classes if s.labelled else 'no'} classes")
 
-    def _check(self, m: dict):
-        o = self.opts
-        rules = [  # (ok, key, value, fix)
-            (m.get("schedule", "linear") in SCHEDULES, "model.schedule", m.get("schedule"),
-             f"use one of {', '.join(SCHEDULES)}"),
-            (int(m.get("num_timesteps", 1000)) >= 2, "model.num_timesteps", m.get("num_timesteps"),
-             "use at least 2 (1000 is DDPM's)"),
-            (0.0 <= float(m.get("class_dropout", 0.1)) < 1.0, "model.class_dropout", m.get("class_dropout"),
-             "use a value in [0, 1)"),
-            (int(o["steps"]) >= 1, "sample.steps", o["steps"], "use at least 1 (20 is typical for DDIM)"),
-            (0.0 <= float(o["eta"]) <= 1.0, "sample.eta", o["eta"], "use a value in [0, 1]"),
-            (float(o["guidance"]) >= 0.0, "sample.guidance", o["guidance"], "use a value >= 0 (1 = no guidance)"),
-            (int(o["rows"]) >= 1, "sample.rows", o["rows"], "use at least 1"),
-            (int(o["cols"]) >= 1, "sample.cols", o["cols"], "use at least 1"),
-            (0.0 <= float(o["ema_decay"]) < 1.0, "sample.ema_decay", o["ema_decay"],
-             "use a value in [0, 1), e.g. 0.999"),
-            (int(o["eval_samples"]) >= 0, "sample.eval_samples", o["eval_samples"], "use 0 (off) or more"),
-            (o["sampler"] in ("ddim", "ddpm"), "sample.sampler", o["sampler"], "use ddim or ddpm"),
-        ]
-        for ok, key, value, fix in rules:
-            if not ok:
-                raise ConfigError(f"{key}={value!r} is invalid; {fix}")
-
     # --- model -------------------------------------------------------------------------------------
     def build_model(self):
-        try:
-            net = build_model(self.cfg["arch"], self.cfg["model"], contract=Denoiser, image_size=self.data.size,
-                              in_channels=self.data.channels, num_classes=self.data.num_classes,
-                              kernels=self.cfg.get("kernels", "torch"))
-        except AssertionError as e:
-            raise ConfigError(f"model: {e}; change the model.* keys") from None
+        net = build_model(self.cfg["arch"], self.cfg["model"], contract=self.contract, image_size=self.data.size,
+                          in_channels=self.data.channels, num_classes=self.data.num_classes,
+                          kernels=self.cfg.get("kernels", "torch"))
         return DiffusionModel(net, float(self.opts["ema_decay"]))
 
     def on_step(self, model, optimizer, step, lr):

@@ -21,6 +21,7 @@ checkpoint of the base architecture (usable as another `finetune.base`), and/or 
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ import torch
 from trainers import checkpoint as ckpt_io
 from trainers import data as textdata
 from trainers import hf, lora, quant
-from trainers.config import ConfigError, strip_private
+from trainers.config import ConfigError, coerce, open_regular, strip_private
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
 from trainers.tasks.lm import Task as LMTask
@@ -41,8 +42,15 @@ MERGED_CKPT, MERGED_HF = "merged.pt", "merged-hf"
 
 
 def finetune_settings(cfg: dict) -> dict:
-    """The `finetune.*` keys with defaults filled in and checked (ConfigError names the bad key)."""
-    ft = {**DEFAULTS, **(cfg.get("finetune") or {})}
+    """The `finetune.*` keys with defaults filled in, typed by their defaults and checked (ConfigError names the
+    bad key)."""
+    given = cfg.get("finetune") or {}
+    for key in given:
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
+            hint = f"did you mean 'finetune.{close[0]}'?" if close else f"use {', '.join(DEFAULTS)}"
+            raise ConfigError(f"unknown key 'finetune.{key}'; {hint}")
+    ft = {k: coerce(f"finetune.{k}", given.get(k, d), type(d), "finetune task") for k, d in DEFAULTS.items()}
     if ft["method"] not in METHODS:
         raise ConfigError(f"finetune.method={ft['method']!r} is not allowed; use one of {', '.join(METHODS)}")
     if ft["export"] not in EXPORTS:
@@ -73,23 +81,33 @@ def _strip_prefixes(sd: dict) -> dict:
     return out
 
 
+def base_location(spec: str) -> tuple[str, Path]:
+    """("hf", DIR) or ("ckpt", FILE) for `finetune.base`, checked without reading it: a checkpoint must be a
+    regular file (a pipe would block torch.load); ConfigError otherwise."""
+    p = Path(spec).expanduser()
+    if hf.is_hf_dir(p):
+        return "hf", p
+    if p.is_dir():
+        p = p / ckpt_io.CKPT_NAME
+    if not p.exists():
+        raise ConfigError(f"finetune.base={spec}: no checkpoint or Hugging Face directory there; give "
+                          "runs/<run>/ckpt.pt, a run directory, or a directory with config.json")
+    with open_regular(p, f"finetune.base={spec}", "give runs/<run>/ckpt.pt or a Hugging Face directory"):
+        return "ckpt", p
+
+
 def read_base(spec: str) -> dict:
     """Describe a base without building it: {"kind", "path", "arch", "model", "tokenizer", "weights"}.
 
     `weights` is a callable returning the state dict (read on demand, memory-mapped for checkpoints).
     """
-    p = Path(spec).expanduser()
-    if hf.is_hf_dir(p):
+    kind, p = base_location(spec)
+    if kind == "hf":
         hfc = hf.read_config(p)
         vocab = int(hfc.get("vocab_size", hf.GPT2_VOCAB))
         tokenizer = hf.tokenizer_state(p, vocab)
         return {"kind": "hf", "path": str(p), "arch": "gpt", "model": hf.model_config(hfc), "vocab_size": vocab,
                 "tokenizer": tokenizer, "weights": lambda: hf.hf_to_ours(hf.read_weights(p))}
-    if p.is_dir():
-        p = p / ckpt_io.CKPT_NAME
-    if not p.is_file():
-        raise ConfigError(f"finetune.base={spec}: no checkpoint or Hugging Face directory there; give "
-                          "runs/<run>/ckpt.pt, a run directory, or a directory with config.json")
 
     def load():
         try:
@@ -226,6 +244,15 @@ def measure_methods(base_factory, ft: dict, batch, train: dict, device: torch.de
 class Task(LMTask):
     default_corpus = "milton.txt"
     eval_at_start = True  # the first eval shows the base's loss on the new corpus
+
+    @classmethod
+    def check(cls, cfg):
+        ft = finetune_settings(cfg)
+        if ft["base"]:  # the model is the base's: its shape comes from its config, read when the task starts
+            base_location(ft["base"])
+            textdata.text_path(cfg["data"].get("path", ""))
+        else:  # a random base of the preset's model.* shape (gpt, as make_tokenizer builds it)
+            super().check({**cfg, "arch": "gpt"})
 
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         self.ft = finetune_settings(cfg)

@@ -20,6 +20,12 @@ class Task(BaseTask):
     default_corpus = "shakespeare.txt"
     sample_prompt = "\n"
     eval_at_start = True  # the curve starts at the untrained loss, ln(vocab)
+    contract = LanguageModel
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        textdata.text_path(cfg["data"].get("path", ""))
 
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         super().__init__(cfg, device, log, amp_dtype)
@@ -44,7 +50,7 @@ class Task(BaseTask):
         return textdata.make_tokenizer(self.cfg["data"]["tokenizer"], text)
 
     def build_model(self):
-        model = build_model(self.cfg["arch"], self.cfg["model"], contract=LanguageModel,
+        model = build_model(self.cfg["arch"], self.cfg["model"], contract=self.contract,
                             vocab_size=self.tokenizer.vocab_size, kernels=self.cfg.get("kernels", "torch"),
                             activation_checkpointing=self.cfg["train"]["activation_checkpointing"])
         self.fork_data_rng()

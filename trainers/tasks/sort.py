@@ -8,35 +8,68 @@ Held-out inputs (a fixed quarter of all possible sequences, chosen by a hash) ar
 from __future__ import annotations
 
 import itertools
+import math
 import zlib
 
 import torch
 
-from trainers.models import build_model
+from trainers.config import ConfigError, coerce
+from trainers.models import build_model, check_model
 from trainers.models.contract import LanguageModel
 from trainers.tasks import Task as BaseTask
+
+# Every possible input is enumerated (and a quarter of them evaluated at each eval): the count is bounded.
+MAX_SEQUENCES = 1_000_000
 
 
 def is_test(seq: tuple[int, ...]) -> bool:
     return zlib.crc32(bytes(seq)) % 4 == 0
 
 
+def sort_shape(cfg: dict) -> tuple[int, int]:
+    """(data.length, data.num_digits), typed and checked: digits are bytes (is_test hashes them), and all
+    num_digits ** length inputs must fit the bound."""
+    d = cfg["data"]
+    length = coerce("data.length", d.get("length", 6), int, "sort task")
+    num_digits = coerce("data.num_digits", d.get("num_digits", 3), int, "sort task")
+    if length < 1:
+        raise ConfigError(f"data.length={length} must be at least 1 (6 is minGPT's)")
+    if not 2 <= num_digits <= 256:
+        raise ConfigError(f"data.num_digits={num_digits} is out of range; use a value in [2, 256] (3 is minGPT's)")
+    if length * math.log(num_digits) > math.log(MAX_SEQUENCES):  # num_digits ** length, without computing it
+        raise ConfigError(f"data.num_digits={num_digits} and data.length={length} make {num_digits}^{length} "
+                          f"possible inputs, more than the {MAX_SEQUENCES:,} the task enumerates; make either "
+                          "smaller")
+    return length, num_digits
+
+
 class Task(BaseTask):
     unit = "tokens"
+    contract = LanguageModel
+
+    @classmethod
+    def check(cls, cfg):
+        length, num_digits = sort_shape(cfg)
+        check_model(cfg["arch"], {**cfg["model"], "block_size": length * 2 - 1}, contract=cls.contract,
+                    vocab_size=num_digits, kernels=cfg.get("kernels", "torch"))
 
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         super().__init__(cfg, device, log, amp_dtype)
-        self.length = int(cfg["data"].get("length", 6))
-        self.num_digits = int(cfg["data"].get("num_digits", 3))
+        self.length, self.num_digits = sort_shape(cfg)
         all_seqs = list(itertools.product(range(self.num_digits), repeat=self.length))
-        self.test_inputs = torch.tensor([s for s in all_seqs if is_test(s)], dtype=torch.long)
-        self.train_inputs = torch.tensor([s for s in all_seqs if not is_test(s)], dtype=torch.long)
+        test = [s for s in all_seqs if is_test(s)]
+        train = [s for s in all_seqs if not is_test(s)]
+        if not test or not train:
+            raise ConfigError(f"data.num_digits={self.num_digits} and data.length={self.length} make only "
+                              f"{len(all_seqs)} possible inputs, too few to hold some out; make either larger")
+        self.test_inputs = torch.tensor(test, dtype=torch.long)
+        self.train_inputs = torch.tensor(train, dtype=torch.long)
         self.log("info", f"sort: {len(self.train_inputs)} train / {len(self.test_inputs)} held-out sequences "
                          f"of {self.length} digits in [0, {self.num_digits})")
 
     def build_model(self):
         model_cfg = {**self.cfg["model"], "block_size": self.length * 2 - 1}
-        return build_model(self.cfg["arch"], model_cfg, contract=LanguageModel, vocab_size=self.num_digits,
+        return build_model(self.cfg["arch"], model_cfg, contract=self.contract, vocab_size=self.num_digits,
                            kernels=self.cfg.get("kernels", "torch"))
 
     def _pairs(self, inputs: torch.Tensor):
