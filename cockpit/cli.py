@@ -123,9 +123,25 @@ def tui(**kwargs) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise BadInput("the cockpit UI needs a terminal; use `cockpit train PRESET --headless` or "
                        "`cockpit --replay FILE` without one")
+    if kwargs.get("preset"):  # a run to launch: refuse what the trainer would, before the UI opens
+        check_launch(kwargs["preset"], kwargs.get("overrides") or [], kwargs.get("resume"), kwargs.get("log"))
     from cockpit.app import run_tui
 
     return run_tui(**kwargs)
+
+
+def check_launch(preset: str, overrides: list[str], resume: str | None = None, log: str | None = None) -> None:
+    """What the trainer refuses before it creates a run (the model's shape, the device, the data), asked of
+    `python -m trainers --check` in a subprocess, so that torch stays out of this process; BadInput with
+    its line when it refuses."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "trainers", preset, *overrides, "--check"]
+    argv += (["--resume", resume] if resume else []) + (["--log", log] if log else [])
+    r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if r.returncode == 2:
+        line = (r.stderr.strip().splitlines() or ["the trainer refused the run"])[-1]
+        raise BadInput(line.removeprefix("cockpit: error: "))
 
 
 def train_arguments(p: Parser) -> None:
@@ -166,6 +182,7 @@ def train(parser: Parser, argv: list[str]) -> int:
     if a.nproc > 1 or rdzv:
         from cockpit.launch import torchrun_argv
 
+        check_launch(a.preset, a.overrides, a.resume, a.log)
         if not a.log and not a.resume:
             from common.paths import default_log_path
 
