@@ -170,7 +170,7 @@ def train(parser: Parser, argv: list[str]) -> int:
         raise BadInput(f"--nproc {a.nproc} must be at least 1")
     from trainers import config
 
-    config.load(a.preset, a.overrides)  # bad preset / override: exit 2 before anything starts
+    cfg = config.load(a.preset, a.overrides)  # bad preset / override: exit 2 before anything starts
     headless = a.headless or not (sys.stdin.isatty() and sys.stdout.isatty())
     if not headless:
         return tui(preset=a.preset, overrides=a.overrides, log=a.log, resume=a.resume, nproc=a.nproc)
@@ -186,7 +186,7 @@ def train(parser: Parser, argv: list[str]) -> int:
         if not a.log and not a.resume:
             from common.paths import default_log_path
 
-            targs += ["--log", str(default_log_path(a.preset.rsplit("/", 1)[-1].removesuffix(".yaml")))]
+            targs += ["--log", str(default_log_path(cfg["name"]))]  # named as a trainer names its runs
         return run_torchrun(torchrun_argv(a.nproc, targs, rdzv))
     from trainers.__main__ import main as trainer_main
 

@@ -295,6 +295,21 @@ def test_one_signal_ends_a_start_at_once_and_leaves_nothing_behind(sig, code, bi
     assert run_dirs(runs) == []  # the empty log and its run directory are gone
 
 
+def test_more_signals_while_a_start_ends_change_nothing(big_corpus, runs):
+    """Ctrl-C pressed again, then SIGTERM from a supervisor, while the trainer is already ending its start."""
+    args = ["nanogpt", *TINY_GPT, "train.max_steps=1", f"data.path={big_corpus}"]
+    proc, _ = start_and_signal(args, runs, signal.SIGINT, lambda pid: list(runs.glob("*/events.jsonl")))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == ["cockpit: stopped by SIGINT while starting, before the first step; "
+                                        "nothing was trained"]
+    assert run_dirs(runs) == []
+
+
 def test_ctrl_c_as_soon_as_the_trainer_listens_ends_it_without_a_traceback(runs):
     """Signalled the moment it handles SIGTERM (the first thing it does): it is still importing torch."""
     proc, _ = start_and_signal(["nanogpt", *TINY_GPT, "train.max_steps=1"], runs, signal.SIGINT,

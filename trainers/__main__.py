@@ -45,7 +45,13 @@ class StartInterrupted(KeyboardInterrupt):
 
 
 def _interrupt_start(signum, frame):
+    for s in STOP_SIGNALS:  # the start ends now: a second Ctrl-C must not interrupt its one-line goodbye
+        signal.signal(s, _ending)
     raise StartInterrupted(signum)
+
+
+def _ending(signum, frame):
+    """A signal while the trainer ends: nothing is left for it to stop."""
 
 
 def main(argv: list[str] | None = None, *, echo=None) -> int:
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None, *, echo=None) -> int:
         return 128 + signum
     finally:
         for s, handler in previous.items():  # a run that started has its own handlers (Controls): kept
-            if signal.getsignal(s) is _interrupt_start:
+            if signal.getsignal(s) in (_interrupt_start, _ending):
                 signal.signal(s, handler)
 
 
@@ -157,4 +163,7 @@ def _remove_if_empty(log: str | None, fresh: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    for s in STOP_SIGNALS:  # the trainer is done: a signal now could only turn its exit into a traceback
+        signal.signal(s, _ending)
+    sys.exit(code)
