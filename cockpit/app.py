@@ -10,12 +10,14 @@ measured in one (cockpit/presets_info.py), and the screens draw a RunState folde
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from textual.app import App
 from textual.binding import Binding
 
 from cockpit.messages import LaunchRequested
+from cockpit.trainer_proc import bad_input_line, forget_unstarted_run
 
 
 class CockpitApp(App):
@@ -36,7 +38,9 @@ class CockpitApp(App):
         self.runs_dir = runs_dir
         self.trainer_env, self.trainer_cwd = trainer_env, trainer_cwd
         self.farewell: str | None = None        # printed by run_tui after the UI is gone
+        self.farewell_is_error = False          # ... on stderr
         self.last_run = None                    # the RunScreen of the latest launched run
+        self.first_launch = None                # the RunScreen of the run the command line asked for
         self.exit_status = 0
 
     def get_driver_class(self):
@@ -101,6 +105,7 @@ class CockpitApp(App):
             return
         screen = RunScreen(proc)
         self.last_run = screen
+        self.first_launch = self.first_launch or screen
         self.push_screen(screen)
 
     def open_log(self, path: str | Path):
@@ -116,9 +121,17 @@ class CockpitApp(App):
         self.push_screen(RunsScreen(self.runs_dir))
 
     def run_ended(self, screen):
-        """A launched trainer exited: the exit status of `cockpit` follows the latest run."""
-        if screen is self.last_run:
-            self.exit_status = 1 if screen.state.status == "failed" else 0
+        """A launched trainer exited: the exit status of `cockpit` follows the latest run. A trainer that
+        refused its start (exit 2, before run_start: a model that cannot be built, no CUDA, bad data) is bad
+        input: launched from the command line, the cockpit ends with that one line and exit code 2."""
+        if screen is not self.last_run:
+            return
+        self.exit_status = 1 if screen.state.status == "failed" else 0
+        refused = bad_input_line(screen.state, screen.source.out_path)
+        if refused and self.start == "launch" and screen is self.first_launch:
+            forget_unstarted_run(screen.source.path)
+            self.farewell, self.farewell_is_error, self.exit_status = f"cockpit: error: {refused}", True, 2
+            self.exit()
 
     def back_to_picker(self, screen):
         """Leave a run screen (or the browser) for the picker, creating it when the app started elsewhere;
@@ -181,5 +194,5 @@ def run_tui(preset: str | None = None, overrides=(), resolved: dict | None = Non
                      start="runs" if runs is not None else "picker", runs_dir=runs)
     app.run()
     if app.farewell:
-        print(app.farewell)
+        print(app.farewell, file=sys.stderr if app.farewell_is_error else sys.stdout)
     return app.exit_status

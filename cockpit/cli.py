@@ -123,8 +123,9 @@ def tui(**kwargs) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise BadInput("the cockpit UI needs a terminal; use `cockpit train PRESET --headless` or "
                        "`cockpit --replay FILE` without one")
-    if kwargs.get("preset"):  # a run to launch: refuse what the trainer would, before the UI opens
-        check_launch(kwargs["preset"], kwargs.get("overrides") or [], kwargs.get("resume"), kwargs.get("log"))
+    # A preset to launch was checked by config.load; what only the trainer can check (the model's shape,
+    # the device, the data) it refuses in its own process, and the run screen shows its line: asking a
+    # second process first would cost the UI a torch import (~2 s) before its first frame.
     from cockpit.app import run_tui
 
     return run_tui(**kwargs)

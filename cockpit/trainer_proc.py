@@ -169,6 +169,29 @@ class TrainerProcess:
 
 # --- the trainer process's output ------------------------------------------------------------------------
 
+def bad_input_line(state, out_path: Path | None) -> str | None:
+    """The trainer's own `cockpit: error:` line (without the prefix) when it refused to start: exit code 2
+    before any run_start. None for a run that started, or ended otherwise."""
+    if state.exit_code != 2 or state.run_id is not None or out_path is None:
+        return None
+    errors = [line for line in tail_text(out_path).splitlines() if line.startswith("cockpit: error: ")]
+    return errors[-1].removeprefix("cockpit: error: ") if errors else None
+
+
+def forget_unstarted_run(log: Path) -> None:
+    """Remove the run directory the cockpit made for a trainer that refused to start: nothing but its empty
+    log and its output (whose one line the cockpit prints) is in it. Anything else in it keeps it."""
+    run_dir = Path(log).parent
+    try:
+        entries = list(run_dir.iterdir())
+        if all(p.name == OUT_NAME or (p == Path(log) and p.stat().st_size == 0) for p in entries):
+            for p in entries:
+                p.unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass  # a directory we cannot clear is left as it is
+
+
 def tail_text(path: str | Path, max_lines: int = 40, max_bytes: int = 32768) -> str:
     """The last lines of a text file ('' when missing); used when a trainer died before writing run_end."""
     try:

@@ -189,15 +189,20 @@ def ui(monkeypatch):
     return run, launched
 
 
-@pytest.mark.parametrize("argv", [
-    ["nanogpt", "model.n_embd=100", "model.n_head=6"],
-    ["train", "nanogpt", "model.n_embd=100", "model.n_head=6"],
-])
-def test_the_ui_refuses_a_model_that_cannot_be_built_before_it_opens(argv, ui, capsys, runs):
-    run, launched = ui
-    assert run(argv) == 2
-    one_error_line(capsys.readouterr().err, "model.n_embd=100 must be divisible by model.n_head=6")
-    assert launched == [] and run_dirs(runs) == []
+async def test_a_model_the_ui_launches_that_cannot_be_built_ends_it_with_the_trainers_line_and_exit_2(runs):
+    """`cockpit nanogpt model.n_embd=100 model.n_head=6`: the UI opens at once (no torch in its process to check
+    the model), the trainer refuses in one line, and the cockpit ends with that line, exit 2, nothing left."""
+    from cockpit.app import CockpitApp
+
+    app = CockpitApp(preset="nanogpt", overrides=["model.n_embd=100", "model.n_head=6"])
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(600):
+            if app.farewell:
+                break
+            await pilot.pause(0.1)
+    assert app.exit_status == 2
+    one_error_line(app.farewell, "model.n_embd=100 must be divisible by model.n_head=6")
+    assert run_dirs(runs) == []
 
 
 def test_the_ui_still_opens_for_a_good_preset_and_keeps_torch_out_of_its_process(tmp_path):
