@@ -367,9 +367,10 @@ def test_stopping_a_watched_run_never_signals_a_process_that_reused_the_trainers
     """`x` on a watched log sends SIGTERM to the run_start's pid: only while that pid is still the trainer."""
     from cockpit.trainer_proc import LogSource
 
-    other = subprocess.Popen(["sleep", "60"])        # a live process that is not a trainer
+    run_started = time.time() - 3600                 # the trainer's run began an hour ago and has ended since
+    other = subprocess.Popen(["sleep", "60"])        # a live process, started after that run: the pid was reused
     try:
-        why = LogSource(tmp_path / "events.jsonl").send("stop", other.pid, time.time())
+        why = LogSource(tmp_path / "events.jsonl").send("stop", other.pid, run_started)
         assert why == f"trainer pid {other.pid} is gone"
         assert other.poll() is None                  # still running: it was not signalled
     finally:
@@ -382,3 +383,33 @@ def test_stopping_a_watched_run_never_signals_a_process_that_reused_the_trainers
     finally:
         if trainer.poll() is None:
             trainer.kill()
+
+
+def test_a_live_process_that_is_not_python_is_never_taken_for_the_trainer(monkeypatch):
+    """A pid reused by another program within the clock slack is told apart by its command line."""
+    import psutil
+
+    from common import procs
+
+    class Sleep:
+        def __init__(self, pid):
+            self.pid = pid
+
+        def status(self):
+            return psutil.STATUS_SLEEPING
+
+        def oneshot(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def cmdline(self):
+            return ["sleep", "60"]
+
+        def create_time(self):
+            return 1000.0
+
+    monkeypatch.setattr(procs.psutil, "Process", Sleep)
+    assert procs.pid_alive(4242)
+    assert not procs.trainer_alive(4242, started_at=1000.0)
+    monkeypatch.setattr(Sleep, "cmdline", lambda self: ["/usr/bin/python3", "-m", "trainers", "tiny"])
+    assert procs.trainer_alive(4242, started_at=1000.0)
