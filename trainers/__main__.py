@@ -1,6 +1,7 @@
 """`python -m trainers PRESET [k=v ...] --log FILE [--resume RUN_DIR|CKPT] [--progress] [--commands]`
 
-The trainer subprocess. Exit codes: 0 completed or stopped, 1 run failed, 2 bad input.
+The trainer subprocess. Exit codes: 0 completed or stopped (by `stop`, Ctrl-C or SIGTERM, however many
+times and whenever sent), 1 run failed, 2 bad input.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import sys
 
 from common.cli import BadInput, Parser, fail
+from trainers.controls import Controls
 
 
 def build_parser() -> Parser:
@@ -22,14 +24,18 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None, *, echo=None) -> int:
+    controls = Controls()
+    controls.install_signals()  # first: a signal in any phase stops the trainer (trainers/controls.py)
     try:
         args = build_parser().parse_intermixed_args(argv)
-        return run(args, echo=echo)
+        return run(args, echo=echo, controls=controls)
     except BadInput as e:  # ConfigError too
         return fail(str(e))
+    finally:
+        controls.ended()
 
 
-def run(args, echo=None) -> int:
+def run(args, echo=None, controls: Controls | None = None) -> int:
     from trainers import config
 
     cfg = config.load(args.preset, args.overrides)
@@ -39,19 +45,16 @@ def run(args, echo=None) -> int:
         from trainers.distributed import init_distributed
 
         init_distributed(cfg, rank, world)
-    from trainers.loop import Controls, Trainer, check_log_writable, prepare
+    from trainers.loop import Trainer, prepare
 
     cfg, log, ckpt = prepare(cfg, args.log, args.resume, args.overrides if args.resume else None, rank=rank)
-    if rank == 0:
-        check_log_writable(log)
     if args.progress and echo is None and rank == 0:
         from trainers.progress import Progress
 
         echo = Progress(sys.stdout)
-    controls = Controls()
+    controls = controls or Controls()
     if args.commands:
         controls.read_stdin()
-    controls.install_signals()
     trainer = Trainer(cfg, log, resume=ckpt, echo=echo, controls=controls, rank=rank, world_size=world)
     code = trainer.run()
     if world > 1:
