@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.atomic import NotAFileTarget, write_atomic
 from common.fmt import fmt_bytes, fmt_count
 
 
@@ -50,11 +51,8 @@ def presets_info(refresh: bool = False, names: list[str] | None = None) -> list[
     infos = json.loads(out.stdout.strip().splitlines()[-1])
     if names is None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(infos))
-            tmp.replace(path)
-        except OSError:
+            write_atomic(path, json.dumps(infos))
+        except (OSError, NotAFileTarget):  # a cache: not writing it costs only time
             pass
     return infos
 

@@ -1,7 +1,7 @@
 """Hostile and unlucky starts: a configuration the model cannot be built with, a data path that is a pipe or a
 device, a preset that is an alias bomb or contains itself, a name that is a path, a signal while starting.
 Each is refused with one `cockpit: error:` line and exit 2 before a run directory exists, or ends the start at
-once (exit 130 / 143): never a traceback, never a hang."""
+once (exit 0, as every stop by a signal): never a traceback, never a hang."""
 from __future__ import annotations
 
 import os
@@ -286,7 +286,7 @@ def start_and_signal(args: list[str], runs: Path, sig: int, when) -> tuple[subpr
     return proc, time.time()
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 0), (signal.SIGTERM, 0)])
 def test_one_signal_ends_a_start_at_once_and_leaves_nothing_behind(sig, code, big_corpus, runs):
     """The run directory exists (the log was claimed) and the corpus is being read and tokenised: one signal
     ends it there, without training a step first."""
@@ -309,7 +309,7 @@ def test_more_signals_while_a_start_ends_change_nothing(big_corpus, runs):
         if proc.poll() is None:
             proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
     assert err.strip().splitlines() == ["cockpit: stopped by SIGINT while starting, before the first step; "
                                         "nothing was trained"]
     assert run_dirs(runs) == []
@@ -320,7 +320,7 @@ def test_ctrl_c_as_soon_as_the_trainer_listens_ends_it_without_a_traceback(runs)
     proc, _ = start_and_signal(["nanogpt", *TINY_GPT, "train.max_steps=1"], runs, signal.SIGINT,
                                lambda pid: catches(pid, signal.SIGTERM))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert run_dirs(runs) == []
 

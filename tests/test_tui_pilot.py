@@ -157,9 +157,29 @@ async def test_p_pauses_the_trainer_and_x_stops_it_with_a_checkpoint(runs_dir):
         kill_trainers(screens)
 
 
-async def test_a_trainer_that_raises_shows_its_traceback_and_the_picker_launches_another_run(runs_dir, tmp_path):
+# An error nothing in the trainer foresees, mid-run: the third training step of the run under crash/ raises
+# (a full or unwritable checkpoint location is no such error any more: it ends the run with one line).
+CRASH_AT_STEP_3 = """
+import sys
+if any(arg.endswith("crash/events.jsonl") for arg in sys.argv):
+    import torch
+    clip, calls = torch.nn.utils.clip_grad_norm_, []
+    def crash_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise IsADirectoryError(21, "Is a directory", "ckpt.pt")
+        return clip(*args, **kwargs)
+    torch.nn.utils.clip_grad_norm_ = crash_at_step_3
+"""
+
+
+async def test_a_trainer_that_raises_shows_its_traceback_and_the_picker_launches_another_run(runs_dir, tmp_path,
+                                                                                             monkeypatch):
     run_dir = tmp_path / "crash"
-    (run_dir / "ckpt.pt").mkdir(parents=True)   # the checkpoint cannot be written: the trainer raises mid-run
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_AT_STEP_3)  # imported by the trainer's Python at start-up
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     app = CockpitApp(preset="nanogpt", overrides=TINY + ["train.max_steps=50", "train.checkpoint_interval=3",
                                                          "train.eval_interval=1000"],
                      log=str(run_dir / "events.jsonl"), presets=INFOS)

@@ -1,24 +1,23 @@
 """`python -m trainers PRESET [k=v ...] --log FILE [--resume RUN_DIR|CKPT] [--progress] [--commands] [--check]`
 
-The trainer subprocess. Exit codes: 0 completed or stopped, 1 run failed, 2 bad input, 128 + the signal's
-number (130 Ctrl-C, 143 SIGTERM) when stopped while starting, before the first step (nothing to resume).
+The trainer subprocess. Exit codes: 0 completed or stopped (by `stop`, Ctrl-C or SIGTERM, in any phase,
+however many times and whenever sent), 1 run failed, 2 bad input.
 
 Everything that can be refused without reading the data or building the model is checked before a run
 directory or a log file exists (check_start: the device, the model's Config, where the data comes from);
-`--check` stops there. Until the trainer is built, one Ctrl-C or SIGTERM ends the start at once (reading a
-large corpus or building a large model can take a while); from then on a signal means "stop at the next
-step, with a checkpoint" (trainers/loop.py Controls).
+`--check` stops there. Signals are handled from the first line (trainers/controls.py): until the log starts,
+one Ctrl-C or SIGTERM ends the start at once, with one line and nothing left behind (reading a large corpus
+or building a large model can take a while); from then on a signal means "stop at the next step, with a
+checkpoint".
 """
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
 from common.cli import BadInput, Parser, fail
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from trainers.controls import Controls
 
 
 def build_parser() -> Parser:
@@ -35,45 +34,16 @@ def build_parser() -> Parser:
     return p
 
 
-class StartInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM while the trainer starts. A KeyboardInterrupt, so that no `except Exception` on the
-    way (a loader turning any failure into a message) can swallow it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt_start(signum, frame):
-    for s in STOP_SIGNALS:  # the start ends now: a second Ctrl-C must not interrupt its one-line goodbye
-        signal.signal(s, _ending)
-    raise StartInterrupted(signum)
-
-
-def _ending(signum, frame):
-    """A signal while the trainer ends: nothing is left for it to stop."""
-
-
 def main(argv: list[str] | None = None, *, echo=None) -> int:
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-    for s in STOP_SIGNALS:
-        signal.signal(s, _interrupt_start)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an SSH drop must not kill the run (nor its start)
+    controls = Controls()
+    controls.install_signals()  # first: a signal in any phase stops the trainer (trainers/controls.py)
     try:
         args = build_parser().parse_intermixed_args(argv)
-        return run(args, echo=echo)
+        return run(args, echo=echo, controls=controls)
     except BadInput as e:  # ConfigError too
         return fail(str(e))
-    except KeyboardInterrupt as e:  # StartInterrupted; a bare one where SIGINT kept Python's own handler
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(f"cockpit: stopped by {signal.Signals(signum).name} while starting, before the first step; "
-              "nothing was trained", file=sys.stderr)
-        return 128 + signum
     finally:
-        for s, handler in previous.items():  # a run that started has its own handlers (Controls): kept
-            if signal.getsignal(s) in (_interrupt_start, _ending):
-                signal.signal(s, handler)
+        controls.ended()
 
 
 def check_start(cfg: dict) -> None:
@@ -92,7 +62,7 @@ def check_start(cfg: dict) -> None:
     check_task(cfg)
 
 
-def run(args, echo=None) -> int:
+def run(args, echo=None, controls: Controls | None = None) -> int:
     from trainers import config
 
     cfg = config.load(args.preset, args.overrides)
@@ -100,7 +70,7 @@ def run(args, echo=None) -> int:
         config.refuse_special(args.log, f"--log {args.log}", "give the path of a file for the event log")
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    from trainers.loop import Controls, Trainer, check_log_writable, prepare
+    from trainers.loop import Trainer, prepare
 
     ckpt = log = None
     if args.resume:  # the checkpoint's config (with the new overrides) is the run's; reading it creates nothing
@@ -117,19 +87,17 @@ def run(args, echo=None) -> int:
         cfg, log, _ = prepare(cfg, args.log, None, rank=rank)
         if not args.log and log:
             fresh = [Path(log).absolute(), Path(log).absolute().parent]
+    controls = controls or Controls()
+    controls.on_abandon(lambda: _remove_if_empty(log, fresh))  # a signal while starting leaves nothing either
     try:
-        if rank == 0:
-            check_log_writable(log)
         if args.progress and echo is None and rank == 0:
             from trainers.progress import Progress
 
             echo = Progress(sys.stdout)
-        controls = Controls()
         if args.commands:
             controls.read_stdin()
         trainer = Trainer(cfg, log, resume=ckpt, echo=echo, controls=controls, rank=rank, world_size=world)
-        controls.install_signals()  # from here a signal means "stop at the next step", with a checkpoint
-    except BaseException:  # bad data, a signal, a failed build: leave no empty log or run directory behind
+    except BaseException:  # bad data, a failed build: leave no empty log or run directory behind
         _remove_if_empty(log, fresh)
         raise
     code = trainer.run()
@@ -154,6 +122,8 @@ def _remove_if_empty(log: str | None, fresh: list[Path]) -> None:
         return
     for p in sorted(fresh, key=lambda q: len(q.parts), reverse=True):
         try:
+            if p.is_dir() and not p.is_symlink():
+                _remove_own_lock(p)
             if p.is_file() and not p.is_symlink() and p.stat().st_size == 0:
                 p.unlink()
             elif p.is_dir() and not p.is_symlink():
@@ -162,8 +132,18 @@ def _remove_if_empty(log: str | None, fresh: list[Path]) -> None:
             pass
 
 
+def _remove_own_lock(run_dir: Path) -> None:
+    """The lock file this process took in a run directory it created (and is abandoning)."""
+    from trainers.events import LOCK_NAME
+
+    lock = run_dir / LOCK_NAME
+    try:
+        holder = lock.read_text(encoding="utf-8", errors="replace").split("\n")[0] if lock.is_file() else None
+        if holder in (str(os.getpid()), ""):  # ours, or ours not yet written (a signal just after it was made)
+            lock.unlink()
+    except OSError:
+        pass
+
+
 if __name__ == "__main__":
-    code = main()
-    for s in STOP_SIGNALS:  # the trainer is done: a signal now could only turn its exit into a traceback
-        signal.signal(s, _ending)
-    sys.exit(code)
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Checkpoints: written to a temporary file, fsynced and renamed, so a crash never leaves half a file.
+"""Checkpoints: written to a temporary file, fsynced and renamed (common/atomic.py), so a crash never leaves
+half a file, and only ever over a regular file.
 
 Format (torch.save dict): version, step, run_id, config (resolved preset), model (state dict), optimizer,
 task (e.g. the tokenizer), rng (torch CPU/CUDA generator states), metrics. Loading uses
@@ -6,11 +7,12 @@ task (e.g. the tokenizer), rng (torch CPU/CUDA generator states), metrics. Loadi
 """
 from __future__ import annotations
 
-import os
+import errno
 from pathlib import Path
 
 import torch
 
+from common.atomic import atomic_path
 from common.paths import CKPT_NAME
 from trainers.config import ConfigError
 
@@ -18,25 +20,19 @@ FORMAT_VERSION = 1
 
 
 def save(path: str | Path, state: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer killed mid-save (SIGKILL)
-        if stale != tmp:
-            try:
-                stale.unlink()
-            except OSError:
-                pass
-    try:
-        with open(tmp, "wb") as f:
+    """Write a checkpoint atomically. OSError (disk full, read-only, too large for `ulimit -f`, ...) or
+    NotAFileTarget: the file that was at `path` is untouched."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
             torch.save({"version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        except RuntimeError as e:
+            # after a failed write torch still closes its archive, and that second failure (an opaque
+            # "unexpected pos ...") replaces the first: raise the first, which says why (or that a signal
+            # interrupted the write)
+            if isinstance(e.__context__, (OSError, KeyboardInterrupt)):
+                raise e.__context__ from None
+            raise
+    return Path(path)
 
 
 def resolve(path: str | Path) -> Path:
@@ -55,6 +51,9 @@ def load(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, pickled code refused by weights_only
+        if is_out_of_memory(e):
+            raise ConfigError(f"{p}: not enough memory to load this checkpoint ({p.stat().st_size / 2**20:.0f} "
+                              "MiB on disk); free memory or load it on a larger machine") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{p}: checkpoint is unreadable ({type(e).__name__}: {first[:160]}); it may be "
                           "truncated or corrupted; resume from another checkpoint") from None
@@ -64,6 +63,17 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ConfigError(f"{p}: checkpoint format v{ckpt['version']} is newer than this cockpit "
                           f"(v{FORMAT_VERSION}); upgrade cockpit")
     return ckpt
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation failure on any device: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory"), Python's MemoryError, or ENOMEM from the system."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOMEM
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 def rng_state(device: torch.device) -> dict:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from common.atomic import file_kind
 from common.cli import BadInput
 from common.dotted import flatten as _flatten
 from common.dotted import unflatten
@@ -122,15 +123,6 @@ def preset_path(name_or_path: str) -> Path:
 
 
 # --- reading input files ----------------------------------------------------------------------------
-def _kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
 def open_regular(path: str | os.PathLike, what: str, fix: str):
     """`path` opened for binary reading, or ConfigError `<what>: is a named pipe (FIFO), not a regular file;
     <fix>` (what: the key and value, e.g. "data.path=x.txt"). Anything but a regular file is refused before it
@@ -150,7 +142,7 @@ def open_regular(path: str | os.PathLike, what: str, fix: str):
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         reason = getattr(e, "strerror", None) or str(e)
         raise ConfigError(f"{what}: cannot open ({reason}); {fix}") from None
-    raise ConfigError(f"{what}: is {_kind(mode)}, not a regular file; {fix}")
+    raise ConfigError(f"{what}: is {file_kind(mode)}, not a regular file; {fix}")
 
 
 def refuse_special(path: str | os.PathLike, what: str, fix: str) -> None:
@@ -161,7 +153,7 @@ def refuse_special(path: str | os.PathLike, what: str, fix: str) -> None:
     except (OSError, ValueError):
         return  # absent (or unreachable): whoever creates it reports what goes wrong
     if not stat.S_ISREG(mode):
-        raise ConfigError(f"{what}: is {_kind(mode)}, not a regular file; {fix}")
+        raise ConfigError(f"{what}: is {file_kind(mode)}, not a regular file; {fix}")
 
 
 def read_regular(path: str | os.PathLike, what: str, fix: str, limit: int | None = None) -> bytes:

@@ -3,29 +3,48 @@
 Reads a fine-tune run's checkpoint (the lora or qlora preset), folds the adapters into the base weights,
 W = W0 + (alpha / r) B A (4-bit bases are dequantised first), and writes the result as a cockpit checkpoint
 of the base architecture (default RUN_DIR/merged.pt; usable as `finetune.base` or for sampling) and, with
---hf, as a GPT-2 Hugging Face directory. Needs only the checkpoint, not the original base.
-Exit codes: 0 written, 2 bad input (one line `cockpit: error: ...`).
+--hf, as a GPT-2 Hugging Face directory. Needs only the checkpoint, not the original base. Every file is
+written atomically, and only over a regular file (common/atomic.py): an existing directory, device or FIFO
+at --out is refused and left as it is, and so is the source checkpoint itself.
+Exit codes: 0 written, 1 the write failed (disk full, read-only, ...), 2 bad input; each failure is one line
+`cockpit: error: ...`.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+from common.atomic import check_target, describe
 from common.cli import BadInput, Parser, fail
 from trainers.config import ConfigError
 
 
+class ExportFailed(Exception):
+    """The merged weights could not be written (exit 1)."""
+
+
 def export(source: str, out: str | None = None, hf_dir: str | None = None) -> list[str]:
     from trainers import checkpoint as ckpt_io
+    from trainers.hf import check_hf_target
     from trainers.tasks.finetune import MERGED_CKPT, export_merged, model_from_checkpoint
 
     path = ckpt_io.resolve(source)
+    target = check_target(Path(out) if out else path.parent / MERGED_CKPT)  # before the slow part
+    if target.exists() and os.path.samefile(target, path):
+        raise BadInput(f"--out {target} is the checkpoint being exported; writing there would replace the run's "
+                       "own checkpoint: give another file")
+    if hf_dir:
+        check_hf_target(hf_dir)
     ckpt = ckpt_io.load(path)
     model, cfg, task_state = model_from_checkpoint(ckpt)
-    target = Path(out) if out else path.parent / MERGED_CKPT
-    paths = export_merged(model, cfg, task_state, path.parent, "both" if hf_dir else "ckpt", step=ckpt.get("step"),
-                          ckpt_path=target, hf_dir=hf_dir)
-    return paths
+    try:
+        return export_merged(model, cfg, task_state, path.parent, "both" if hf_dir else "ckpt",
+                             step=ckpt.get("step"), ckpt_path=target, hf_dir=hf_dir)
+    except OSError as e:
+        where = f"{target} and {hf_dir}" if hf_dir else str(target)
+        raise ExportFailed(f"cannot write the merged weights to {where}: {describe(e)}; no file was left "
+                           "half-written") from None
 
 
 def build_parser() -> Parser:
@@ -48,8 +67,10 @@ def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
         paths = export(args.source, args.out, args.hf_dir)
     except ConfigError as e:  # the checkpoint loader speaks of --resume; here it is the SOURCE argument
         return fail(str(e).replace("--resume ", ""))
-    except BadInput as e:
+    except BadInput as e:  # NotAFileTarget too: a directory or a device where a file would go
         return fail(str(e))
+    except ExportFailed as e:
+        return fail(str(e), 1)
     for path in paths:
         print(path)
     return 0

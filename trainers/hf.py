@@ -18,12 +18,14 @@ from pathlib import Path
 
 import torch
 
+from common.atomic import NotAFileTarget, check_target, write_atomic
 from trainers.config import ConfigError
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 SKIP_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints, not weights
 TOKENIZER_FILE = "cockpit_tokenizer.json"
 GPT2_VOCAB = 50257
+HF_FILES = ("config.json", "model.safetensors", TOKENIZER_FILE)  # what save_hf writes
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -151,16 +153,31 @@ def hf_config(model) -> dict:
     return out
 
 
-def save_hf(model, path: str | Path, tokenizer_state: dict | None = None) -> Path:
-    """Write `config.json` + `model.safetensors` (and the tokenizer when it is not GPT-2 BPE)."""
-    from safetensors.torch import save_file
-
+def check_hf_target(path: str | Path) -> Path:
+    """`path` if a Hugging Face directory can be written there (missing, or a directory whose files are
+    regular files or missing); NotAFileTarget otherwise, before anything is written."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotAFileTarget(f"{path} exists and is not a directory; a Hugging Face model is a directory: give a "
+                             "new or existing directory")
+    for name in HF_FILES:
+        check_target(path / name)
+    return path
+
+
+def save_hf(model, path: str | Path, tokenizer_state: dict | None = None) -> Path:
+    """Write `model.safetensors`, then the tokenizer when it is not GPT-2 BPE, then `config.json`, each file
+    atomically (common/atomic.py): a directory with a config.json always has whole weights beside it. The
+    weights are serialised in memory and written here, so that a full disk is an OSError like any other
+    (safetensors' own file writer reports it as its own error type)."""
+    from safetensors.torch import save as safetensors_bytes
+
+    path = check_hf_target(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(hf_config(model), indent=2) + "\n", encoding="utf-8")
-    save_file(ours_to_hf(model), str(path / "model.safetensors"), metadata={"format": "pt"})
+    write_atomic(path / "model.safetensors", safetensors_bytes(ours_to_hf(model), metadata={"format": "pt"}))
     if tokenizer_state is not None and tokenizer_state.get("kind") != "gpt2":
-        (path / TOKENIZER_FILE).write_text(json.dumps(tokenizer_state) + "\n", encoding="utf-8")
+        write_atomic(path / TOKENIZER_FILE, json.dumps(tokenizer_state) + "\n")
+    write_atomic(path / "config.json", json.dumps(hf_config(model), indent=2) + "\n")
     return path
 
 

@@ -3,17 +3,20 @@
 AdamW, linear warm-up then cosine decay to min_lr, gradient accumulation and clipping, bf16 autocast on
 CUDA, torch.compile of the training steps (train.compile), eval on a held-out split, samples at each eval
 and at the end, measured activation memory, atomic checkpoints with exact resume, NaN/inf detection, stdin
-commands (pause/resume/stop/sample/checkpoint) and SIGINT/SIGTERM meaning stop. Every observation goes out
-as an event (trainers/events.py).
+commands (pause/resume/stop/sample/checkpoint) and SIGINT/SIGTERM meaning stop (trainers/controls.py).
+Every observation goes out as an event (trainers/events.py).
+
+A failure the user can act on (out of memory on any device, a full or unwritable disk under the log or the
+checkpoint, the run directory moved away) ends the run with `run_end` failed and a readable error (no
+traceback), one `cockpit: error:` line on stderr, exit 1, and the last complete checkpoint kept.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import signal
+import stat
 import sys
-import threading
 import time
 import traceback
 import uuid
@@ -21,18 +24,22 @@ from pathlib import Path
 
 import torch
 
-from common.events import decode_command
-from common.paths import default_log_path
+from common.atomic import NotAFileTarget, describe, file_kind, remedy
+from common.cli import BadInput
+from common.paths import ENV_ROOT, default_log_path, runs_root
 from trainers import checkpoint as ckpt_io
+from trainers.checkpoint import is_out_of_memory
 from trainers.config import ConfigError, strip_private
-from trainers.events import EventWriter
+from trainers.controls import STOPPED_EXIT, Controls
+from trainers.events import EventWriter, RunLock
 from trainers.memory import ActivationProbe, param_bytes_by_layer, totals
 from trainers.system import SystemSampler
 from trainers.tasks import load_task
 from trainers.threads import ThreadGovernor
 
-OOM_HINT = ("out of memory: try a smaller train.batch_size (with train.grad_accum to keep the token batch), "
-            "train.activation_checkpointing=true, a shorter model.block_size, or QLoRA for fine-tuning")
+OOM_HINT = ("try a smaller train.batch_size (with train.grad_accum to keep the token batch), "
+            "train.activation_checkpointing=true, a shorter model.block_size, a smaller model (model.n_layer, "
+            "model.n_embd), or QLoRA for fine-tuning")
 
 
 def lr_at(step: int, t: dict) -> float:
@@ -51,60 +58,6 @@ def new_run_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-class Controls:
-    """Flags set by stdin commands and signals, read by the loop between steps."""
-
-    def __init__(self):
-        self.paused = threading.Event()
-        self.stop = threading.Event()
-        self.sample = threading.Event()
-        self.checkpoint = threading.Event()
-        self.wake = threading.Event()
-        self.signals = 0
-
-    def command(self, line: str):
-        cmd = decode_command(line)
-        if cmd is None:
-            return
-        if cmd == "pause":
-            self.paused.set()
-        elif cmd == "resume":
-            self.paused.clear()
-        elif cmd == "stop":
-            self.stop.set()
-        elif cmd == "sample":
-            self.sample.set()
-        elif cmd == "checkpoint":
-            self.checkpoint.set()
-        self.wake.set()
-
-    def read_stdin(self):
-        def reader():
-            try:
-                for line in sys.stdin:
-                    self.command(line)
-            except (OSError, ValueError):
-                pass
-            # stdin closed: the cockpit went away. Keep running detached (the log keeps growing); a run
-            # paused by a cockpit that no longer exists would wait for ever, so it resumes.
-            self.paused.clear()
-            self.wake.set()
-        threading.Thread(target=reader, name="cockpit-stdin", daemon=True).start()
-
-    def install_signals(self):
-        def handler(signum, frame):
-            self.signals += 1
-            self.stop.set()
-            self.paused.clear()
-            self.wake.set()
-            if self.signals >= 3:  # third Ctrl-C: the user insists
-                raise KeyboardInterrupt
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an SSH drop must not kill the run
-
-
 class Trainer:
     def __init__(self, cfg: dict, log_path: str | Path | None, resume: dict | None = None, echo=None,
                  controls: Controls | None = None, rank: int = 0, world_size: int = 1):
@@ -114,6 +67,22 @@ class Trainer:
         self.is_main = rank == 0
         self.resume = resume
         self.controls = controls or Controls()
+        self.signal_controls = self.controls  # where signals land (under DDP self.controls becomes the agreed)
+        self.log_path = Path(log_path) if log_path else None
+        self.ckpt_path = (self.log_path.parent if self.log_path else Path(".")) / ckpt_io.CKPT_NAME
+        self.lock = self._claim_run_dir()  # first: a second trainer on this run is refused before building
+        try:
+            self._build(echo)
+        except BaseException as e:
+            self._release_run_dir()
+            if isinstance(e, Exception) and is_out_of_memory(e):
+                raise ConfigError(f"out of memory before training, building the model and loading the data "
+                                  f"({one_line(e)}); hint: {OOM_HINT}; memory: not measured before the failure; "
+                                  f"{machine_memory(getattr(self, 'device', None))}") from None
+            raise
+
+    def _build(self, echo):
+        cfg, world_size = self.cfg, self.world_size
         self.device = torch.device(cfg["device"] if cfg["device"] != "cuda" else f"cuda:{torch.cuda.current_device() if world_size > 1 else 0}")
         self.pending_logs: list[tuple[str, str]] = []
         self.amp_dtype = self._amp_dtype()
@@ -133,13 +102,12 @@ class Trainer:
         self.last_val = None
         self.units = 0
         self.last_ckpt: str | None = None
+        self.last_ckpt_step: int | None = None
         self.last_memory: dict | None = None
         self.skipped = 0
         self.run_id = new_run_id(cfg["name"])
-        if resume is not None:
-            self._load_resume(resume)
-        self.log_path = Path(log_path) if log_path else None
-        self.ckpt_path = (self.log_path.parent if self.log_path else Path(".")) / ckpt_io.CKPT_NAME
+        if self.resume is not None:
+            self._load_resume(self.resume)
         self.writer = EventWriter(self.log_path, echo=echo, enabled=self.is_main)
         if world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -151,6 +119,34 @@ class Trainer:
         self.eager_model = self.model
         if self.t["compile"]:
             self.model = torch.compile(self.model)
+
+    def _claim_run_dir(self) -> RunLock | None:
+        """Check the log's directory (check_log_writable) and lock it, the log and the checkpoint, for this
+        run's life: LogInUse when a live trainer holds it. Under DDP rank 0 does both and every rank learns
+        whether it could, so that none is left waiting for a rank that has exited."""
+        lock, refused = None, None
+        if self.is_main and self.log_path is not None:
+            try:
+                check_log_writable(str(self.log_path))
+                lock = RunLock(self.log_path)
+            except OSError as e:
+                refused = ConfigError(f"--log {self.log_path}: cannot lock the run directory ({describe(e)}); "
+                                      "choose a writable directory")
+            except BadInput as e:  # ConfigError, LogInUse: raised below, once the ranks agree
+                refused = e
+        if self.world_size > 1:
+            from trainers.distributed import mean_over_ranks
+
+            if mean_over_ranks(1.0 if refused is not None else 0.0) > 0 and refused is None:
+                raise SystemExit(2)  # rank 0 says why, in one line
+        if refused is not None:
+            raise refused
+        return lock
+
+    def _release_run_dir(self):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # --- helpers -------------------------------------------------------------------------------------
     def _amp_dtype(self):
@@ -200,12 +196,35 @@ class Trainer:
         return sum(p.numel() for p in {id(p): p for p in self.raw_model.parameters()}.values())
 
     def save_checkpoint(self, reason: str = "interval") -> str | None:
-        if not self.is_main:  # DDP: rank 0 writes the checkpoint; the other ranks wait until it is complete
-            from trainers.distributed import barrier
-            barrier()
+        """Rank 0 writes the checkpoint beside the log; under DDP the other ranks wait until it is complete
+        and learn whether it could be written. OutputWriteFailed (on every rank) when it could not: the
+        previous checkpoint is untouched."""
+        failure = None
+        if self.is_main and self.log_path is not None:
+            try:
+                self._write_checkpoint()
+            except OutputWriteFailed as e:
+                failure = e
+        if self.world_size > 1:
+            from trainers.distributed import mean_over_ranks
+
+            if mean_over_ranks(1.0 if failure is not None else 0.0) > 0 and failure is None:
+                failure = OutputWriteFailed("rank 0 could not write the checkpoint (the run's log says why)")
+        if failure is not None:
+            raise failure
+        if not self.is_main or self.log_path is None:
             return None
-        if self.log_path is None:
-            return None
+        self.writer.emit("checkpoint", step=self.step, path=self.last_ckpt, reason=reason)
+        return self.last_ckpt
+
+    def _log_moved(self) -> OutputWriteFailed:
+        return OutputWriteFailed(f"the event log {self.log_path} was moved, replaced or deleted while the run "
+                                 "wrote it (was its directory renamed or removed?); no checkpoint written "
+                                 "there: the log and its checkpoints are wherever its directory went")
+
+    def _write_checkpoint(self):
+        if self.writer.moved():
+            raise self._log_moved()
         state = {
             "step": self.step, "run_id": self.run_id, "config": strip_private(self.cfg),
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -213,13 +232,30 @@ class Trainer:
             "metrics": {"best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                         "units": self.units, "skipped_nonfinite": self.skipped},
         }
-        path = ckpt_io.save(self.ckpt_path, state)
-        self.last_ckpt = str(path)
-        self.writer.emit("checkpoint", step=self.step, path=str(path), reason=reason)
-        if self.world_size > 1:
-            from trainers.distributed import barrier
-            barrier()
-        return str(path)
+        try:
+            path = ckpt_io.save(self.ckpt_path, state)
+        except NotAFileTarget as e:
+            if self.writer.moved():  # the directory went away while the checkpoint was being written
+                raise self._log_moved() from None
+            raise OutputWriteFailed(f"cannot write the checkpoint: {e}; {self._kept()}") from None
+        except OSError as e:
+            if self.writer.moved():
+                raise self._log_moved() from None
+            raise OutputWriteFailed(f"cannot write the checkpoint {self.ckpt_path}: {describe(e)}; "
+                                    f"{self._kept(e)}") from None
+        if self.writer.moved():  # written into whatever replaced the run directory: not left apart from its log
+            Path(path).unlink(missing_ok=True)
+            raise self._log_moved()
+        self.last_ckpt, self.last_ckpt_step = str(path), self.step
+
+    def _kept(self, e: OSError | None = None) -> str:
+        """What is still there to resume from, and (for a failed write) what to do first."""
+        if self.last_ckpt is None:
+            return "no checkpoint was written before"
+        kept = f"the last complete checkpoint is {self.last_ckpt} (step {self.last_ckpt_step})"
+        if e is None:
+            return kept
+        return f"{kept}: {remedy(e)}, then resume with --resume {Path(self.last_ckpt).parent}"
 
     def memory_event(self, probe: ActivationProbe | None, step: int | None = None):
         """Measured memory of the step whose forward/backward the probe watched (step 0 = the first)."""
@@ -294,7 +330,11 @@ class Trainer:
         return total_loss, lr, grad_norm, units * self.world_size
 
     def run(self) -> int:
+        """Train to max_steps or until stopped, and end the log with run_end whatever happens. Returns the
+        exit code: 0 completed or stopped (STOPPED_EXIT), 1 failed."""
         t = self.t
+        controls = self.signal_controls
+        controls.training()  # the log starts: from now on a signal asks for a clean stop
         cfg_public = strip_private(self.cfg)
         start_step = self.step
         self.writer.emit("run_start", run_id=self.run_id, preset=self.cfg["name"], arch=self.cfg["arch"],
@@ -307,8 +347,8 @@ class Trainer:
             self.writer.emit("log", level=level, message=message)
         self.pending_logs.clear()
         if self.world_size > 1:  # who trains: every rank's host (all ranks take part in the gather)
-            from trainers.distributed import describe
-            self.writer.emit("log", level="info", **describe(self.t["batch_size"]))
+            from trainers.distributed import describe as describe_ranks
+            self.writer.emit("log", level="info", **describe_ranks(self.t["batch_size"]))
         sampler = None
         if self.is_main and t["system_interval"] > 0:
             sampler = SystemSampler(self.writer.emit, t["system_interval"])
@@ -316,86 +356,24 @@ class Trainer:
             sampler.start()
         t0 = time.time()
         status, error, exit_code = "completed", None, 0
-        last_log_t, last_log_units = time.time(), self.units
-        self.paused_seconds = last_log_paused = 0.0
-        last_log_step = self.step  # for each rank's step time under DDP
-        tot = None
         try:
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            self.raw_model.train()
-            if start_step == 0 and self.task.eval_at_start:
-                self.evaluate()  # the untrained (or, fine-tuning, the base) model's loss starts the curve
-            governor = ThreadGovernor(torch, log=self._log) if self.device.type == "cpu" else None
-            while self.step < t["max_steps"]:
-                if governor is not None:
-                    governor.tick()
-                if self._handle_controls():
-                    status = "stopped"
-                    break
-                step = self.step + 1
-                mi = t["memory_interval"]
-                probe_now = self.step == start_step and start_step == 0 or (mi > 0 and self.step % mi == 0)
-                probe = ActivationProbe(self.raw_model) if (probe_now and self.is_main) else None
-                loss, lr, grad_norm, units = self.train_step(step, probe)
-                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                    what = "loss" if not math.isfinite(loss) else "gradient norm"
-                    if t["skip_nonfinite"]:
-                        self.skipped += 1
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.step = step
-                        self.writer.emit("log", level="warning",
-                                         message=f"step {step}: non-finite {what} ({loss}); update skipped "
-                                                 f"({self.skipped} so far)", step=step, skipped=self.skipped)
-                        continue
-                    where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else "; no checkpoint yet"
-                    raise NonFinite(f"non-finite {what} at step {step} (loss={loss}, grad_norm={grad_norm}){where}")
-                self.optimizer.step()
-                if probe is not None:  # before zero_grad, so grads and optimizer state are counted
-                    tot, _ = self.memory_event(probe, step - 1)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step = step
-                self.units += units
-                if self.writer.failed is not None:
-                    raise LogWriteFailed(f"cannot write the event log {self.log_path}: {self.writer.failed}")
-                if step % t["log_interval"] == 0 or step == t["max_steps"] or step == start_step + 1:
-                    now = time.time()
-                    dt = max(now - last_log_t - (self.paused_seconds - last_log_paused), 1e-9)
-                    per_rank = {}
-                    if self.world_size > 1:  # `ranks`: each rank's own throughput and step time (distributed.py)
-                        from trainers.distributed import rank_stats
-                        per_rank["ranks"] = rank_stats((self.units - last_log_units) / self.world_size, dt,
-                                                       step - last_log_step)
-                    self.writer.emit("step", step=step, loss=loss, lr=lr, grad_norm=grad_norm,
-                                     **{self.task.unit: self.units},
-                                     throughput=(self.units - last_log_units) / dt,
-                                     elapsed=now - t0, max_steps=t["max_steps"], **per_rank)
-                    last_log_t, last_log_units, last_log_step = now, self.units, step
-                    last_log_paused = self.paused_seconds
-                last = step == t["max_steps"]
-                if step % t["eval_interval"] == 0 or last:
-                    self.evaluate()
-                    self.samples()
-                elif t["sample_interval"] and step % t["sample_interval"] == 0:
-                    self.samples()
-                if t["checkpoint_interval"] and step % t["checkpoint_interval"] == 0 and not last:
-                    self.save_checkpoint()
-            self.save_checkpoint("end" if status == "completed" else "stop")
-            if self.is_main and self.log_path is not None:
-                self.task.on_end(self.raw_model, self.ckpt_path.parent, status)  # e.g. merged weights
-        except (NonFinite, LogWriteFailed) as e:
+            with controls.insistable():
+                status = self._train(start_step, t0)
+                self.save_checkpoint("end" if status == "completed" else "stop")
+                self._on_end(status)
+        except (NonFinite, LogWriteFailed, OutputWriteFailed) as e:
             status, error, exit_code = "failed", str(e), 1
+        except KeyboardInterrupt:  # the third signal: what was in progress is abandoned (trainers/controls.py)
+            status, exit_code = "stopped", STOPPED_EXIT
+            self.writer.emit("log", level="warning", message=f"stopped at once by a repeated signal at step "
+                                                             f"{self.step}; {self._kept()}")
         except Exception as e:  # noqa: BLE001 — every failure becomes a run_end the UI can show
             status, exit_code = "failed", 1
-            tb = traceback.format_exc()
-            if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
-                oom_memory = self._oom_memory_table()
-                error = (f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\nhint: {OOM_HINT}\n"
-                         f"{oom_memory}\n{tb}")
+            if is_out_of_memory(e):  # on any device: the hint and the memory table, no traceback
+                error = (f"out of memory at step {self.step + 1} ({one_line(e)})\nhint: {OOM_HINT}\n"
+                         f"{self._oom_memory_table()}")
             else:
-                error = f"{type(e).__name__}: {e}\n{tb}"
-        except KeyboardInterrupt:
-            status, error, exit_code = "stopped", "interrupted", 130
+                error = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
         finally:
             if sampler is not None:
                 sampler.stop()
@@ -408,33 +386,123 @@ class Trainer:
             metrics["peak_allocated"] = torch.cuda.max_memory_allocated(self.device)
         if self.writer.failed is not None:
             status, exit_code = "failed", 1
-            error = error or f"cannot write the event log {self.log_path}: {self.writer.failed}"
+            error = error or self._log_failure()
         end = {"status": status, "step": self.step, "metrics": metrics, "error": error, "exit_code": exit_code}
         if self.last_memory is not None and status == "failed":
             end["memory"] = self.last_memory
         if self.writer.failed is not None:
             self.writer.retry("run_end", **end)  # space may have been freed meanwhile
-            if self.is_main:
-                where = f"; the last checkpoint is {self.last_ckpt}" if self.last_ckpt else ""
-                print(f"cockpit: error: {error}{where}; free space or choose another --log, then "
-                      f"resume with --resume", file=sys.stderr)
         else:
             self.writer.emit("run_end", **end)
         self.writer.close()
+        if status == "failed" and self.is_main:
+            print(f"cockpit: error: {error_line(error)}", file=sys.stderr)
+        controls.ended()  # recorded: later signals change nothing
+        self._release_run_dir()
         return exit_code
 
+    def _train(self, start_step: int, t0: float) -> str:
+        """The steps, until max_steps ("completed") or a stop ("stopped")."""
+        t = self.t
+        status = "completed"
+        last_log_t, last_log_units = time.time(), self.units
+        self.paused_seconds = last_log_paused = 0.0
+        last_log_step = self.step  # for each rank's step time under DDP
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.raw_model.train()
+        if start_step == 0 and self.task.eval_at_start:
+            self.evaluate()  # the untrained (or, fine-tuning, the base) model's loss starts the curve
+        governor = ThreadGovernor(torch, log=self._log) if self.device.type == "cpu" else None
+        while self.step < t["max_steps"]:
+            if governor is not None:
+                governor.tick()
+            if self._handle_controls():
+                status = "stopped"
+                break
+            step = self.step + 1
+            mi = t["memory_interval"]
+            probe_now = self.step == start_step and start_step == 0 or (mi > 0 and self.step % mi == 0)
+            probe = ActivationProbe(self.raw_model) if (probe_now and self.is_main) else None
+            loss, lr, grad_norm, units = self.train_step(step, probe)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                what = "loss" if not math.isfinite(loss) else "gradient norm"
+                if t["skip_nonfinite"]:
+                    self.skipped += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step = step
+                    self.writer.emit("log", level="warning",
+                                     message=f"step {step}: non-finite {what} ({loss}); update skipped "
+                                             f"({self.skipped} so far)", step=step, skipped=self.skipped)
+                    continue
+                where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else "; no checkpoint yet"
+                raise NonFinite(f"non-finite {what} at step {step} (loss={loss}, grad_norm={grad_norm}){where}")
+            self.optimizer.step()
+            if probe is not None:  # before zero_grad, so grads and optimizer state are counted
+                self.memory_event(probe, step - 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step = step
+            self.units += units
+            if self.writer.failed is not None:
+                raise LogWriteFailed(self._log_failure())
+            if step % t["log_interval"] == 0 or step == t["max_steps"] or step == start_step + 1:
+                now = time.time()
+                dt = max(now - last_log_t - (self.paused_seconds - last_log_paused), 1e-9)
+                per_rank = {}
+                if self.world_size > 1:  # `ranks`: each rank's own throughput and step time (distributed.py)
+                    from trainers.distributed import rank_stats
+                    per_rank["ranks"] = rank_stats((self.units - last_log_units) / self.world_size, dt,
+                                                   step - last_log_step)
+                self.writer.emit("step", step=step, loss=loss, lr=lr, grad_norm=grad_norm,
+                                 **{self.task.unit: self.units},
+                                 throughput=(self.units - last_log_units) / dt,
+                                 elapsed=now - t0, max_steps=t["max_steps"], **per_rank)
+                last_log_t, last_log_units, last_log_step = now, self.units, step
+                last_log_paused = self.paused_seconds
+            last = step == t["max_steps"]
+            if step % t["eval_interval"] == 0 or last:
+                self.evaluate()
+                self.samples()
+            elif t["sample_interval"] and step % t["sample_interval"] == 0:
+                self.samples()
+            if t["checkpoint_interval"] and step % t["checkpoint_interval"] == 0 and not last:
+                self.save_checkpoint()
+        return status
+
+    def _log_failure(self) -> str:
+        e = self.writer.failed
+        return f"cannot write the event log {self.log_path}: {describe(e)}; {self._kept(e)}"
+
+    def _on_end(self, status: str):
+        """The task's files beside the checkpoint (e.g. merged weights), with the same care as a checkpoint."""
+        if not self.is_main or self.log_path is None:
+            return
+        where = self.ckpt_path.parent
+        try:
+            self.task.on_end(self.raw_model, where, status)
+        except NotAFileTarget as e:
+            raise OutputWriteFailed(f"cannot write the run's exported weights: {e}") from None
+        except OSError as e:
+            raise OutputWriteFailed(f"cannot write the run's exported weights into {where}: {describe(e)}; the "
+                                    f"checkpoint {self.last_ckpt} holds the trained weights") from None
+
     def _oom_memory_table(self) -> str:
-        """The last measured memory (totals and the largest layers) as text for an OOM error."""
+        """The last measured memory (totals and the largest layers) as text for an OOM error, and what the
+        machine has. Before the first measurement: the weights, gradients and optimizer state as they are."""
         from common.fmt import fmt_bytes
 
+        keys = ("params", "grads", "optimizer", "activations", "peak_allocated")
         if self.last_memory is None:
-            return "memory: not measured before the failure"
-        tot = self.last_memory["totals"]
-        lines = ["measured memory at step %s: " % self.last_memory["step"] + ", ".join(
-            f"{k} {fmt_bytes(tot.get(k))}" for k in ("params", "grads", "optimizer", "activations", "peak_allocated")
-            if tot.get(k) is not None)]
-        top = sorted(self.last_memory["layers"], key=lambda r: -r["activation_bytes"])[:5]
-        lines += [f"  {r['name']}: activations {fmt_bytes(r['activation_bytes'])}" for r in top]
+            tot = totals(self.raw_model, self.optimizer, 0, self.device)
+            lines = ["memory: activations not measured before the failure; " + ", ".join(
+                f"{k} {fmt_bytes(tot[k])}" for k in keys[:3])]
+        else:
+            tot = self.last_memory["totals"]
+            lines = ["measured memory at step %s: " % self.last_memory["step"] + ", ".join(
+                f"{k} {fmt_bytes(tot.get(k))}" for k in keys if tot.get(k) is not None)]
+            top = sorted(self.last_memory["layers"], key=lambda r: -r["activation_bytes"])[:5]
+            lines += [f"  {r['name']}: activations {fmt_bytes(r['activation_bytes'])}" for r in top]
+        lines.append(machine_memory(self.device))
         return "\n".join(lines)
 
     def _service_commands(self):
@@ -479,6 +547,49 @@ class LogWriteFailed(RuntimeError):
     pass
 
 
+class OutputWriteFailed(RuntimeError):
+    """A checkpoint or an exported file could not be written (disk full, read-only, moved directory)."""
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: first line of the message`."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def error_line(error: str | None) -> str:
+    """A run_end error as one line for stderr: its first line, and the hint when there is one."""
+    lines = (error or "the run failed").splitlines()
+    hint = next((ln for ln in lines[1:] if ln.startswith("hint: ")), None)
+    return lines[0] + (f"; {hint}" if hint else "")
+
+
+def machine_memory(device: torch.device | None) -> str:
+    """What the device has: the GPU's total and free memory, or the machine's RAM and any address-space
+    limit (ulimit -v) of this process."""
+    from common.fmt import fmt_bytes
+
+    if device is not None and device.type == "cuda":
+        try:
+            free, total = torch.cuda.mem_get_info(device)
+            return f"{device}: {fmt_bytes(total)} in all, {fmt_bytes(free)} free now"
+        except RuntimeError:
+            return f"{device}: its memory could not be read"
+    import psutil
+
+    vm = psutil.virtual_memory()
+    out = f"this machine: {fmt_bytes(vm.total)} of RAM, {fmt_bytes(vm.available)} available now"
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            out += f"; this process may use {fmt_bytes(limit)} of address space (ulimit -v)"
+    except (ImportError, OSError, ValueError):
+        pass
+    return out
+
+
 def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None, rank: int = 0):
     """(cfg, log_path, checkpoint) for a run; on resume the checkpoint's config wins, plus new overrides.
     Without --log, rank 0 claims a new run directory; the other ranks write no log (log_path None)."""
@@ -491,7 +602,11 @@ def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None, rank
         if not log:
             log = str(ckpt_io.resolve(resume).parent / "events.jsonl")
     if not log and rank == 0:
-        log = str(default_log_path(cfg["name"]))
+        try:
+            log = str(default_log_path(cfg["name"]))
+        except OSError as e:
+            raise ConfigError(f"cannot create a run directory under {runs_root()} ({describe(e)}); set "
+                              f"{ENV_ROOT} to a writable directory or give --log") from None
     return cfg, log, ckpt
 
 
@@ -499,10 +614,27 @@ MIN_FREE_BYTES = 64 * 2**20
 
 
 def check_log_writable(log: str):
-    """Before training: the log's directory must be writable and have room for logs and checkpoints."""
+    """Before training: no live trainer may hold the log's directory, which must be writable and have room
+    for logs and checkpoints."""
     import shutil
 
     p = Path(log)
+    try:
+        RunLock.check(p)  # a live trainer on this run: refused before anything is created beside it
+    except OSError as e:
+        raise ConfigError(f"--log {log}: cannot read the run directory's lock ({describe(e)}); choose a "
+                          "writable directory") from None
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:  # missing (the usual case), or a path the open below explains
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):  # a FIFO would block the open for ever
+        raise ConfigError(f"--log {log} is {file_kind(mode)}, not a regular file; give a file path for the "
+                          "event log")
+    ckpt = p.parent / ckpt_io.CKPT_NAME
+    if ckpt.exists() and not ckpt.is_file():  # found now, not at the first checkpoint
+        raise ConfigError(f"--log {log}: {ckpt} is {file_kind(ckpt.stat().st_mode)}, where the run's checkpoint "
+                          "goes; move it away or choose another --log")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         with open(p, "a", encoding="utf-8"):
