@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import subprocess
@@ -43,8 +44,13 @@ def last_step(log: Path) -> int:
     return steps[-1] if steps else 0
 
 
+# A fixed thread count for every run: on a busy machine the trainer's CPU governor would change it, and a sum
+# split over another number of threads rounds differently, which is not what this script looks for.
+ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
 def trainer(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trainers", "nanogpt", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "trainers", "nanogpt", *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -61,7 +67,7 @@ def main() -> int:
     common = [*TINY, f"train.max_steps={a.steps}", f"train.lr_decay_steps={a.steps}"]
     ref_log = base / "reference" / "events.jsonl"
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "trainers", "nanogpt", *common, "--log", str(ref_log)], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "trainers", "nanogpt", *common, "--log", str(ref_log)], cwd=ROOT, env=ENV,
                    check=True, stdout=subprocess.DEVNULL)
     ref = {e["step"]: e["loss"] for e in events(ref_log) if e["type"] == "step"}
     run_dir = base / "faulty"
