@@ -325,6 +325,35 @@ def test_ctrl_c_as_soon_as_the_trainer_listens_ends_it_without_a_traceback(runs)
     assert run_dirs(runs) == []
 
 
+# --- 6 (siblings): a Hugging Face config.json that is not what it says ------------------------------------
+@pytest.mark.parametrize("text, fragment", [
+    ("[1, 2]", "config.json holds a JSON list, not an object"),
+    ('{"n_embd": "768"}', "n_embd='768' is not a whole number in [1, 65536]"),
+    ('{"n_embd": true}', "n_embd=True is not a whole number"),
+    ('{"n_layer": 1e400}', "n_layer=inf is not a whole number in [1, 1000]"),
+    ('{"n_head": 5}', "n_embd=768 is not divisible by n_head=5"),
+    ('{"resid_pdrop": "x"}', "resid_pdrop='x' is not a number in [0, 1)"),
+    ('{"n_positions": -1}', "n_positions=-1 is not a whole number"),
+    ("[" * 100_000, "config.json is unreadable (nested too deeply)"),
+    ("\udcff".encode("utf-8", "surrogateescape").decode("latin-1"), "config.json is unreadable"),
+], ids=["list", "string", "bool", "huge", "indivisible", "pdrop", "negative", "deep", "not-utf8"])
+def test_a_hugging_face_config_json_with_wrong_types_is_refused_in_one_line(tmp_path, text, fragment):
+    from trainers import hf
+    from trainers.config import ConfigError
+
+    (tmp_path / "config.json").write_text(text, encoding="latin-1")
+    with pytest.raises(ConfigError) as e:
+        hf.read_config(tmp_path)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_fine_tune_from_a_broken_config_json_exits_2_before_a_run_directory_exists(tmp_path, runs):
+    (tmp_path / "config.json").write_text('{"n_layer": "twelve"}')
+    refused(trainer("lora", f"finetune.base={tmp_path}", timeout=120),
+            "config.json: n_layer='twelve' is not a whole number")
+    assert run_dirs(runs) == []
+
+
 # --- 12: presets that would hang or crash the loader --------------------------------------------------------
 def billion_laughs(levels: int = 9) -> str:
     lines = ["name: laughs", "arch: gpt", "task: lm", "data:",

@@ -33,12 +33,23 @@ def is_hf_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a GPT-2 config.json is about 1 KB
+
+
 def read_config(path: Path) -> dict:
+    """config.json, checked: a JSON object whose GPT-2 keys have the types and ranges our GPT accepts."""
+    from trainers.config import read_regular
+
+    what = f"finetune.base={path}: config.json"
+    data = read_regular(path / "config.json", what, "give a Hugging Face GPT-2 directory", limit=MAX_CONFIG_BYTES)
     try:
-        hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"finetune.base={path}: config.json is unreadable ({e}); give a Hugging Face GPT-2 "
-                          "directory") from None
+        hf = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise ConfigError(f"{what} is unreadable ({why}); give a Hugging Face GPT-2 directory") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{what} holds a JSON {type(hf).__name__}, not an object; give a Hugging Face GPT-2 "
+                          "directory")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ConfigError(f"finetune.base={path}: config.json has model_type {hf.get('model_type')!r}; only "
                           "GPT-2 (model_type gpt2) weights load into our GPT")
@@ -46,11 +57,23 @@ def read_config(path: Path) -> dict:
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ConfigError(f"finetune.base={path}: activation_function {act!r} is not GPT-2's tanh GELU "
                           "(gelu_new); this checkpoint cannot load into our GPT")
-    n_embd = int(hf.get("n_embd", 768))
+    for key, default, hi in (("n_layer", 12, 1000), ("n_head", 12, 1024), ("n_embd", 768, 1 << 16),
+                             ("n_positions", hf.get("n_ctx", 1024), 1 << 20), ("vocab_size", 50257, 1 << 24)):
+        v = hf.get(key, default)
+        if type(v) is not int or not 1 <= v <= hi:
+            raise ConfigError(f"{what}: {key}={v!r} is not a whole number in [1, {hi}]; is this a GPT-2 "
+                              "config.json?")
+    for key, default in (("layer_norm_epsilon", 1e-5), ("resid_pdrop", 0.0)):
+        v = hf.get(key, default)
+        if type(v) not in (int, float) or not 0 <= v < 1:
+            raise ConfigError(f"{what}: {key}={v!r} is not a number in [0, 1); is this a GPT-2 config.json?")
+    n_embd = hf.get("n_embd", 768)
+    if n_embd % hf.get("n_head", 12):
+        raise ConfigError(f"{what}: n_embd={n_embd} is not divisible by n_head={hf.get('n_head', 12)}")
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise ConfigError(f"finetune.base={path}: n_inner={hf['n_inner']} but our GPT's MLP is 4 * n_embd "
                           f"= {4 * n_embd}")
-    if abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
+    if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
         raise ConfigError(f"finetune.base={path}: layer_norm_epsilon={hf['layer_norm_epsilon']} differs from "
                           "our GPT's 1e-5")
     if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
@@ -60,12 +83,12 @@ def read_config(path: Path) -> dict:
 
 
 def model_config(hf: dict) -> dict:
-    """Our `model.*` keys for a GPT-2 config.json."""
+    """Our `model.*` keys for a GPT-2 config.json (checked by read_config)."""
     return {
-        "n_layer": int(hf.get("n_layer", 12)),
-        "n_head": int(hf.get("n_head", 12)),
-        "n_embd": int(hf.get("n_embd", 768)),
-        "block_size": int(hf.get("n_positions", hf.get("n_ctx", 1024))),
+        "n_layer": hf.get("n_layer", 12),
+        "n_head": hf.get("n_head", 12),
+        "n_embd": hf.get("n_embd", 768),
+        "block_size": hf.get("n_positions", hf.get("n_ctx", 1024)),
         "dropout": float(hf.get("resid_pdrop", 0.0)),
         "bias": True,
     }
