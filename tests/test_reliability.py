@@ -325,3 +325,53 @@ def test_two_watchers_on_one_growing_log_both_see_every_event(tmp_path):
     sb.apply_all(b.finish())
     assert sa.step == sb.step == 5 and sa.status == sb.status == "completed"
     assert a.stats.skipped == b.stats.skipped == 0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished tiny run: its directory holds a checkpoint cockpit wrote."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert train_in_process("nanogpt", *TINY_GPT, "train.max_steps=3", log=run / "events.jsonl") == 0
+    return run
+
+
+def resume_refused(capsys, resume: Path | str, *overrides: str, log: Path) -> str:
+    code = train_in_process("nanogpt", *overrides, log=log, resume=str(resume))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("cockpit: error:"), err
+    assert not log.exists()  # refused before the run wrote anything
+    return err[0]
+
+
+def test_resume_with_a_changed_model_shape_says_what_differs(trained_run, tmp_path, capsys):
+    line = resume_refused(capsys, trained_run, "model.n_layer=2", "model.n_embd=64", log=tmp_path / "x" / "e.jsonl")
+    assert "model.n_embd 32 -> 64" in line and "model.n_layer 1 -> 2" in line, line
+    assert "a resumed run keeps its model's shape" in line
+
+
+def test_resume_from_nanogpts_own_checkpoint_names_it(trained_run, tmp_path, capsys):
+    ck = torch.load(trained_run / "ckpt.pt", weights_only=True)
+    theirs = tmp_path / "ckpt.pt"  # what nanoGPT's train.py saves
+    torch.save({"model": ck["model"], "optimizer": {}, "model_args": {"n_layer": 1, "n_head": 2}, "iter_num": 3,
+                "best_val_loss": torch.tensor(2.0), "config": {"batch_size": 4}}, theirs)
+    line = resume_refused(capsys, theirs, log=tmp_path / "x" / "e.jsonl")
+    assert "a nanoGPT checkpoint (model_args, iter_num), not one cockpit wrote" in line, line
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda c: c.update(config="garbage"), "the checkpoint's config is damaged (a str, not a mapping)"),
+    (lambda c: c["config"].pop("arch"), "the checkpoint's config is damaged (no arch)"),
+    (lambda c: c["config"]["train"].update(lr="fast"), "train.lr='fast' must be a number"),
+    (lambda c: c["config"]["model"].update(n_layer="four"), "model.n_layer='four' must be an integer"),
+    (lambda c: c["config"]["model"].update(n_layer=2), "6 missing (transformer.h.1.ln_1.weight"),
+    (lambda c: c["config"].update(model={"n_layer": {"deeper": [1]}}), "model.n_layer.deeper='[1]' is not a single"),
+    (lambda c: c.update(step="3"), "the checkpoint is damaged (its step is '3'"),
+], ids=["not-a-mapping", "no-arch", "mistyped-train", "mistyped-model", "config-unlike-weights", "nested",
+        "step"])
+def test_resume_from_a_checkpoint_with_a_damaged_config_is_one_line(trained_run, tmp_path, capsys, damage,
+                                                                    fragment):
+    ck = torch.load(trained_run / "ckpt.pt", weights_only=True)
+    damage(ck)
+    torch.save(ck, tmp_path / "ckpt.pt")
+    line = resume_refused(capsys, tmp_path / "ckpt.pt", log=tmp_path / "x" / "e.jsonl")
+    assert fragment in line, line

@@ -57,8 +57,16 @@ def load(path: str | Path, map_location="cpu") -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{p}: checkpoint is unreadable ({type(e).__name__}: {first[:160]}); it may be "
                           "truncated or corrupted; resume from another checkpoint") from None
+    if isinstance(ckpt, dict) and {"model_args", "iter_num"} <= ckpt.keys():
+        raise ConfigError(f"{p}: a nanoGPT checkpoint (model_args, iter_num), not one cockpit wrote; cockpit "
+                          "resumes only its own runs (runs/<run>/ckpt.pt): start a run here with `cockpit train "
+                          "nanogpt`")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"{p}: not a cockpit checkpoint (no model/config); resume from a file cockpit wrote")
+    step = ckpt.get("step")
+    if type(step) is not int or step < 0 or not isinstance(ckpt["model"], dict):
+        raise ConfigError(f"{p}: the checkpoint is damaged (its step is {str(step)[:40]!r}, its model a "
+                          f"{type(ckpt['model']).__name__}); resume from another checkpoint")
     if ckpt.get("version", 0) > FORMAT_VERSION:
         raise ConfigError(f"{p}: checkpoint format v{ckpt['version']} is newer than this cockpit "
                           f"(v{FORMAT_VERSION}); upgrade cockpit")

@@ -468,6 +468,41 @@ def strip_private(cfg: dict) -> dict:
     return {k: copy.deepcopy(v) for k, v in cfg.items() if not k.startswith("_")}
 
 
+def check_resolved(cfg: object, source: str, fix: str = "resume from another checkpoint") -> dict:
+    """A resolved config that comes from a file (a checkpoint's), checked as a preset is: a mapping, known keys,
+    the same types and ranges. Common keys it lacks (written by an older cockpit) take their defaults."""
+    damaged = f"{source}: the checkpoint's config is damaged"
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{damaged} (a {type(cfg).__name__}, not a mapping); {fix}")
+    try:
+        flat = flatten(strip_private(cfg))
+    except RecursionError:
+        raise ConfigError(f"{damaged} (nested too deeply); {fix}") from None
+    for key in flat:
+        if not isinstance(key, str) or not key.split(".")[0] or len(key) > 200:
+            raise ConfigError(f"{damaged} (key {str(key)[:60]!r}); {fix}")
+    for key in ("name", "arch", "task"):
+        if not isinstance(flat.get(key), str) or not flat[key]:
+            raise ConfigError(f"{damaged} (no {key}); {fix}")
+    _check_sections(flat, source)
+    schema = _schema_for(flat)
+    out: dict[str, Any] = {k: spec[1] for k, spec in COMMON.items()}
+    for key, v in flat.items():
+        if key not in schema:
+            raise ConfigError(f"{damaged}: key {key!r} is unknown to this cockpit; {fix}")
+        if key not in COMMON and not isinstance(v, (bool, int, float, str, type(None))):
+            raise ConfigError(f"{damaged}: {key}={str(v)[:60]!r} is not a single value; {fix}")
+        out[key] = _check_value(key, v, schema[key], f"{source}: the checkpoint's config")
+    has_cuda = cuda_available() if "auto" in (out["device"], out["profile"]) else None
+    if out["device"] == "auto":
+        out["device"] = "cuda" if has_cuda else "cpu"
+    if out["profile"] == "auto":
+        out["profile"] = "full" if has_cuda else "cpu"
+    if out["train.compile"] is None:
+        out["train.compile"] = out["device"] == "cuda"
+    return unflatten(out)
+
+
 def override_resolved(cfg: dict, overrides: dict[str, str] | list[str]) -> dict:
     """Apply k=v overrides to an already-resolved config (e.g. one stored in a checkpoint, on resume)."""
     if isinstance(overrides, list):

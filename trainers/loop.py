@@ -29,7 +29,7 @@ from common.cli import BadInput
 from common.paths import ENV_ROOT, default_log_path, runs_root
 from trainers import checkpoint as ckpt_io
 from trainers.checkpoint import is_out_of_memory
-from trainers.config import ConfigError, strip_private
+from trainers.config import ConfigError, flatten, strip_private
 from trainers.controls import STOPPED_EXIT, Controls
 from trainers.events import EventWriter, RunLock
 from trainers.memory import ActivationProbe, param_bytes_by_layer, totals
@@ -168,9 +168,17 @@ class Trainer:
             self.writer.emit("log", level=level, message=message)
 
     def _load_resume(self, ckpt: dict):
-        self.raw_model.load_state_dict(ckpt["model"])
+        try:
+            self.raw_model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:  # missing, unexpected or differently shaped weights
+            raise ConfigError(self._shape_differs(ckpt, e)) from None
         if ckpt.get("optimizer"):
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ConfigError(f"--resume: the checkpoint's optimizer state does not fit this run's optimizer "
+                                  f"({one_line(e)[:160]}); resume with the checkpoint's own settings (drop the "
+                                  "train.* and finetune.* overrides that change what trains)") from None
         self.step = int(ckpt["step"])
         self.run_id = ckpt.get("run_id", self.run_id)
         m = ckpt.get("metrics") or {}
@@ -187,6 +195,26 @@ class Trainer:
             keep = f"; set train.batch_size={was // self.world_size} to keep it" if was % self.world_size == 0 else ""
             self.pending_logs.append(("warning", f"resumed with a global batch of {now} (train.batch_size x "
                                                  f"{self.world_size} processes), was {was}{keep}"))
+
+    def _shape_differs(self, ckpt: dict, e: RuntimeError) -> str:
+        """Why the checkpoint's weights do not load into the model these settings build, in one line."""
+        was = flatten(ckpt.get("config") or {})
+        now = flatten(strip_private(self.cfg))
+        changed = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                   if k.startswith(("model.", "finetune.", "arch")) and was.get(k) != now.get(k)]
+        if changed:
+            return (f"--resume: these settings build another model than the checkpoint's ({'; '.join(changed)}); a "
+                    "resumed run keeps its model's shape: drop those overrides, or start a new run without --resume")
+        ours, theirs = self.raw_model.state_dict(), ckpt["model"]
+        missing = [k for k in ours if k not in theirs]
+        extra = [k for k in theirs if k not in ours]
+        shaped = [f"{k} {tuple(getattr(theirs[k], 'shape', ()))} here {tuple(ours[k].shape)}" for k in ours
+                  if k in theirs and tuple(getattr(theirs[k], "shape", ())) != tuple(ours[k].shape)]
+        parts = [f"{len(v)} {what} ({', '.join(v[:2])}{', ...' if len(v) > 2 else ''})"
+                 for v, what in ((missing, "missing"), (extra, "unexpected"), (shaped, "of another shape")) if v]
+        why = "; ".join(parts) or one_line(e)[:200]
+        return (f"--resume: the checkpoint's weights do not fit the model its own config builds: {why}; it may "
+                "come from another version of this architecture: resume from another checkpoint")
 
     def n_params(self) -> int:
         if self.cfg["task"] == "finetune":  # 4-bit weights count as the weights they stand for
@@ -593,12 +621,13 @@ def machine_memory(device: torch.device | None) -> str:
 def prepare(cfg: dict, log: str | None, resume: str | None, overrides=None, rank: int = 0):
     """(cfg, log_path, checkpoint) for a run; on resume the checkpoint's config wins, plus new overrides.
     Without --log, rank 0 claims a new run directory; the other ranks write no log (log_path None)."""
-    from trainers.config import override_resolved
+    from trainers.config import check_resolved, override_resolved
 
     ckpt = None
     if resume:
         ckpt = ckpt_io.load(resume)
-        cfg = override_resolved(ckpt["config"], overrides or {})
+        stored = check_resolved(ckpt["config"], f"--resume {resume}")
+        cfg = override_resolved(stored, overrides or {})
         if not log:
             log = str(ckpt_io.resolve(resume).parent / "events.jsonl")
     if not log and rank == 0:

@@ -29,7 +29,7 @@ import torch
 from trainers import checkpoint as ckpt_io
 from trainers import data as textdata
 from trainers import hf, lora, quant
-from trainers.config import ConfigError, coerce, open_regular, strip_private
+from trainers.config import ConfigError, check_resolved, coerce, open_regular, strip_private
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
 from trainers.tasks.lm import Task as LMTask
@@ -120,7 +120,7 @@ def read_base(spec: str) -> dict:
     ckpt = load()
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"finetune.base={spec}: not a cockpit checkpoint (no model/config)")
-    bcfg = ckpt["config"]
+    bcfg = check_resolved(ckpt["config"], f"finetune.base={spec}", "give a checkpoint cockpit wrote")
     if bcfg.get("task") == "finetune":
         raise ConfigError(f"finetune.base={spec}: is itself a fine-tune checkpoint; export its merged weights "
                           f"first (python -m trainers.export_merged {p.parent}) and use merged.pt as the base")
