@@ -242,6 +242,23 @@ def test_export_merged_onto_a_directory_fifo_socket_or_device_refuses_in_one_lin
     assert not list(tmp_path.glob(".out.tmp-*"))
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda c: c.update(config=[1]), "the checkpoint's config is damaged (a list, not a mapping)"),
+    (lambda c: c["task"]["base"].pop("arch"), "the checkpoint's fine-tune state is damaged (KeyError"),
+    (lambda c: c["task"]["base"]["model"].update(n_layer="x"), "model.n_layer='x' must be an integer"),
+    (lambda c: c["model"].clear(), "the checkpoint's fine-tune state is damaged (RuntimeError"),
+], ids=["config", "base-arch", "base-model", "weights"])
+def test_export_merged_from_a_damaged_checkpoint_is_one_line(lora_run, tmp_path, capsys, damage, fragment):
+    from trainers.export_merged import main
+
+    ck = torch.load(lora_run / "ckpt.pt", weights_only=True)
+    damage(ck)
+    torch.save(ck, tmp_path / "ckpt.pt")
+    assert main([str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "merged.pt")]) == 2
+    assert fragment in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "merged.pt").exists()
+
+
 def test_export_merged_onto_a_device_node_from_the_cli_leaves_the_node(lora_run, tmp_path):
     out = special("device", tmp_path / "null")
     r = cockpit("export-merged", str(lora_run), "--out", str(out), timeout=240)

@@ -392,14 +392,22 @@ def export_merged(model, cfg: dict, task_state: dict, out_dir, export: str = "ck
 
 def model_from_checkpoint(ckpt: dict, device=torch.device("cpu")):
     """Rebuild a fine-tune run's model (base architecture + method) from its checkpoint alone."""
-    cfg, ts = ckpt["config"], ckpt.get("task") or {}
-    if cfg.get("task") != "finetune" or "base" not in ts:
+    cfg = check_resolved(ckpt["config"], "the checkpoint", "export from another checkpoint of the run")
+    ts = ckpt.get("task") if isinstance(ckpt.get("task"), dict) else {}
+    if cfg.get("task") != "finetune" or not isinstance(ts.get("base"), dict):
         raise ConfigError("not a fine-tune checkpoint (task finetune); merged export needs a run of the lora or "
                           "qlora preset")
-    ft = {**DEFAULTS, **(ts.get("finetune") or cfg.get("finetune") or {})}
-    base = {**ts["base"], "weights": None}
-    with torch.device("cpu"):
-        model = build_base(base)
-    model = apply_method(model, ft, device, arch=base["arch"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        ft = {**DEFAULTS, **(ts.get("finetune") or cfg.get("finetune") or {})}
+        base = {**ts["base"], "weights": None}
+        with torch.device("cpu"):
+            model = build_base(base)
+        model = apply_method(model, ft, device, arch=base["arch"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # ConfigError is a ValueError
+        if isinstance(e, ConfigError):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"the checkpoint's fine-tune state is damaged ({type(e).__name__}: {first}); export "
+                          "from another checkpoint of the run") from None
     return model, cfg, ts
