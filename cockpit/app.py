@@ -97,7 +97,7 @@ class CockpitApp(App):
         try:
             proc.start()
         except OSError as e:
-            self.notify(f"could not start the trainer: {e}", severity="error")
+            self.notify(f"could not start the trainer: {e}", severity="error", markup=False)
             return
         screen = RunScreen(proc)
         self.last_run = screen
