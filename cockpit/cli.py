@@ -16,6 +16,8 @@ Exit codes: 0 success, 1 run failed, 2 bad input (one line `cockpit: error: ...`
 from __future__ import annotations
 
 import argparse
+import codecs
+import errno
 import json
 import os
 import sys
@@ -87,18 +89,61 @@ def _build(configured) -> tuple[Parser, dict[str, Parser]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _print_file_names_as_they_are()
     try:
-        return dispatch(argv)
+        code = dispatch(argv)
+        sys.stdout.flush()  # a full disk shows here, while it can still be reported, not at exit
+        return code
     except BadInput as e:  # usage, and the bad-input errors of deeper modules (ConfigError, LogError ...)
         return fail(str(e))
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `cockpit --replay x | head`
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
+    except BrokenPipeError:  # `cockpit --replay x | head`: the reader has all it wanted
+        _drop_stdout()
         return 0
+    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or a terminal that is not UTF-8
+        if e.encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+            raise
+        _drop_stdout()
+        return fail(f"the output's encoding ({e.encoding}) cannot show {e.object[e.start]!r}; use a "
+                    "UTF-8 locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8", 1)
+    except OSError as e:
+        if e.filename is not None:  # a file being read or written failed (a full disk, an I/O error)
+            return fail(f"{e.filename}: {e.strerror or e}", 1)
+        if not _stdout_failed(e):
+            raise
+        _drop_stdout()  # stdout refused what was written
+        return fail(f"cannot write the output: {e.strerror or e}; free space or write it elsewhere", 1)
+
+
+def _print_file_names_as_they_are() -> None:
+    """A file name that is not valid UTF-8 (a run directory named in another encoding) prints as its own
+    bytes, as `ls` prints it, instead of failing the whole report."""
+    try:
+        if codecs.lookup(sys.stdout.encoding).name == "utf-8" and sys.stdout.errors == "strict":
+            sys.stdout.reconfigure(errors="surrogateescape")
+    except (AttributeError, LookupError, TypeError, ValueError):  # a stdout that is not a text stream
+        pass
+
+
+def _stdout_failed(error: OSError) -> bool:
+    """Whether `error` (one without a file name) came from writing stdout: stdout cannot flush either."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for it goes nowhere instead of failing again
+    (a second error, or a traceback at exit)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture): nothing to flush at exit
+        pass
 
 
 def dispatch(argv: list[str]) -> int:
