@@ -19,12 +19,11 @@ import argparse
 import codecs
 import errno
 import json
-import os
 import sys
 import textwrap
 from typing import Callable, NamedTuple
 
-from common.cli import BadInput, Parser, fail
+from common.cli import BadInput, Parser, drop_stdout, fail, output_failed
 
 USAGE = """cockpit [PRESET [k=v ...]]
        cockpit SUBCOMMAND [--help] ...
@@ -99,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `cockpit --replay x | head`: the reader has all it wanted
-        _drop_stdout()
+        drop_stdout()
         return 0
     except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or a terminal that is not UTF-8
         if e.encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
             raise
-        _drop_stdout()
+        drop_stdout()
         return fail(f"the output's encoding ({e.encoding}) cannot show {e.object[e.start]!r}; use a "
                     "UTF-8 locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8", 1)
     except OSError as e:
@@ -112,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"{e.filename}: {e.strerror or e}", 1)
         if not _stdout_failed(e):
             raise
-        _drop_stdout()  # stdout refused what was written
-        return fail(f"cannot write the output: {e.strerror or e}; free space or write it elsewhere", 1)
+        return output_failed(e)
 
 
 def _print_file_names_as_they_are() -> None:
@@ -133,17 +131,6 @@ def _stdout_failed(error: OSError) -> bool:
     except OSError:
         return True
     return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
-
-
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null, so that what is still buffered for it goes nowhere instead of failing again
-    (a second error, or a traceback at exit)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # no real stdout (a test's capture): nothing to flush at exit
-        pass
 
 
 def dispatch(argv: list[str]) -> int:

@@ -28,7 +28,7 @@ import pytest
 from cockpit import cli
 from cockpit.app import CockpitApp
 from cockpit.compare import config_diff
-from cockpit.runs.index import RunInfo
+from cockpit.runs.index import RunInfo, index_runs
 from cockpit.runs.query import filter_runs
 from cockpit.screens.run import RunScreen
 from cockpit.widgets.loss_plot import LossPlot
@@ -38,6 +38,9 @@ from common import events as E
 from common.dotted import MAX_DEPTH, NestedTooDeep, flatten, nested_deeper_than
 from common.state import MAX_UNKNOWN_TYPES, load_state
 from tests.conftest import ROOT, cockpit
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from pty_terminal import Terminal  # noqa: E402
 
 # numpy's overflow and invalid-cast warnings are bugs here: a value the protocol lets through must draw cleanly
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -440,6 +443,49 @@ async def test_watch_draws_extreme_but_valid_logs(tmp_path, no_kernel_runs, name
         assert app.is_running and "ignored" not in status_text(app)
 
 
+def terminal_text(term: Terminal) -> str:
+    """What the program wrote to its terminal, without the escape sequences that style and place it."""
+    with term.lock:
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.out.decode("utf-8", "replace"))
+
+
+def test_cockpit_watch_in_a_terminal_lives_on_a_hostile_log_and_quits_with_exit_0(tmp_path):
+    """The real `cockpit watch` in a pseudo-terminal: the issue's bad events, lines nested 100,000 deep and
+    junk, each view of the chart and the samples drawn; the count of what was skipped shown; ctrl+q exits 0."""
+    bad = [issue_case(name) for name in ISSUE_CASES]
+    junk = deeply_nested_lines() + [b"not json", b"\xff\xfe"]
+    log = log_with_lines(tmp_path / "bad" / "events.jsonl", base_events()[:4] + bad, junk, base_events()[4:])
+    term = Terminal([sys.executable, "-m", "cockpit", "watch", str(log)], cols=160, rows=40, cwd=ROOT)
+    try:
+        shown = f"ignored {len(bad) + len(junk)} bad lines"
+        deadline = time.monotonic() + 60
+        while shown not in terminal_text(term) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert shown in terminal_text(term), term.out[-3000:]
+        for key in (b"t", b"l", b"e", b"m", b"t", b"t", b"[", b"d", b"]", b"d", b"l"):
+            term.send(key)
+            time.sleep(0.3)
+        term.send(b"\x11")   # ctrl+q
+        assert term.wait(30) == 0, term.out[-3000:]
+        assert "Traceback" not in terminal_text(term)
+    finally:
+        term.kill()
+
+
+def test_a_ui_that_fails_is_never_an_exit_0(tmp_path):
+    """Should a pane ever fail on what it draws, Textual stops the app and prints why: `cockpit watch` then
+    exits 1, never 0 as if all went well."""
+    log = write_log(tmp_path / "run" / "events.jsonl", base_events())
+    program = ("import sys; from cockpit.widgets.status_line import StatusLine; "
+               "StatusLine.render = lambda self: 1 / 0; from cockpit.cli import main; sys.exit(main(sys.argv[1:]))")
+    term = Terminal([sys.executable, "-c", program, "watch", str(log)], cols=120, rows=40, cwd=ROOT)
+    try:
+        assert term.wait(60) == 1, term.out[-3000:]
+        assert b"ZeroDivisionError" in term.out
+    finally:
+        term.kill()
+
+
 def combined_cases() -> list[tuple[str, int, dict]]:
     """For each event and each hostile value: the event with every field that value is valid in set to it
     at once (one frame per combination instead of one per field)."""
@@ -573,6 +619,43 @@ def test_a_too_deep_config_is_skipped_by_the_filters_and_the_comparison_only():
     assert [r.name for r in filter_runs(runs, "model.n_layer:2")] == ["ok"]
     assert [r.name for r in filter_runs(runs, "model.n_layer>=2")] == ["ok"]
     assert config_diff([nested(500), {"model": {"n_layer": 2}}]) == {"model.n_layer": [None, 2]}
+
+
+DEEP = 100_000
+
+
+def deeply_nested_lines() -> list[bytes]:
+    """Lines nested DEEP levels at each place a reader meets nesting: the whole line, an unknown field, the
+    config, a metric, an unknown event type."""
+    inner = "[" * DEEP + "]" * DEEP
+    return [inner.encode()] + [(template % inner).encode() for template in (
+        '{"type":"step","step":9,"loss":1.0,"junk":%s}', '{"type":"run_start","config":{"model":%s}}',
+        '{"type":"eval","step":9,"val_loss":1.0,"metrics":{"a":%s}}', '{"type":"made_up","x":%s}')]
+
+
+def log_with_lines(path: Path, before: list[dict], lines: list[bytes], after: list[dict]) -> Path:
+    write_log(path, before)
+    with open(path, "ab") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+        f.write("".join(dumps(e) + "\n" for e in after).encode())
+    return path
+
+
+def test_lines_nested_100000_deep_are_skipped_and_the_rest_replays_lists_and_compares(tmp_path):
+    root, base, deep = tmp_path / "runs", base_events(), deeply_nested_lines()
+    head = log_with_lines(root / "deep-head" / "events.jsonl", [], deep, base)
+    middle = log_with_lines(root / "deep-middle" / "events.jsonl", base[:-1], deep, base[-1:])
+    for log in (head, middle):
+        r = cockpit("--replay", str(log), "--color", "never")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert f"skipped {len(deep)} of {len(base) + len(deep)} lines ({len(deep)} nested too deeply)" in r.stdout
+        assert "status failed" in r.stdout and "best val 2.6000 @ 5" in r.stdout   # the rest is all there
+    r = cockpit("--replay", str(head), str(middle), "--color", "never")
+    assert r.returncode == 0 and "(the runs' configs are identical)" in r.stdout, r.stderr
+    listed = [json.loads(line) for line in cockpit("runs", "--dir", str(root), "--json").stdout.splitlines()]
+    assert sorted((run["path"].rsplit("/", 1)[-1], run["status"]) for run in listed) == [
+        ("deep-head", "failed"), ("deep-middle", "failed")]
+    assert sorted(r.name for r in filter_runs(index_runs(root), "model.n_layer:2")) == ["deep-head", "deep-middle"]
 
 
 def test_a_config_int_beyond_floats_compares_as_no_number():
