@@ -155,6 +155,10 @@ def tui(**kwargs) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise BadInput("the cockpit UI needs a terminal; use `cockpit train PRESET --headless` or "
                        "`cockpit --replay FILE` without one")
+    encoding = getattr(sys.__stderr__, "encoding", None) or "ascii"   # what Textual draws through
+    if codecs.lookup(encoding).name != "utf-8":
+        raise BadInput(f"the cockpit UI draws with UTF-8 characters and this terminal's encoding is {encoding}; "
+                       "use a UTF-8 locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8")
     from cockpit.app import run_tui
 
     return run_tui(**kwargs)

@@ -10,7 +10,9 @@ is one line and exit 1 (2 for a place the user can change), with nothing half-wr
 from __future__ import annotations
 
 import base64
+import codecs
 import copy
+import ctypes
 import functools
 import json
 import os
@@ -705,7 +707,8 @@ def finished_log(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("args", [("--replay", "{log}"), ("--replay", "{log}", "{log}"), ("runs", "--dir", "{root}"),
-                                  ("runs", "--json", "--dir", "{root}"), ("presets", "--json")])
+                                  ("runs", "--json", "--dir", "{root}"), ("presets", "--json"), ("--help",),
+                                  ("runs", "--help"), ("--replay", "--help")])
 def test_a_full_disk_under_stdout_is_one_line_and_exit_1(finished_log, args):
     args = [a.format(log=finished_log, root=finished_log.parent.parent) for a in args]
     with open("/dev/full", "w") as full:
@@ -738,6 +741,37 @@ def test_an_output_encoding_that_cannot_show_the_report_is_one_line_and_exit_1(f
     assert "UTF-8" in r.stderr
 
 
+def test_a_run_name_the_output_encoding_cannot_show_is_one_line_and_exit_1(tmp_path):
+    events = base_events()
+    events[0]["run_id"] = "run-é"
+    log = write_log(tmp_path / "runs" / "run" / "events.jsonl", events)
+    with open(tmp_path / "out.txt", "w") as out:
+        r = run_to(out, "runs", "--dir", str(log.parent.parent), env={"PYTHONIOENCODING": "ascii"})
+    one_error_line(r, 1, "encoding (ascii) cannot show '\\xe9'")   # stderr itself shows it escaped
+    with open(tmp_path / "out.txt", "w") as out:   # JSON escapes what it cannot show: no error
+        r = run_to(out, "runs", "--json", "--dir", str(log.parent.parent), env={"PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0 and r.stderr == "" and "run-\\u00e9" in (tmp_path / "out.txt").read_text()
+
+
+def test_the_c_locale_shows_the_report_in_utf_8(finished_log, tmp_path):
+    with open(tmp_path / "out.txt", "w") as out:
+        r = run_to(out, "--replay", str(finished_log), "--color", "never", env={"LANG": "C", "LC_ALL": "C"})
+    assert r.returncode == 0 and r.stderr == "" and "┌" in (tmp_path / "out.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_the_ui_on_a_terminal_that_cannot_show_its_characters_is_one_line_and_exit_2(finished_log, encoding):
+    term = Terminal([sys.executable, "-m", "cockpit", "watch", str(finished_log)], cols=120, rows=40, cwd=ROOT,
+                    env={"PYTHONIOENCODING": encoding})
+    try:
+        assert term.wait(60) == 2, term.out[-3000:]
+        lines = terminal_text(term).strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cockpit: error: the cockpit UI draws with UTF-8"), lines
+        assert f"encoding is {codecs.lookup(encoding).name}" in lines[0]
+    finally:
+        term.kill()
+
+
 def test_a_run_directory_named_in_another_encoding_replays_and_lists(tmp_path):
     root = tmp_path / "runs"
     name = os.fsdecode(b"run-\xff\xfe")
@@ -764,6 +798,28 @@ def test_images_onto_a_directory_or_a_device_are_refused_never_replaced(tmp_path
     r = cockpit("--replay", str(log), "--images")
     one_error_line(r, 2, "exists and is not a regular file")
     assert target.is_symlink() and Path(os.devnull).is_char_device()
+
+
+def without_overriding_permissions():
+    """In the child before it runs: root's power to write where permissions say no (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH, CAP_FOWNER) dropped from its bounding set, so the program runs as a user would."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    for cap in (1, 2, 3):
+        if prctl(24, cap, 0, 0, 0) != 0 and os.geteuid() == 0:   # 24: PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_images_into_a_directory_without_write_permission_are_one_line_and_exit_2(tmp_path):
+    """A run directory the user may read but not write (another user's runs, a read-only share)."""
+    log = write_log(tmp_path / "run" / "events.jsonl", [e for e in base_events() if e["type"] != "run_end"])
+    os.chmod(log.parent, 0o555)
+    try:
+        with open(os.devnull, "w") as out:
+            r = run_to(out, "--replay", str(log), "--images", preexec_fn=without_overriding_permissions)
+        one_error_line(r, 2, f"--images: cannot write {log.parent / 'sample-5.png'} (Permission denied)")
+        assert sorted(p.name for p in log.parent.iterdir()) == ["events.jsonl"]
+    finally:
+        os.chmod(log.parent, 0o755)
 
 
 def test_images_on_a_full_disk_are_one_line_exit_1_and_leave_no_partial_file(tmp_path):
