@@ -28,6 +28,7 @@ import msgspec.inspect as mi
 import pytest
 
 from cockpit import cli
+from cockpit import presets_info as presets_info_module
 from cockpit.app import CockpitApp
 from cockpit.compare import config_diff
 from cockpit.runs.index import RunInfo, index_runs
@@ -664,6 +665,24 @@ def test_a_config_int_beyond_floats_compares_as_no_number():
     runs = [RunInfo(path=Path("runs/big"), config={"model": {"n_layer": 10**400}})]
     assert filter_runs(runs, "model.n_layer>1") == []
     assert [r.name for r in filter_runs(runs, "model.n_layer:1000")] == ["big"]
+
+
+@pytest.mark.parametrize("cached", ["[" * 100_000 + "]" * 100_000, '{"name": "x"}', '[{"name": 1}]', "[1, 2]", "{"])
+def test_a_damaged_presets_cache_is_measured_again(tmp_path, monkeypatch, cached):
+    monkeypatch.setenv("COCKPIT_CACHE", str(tmp_path))
+    measured = [{"name": "nanogpt", "n_params": 10}]
+    calls = []
+
+    def inspect(cmd, **kwargs):   # trainers.inspect, without building every preset's model
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(measured) + "\n", stderr="")
+    monkeypatch.setattr(presets_info_module.subprocess, "run", inspect)
+    assert presets_info_module.presets_info() == measured and len(calls) == 1
+    cache = next(tmp_path.glob("presets-*.json"))
+    cache.write_text(cached)
+    assert presets_info_module.presets_info() == measured and len(calls) == 2
+    assert json.loads(cache.read_text()) == measured
+    assert presets_info_module.presets_info() == measured and len(calls) == 2   # the rewritten cache is used
 
 
 def test_the_sample_diff_of_long_texts_compares_their_beginnings_only():
