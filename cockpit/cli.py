@@ -11,7 +11,8 @@ until a subcommand needs it, and a subcommand's module only when that subcommand
     cockpit runs [--json] [--dir DIR] [--sort KEY] [--reverse] [--filter QUERY]   the runs browser
     cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR]   merge a LoRA / QLoRA fine-tune
 
-Exit codes: 0 success, 1 run failed, 2 bad input (one line `cockpit: error: ...`).
+Exit codes: 0 success, 1 run failed (or output that could not be written: a full disk, an encoding that cannot
+show it; or a UI that failed), 2 bad input (one line `cockpit: error: ...`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ DESCRIPTION = """A terminal cockpit for training runs.
   cockpit --replay FILE     a headless report of recorded runs, no terminal needed
                             (its options: `cockpit --replay --help`)"""
 
-EPILOG = "Exit codes: 0 success, 1 run failed, 2 bad input (one line `cockpit: error: ...`)."
+EPILOG = ("Exit codes: 0 success, 1 run failed or output that could not be written, 2 bad input (one line "
+          "`cockpit: error: ...`).")
 
 
 class Subcommand(NamedTuple):

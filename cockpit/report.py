@@ -12,7 +12,7 @@ from pathlib import Path
 from cockpit.ansi import strip_ansi, use_color
 from cockpit.series import build_chart, plot_series
 from common.cli import BadInput
-from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate, printable
+from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from common.reader import ReadStats
 from common.state import RunState
 
@@ -130,7 +130,7 @@ def system_lines(s: RunState) -> list[str]:
         out.append(f"GPU {g.get('index')} {g.get('name')}: {g.get('temp_c')} C, util {g.get('util_pct')}%, "
                    f"VRAM {mem}, power {g.get('power_w')} W, throttle {', '.join(g.get('throttle') or []) or 'none'}")
     if not ev.gpus:
-        out.append(f"no NVIDIA GPU ({printable(ev.nvml or 'NVML unavailable')}); CPU instead:")
+        out.append(f"no NVIDIA GPU ({ev.nvml or 'NVML unavailable'}); CPU instead:")
     cpu = ev.cpu or {}
     if cpu:
         hist = [u for u in s.cpu_util_history if u is not None]

@@ -288,7 +288,10 @@ class Memory(Event, tag="memory", kw_only=True, gc=False):
 class System(Event, tag="system", kw_only=True, gc=False):
     gpus: Optional[list[Gpu]] = None
     cpu: Optional[Cpu] = None
-    nvml: Optional[str] = None
+    nvml: Optional[str] = None   # why there is no GPU table (NVML's error)
+
+    def __post_init__(self):
+        _printable_fields(self, ("nvml",))
 
 
 class Checkpoint(Event, tag="checkpoint", kw_only=True, gc=False):

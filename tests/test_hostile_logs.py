@@ -267,6 +267,7 @@ def test_free_text_keeps_its_words_and_shows_its_control_characters():
     start = decoded({"type": "run_start", "run_id": "r\x1b[31m", "config": {"k\x07": ["\x1b"]}})
     assert start.run_id == "r␛[31m" and start.config == {"k␇": ["␛"]}
     assert "\x1b" not in decoded({"type": "run_end", "status": "failed", "error": ESCAPES}).error
+    assert decoded({"type": "system", "nvml": "NVMLError\x1b[2J"}).nvml == "NVMLError␛[2J"
 
 
 def bound_phrase(t) -> str | None:

@@ -7,7 +7,7 @@ from rich.text import Text
 
 from cockpit.widgets.drawing import hbar, pack_words, sparkline
 from cockpit.widgets.run_pane import StatePane, set_if_changed
-from common.fmt import fmt_bytes, printable
+from common.fmt import fmt_bytes
 
 
 def gpu_summary(s) -> dict:
@@ -58,7 +58,7 @@ class GpuPane(StatePane):
             rest = " here: training runs on the CPU"
             out.append((rest if len(rest) + 13 <= w else "\ntraining runs on the CPU") + "\n")
             # the reason in full, wrapped: it is what the user needs to fix the driver
-            for line in pack_words(f"NVML: {printable(info['no_gpu'])}".split(" "), w):
+            for line in pack_words(f"NVML: {info['no_gpu']}".split(" "), w):
                 out.append(line + "\n", style="dim")
         cpu = info.get("cpu") or {}
         if cpu:
