@@ -429,6 +429,27 @@ async def test_watch_survives_the_issues_bad_events_and_shows_how_many_it_skippe
         assert f"ignored {len(bad) + 2} bad lines" in status_text(app)
 
 
+async def test_watch_of_a_growing_log_counts_the_bad_lines_as_they_arrive(tmp_path, no_kernel_runs):
+    """The tail of a live run: bad events, deep nesting and junk appended (a torn line last) while the run
+    screen follows the log; the count grows, the good events after them still arrive."""
+    base = base_events()
+    log = write_log(tmp_path / "live" / "events.jsonl", base[:4])
+    app = CockpitApp(watch=str(log))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, "the log")
+        screen = app.screen
+        bad = [issue_case(name) for name in ISSUE_CASES]
+        junk = deeply_nested_lines() + [b"not json"]
+        with open(log, "ab") as f:
+            f.write("".join(dumps(e) + "\n" for e in bad).encode() + b"".join(line + b"\n" for line in junk))
+        await wait_for(pilot, lambda: f"ignored {len(bad) + len(junk)} bad lines" in status_text(app), "the count")
+        with open(log, "ab") as f:
+            f.write("".join(dumps(e) + "\n" for e in base[4:]).encode() + b'{"type": "step", "st')
+        await wait_for(pilot, lambda: screen.state.ended, "the run's end")
+        assert screen.state.step == 5 and app.is_running
+        assert f"ignored {len(bad) + len(junk)} bad lines" in status_text(app)   # a torn last line is not bad
+
+
 @pytest.mark.parametrize("name", extreme_runs())
 async def test_watch_draws_extreme_but_valid_logs(tmp_path, no_kernel_runs, name):
     log = write_log(tmp_path / name / "events.jsonl", extreme_runs()[name])
