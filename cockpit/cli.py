@@ -24,7 +24,7 @@ import sys
 import textwrap
 from typing import Callable, NamedTuple
 
-from common.cli import BadInput, Parser, drop_stdout, fail, output_failed
+from common.cli import STDOUT_CLOSED, BadInput, Parser, drop_stdout, fail, output_failed
 
 USAGE = """cockpit [PRESET [k=v ...]]
        cockpit SUBCOMMAND [--help] ...
@@ -90,6 +90,8 @@ def _build(configured) -> tuple[Parser, dict[str, Parser]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # `cockpit ... >&-`: nowhere to write a report, a table or the UI
+        return fail(STDOUT_CLOSED, 1)
     _print_file_names_as_they_are()
     try:
         code = dispatch(argv)

@@ -25,8 +25,10 @@ class Parser(argparse.ArgumentParser):
     def print_help(self, file=None):
         """argparse's, without its silence on a failed write: help that cannot be written (a full disk) is one
         error line and exit 1, not a success with nothing shown."""
+        out = file or sys.stdout
+        if out is None:
+            raise SystemExit(fail(STDOUT_CLOSED, 1))
         try:
-            out = file or sys.stdout
             out.write(self.format_help())
             out.flush()
         except BrokenPipeError:  # `--help | head`: the reader has all it wanted
@@ -36,9 +38,14 @@ class Parser(argparse.ArgumentParser):
             raise SystemExit(output_failed(e)) from None
 
 
+STDOUT_CLOSED = "cannot write the output: standard output is closed; send it to a file or /dev/null"
+
+
 def fail(message: str, code: int = 2) -> int:
-    """Print `cockpit: error: <message>` on stderr; return the exit code for the entry point to return."""
-    print(f"cockpit: error: {message}", file=sys.stderr)
+    """Print `cockpit: error: <message>` on stderr (when there is one: never onto stdout instead); return the
+    exit code for the entry point to return."""
+    if sys.stderr is not None:
+        print(f"cockpit: error: {message}", file=sys.stderr)
     return code
 
 

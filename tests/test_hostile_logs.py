@@ -748,13 +748,21 @@ def finished_log(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("args", [("--replay", "{log}"), ("--replay", "{log}", "{log}"), ("runs", "--dir", "{root}"),
-                                  ("runs", "--json", "--dir", "{root}"), ("presets", "--json"), ("--help",),
+                                  ("runs", "--json", "--dir", "{root}"), ("presets",), ("presets", "--json"), ("--help",),
                                   ("runs", "--help"), ("--replay", "--help")])
 def test_a_full_disk_under_stdout_is_one_line_and_exit_1(finished_log, args):
     args = [a.format(log=finished_log, root=finished_log.parent.parent) for a in args]
     with open("/dev/full", "w") as full:
         r = run_to(full, *args)
     one_error_line(r, 1, "cannot write the output: No space left on device")
+
+
+@pytest.mark.parametrize("args", [("--replay", "{log}"), ("runs", "--dir", "{root}"), ("presets", "--json"),
+                                  ("--help",), ("watch", "{log}")])
+def test_a_closed_stdout_is_one_line_and_exit_1(finished_log, args):
+    args = [a.format(log=finished_log, root=finished_log.parent.parent) for a in args]
+    r = run_to(None, *args, preexec_fn=lambda: os.close(1))   # `cockpit ... >&-`
+    one_error_line(r, 1, "standard output is closed")
 
 
 def test_a_full_disk_under_the_kernels_table_stops_the_benchmark_too():
