@@ -154,8 +154,7 @@ def write_png(path: str | Path, img: np.ndarray) -> Path:
     path = Path(path)
     data = png_bytes(img)
     if path.exists() and not path.is_file():
-        raise IsADirectoryError(errno.EISDIR if path.is_dir() else errno.EEXIST,
-                                "exists and is not a regular file", str(path))
+        raise OSError(errno.EISDIR if path.is_dir() else errno.EEXIST, "exists and is not a regular file", str(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
