@@ -617,6 +617,16 @@ def test_runs_listing_and_its_filters_survive_hostile_runs(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("command", ["--replay", "watch"])
+def test_a_device_or_a_pipe_given_as_the_log_is_one_line_and_exit_2(tmp_path, command):
+    fifo = tmp_path / "events.jsonl"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        r = cockpit(command, path, timeout=60)   # never waits on the pipe, never reads /dev/zero to its end
+        why = f"cockpit: error: {path}: not a regular file (a device, a pipe or a socket); pass a run's events.jsonl"
+        assert r.returncode == 2 and r.stderr == why + "\n", r.stderr
+
+
 # --- nesting: a user's config nested too deeply is one refused item (item 13, the reader's part) -------------
 
 def nested(depth: int) -> dict:
