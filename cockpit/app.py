@@ -101,7 +101,7 @@ class CockpitApp(App):
         try:
             proc.start()
         except OSError as e:
-            self.notify(f"could not start the trainer: {e}", severity="error")
+            self.notify(f"could not start the trainer: {e}", severity="error", markup=False)
             return
         screen = RunScreen(proc)
         self.last_run = screen
@@ -188,11 +188,14 @@ class CockpitApp(App):
 
 def run_tui(preset: str | None = None, overrides=(), resolved: dict | None = None, watch: str | None = None,
             log: str | None = None, resume: str | None = None, nproc: int = 1, runs: str | None = None) -> int:
-    """The `cockpit` UI; returns the exit code (1 when the latest launched run failed).
-    `runs=DIR` opens the runs browser on DIR (`cockpit runs`)."""
+    """The `cockpit` UI; returns the exit code (1 when the latest launched run failed, or when the UI itself
+    failed: Textual has then printed why, and that is never a success). `runs=DIR` opens the runs browser on
+    DIR (`cockpit runs`)."""
     app = CockpitApp(preset, overrides, resolved, watch, log, resume, nproc,
                      start="runs" if runs is not None else "picker", runs_dir=runs)
     app.run()
+    if app.return_code:
+        return app.return_code
     if app.farewell:
         print(app.farewell, file=sys.stderr if app.farewell_is_error else sys.stdout)
     return app.exit_status

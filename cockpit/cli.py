@@ -11,18 +11,20 @@ until a subcommand needs it, and a subcommand's module only when that subcommand
     cockpit runs [--json] [--dir DIR] [--sort KEY] [--reverse] [--filter QUERY]   the runs browser
     cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR]   merge a LoRA / QLoRA fine-tune
 
-Exit codes: 0 success, 1 run failed, 2 bad input (one line `cockpit: error: ...`).
+Exit codes: 0 success, 1 run failed (or output that could not be written: a full disk, an encoding that cannot
+show it; or a UI that failed), 2 bad input (one line `cockpit: error: ...`).
 """
 from __future__ import annotations
 
 import argparse
+import codecs
+import errno
 import json
-import os
 import sys
 import textwrap
 from typing import Callable, NamedTuple
 
-from common.cli import BadInput, Parser, fail
+from common.cli import STDOUT_CLOSED, BadInput, Parser, drop_stdout, fail, output_failed
 
 USAGE = """cockpit [PRESET [k=v ...]]
        cockpit SUBCOMMAND [--help] ...
@@ -36,7 +38,8 @@ DESCRIPTION = """A terminal cockpit for training runs.
   cockpit --replay FILE     a headless report of recorded runs, no terminal needed
                             (its options: `cockpit --replay --help`)"""
 
-EPILOG = "Exit codes: 0 success, 1 run failed, 2 bad input (one line `cockpit: error: ...`)."
+EPILOG = ("Exit codes: 0 success, 1 run failed or output that could not be written, 2 bad input (one line "
+          "`cockpit: error: ...`).")
 
 
 class Subcommand(NamedTuple):
@@ -87,18 +90,51 @@ def _build(configured) -> tuple[Parser, dict[str, Parser]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # `cockpit ... >&-`: nowhere to write a report, a table or the UI
+        return fail(STDOUT_CLOSED, 1)
+    _print_file_names_as_they_are()
     try:
-        return dispatch(argv)
+        code = dispatch(argv)
+        sys.stdout.flush()  # a full disk shows here, while it can still be reported, not at exit
+        return code
     except BadInput as e:  # usage, and the bad-input errors of deeper modules (ConfigError, LogError ...)
         return fail(str(e))
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `cockpit --replay x | head`
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
+    except BrokenPipeError:  # `cockpit --replay x | head`: the reader has all it wanted
+        drop_stdout()
         return 0
+    except UnicodeEncodeError as e:  # PYTHONIOENCODING=ascii, or a terminal that is not UTF-8
+        if e.encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+            raise
+        drop_stdout()
+        return fail(f"the output's encoding ({e.encoding}) cannot show {e.object[e.start]!r}; use a "
+                    "UTF-8 locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8", 1)
+    except OSError as e:
+        if e.filename is not None:  # a file being read or written failed (a full disk, an I/O error)
+            return fail(f"{e.filename}: {e.strerror or e}", 1)
+        if not _stdout_failed(e):
+            raise
+        return output_failed(e)
+
+
+def _print_file_names_as_they_are() -> None:
+    """A file name that is not valid UTF-8 (a run directory named in another encoding) prints as its own
+    bytes, as `ls` prints it, instead of failing the whole report."""
+    try:
+        if codecs.lookup(sys.stdout.encoding).name == "utf-8" and sys.stdout.errors == "strict":
+            sys.stdout.reconfigure(errors="surrogateescape")
+    except (AttributeError, LookupError, TypeError, ValueError):  # a stdout that is not a text stream
+        pass
+
+
+def _stdout_failed(error: OSError) -> bool:
+    """Whether `error` (one without a file name) came from writing stdout: stdout cannot flush either."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 
 def dispatch(argv: list[str]) -> int:
@@ -123,6 +159,10 @@ def tui(**kwargs) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise BadInput("the cockpit UI needs a terminal; use `cockpit train PRESET --headless` or "
                        "`cockpit --replay FILE` without one")
+    encoding = getattr(sys.__stderr__, "encoding", None) or "ascii"   # what Textual draws through
+    if codecs.lookup(encoding).name != "utf-8":
+        raise BadInput(f"the cockpit UI draws with UTF-8 characters and this terminal's encoding is {encoding}; "
+                       "use a UTF-8 locale (LANG=C.UTF-8) or set PYTHONIOENCODING=utf-8")
     # A preset to launch was checked by config.load; what only the trainer can check (the model's shape,
     # the device, the data) it refuses in its own process, and the run screen shows its line: asking a
     # second process first would cost the UI a torch import (~2 s) before its first frame.

@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 
 from cockpit.ansi import strip_ansi, use_color
-from cockpit.series import plot_series
-from common.dotted import flatten
+from cockpit.series import build_chart, plot_series
+from common.dotted import NestedTooDeep, flatten
 from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from common.state import RunState
 
@@ -36,8 +36,9 @@ CELL = 28   # widest table cell before truncation
 
 def config_diff(configs: list[dict | None]) -> dict[str, list]:
     """Dotted keys whose values differ between the configs (a key missing from one counts as None),
-    each with the list of values in the configs' order. Keys appear in first-seen order."""
-    flats = [flatten(c) if isinstance(c, dict) else {} for c in configs]
+    each with the list of values in the configs' order. Keys appear in first-seen order. A config that is
+    not a dict, or nests too deeply to compare, counts as empty."""
+    flats = [_flat(c) for c in configs]
     keys: dict[str, None] = {}
     for f in flats:
         keys.update(dict.fromkeys(f))
@@ -48,6 +49,13 @@ def config_diff(configs: list[dict | None]) -> dict[str, list]:
         if len(canon) > 1:
             out[k] = vals
     return out
+
+
+def _flat(config) -> dict:
+    try:
+        return flatten(config) if isinstance(config, dict) else {}
+    except NestedTooDeep:
+        return {}
 
 
 def run_label(s: RunState, fallback: str = "run") -> str:
@@ -189,12 +197,14 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
         parts = []
         if len(s.train):
             xs, ys = plot_series(s.train.x(x_axis), s.train.values, smoothing, buckets=width)
-            plt.plot(xs.tolist(), ys.tolist(), marker="braille" if color else train_m, **style)
+            if xs.size:
+                plt.plot(xs.tolist(), ys.tolist(), marker="braille" if color else train_m, **style)
             parts.append(f"{'⣿' if color else train_m * 2} train")
             drawn = True
         if len(s.val):
             xs, ys = plot_series(s.val.x(x_axis), s.val.values, 0.0, buckets=width)
-            plt.scatter(xs.tolist(), ys.tolist(), marker=val_m, **style)
+            if xs.size:
+                plt.scatter(xs.tolist(), ys.tolist(), marker=val_m, **style)
             parts.append(f"{val_m} val")
             drawn = True
         key = "  ".join(parts) if parts else "(no loss data)"
@@ -206,7 +216,7 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
     title = "loss" + (f" (EMA smoothing {smoothing:g})" if smoothing > 0 else "")
     plt.title(title)
     plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
-    out = plt.build()
+    out = build_chart(plt.build, str)
     if not color:
         out = strip_ansi(out)
     return out.rstrip("\n") + "\n" + "\n".join(legend)

@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +149,19 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 
 def write_png(path: str | Path, img: np.ndarray) -> Path:
+    """Write the PNG whole or not at all: into a temporary file beside `path`, then renamed over it. An
+    existing `path` that is not a regular file (a directory, a device) is refused, never replaced."""
     path = Path(path)
-    path.write_bytes(png_bytes(img))
+    data = png_bytes(img)
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EISDIR if path.is_dir() else errno.EEXIST, "exists and is not a regular file", str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path

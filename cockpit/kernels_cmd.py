@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
         proc.terminate()
         proc.wait()
         return 1
+    except BaseException:  # the output failed (a full disk): the benchmark stops with us, then main says why
+        proc.terminate()
+        proc.wait()
+        raise
     if not args.json and events:
         print(_table.summary(events))
     if rc not in (0, 1):

@@ -41,9 +41,11 @@ def presets_info(refresh: bool = False, names: list[str] | None = None) -> list[
     path = cache_dir() / f"presets-{_fingerprint()}.json"
     if not refresh and names is None and path.is_file():
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            pass
+            infos = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested too deeply: measured again
+            infos = None
+        if isinstance(infos, list) and all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in infos):
+            return infos
     cmd = [sys.executable, "-m", "trainers.inspect", "--json", *(names or [])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:

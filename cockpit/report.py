@@ -5,11 +5,13 @@ summary, all built from the same RunState the TUI renders.
 """
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
 from cockpit.ansi import strip_ansi, use_color
-from cockpit.series import plot_series
+from cockpit.series import build_chart, plot_series
+from common.cli import BadInput
 from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from common.reader import ReadStats
 from common.state import RunState
@@ -27,19 +29,17 @@ def loss_chart(states: list[tuple[str, RunState]], width: int = 100, height: int
     drawn = False
     for label, s in states:
         prefix = f"{label} " if len(states) > 1 else ""
-        if len(s.train):
-            xs, ys = plot_series(s.train.x(x_axis), s.train.values, smoothing, buckets=width)
-            plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}train", marker="braille")
-            drawn = True
-        if len(s.val):
-            xs, ys = plot_series(s.val.x(x_axis), s.val.values, 0.0, buckets=width)
-            plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}val", marker="braille")
-            drawn = True
+        for kind, curve, smooth in (("train", s.train, smoothing), ("val", s.val, 0.0)):
+            if len(curve):
+                xs, ys = plot_series(curve.x(x_axis), curve.values, smooth, buckets=width)
+                if xs.size:
+                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}{kind}", marker="braille")
+                drawn = True
     if not drawn:
         return "(no loss data yet)"
     plt.title("loss")
     plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
-    out = plt.build()
+    out = build_chart(plt.build, str)
     return out if color else strip_ansi(out)
 
 
@@ -167,7 +167,7 @@ def sample_lines(s: RunState, n: int, color: bool, images_dir: Path | None) -> l
             img = images.decode_image(ev.image)
             if images_dir is not None:
                 p = images_dir / f"sample-{ev.step}.png"
-                images.write_png(p, img)
+                save_image(images, p, img)
                 out.append(f"saved {p}")
             if color:
                 out.append(_ansi(images, img))
@@ -176,12 +176,28 @@ def sample_lines(s: RunState, n: int, color: bool, images_dir: Path | None) -> l
     return out or ["(no samples)"]
 
 
+# why a PNG could not be written that the user can fix by choosing another place (exit 2); anything else (a
+# full disk, an I/O error) is a failure to write, exit 1 (cockpit/cli.py main)
+_PLACE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+
+
+def save_image(images, path: Path, img) -> None:
+    """`--images`: one sample as a PNG beside the log (written whole or not at all)."""
+    try:
+        images.write_png(path, img)
+    except OSError as e:
+        if e.errno in _PLACE_ERRORS:
+            raise BadInput(f"--images: cannot write {path} ({e.strerror}); the images are saved beside the log: "
+                           "replay a copy of the run directory in a writable place") from None
+        raise OSError(e.errno, e.strerror, str(path)) from None  # named: cockpit/cli.py main says which file
+
+
 def _ansi(images, img) -> str:
     from rich.console import Console
 
     console = Console(force_terminal=True, color_system="truecolor", width=shutil.get_terminal_size().columns)
-    with console.capture() as cap:
-        console.print(images.halfblock(img))
+    with console.capture() as cap:  # columns past the terminal's edge are cut: never drawn at all
+        console.print(images.halfblock(img[:, :console.width]))
     return cap.get().rstrip("\n")
 
 

@@ -9,6 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 
+# plotext computes its axes in floats that overflow near the ends of the float range: a value beyond
+# PLOT_LIMIT (a loss of 1e308 from a run that diverged) is off the chart, like an infinity, and never drawn;
+# one closer to zero than 1 / PLOT_LIMIT (a subnormal float) is drawn at zero
+PLOT_LIMIT = 1e300
+
+
+def drawable(v: np.ndarray) -> np.ndarray:
+    """Which values a chart can draw: finite, within ±PLOT_LIMIT."""
+    return np.abs(v) <= PLOT_LIMIT
+
+
+def flush_tiny(v: np.ndarray) -> np.ndarray:
+    """v with values closer to zero than 1 / PLOT_LIMIT as zero (a copy only when there are any)."""
+    tiny = (np.abs(v) < 1.0 / PLOT_LIMIT) & (v != 0.0)
+    return np.where(tiny, 0.0, v) if tiny.any() else v
+
 
 def ema_extend(values, strength: float, acc: float = 0.0, weight: float = 0.0):
     """The debiased EMA recurrence (TensorBoard's smoothing) over `values` (Python floats), carried on from
@@ -104,18 +120,18 @@ def downsample_minmax(x, y, buckets: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep each bucket's min and max point (in x order). Returns at most 2*buckets points.
 
     Buckets are equal runs of ceil(n / buckets) points (the last one shorter), so the per-bucket argmin and
-    argmax are one reshape and two reductions: ~25 ms for 1e6 points. Non-finite values are never drawn
-    (a bucket of only NaN/inf contributes nothing); a finite spike is always its bucket's max (or min)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    argmax are one reshape and two reductions: ~25 ms for 1e6 points. Points that cannot be drawn (NaN, inf,
+    beyond PLOT_LIMIT in x or y) never are (a bucket of only those contributes nothing); a drawable spike is
+    always its bucket's max (or min)."""
+    x = flush_tiny(np.asarray(x, dtype=np.float64))
+    y = flush_tiny(np.asarray(y, dtype=np.float64))
     n = y.size
+    finite = drawable(y) & drawable(x)
     if n <= 2 * buckets or buckets <= 0:
-        finite = np.isfinite(y)
         return (x, y) if finite.all() else (x[finite], y[finite])
     k = -(-n // buckets)          # points per bucket
     nb = -(-n // k)               # buckets actually used (<= buckets)
     pad = nb * k - n
-    finite = np.isfinite(y)
     lo = np.where(finite, y, np.inf)
     hi = np.where(finite, y, -np.inf)
     if pad:
@@ -130,6 +146,16 @@ def downsample_minmax(x, y, buckets: int) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], y[keep]
 
 
+def build_chart(build, fallback):
+    """build() (plotext drawing the chart), or fallback(why) when plotext's arithmetic fails on values it
+    cannot lay out (its tick computation overflows on some extreme ranges): a chart never takes its screen
+    or report down."""
+    try:
+        return build()
+    except (ArithmeticError, ValueError, IndexError) as e:
+        return fallback(f"(the chart cannot draw these values: {type(e).__name__})")
+
+
 def series_for_plot(x, y, width: int, smoothing: float = 0.0, log_y: bool = False,
                     cache: SmoothCache | None = None, epoch=None):
     """(xs, ys) ready to draw: EMA on the full data, then min/max buckets (2 per column) keep spikes;
@@ -141,7 +167,7 @@ def series_for_plot(x, y, width: int, smoothing: float = 0.0, log_y: bool = Fals
         m = min(xs.size, ys.size)
         xs, ys = xs[:m], ys[:m]
     if log_y:
-        ok = ys > 0
+        ok = ys >= 1.0 / PLOT_LIMIT
         xs, ys = xs[ok], ys[ok]
     return downsample_minmax(xs, ys, width)
 

@@ -17,6 +17,11 @@ an eval) are TypedDicts, validated on decode and read as plain dicts. Every even
 version, 1), `type` and `time` (unix seconds). JSON has no NaN or infinity: non-finite numbers are written as
 the strings "nan", "inf" and "-inf", and any float field reads them back as floats.
 
+Every field is validated as it is read, against the bounds its readers rely on (steps and sizes whole, >= 0 and
+within int64; times, amounts and rates finite; names one printable line): a value outside them makes the event
+Invalid. Free text keeps its words, its control characters shown as symbols. No log content can make a reader
+raise, draw off the end of a float, or write escape sequences to a terminal.
+
 Forward compatibility: unknown fields are ignored, unknown types are passed on as Unknown (readers count and
 skip them), and a `v` newer than SCHEMA_VERSION is noted by the reader. No torch, no Textual.
 """
@@ -25,11 +30,29 @@ from __future__ import annotations
 import base64
 import math
 import numbers
-from typing import Any, ClassVar, Literal, Optional, TypedDict, Union
+import sys
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypedDict, Union
 
 import msgspec
 
+from common.dotted import MAX_DEPTH, nested_deeper_than
+from common.fmt import printable
+
 SCHEMA_VERSION = 1
+
+# Bounds every reader relies on, checked as each line is decoded (a value outside them makes a bad event):
+INT64_MAX = 2**63 - 1
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]        # steps, sizes in bytes, counts, pids
+Positive = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]     # a dimension, a number of processes
+Int64 = Annotated[int, msgspec.Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]  # an exit code, a metric
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]  # never NaN or inf
+Amount = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]  # times, tokens, rates: finite, >= 0
+ImageSide = Annotated[int, msgspec.Meta(ge=1, le=8192)]      # pixels: drawing costs grow with them
+NAME_MAX = 512
+# what the trainer names from code (a layer, a kernel, a device, a dtype): one line of printable characters
+Name = Annotated[str, msgspec.Meta(max_length=NAME_MAX, pattern="^[^\\x00-\\x1f\\x7f-\\x9f]*\\Z")]
+# Free text (a sample, a message, a traceback, a path) is kept, its control characters made visible
+# (common/fmt.py printable) as it is read: a log never drives the terminal that shows it.
 
 
 class ProtocolError(ValueError):
@@ -39,99 +62,99 @@ class ProtocolError(ValueError):
 # --- nested records (plain dicts once decoded) -------------------------------------------------------------
 
 class Layer(TypedDict, total=False):
-    name: str
-    activation_bytes: int
-    param_bytes: int
+    name: Name
+    activation_bytes: Count
+    param_bytes: Count
 
 
 class MemoryTotals(TypedDict, total=False):
-    params: int
-    grads: int
-    optimizer: int
-    activations: int
-    peak_allocated: Optional[int]
-    reserved: int
-    trainable_params: int
-    method: str
-    quant_state: int
+    params: Count
+    grads: Count
+    optimizer: Count
+    activations: Count
+    peak_allocated: Optional[Count]
+    reserved: Count
+    trainable_params: Count
+    method: Name
+    quant_state: Count
 
 
 class MethodMemory(TypedDict, total=False):
-    method: str
-    params: int
-    quant_state: int
-    grads: int
-    optimizer: int
-    activations: int
-    total: int
-    n_params: int
-    trainable_params: int
+    method: Name
+    params: Count
+    quant_state: Count
+    grads: Count
+    optimizer: Count
+    activations: Count
+    total: Count
+    n_params: Count
+    trainable_params: Count
     error: str
 
 
 class MemorySnapshot(TypedDict, total=False):
-    step: Optional[int]
+    step: Optional[Count]
     layers: list[Layer]
     totals: MemoryTotals
 
 
 class Gpu(TypedDict, total=False):
-    index: int
-    name: str
-    temp_c: Optional[float]
-    util_pct: Optional[float]
-    mem_used: Optional[int]
-    mem_total: Optional[int]
-    power_w: Optional[float]
-    throttle: list[str]
+    index: Count
+    name: Name
+    temp_c: Optional[Finite]
+    util_pct: Optional[Amount]
+    mem_used: Optional[Count]
+    mem_total: Optional[Count]
+    power_w: Optional[Amount]
+    throttle: list[Name]
 
 
 class Cpu(TypedDict, total=False):
-    util_pct: Optional[float]
-    rss: Optional[int]
-    ram_used: Optional[int]
-    ram_total: Optional[int]
-    cores: Optional[int]
+    util_pct: Optional[Amount]
+    rss: Optional[Count]
+    ram_used: Optional[Count]
+    ram_total: Optional[Count]
+    cores: Optional[Count]
 
 
 class Rank(TypedDict, total=False):
-    rank: int
-    throughput: float
-    step_ms: float
-    host: str
-    pid: int
+    rank: Count
+    throughput: Amount
+    step_ms: Amount
+    host: Name
+    pid: Count
 
 
 class Experts(TypedDict, total=False):
-    counts: list[int]
+    counts: list[Count]
     balance_loss: float
-    dropped: int
-    per_layer: list[list[int]]
+    dropped: Count
+    per_layer: list[list[Count]]
 
 
 class Image(TypedDict):
-    h: int
-    w: int
-    c: int
+    h: ImageSide
+    w: ImageSide
+    c: Positive
     data: str  # base64 of h*w*c uint8 values, row-major HWC
 
 
 class Grid(TypedDict, total=False):
-    rows: int
-    cols: int
-    cell_h: int
-    cell_w: int
-    pad: int
+    rows: Positive
+    cols: Positive
+    cell_h: Positive
+    cell_w: Positive
+    pad: Count
 
 
-Metrics = dict[str, Union[float, int, bool, str, None]]
+Metrics = dict[str, Union[float, Int64, bool, str, None]]
 
 
 def _check_image(img: Image) -> None:
     """The payload is base64 of exactly h*w*c bytes (a few kilobytes: image samples are rare events)."""
     h, w, c = img["h"], img["w"], img["c"]
-    if c not in (1, 3, 4) or h <= 0 or w <= 0:
-        raise ValueError(f"image of {h}x{w}x{c}: needs h, w > 0 and 1, 3 or 4 channels")
+    if c not in (1, 3, 4):
+        raise ValueError(f"image of {h}x{w}x{c}: needs 1, 3 or 4 channels")
     try:
         size = len(base64.b64decode(img["data"], validate=True))
     except ValueError:  # binascii.Error: not base64
@@ -143,42 +166,68 @@ def _check_image(img: Image) -> None:
 _NON_FINITE = frozenset(("nan", "inf", "-inf"))
 
 
+def _printable_fields(ev, names: tuple[str, ...]) -> None:
+    """The free-text fields `names` of an event, their control characters made visible."""
+    for name in names:
+        value = getattr(ev, name)
+        if value.__class__ is str:
+            setattr(ev, name, printable(value))
+
+
+def _printable_tree(obj):
+    """A config (depth already bounded) with the control characters of its keys and strings made visible."""
+    if obj.__class__ is str:
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {printable(k) if k.__class__ is str else k: _printable_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_printable_tree(v) for v in obj]
+    return obj
+
+
 # --- events ------------------------------------------------------------------------------------------------
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     type: ClassVar[str] = ""  # the tag ("step", ...), set on each class below
-    v: int = SCHEMA_VERSION
-    time: Optional[float] = None
+    v: Count = SCHEMA_VERSION
+    time: Optional[Amount] = None
 
 
 class RunStart(Event, tag="run_start", kw_only=True, gc=False):
     run_id: Optional[str] = None
     preset: Optional[str] = None
-    arch: Optional[str] = None
-    task: Optional[str] = None
+    arch: Optional[Name] = None
+    task: Optional[Name] = None
     config: Optional[dict[str, Any]] = None
-    n_params: Optional[int] = None
-    device: Optional[str] = None
-    profile: Optional[str] = None
-    pid: Optional[int] = None
+    n_params: Optional[Count] = None
+    device: Optional[Name] = None
+    profile: Optional[Name] = None
+    pid: Optional[Count] = None
     unit: Optional[Literal["tokens", "items"]] = None
-    max_steps: Optional[int] = None
-    world_size: int = 1
-    resumed_from: Optional[int] = None
-    torch: Optional[str] = None
-    amp_dtype: Optional[str] = None
+    max_steps: Optional[Count] = None
+    world_size: Positive = 1
+    resumed_from: Optional[Count] = None
+    torch: Optional[Name] = None
+    amp_dtype: Optional[Name] = None
+
+    def __post_init__(self):
+        if self.config is not None:
+            if nested_deeper_than(self.config, MAX_DEPTH):
+                raise ValueError(f"config nested deeper than {MAX_DEPTH} levels")
+            self.config = _printable_tree(self.config)
+        _printable_fields(self, ("run_id", "preset"))
 
 
 class Step(Event, tag="step", kw_only=True, gc=False):
-    step: int
+    step: Count
     loss: float
     lr: Optional[float] = None
     grad_norm: Optional[float] = None
-    tokens: Optional[float] = None
-    items: Optional[float] = None
-    throughput: Optional[float] = None
-    elapsed: Optional[float] = None
-    max_steps: Optional[int] = None
+    tokens: Optional[Amount] = None
+    items: Optional[Amount] = None
+    throughput: Optional[Amount] = None
+    elapsed: Optional[Finite] = None
+    max_steps: Optional[Count] = None
     ranks: Optional[list[Rank]] = None
 
     @property
@@ -188,11 +237,11 @@ class Step(Event, tag="step", kw_only=True, gc=False):
 
 
 class Eval(Event, tag="eval", kw_only=True, gc=False):
-    step: int
+    step: Count
     val_loss: float
     metrics: Metrics = {}
     experts: Optional[Experts] = None
-    method: Optional[str] = None
+    method: Optional[Name] = None
 
     def __post_init__(self):
         if self.metrics:
@@ -200,15 +249,15 @@ class Eval(Event, tag="eval", kw_only=True, gc=False):
 
 
 class Sample(Event, tag="sample", kw_only=True, gc=False):
-    step: int
+    step: Count
     kind: Literal["text", "image"]
     text: Optional[str] = None
     prompt: Optional[str] = None
     image: Optional[Image] = None
-    classes: Optional[list[Union[str, int]]] = None
+    classes: Optional[list[Union[Name, Int64]]] = None
     grid: Optional[Grid] = None
-    sampler: Optional[str] = None
-    guidance: Optional[float] = None
+    sampler: Optional[Name] = None
+    guidance: Optional[Finite] = None
 
     def __post_init__(self):
         if self.kind == "text" and self.text is None:
@@ -217,39 +266,52 @@ class Sample(Event, tag="sample", kw_only=True, gc=False):
             if self.image is None:
                 raise ValueError("an image sample needs `image`")
             _check_image(self.image)
+        _printable_fields(self, ("text", "prompt"))
 
 
 class Memory(Event, tag="memory", kw_only=True, gc=False):
-    step: Optional[int] = None
+    step: Optional[Count] = None
     layers: list[Layer]
     totals: MemoryTotals
-    budget_bytes: Optional[int] = None
-    method: Optional[str] = None
+    budget_bytes: Optional[Count] = None
+    method: Optional[Name] = None
     comparison: Optional[list[MethodMemory]] = None
     comparison_note: Optional[str] = None
+
+    def __post_init__(self):
+        _printable_fields(self, ("comparison_note",))
+        for row in self.comparison or ():
+            if "error" in row:
+                row["error"] = printable(row["error"])
 
 
 class System(Event, tag="system", kw_only=True, gc=False):
     gpus: Optional[list[Gpu]] = None
     cpu: Optional[Cpu] = None
-    nvml: Optional[str] = None
+    nvml: Optional[str] = None   # why there is no GPU table (NVML's error)
+
+    def __post_init__(self):
+        _printable_fields(self, ("nvml",))
 
 
 class Checkpoint(Event, tag="checkpoint", kw_only=True, gc=False):
-    step: int
+    step: Count
     path: str = ""
-    reason: Optional[str] = None
+    reason: Optional[Name] = None
+
+    def __post_init__(self):
+        self.path = printable(self.path)
 
 
 class Kernel(Event, tag="kernel", kw_only=True, gc=False):
-    name: str
-    shape: Optional[list[int]] = None
-    dims: Optional[str] = None
-    dtype: Optional[str] = None
-    backend: Optional[str] = None
-    device: Optional[str] = None
-    timing: Optional[str] = None
-    mem_method: Optional[str] = None
+    name: Name
+    shape: Optional[list[Count]] = None
+    dims: Optional[Name] = None
+    dtype: Optional[Name] = None
+    backend: Optional[Name] = None
+    device: Optional[Name] = None
+    timing: Optional[Name] = None
+    mem_method: Optional[Name] = None
     note: Optional[str] = None
     ok: Optional[bool] = None
     error: Optional[str] = None
@@ -257,44 +319,51 @@ class Kernel(Event, tag="kernel", kw_only=True, gc=False):
     rel_rms_err: Optional[float] = None
     grad_max_abs_err: Optional[float] = None
     grad_rel_rms_err: Optional[float] = None
-    worst: Optional[str] = None
-    tol_rms: Optional[float] = None
-    tol_max: Optional[float] = None
-    torch_fwd_ms: Optional[float] = None
-    torch_ms: Optional[float] = None
-    torch_mem: Optional[int] = None
-    triton_fwd_ms: Optional[float] = None
-    triton_ms: Optional[float] = None
-    triton_mem: Optional[int] = None
-    compile_fwd_ms: Optional[float] = None
-    compile_ms: Optional[float] = None
-    compile_mem: Optional[int] = None
+    worst: Optional[Name] = None
+    tol_rms: Optional[Amount] = None
+    tol_max: Optional[Amount] = None
+    torch_fwd_ms: Optional[Amount] = None
+    torch_ms: Optional[Amount] = None
+    torch_mem: Optional[Count] = None
+    triton_fwd_ms: Optional[Amount] = None
+    triton_ms: Optional[Amount] = None
+    triton_mem: Optional[Count] = None
+    compile_fwd_ms: Optional[Amount] = None
+    compile_ms: Optional[Amount] = None
+    compile_mem: Optional[Count] = None
     compile_error: Optional[str] = None
-    speedup: Optional[float] = None
-    mem_saving: Optional[float] = None
+    speedup: Optional[Amount] = None
+    mem_saving: Optional[Finite] = None
+
+    def __post_init__(self):
+        _printable_fields(self, ("note", "error", "compile_error"))
 
 
 class Log(Event, tag="log", kw_only=True, gc=False):
-    level: str = "info"
+    level: Name = "info"
     message: str
     state: Optional[Literal["paused", "running"]] = None
-    step: Optional[int] = None
-    skipped: Optional[int] = None
+    step: Optional[Count] = None
+    skipped: Optional[Count] = None
     ranks: Optional[list[Rank]] = None
+
+    def __post_init__(self):
+        _printable_fields(self, ("message",))
 
 
 class RunEnd(Event, tag="run_end", kw_only=True, gc=False):
     status: Literal["completed", "stopped", "failed"]
-    step: Optional[int] = None
+    step: Optional[Count] = None
     metrics: Metrics = {}
     error: Optional[str] = None
-    exit_code: Optional[int] = None
+    exit_code: Optional[Int64] = None
     memory: Optional[MemorySnapshot] = None
     synthetic: bool = False  # written by the cockpit for a trainer that died without one
 
     def __post_init__(self):
         if self.metrics:
             self.metrics = _restore_non_finite(self.metrics)
+        _printable_fields(self, ("error",))
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -365,10 +434,10 @@ def _classify(obj, error: Exception) -> Event | Unknown | Invalid:
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise NotAnEvent("not an event object")
     v = obj.get("v")
-    v = v if type(v) is int else SCHEMA_VERSION
+    v = v if type(v) is int and 0 <= v <= INT64_MAX else SCHEMA_VERSION
     t = obj["type"]
     if t not in EVENT_TYPES:
-        return Unknown(type=t[:64], v=v)
+        return Unknown(type=printable(t[:64]), v=v)
     return Invalid(type=t, reason=str(error).splitlines()[0][:200] if str(error) else type(error).__name__, v=v)
 
 

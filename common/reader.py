@@ -68,6 +68,8 @@ def check_log(path: str | Path) -> Path:
         if cand.is_file():
             return check_log(cand)
         raise LogError(f"{path}: is a directory without events.jsonl; pass a log file")
+    if not p.is_file():  # a pipe would block for ever, /dev/zero never end: a log is a file on disk
+        raise LogError(f"{path}: not a regular file (a device, a pipe or a socket); pass a run's events.jsonl")
     try:
         size = p.stat().st_size
     except OSError as e:

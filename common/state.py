@@ -25,11 +25,21 @@ from common.procs import trainer_alive
 from common.reader import read_blocks
 
 THERMAL_THROTTLE = ("hw_thermal", "sw_thermal", "hw_slowdown", "hw_power_brake")
+MAX_UNKNOWN_TYPES = 20        # unknown event types counted by name; more are counted together as OTHER_TYPES
+OTHER_TYPES = "(other types)"
 
 
 def number(x) -> float | None:
-    """A numeric value of a free-form field (metrics) as a float; None when absent or not a number."""
-    return float(x) if type(x) is float or type(x) is int else None
+    """A numeric value of a free-form field (metrics, a config) as a float; None when absent, not a number,
+    or an int beyond the float range."""
+    if type(x) is float:
+        return x
+    if type(x) is int:
+        try:
+            return float(x)
+        except OverflowError:
+            return None
+    return None
 
 
 @dataclass
@@ -117,6 +127,7 @@ class RunState:
     events: int = 0
     bad_events: int = 0
     unknown_types: dict = field(default_factory=dict)
+    skipped_lines: int = 0      # lines the log's reader skipped (not JSON, over 10 MB ...), noted by the screen
     out_of_order: int = 0
     counts: dict = field(default_factory=dict)           # event type -> how many were folded
     version: int = 0
@@ -138,6 +149,8 @@ class RunState:
         if entry is None:
             if isinstance(ev, E.Unknown):
                 t = ev.type[:40]
+                if t not in self.unknown_types and len(self.unknown_types) >= MAX_UNKNOWN_TYPES:
+                    t = OTHER_TYPES  # a log of a million made-up types is one line of notes, not a million
                 self.unknown_types[t] = self.unknown_types.get(t, 0) + 1
             else:  # Invalid, or not an event at all
                 self.bad_events += 1
@@ -170,6 +183,10 @@ class RunState:
     @property
     def ended(self) -> bool:
         return self.end is not None
+
+    def ignored(self) -> int:
+        """Lines and events of the log that were counted and skipped: bad events, unknown types, bad lines."""
+        return self.bad_events + sum(self.unknown_types.values()) + self.skipped_lines
 
     def _segment(self) -> int:
         """Index of the first train point of the latest segment (a resume restarts `elapsed`)."""

@@ -7,7 +7,7 @@ import re
 
 from cockpit.runs import RunsError
 from cockpit.runs.table import COLUMNS
-from common.dotted import flatten
+from common.dotted import NestedTooDeep, flatten
 from common.state import number
 
 SORT_KEYS = tuple(k for k, _ in COLUMNS) + ("name", "task", "device", "size", "last_time")
@@ -40,7 +40,10 @@ def _field(r, name: str):
         return True, getattr(r, name)
     if name in ALIASES:
         return True, getattr(r, ALIASES[name])
-    flat = flatten(r.config)
+    try:
+        flat = flatten(r.config) if isinstance(r.config, dict) else {}
+    except NestedTooDeep:  # such a run matches no config key; the others still filter
+        return False, None
     if name in flat:
         return True, flat[name]
     return False, None

@@ -4,6 +4,7 @@ one table per cockpit/compare.py: best val loss, tokens/s, peak memory and every
 Live runs keep growing here too (each log is tailed like the run screen's)."""
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -75,7 +76,7 @@ class CompareScreen(ChartKeys, CockpitScreen):
         from common.state import settle
 
         if msg.error:
-            self.notify(f"reading a log failed: {msg.error}", severity="error")
+            self.notify(f"reading a log failed: {msg.error}", severity="error", markup=False)
         self.sources = [src for src, _ in msg.runs]
         self.states = [st for _, st in msg.runs]
         for s in self.states:
@@ -122,7 +123,7 @@ class CompareScreen(ChartKeys, CockpitScreen):
             table.add_column(Text(title or "", style=f"bold {RICH_COLOR.get(color, color)}" if i else ""),
                              key=f"c{i}")
         for r in rows[1:]:
-            table.add_row(Text(r[0], style="bold"), *r[1:])
+            table.add_row(Text(r[0], style="bold"), *map(escape, r[1:]))
         notes = memory_notes(self.states)
         table.border_subtitle = notes[0] if notes else ""
 

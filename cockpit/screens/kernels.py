@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import sys
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -97,7 +98,8 @@ class KernelsScreen(CockpitScreen):
             ok = Text("ok", style="green") if ev.get("ok") else Text("FAIL", style="bold red")
             shape = ev.get("shape")
             shape = "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else str(shape)
-            table.add_row(str(ev.get("name")), shape, str(ev.get("dtype")), str(ev.get("backend", "-")), ok,
+            words = (str(ev.get("name")), shape, str(ev.get("dtype")), str(ev.get("backend", "-")))
+            table.add_row(*map(escape, words), ok,
                           _f(ev.get("max_abs_err"), ".1e"), _f(ev.get("torch_ms"), ".3f"),
                           _f(ev.get("triton_ms"), ".3f"), _f(speed, ".3g") + ("x" if speed else ""),
                           (_f(saving * 100, ".1f") + "%") if saving is not None else "-")
@@ -108,7 +110,7 @@ class KernelsScreen(CockpitScreen):
     # --- the subprocess ------------------------------------------------------------------------------
     def run_kernels(self, only: str | None):
         if self.running is not None:
-            self.notify(f"already running ({self.running})", severity="warning")
+            self.notify(f"already running ({self.running})", severity="warning", markup=False)
             return
         self.generation += 1
         self.running = only or "all kernels"

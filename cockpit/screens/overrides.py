@@ -36,11 +36,12 @@ def validate_overrides(preset: str, text: str) -> tuple[list[str], str | None, d
 
 def preset_keys(preset: str) -> list[str]:
     """The dotted keys a preset accepts that people usually change (for the hint line)."""
+    from common.dotted import NestedTooDeep
     from trainers import config
 
     try:
         flat = config.flatten(config.strip_private(config.load(preset)))
-    except config.ConfigError:
+    except (config.ConfigError, NestedTooDeep):
         return []
     keys = [k for k in flat if k.startswith(("model.", "train.max_steps", "train.batch_size", "train.lr",
                                               "data.path"))]

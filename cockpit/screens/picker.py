@@ -7,6 +7,7 @@ The YAML facts (name, arch, description) show at once; parameters and VRAM are m
 `python -m trainers.inspect` in a worker (cached by cockpit.presets_info) and fill in when ready."""
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -131,7 +132,8 @@ class PickerScreen(CockpitScreen):
             cells = preset_cells(info, self.measuring)
             fits = vram_fits(info)
             vram = Text(cells[3], style={True: "green", False: "bold red", None: "dim"}[fits])
-            table.add_row(Text(cells[0], style="bold"), cells[1], cells[2], vram, cells[4], key=info["name"])
+            table.add_row(Text(cells[0], style="bold"), escape(cells[1]), escape(cells[2]), vram, escape(cells[4]),
+                          key=info["name"])
         names = [i["name"] for i in self.shown]
         table.move_cursor(row=names.index(keep) if keep in names else 0)
         self.show_details()
@@ -156,7 +158,7 @@ class PickerScreen(CockpitScreen):
                              style="dim"))
             ov.update("")
             return
-        desc.border_title = f"{info['name']} · {info.get('arch')} · {info.get('task')}"
+        desc.border_title = Text(f"{info['name']} · {info.get('arch')} · {info.get('task')}")
         body = Text(" ".join(str(info.get("description") or "(no description)").split()))
         fits = vram_fits(info)
         if fits is False:

@@ -114,7 +114,7 @@ class RunScreen(ChartKeys, CockpitScreen):
         self.state = msg.state
         self.loaded = True
         if msg.error:
-            self.notify(f"reading the log failed: {msg.error}", severity="error")
+            self.notify(f"reading the log failed: {msg.error}", severity="error", markup=False)
         self.tick()
         self._timer = self.set_interval(TICK_S, self.tick)
 
@@ -122,6 +122,10 @@ class RunScreen(ChartKeys, CockpitScreen):
     def tick(self):
         s = self.state
         s.apply_all(self.source.poll())
+        skipped = self.source.follower.stats.skipped
+        if skipped != s.skipped_lines:
+            s.skipped_lines = skipped
+            s.version += 1
         if self.source.launched and not self.finished:
             rc = self.source.returncode()
             if rc is not None:
@@ -208,7 +212,7 @@ class RunScreen(ChartKeys, CockpitScreen):
             return False
         why = self.source.send(cmd, self.state.pid, self.state.run_started)
         if why:
-            self.notify(why, severity="warning")
+            self.notify(why, severity="warning", markup=False)
             return False
         if note:
             self.note = note
@@ -247,7 +251,7 @@ class RunScreen(ChartKeys, CockpitScreen):
     def action_sample_diff(self):
         why = self.query_one(SamplesPane).toggle_diff()
         if why:
-            self.notify(why, severity="warning")
+            self.notify(why, severity="warning", markup=False)
 
     def action_diff_right(self, delta: int):
         self.query_one(SamplesPane).move_diff_right(delta)

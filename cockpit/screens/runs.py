@@ -5,6 +5,7 @@ architecture, status, steps, best val loss, tokens/s, params, wall time and star
 live), space marks several and `c` compares them, `d` deletes the highlighted run after asking."""
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -84,7 +85,7 @@ class RunsScreen(CockpitScreen):
 
     def on_runs_indexed(self, msg: RunsIndexed):
         if msg.error:
-            self.notify(f"reading the runs failed: {msg.error}", severity="error")
+            self.notify(f"reading the runs failed: {msg.error}", severity="error", markup=False)
         self.runs = msg.runs
         self.loaded = True
         self.refill()
@@ -106,7 +107,7 @@ class RunsScreen(CockpitScreen):
             status_i = [k for k, _ in self.columns].index("status")
             cells[status_i] = Text(cells[status_i], style=STATUS_STYLE.get(r.status, ""))
             mark = Text("●", style="bold yellow") if str(r.path) in self.marked else ""
-            table.add_row(mark, *cells, key=str(r.path))
+            table.add_row(mark, *(escape(c) if isinstance(c, str) else c for c in cells), key=str(r.path))
         paths = [str(r.path) for r in shown]
         if keep in paths:
             table.move_cursor(row=paths.index(keep), scroll=False)
@@ -141,7 +142,7 @@ class RunsScreen(CockpitScreen):
             detail.update(Text(f"no runs under {self.root}/ yet: launch one from the picker" if not self.runs
                                else "no run matches the filter; / then clear it", style="dim"))
             return
-        detail.border_title = r.run_id or r.name
+        detail.border_title = Text(r.run_id or r.name)
         text = Text.assemble(("log ", "dim"), str(r.log))
         if r.error:
             text.append("\nerror ", style="dim")
@@ -174,7 +175,7 @@ class RunsScreen(CockpitScreen):
         if r is None:
             return
         if r.status in ("empty", "unreadable"):
-            self.notify(f"{r.log}: nothing to show ({r.status})", severity="warning")
+            self.notify(f"{r.log}: nothing to show ({r.status})", severity="warning", markup=False)
             return
         self.app.open_log(r.log)
 
@@ -235,12 +236,12 @@ class RunsScreen(CockpitScreen):
             try:
                 gone = delete_run(r.path, self.root)
             except RunsError as e:
-                self.notify(str(e), severity="error")
+                self.notify(str(e), severity="error", markup=False)
                 return
             self.marked.discard(str(r.path))
             self.runs = [x for x in self.runs if x.path != r.path]
             self.refill()
-            self.notify(f"deleted {gone}")
+            self.notify(f"deleted {gone}", markup=False)
         self.app.push_screen(ConfirmScreen(
             "delete run", f"Delete {r.path}/ and everything in it (its log, checkpoints, samples)?\n"
                           f"{r.preset} · {r.status} · {r.steps} steps. This cannot be undone."), answered)

@@ -20,7 +20,7 @@ def lr_phase_changes(steps, lrs, rel_tol: float = 1e-6) -> list[tuple[int, str]]
     n = min(len(steps), len(lrs))
     if n < 3:
         return []
-    st = np.asarray(steps[-n:], dtype=np.int64)
+    st = np.asarray(steps[-n:], dtype=np.float64)  # exact below 2**53; near int64 max a cast would overflow
     lr = np.asarray(lrs[-n:], dtype=np.float64)  # a missing lr (None) becomes NaN
     ok = np.isfinite(lr)
     st, lr = st[ok], lr[ok]

@@ -13,7 +13,7 @@ import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
-from cockpit.series import GrowingArray, SmoothCache, series_for_plot
+from cockpit.series import GrowingArray, SmoothCache, build_chart, drawable, series_for_plot
 from cockpit.widgets.chart_markers import MARKERS, marker_steps, one_per_column, steps_to_x
 from cockpit.widgets.render_cost import RenderCost
 from cockpit.widgets.run_pane import set_if_changed
@@ -37,7 +37,7 @@ def cycle(seq, current):
 def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
     """About n round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]; `integer` keeps
     them whole numbers (steps, tokens)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or n < 2:
+    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(hi - lo)) or n < 2:
         return []
     if hi <= lo:
         return [lo]
@@ -46,12 +46,9 @@ def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[
     step = next(m * mag for m in (1, 2, 2.5, 5, 10, 20)
                 if m * mag >= raw * 0.7 and (not integer or float(m * mag).is_integer()))
     first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    t = first
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 12))
-        t += step
-    return ticks
+    # counted, not stepped until past hi: near 1e18 a step can be smaller than the floats' spacing
+    count = min(2 * n, math.floor((hi - first) / step + 1e-9) + 1)
+    return [round(first + i * step, 12) for i in range(max(0, count))]
 
 
 def tick_label(x: float, axis: str) -> str:
@@ -103,7 +100,7 @@ class LossPlot(RenderCost, PlotextPlot):
 
     def update_state(self, s, note: str | None = None):
         self.set_runs([(s.preset or "run", s)])
-        set_if_changed(self, "border_title", run_title(s) if s.run_id else "loss")
+        set_if_changed(self, "border_title", Text(run_title(s)) if s.run_id else "loss")
         set_if_changed(self, "border_subtitle", self.subtitle())
 
     def set_runs(self, runs: list[tuple[str, object]]):
@@ -238,7 +235,7 @@ class LossPlot(RenderCost, PlotextPlot):
                 continue
             _label, char, color = MARKERS[kind]
             xs = steps_to_x(s.train, steps, self.x_axis)
-            xs = one_per_column(xs[np.isfinite(xs)], lo, hi, width)
+            xs = one_per_column(xs[drawable(xs)], lo, hi, width)
             if xs.size == 0:
                 continue
             plt.scatter(xs.tolist(), [y_floor] * int(xs.size), marker=char, color=color)
@@ -250,4 +247,4 @@ class LossPlot(RenderCost, PlotextPlot):
         self.rendered()
         if not self.draw(self.size.width):
             return Text("no finite loss values to draw" + (" on a log scale" if self.log_y else ""), style="dim")
-        return super().render()
+        return build_chart(super().render, lambda why: Text(why, style="dim"))

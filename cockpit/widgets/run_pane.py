@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
+from rich.text import Text
 from textual.widget import Widget
 
 from cockpit.widgets.render_cost import RenderCost
@@ -23,8 +24,9 @@ class RunPane(Protocol):
 
 
 def set_if_changed(widget, attr: str, value) -> None:
-    """Set a border title or subtitle: setting one refreshes the widget even when the text is the same."""
-    if getattr(widget, attr) != value:
+    """Set a border title or subtitle: setting one refreshes the widget even when the text is the same.
+    `value`: markup (a str), or a rich Text for words from a log, which are never read as markup."""
+    if getattr(widget, attr) != (value.markup if isinstance(value, Text) else value):
         setattr(widget, attr, value)
 
 

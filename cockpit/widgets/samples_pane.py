@@ -41,15 +41,37 @@ def diff_pair_default(samples: list[Sample]) -> tuple[int, int] | None:
     return (same[0], same[-1]) if len(same) >= 2 else None
 
 
+# words (and the spaces between them) of each side the diff compares: matching costs grow with their product, a
+# sample is a few dozen to a few hundred; the rest of a longer one is shown without marks ("unchecked")
+DIFF_WORDS = 400
+
+
+# characters of a sample the pane lays out: a sample is a few hundred, and laying out megabytes would freeze
+# the screen
+SHOWN_CHARS = 20_000
+
+
+def shown_text(text: str | None) -> str:
+    """A sample's text as the pane shows it: whole, or its first SHOWN_CHARS characters and how many more."""
+    text = text or ""
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}\n… {len(text) - SHOWN_CHARS} more characters"
+
+
 def word_diff(a: str, b: str) -> list[tuple[str, str]]:
-    """b split into (chunk, tag) with tag 'same' or 'new' against a (word level, whitespace kept)."""
-    wa = re.findall(r"\S+|\s+", a)
+    """b split into (chunk, tag) with tag 'same' or 'new' against a (word level, whitespace kept); past
+    DIFF_WORDS, 'unchecked'."""
+    wa = re.findall(r"\S+|\s+", a)[:DIFF_WORDS]
     wb = re.findall(r"\S+|\s+", b)
+    wb, rest = wb[:DIFF_WORDS], wb[DIFF_WORDS:]
     out = []
     sm = difflib.SequenceMatcher(a=wa, b=wb, autojunk=False)
     for op, _i1, _i2, j1, j2 in sm.get_opcodes():
         if j2 > j1:
             out.append(("".join(wb[j1:j2]), "same" if op == "equal" else "new"))
+    if rest:
+        out.append(("".join(rest), "unchecked"))
     return out
 
 
@@ -193,9 +215,9 @@ class SamplesPane(Widget):
             grid.add_column(ratio=1, overflow="fold")
             grid.add_column(ratio=1, overflow="fold")
             left = Text(f"step {ea.step}\n", style="bold")
-            left.append(ea.text or "")
+            left.append(shown_text(ea.text))
             right = Text(f"step {eb.step}\n", style="bold")
-            for chunk, tag in word_diff(ea.text or "", eb.text or ""):
+            for chunk, tag in word_diff(shown_text(ea.text), shown_text(eb.text)):
                 right.append(chunk, style="black on green" if tag == "new" and chunk.strip() else "")
             grid.add_row(left, right)
             body.update(grid)
@@ -215,4 +237,4 @@ class SamplesPane(Widget):
                 self._image_cache[key] = render_image(ev, w, h)
             body.update(self._image_cache[key])
         else:
-            body.update(Text(ev.text or ""))
+            body.update(Text(shown_text(ev.text)))

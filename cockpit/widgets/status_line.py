@@ -20,7 +20,7 @@ def status_fields(s, note: str | None = None) -> list[tuple[str, str]]:
     state = note or s.status
     if s.exit_code not in (None, 0) and s.status in ("failed", "killed", "stopped"):
         state += f" (exit {s.exit_code})"
-    return [
+    fields = [
         ("", state),
         ("step", f"{s.step}/{s.max_steps or '?'}"),
         ("loss", fmt_loss(s.loss)),
@@ -30,6 +30,10 @@ def status_fields(s, note: str | None = None) -> list[tuple[str, str]]:
         ("elapsed", fmt_duration(s.elapsed if len(s.train) else None)),
         ("ETA", fmt_duration(s.eta())),
     ]
+    ignored = s.ignored()
+    if ignored:  # what the log held that could not be shown: counted, never fatal
+        fields.append(("ignored", f"{ignored} bad line{'s' if ignored > 1 else ''}"))
+    return fields
 
 
 class StatusLine(Widget):
