@@ -29,6 +29,11 @@ BLOCKSIZE = 64
 
 def bnb():
     """Import bitsandbytes (optional) or raise ConfigError naming the fix."""
+    import logging
+
+    # On CPUs with AVX512-BF16 bitsandbytes tries to fetch a 4-bit GEMM from the Hugging Face hub at import and
+    # warns when it cannot (always, offline); its own CPU kernels are used either way.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         import bitsandbytes
     except ImportError as e:
