@@ -767,6 +767,15 @@ def test_a_full_disk_under_stdout_is_one_line_and_exit_1(finished_log, args):
     one_error_line(r, 1, "cannot write the output: No space left on device")
 
 
+@pytest.mark.parametrize("module, args", [("trainers", ("--help",)), ("trainers.inspect", ("--help",)),
+                                          ("trainers.inspect", ("nanogpt",)), ("trainers.export_merged", ("--help",))])
+def test_the_trainer_side_commands_on_a_full_disk_are_one_line_and_exit_1(module, args):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", module, *args], stdout=full, stderr=subprocess.PIPE, text=True,
+                           cwd=ROOT, stdin=subprocess.DEVNULL, timeout=600)
+    one_error_line(r, 1, "cannot write the output: No space left on device")
+
+
 @pytest.mark.parametrize("args", [("--replay", "{log}"), ("runs", "--dir", "{root}"), ("presets", "--json"),
                                   ("--help",), ("watch", "{log}")])
 def test_a_closed_stdout_is_one_line_and_exit_1(finished_log, args):

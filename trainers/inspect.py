@@ -91,21 +91,32 @@ def inspect_preset(name: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    from common.cli import BadInput, Parser, fail, output_failed
     from trainers import config
 
-    as_json = "--json" in argv
-    names = [a for a in argv if not a.startswith("--")] or config.preset_names()
+    p = Parser(prog="python -m trainers.inspect",
+               description="Parameter counts and memory estimates of presets, built on the meta device.")
+    p.add_argument("presets", nargs="*", help="preset names or YAML paths (default: every preset)")
+    p.add_argument("--json", action="store_true", help="one JSON list instead of one line per preset")
+    try:
+        args = p.parse_args(argv)
+    except BadInput as e:
+        return fail(str(e))
     out = []
-    for n in names:
+    for n in args.presets or config.preset_names():
         t0 = time.time()
         info = inspect_preset(n)
         info["inspect_s"] = round(time.time() - t0, 2)
         out.append(info)
-    if as_json:
-        print(json.dumps(out))
-    else:
-        for i in out:
-            print(i)
+    try:
+        if args.json:
+            print(json.dumps(out))
+        else:
+            for i in out:
+                print(i)
+        sys.stdout.flush()
+    except OSError as e:  # a full disk, a closed pipe
+        return output_failed(e)
     return 0
 
 
