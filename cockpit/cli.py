@@ -278,7 +278,7 @@ def replay(argv: list[str]) -> int:
     from pathlib import Path
 
     from cockpit.report import report
-    from common.reader import ReadStats, check_log
+    from common.reader import LogError, ReadStats, check_log
     from common.state import load_state
 
     color = None if a.color == "auto" else a.color == "always"
@@ -286,7 +286,13 @@ def replay(argv: list[str]) -> int:
     loaded = []
     for path in paths:
         stats = ReadStats()
-        loaded.append((str(path), load_state(path, stats), stats))
+        state = load_state(path, stats)
+        loaded.append((str(path), state, stats))
+        if stats.events - state.bad_events <= 0:  # lines, none of them a usable event: not a run's log
+            why = "; ".join(filter(None, [stats.summary(), state.bad_events and
+                                          f"{state.bad_events} events with missing or mistyped fields"]))
+            raise LogError(f"{path}: not a cockpit event log: no line of it is an event"
+                           f"{f' ({why})' if why else ''}; pass a run's events.jsonl")
     if len(loaded) > 1:
         from cockpit.compare import compare_report
 
@@ -326,7 +332,7 @@ def watch(parser: Parser, argv: list[str]) -> int:
     a = parser.parse_args(argv)
     from common.reader import check_log
 
-    check_log(a.file)
+    check_log(a.file, empty_ok=True)  # a log just created by a starting trainer: its events are on their way
     return tui(watch=a.file)
 
 

@@ -58,15 +58,16 @@ class ReadStats:
         return "; ".join(parts)
 
 
-def check_log(path: str | Path) -> Path:
-    """The log file to read (a run directory means its events.jsonl); LogError when there is none."""
+def check_log(path: str | Path, empty_ok: bool = False) -> Path:
+    """The log file to read (a run directory means its events.jsonl); LogError when there is none (or, unless
+    empty_ok, when it is empty)."""
     p = Path(path)
     if not p.exists():
         raise LogError(f"{path}: no such log file; pass the events.jsonl of a run (runs/<run>/events.jsonl)")
     if p.is_dir():
         cand = p / "events.jsonl"
         if cand.is_file():
-            return check_log(cand)
+            return check_log(cand, empty_ok)
         raise LogError(f"{path}: is a directory without events.jsonl; pass a log file")
     if not p.is_file():  # a pipe would block for ever, /dev/zero never end: a log is a file on disk
         raise LogError(f"{path}: not a regular file (a device, a pipe or a socket); pass a run's events.jsonl")
@@ -74,7 +75,7 @@ def check_log(path: str | Path) -> Path:
         size = p.stat().st_size
     except OSError as e:
         raise LogError(f"{path}: cannot read ({e.strerror}); check permissions") from None
-    if size == 0:
+    if size == 0 and not empty_ok:
         raise LogError(f"{path}: log is empty; the run wrote no events yet (use `cockpit watch` for a live run)")
     if not os.access(p, os.R_OK):
         raise LogError(f"{path}: cannot read (permission denied); check permissions")

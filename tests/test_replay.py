@@ -46,6 +46,9 @@ def test_torn_garbage_and_unknown_lines_replay_and_are_counted(recorded, tmp_pat
 @pytest.mark.parametrize("make, fragment", [
     (lambda p: None, "no such log file"),
     (lambda p: p.write_text(""), "log is empty"),
+    (lambda p: p.write_text((ROOT / "README.md").read_text()),
+     "not a cockpit event log: no line of it is an event (skipped"),
+    (lambda p: p.write_text('{"v": 1, "type": "step", "step": "x"}\n{"a": 1}\n'), "not a cockpit event log"),
 ])
 def test_missing_or_empty_log_exits_2_with_one_line(tmp_path, make, fragment):
     p = tmp_path / "events.jsonl"
@@ -74,3 +77,20 @@ def test_a_non_finite_val_loss_replays_with_a_chart(recorded, tmp_path):
     r = cockpit("--replay", str(log))
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "loss" in r.stdout
+
+
+def test_watch_of_a_log_a_starting_trainer_just_created_waits_for_its_events(tmp_path):
+    """`cockpit watch` right after the trainer created its (still empty) log: the UI opens and waits."""
+    from cockpit.cli import main
+
+    log = tmp_path / "events.jsonl"
+    log.write_text("")
+    opened = []
+    import cockpit.cli as cli
+    real = cli.tui
+    cli.tui = lambda **kw: opened.append(kw) or 0
+    try:
+        assert main(["watch", str(log)]) == 0
+    finally:
+        cli.tui = real
+    assert opened == [{"watch": str(log)}]
