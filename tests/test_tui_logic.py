@@ -413,3 +413,21 @@ def test_a_live_process_that_is_not_python_is_never_taken_for_the_trainer(monkey
     assert not procs.trainer_alive(4242, started_at=1000.0)
     monkeypatch.setattr(Sleep, "cmdline", lambda self: ["/usr/bin/python3", "-m", "trainers", "tiny"])
     assert procs.trainer_alive(4242, started_at=1000.0)
+
+
+def test_a_run_whose_end_is_logged_is_not_going_while_its_process_exits():
+    """`q` right after `● completed`: the trainer's process may still be exiting; the run is not "still going"."""
+    from cockpit.screens.run import RunScreen
+
+    class Exiting:
+        launched = True
+
+        def returncode(self):
+            return None  # the process has not exited yet
+
+    screen = RunScreen(Exiting())
+    screen.state.apply({"v": 1, "type": "run_start", "time": 1.0, "run_id": "r", "preset": "p", "arch": "gpt",
+                        "task": "lm", "config": {}, "max_steps": 3})
+    assert screen.alive
+    screen.state.apply({"v": 1, "type": "run_end", "time": 2.0, "status": "completed", "step": 3})
+    assert not screen.alive

@@ -166,8 +166,10 @@ class RunScreen(ChartKeys, CockpitScreen):
 
     @property
     def alive(self) -> bool:
-        """The trainer this screen launched is still running."""
-        return self.source.launched and not self.finished and self.source.returncode() is None
+        """The trainer this screen launched is still running its run (once run_end is logged the run is over,
+        though its process may take a moment more to exit: nothing is left to stop or to leave running)."""
+        return (self.source.launched and not self.finished and self.state.end is None
+                and self.source.returncode() is None)
 
     @property
     def paused_or_pausing(self) -> bool:
