@@ -200,3 +200,17 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "triton", "b
     lines = out.stdout.strip().splitlines()
     assert lines[-2] == "CompareScreen"
     assert lines[-1] == "[]"
+
+
+def test_the_empty_samples_pane_says_when_samples_come_from_the_runs_own_intervals():
+    """Samples follow train.sample_interval as well as each eval: the pane says both, with the run's numbers."""
+    from cockpit.widgets.samples_pane import when_samples_come
+    from common.state import RunState
+
+    s = RunState()
+    assert when_samples_come(s) == "at each eval"
+    s.apply({"v": 1, "type": "run_start", "time": 1.0, "run_id": "r", "preset": "p", "arch": "gpt", "task": "lm",
+             "config": {"train": {"sample_interval": 100, "eval_interval": 250}}, "max_steps": 1000})
+    assert when_samples_come(s) == "every 100 steps and at each eval (every 250)"
+    s.config["train"]["sample_interval"] = 0
+    assert when_samples_come(s) == "at each eval (every 250)"

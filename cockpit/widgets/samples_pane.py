@@ -90,6 +90,17 @@ def render_image(ev: Sample, width: int, height: int):
         return Text(f"(image sample could not be decoded: {type(e).__name__}: {e})", style="red")
 
 
+def when_samples_come(state) -> str:
+    """When the trainer writes samples (trainers/loop.py): with each eval, and every train.sample_interval."""
+    train = (getattr(state, "config", None) or {}).get("train") or {}
+    every, evals = train.get("sample_interval"), train.get("eval_interval")
+    parts = []
+    if isinstance(every, int) and every > 0:
+        parts.append(f"every {every} steps")
+    parts.append(f"at each eval (every {evals})" if isinstance(evals, int) and evals > 0 else "at each eval")
+    return " and ".join(parts)
+
+
 class SamplesPane(Widget):
     DEFAULT_CSS = """
     SamplesPane { height: 1fr; width: 1fr; }
@@ -203,7 +214,7 @@ class SamplesPane(Widget):
         body = self.query_one("#sample-body", Static)
         n = len(self.samples)
         if not n:
-            heading.update("no samples yet (they come with each eval)", layout=False)
+            heading.update(f"no samples yet: {when_samples_come(self.state)}", layout=False)
             body.update("")
             return
         if self.diff is not None:
