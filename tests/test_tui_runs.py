@@ -150,3 +150,13 @@ async def test_delete_asks_first_and_removes_only_that_run(runs_root):
         assert not (runs_root / "mingpt-stopped").exists()
         assert "mingpt-stopped" not in [r.name for r in screen.shown]
         assert len(list(runs_root.iterdir())) == 4
+
+
+async def test_the_browser_title_counts_one_run_as_one_run(tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(HERE / "fixtures" / "tui" / "nanogpt-tiny", root / "nanogpt-tiny")
+    app = CockpitApp(start="runs", runs_dir=str(root))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await browser(pilot, app)
+        title = str(screen.query_one("#runs-title").render())
+        assert "·  1 run  ·" in title, title

@@ -121,7 +121,7 @@ class RunsScreen(CockpitScreen):
         title = dict(self.columns).get(self.sort_key, self.sort_key)
         text = Text.assemble(("runs", "bold"), f"  {self.root}/  ·  {len(self.shown)}",
                              f" of {len(self.runs)}" if len(self.shown) != len(self.runs) else "",
-                             " runs", f"  ·  sorted by {title} {arrow}")
+                             " run" if len(self.runs) == 1 else " runs", f"  ·  sorted by {title} {arrow}")
         if self.query_text:
             text.append(f"  ·  filter {self.query_text!r}", style="cyan")
         if self.marked:
