@@ -146,7 +146,9 @@ def experts_lines(s: RunState) -> list[str]:
         return []
     counts = e.get("counts") or []
     total = sum(counts) or 1
-    out = [f"experts  balance loss {e.get('balance_loss')}, dropped tokens {e.get('dropped')}"]
+    dropped = e.get("dropped")
+    out = [f"experts  balance loss {fmt_loss(e.get('balance_loss'))}, dropped tokens "
+           f"{fmt_count(dropped) if dropped is not None else '-'}"]
     for i, c in enumerate(counts):
         out.append(f"  expert {i}: {'#' * int(40 * c / total):<40} {c}")
     return out

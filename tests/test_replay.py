@@ -94,3 +94,16 @@ def test_watch_of_a_log_a_starting_trainer_just_created_waits_for_its_events(tmp
     finally:
         cli.tui = real
     assert opened == [{"watch": str(log)}]
+
+
+def test_the_moe_balance_loss_is_printed_like_a_loss_not_with_every_digit(recorded, tmp_path):
+    log = tmp_path / "moe.jsonl"
+    shutil.copy(recorded, log)
+    with open(log, "a") as f:
+        f.write(json.dumps({"v": 1, "type": "eval", "time": 2e9, "step": 21, "val_loss": 2.5,
+                            "experts": {"counts": [3, 1], "balance_loss": 0.012345678901234567,
+                                        "dropped": 1234567}}) + "\n")
+    r = cockpit("--replay", str(log), "--color", "never")
+    assert r.returncode == 0, r.stderr
+    assert "balance loss 0.0123, dropped tokens 1.23M" in r.stdout, r.stdout
+    assert "0.012345678" not in r.stdout
