@@ -145,6 +145,12 @@ async def test_p_pauses_the_trainer_and_x_stops_it_with_a_checkpoint(runs_dir):
             # the 2 s pause is not training time: tokens/s right after resuming is not dragged down by it
             assert rates[paused_at + 1] > 0.3 * before[len(before) // 2]
             await pilot.press("x")
+            await pilot.pause(0.2)
+            assert type(app.screen).__name__ == "ConfirmScreen"      # a stop is asked for first
+            assert "resume it later with: cockpit train nanogpt --resume" in str(
+                app.screen.query_one("#confirm-box Static").render())
+            assert run.state.status == "running"                    # nothing sent yet
+            await pilot.press("y")
             await wait_for(pilot, lambda: run.state.ended and run.finished, 60, "the stop")
             s = run.state
             assert s.status == "stopped"
@@ -435,3 +441,34 @@ async def test_kernels_panel_runs_the_comparison_in_a_subprocess_and_draws_speed
         status = str(app.screen.query_one("#kernels-status").render())
         assert "not available yet" in status and "kernels_cmd.py" in status
         assert len(calls) == 2                                       # nothing was run
+
+
+async def test_watching_a_run_offers_only_the_keys_that_work_and_x_asks_before_it_signals(tmp_path, monkeypatch):
+    """p, s and c go down a launched trainer's stdin: a watched run's footer does not offer them. x sends
+    SIGTERM to the watched trainer, and only after a yes."""
+    src = Path(__file__).parent / "fixtures" / "tui" / "nanogpt-tiny" / "events.jsonl"
+    lines = src.read_text().splitlines(keepends=True)
+    start = json.loads(lines[0])
+    start["pid"], start["time"] = os.getpid(), time.time()   # a live writer: this process
+    log = tmp_path / "events.jsonl"
+    log.write_text(json.dumps(start) + "\n" + "".join(lines[1:20]))
+    sent = []
+    monkeypatch.setattr("cockpit.trainer_proc.LogSource.send", lambda self, cmd, pid, started: sent.append(cmd))
+    app = CockpitApp(watch=str(log))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, 10, "the log")
+        await pilot.pause(0.2)
+        shown = {b.binding.action for b in app.screen.active_bindings.values() if b.binding.show and b.enabled}
+        assert {"stop", "quit", "help"} <= shown and not {"pause", "sample", "checkpoint"} & shown, shown
+        await pilot.press("p", "s", "c")                     # not offered: nothing happens
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        assert type(app.screen).__name__ == "ConfirmScreen" and sent == []
+        await pilot.press("n")                               # no: nothing is sent
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, RunScreen) and sent == []
+        await pilot.press("x")
+        await pilot.pause(0.2)
+        await pilot.press("y")
+        await pilot.pause(0.2)
+        assert sent == ["stop"]

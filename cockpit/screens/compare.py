@@ -24,11 +24,11 @@ RICH_COLOR = {"orange": "dark_orange", "gray": "grey50"}
 class CompareScreen(ChartKeys, CockpitScreen):
     HELP_TITLE = "run comparison"
     BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),  # first: the footer may be cut
         Binding("t", "x_axis", "X-axis"),
         Binding("e", "smoothing", "EMA"),
         Binding("l", "log_y", "Log-y"),
         Binding("escape", "back", "Back"),
-        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
 

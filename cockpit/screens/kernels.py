@@ -44,10 +44,10 @@ def _f(x, fmt):
 class KernelsScreen(CockpitScreen):
     HELP_TITLE = "kernels"
     BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),  # first: the footer may be cut
         Binding("enter", "rerun_one", "Re-run kernel", show=False),
         Binding("r", "rerun_all", "Re-run all"),
         Binding("escape,q", "close", "Back"),
-        Binding("question_mark", "help", "Help", key_display="?"),
     ]
 
     def __init__(self, events: list[dict] | None = None, autorun: bool = True, argv_for=kernels_argv):

@@ -59,6 +59,7 @@ def preset_cells(info: dict, measuring: bool = False) -> list[str]:
 class PickerScreen(CockpitScreen):
     HELP_TITLE = "preset picker"
     BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),  # first: the footer may be cut
         Binding("enter", "launch", "Launch", show=False),
         Binding("e", "edit_overrides", "Edit overrides"),
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -66,7 +67,6 @@ class PickerScreen(CockpitScreen):
         Binding("j", "cursor_down", "Down (also ↓)", show=False),
         Binding("k", "cursor_up", "Up (also ↑)", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
-        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
     KEYS_HELP = {"↑/↓, pgup/pgdn, home/end": "move in the table", "esc": "close the filter (clears it when empty)"}

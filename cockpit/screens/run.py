@@ -10,6 +10,7 @@ read of an existing log (a finished run replays, a live one is watched) runs in 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from textual import work
 from textual.app import ComposeResult
@@ -43,6 +44,7 @@ def pane_signatures(s, note: str | None = None) -> dict[str, tuple]:
 class RunScreen(ChartKeys, CockpitScreen):
     HELP_TITLE = "run screen"
     BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),  # first: the footer may be cut
         Binding("p", "pause", "Pause/resume"),
         Binding("s", "sample", "Sample"),
         Binding("c", "checkpoint", "Checkpoint"),
@@ -59,7 +61,6 @@ class RunScreen(ChartKeys, CockpitScreen):
         Binding("left_curly_bracket", "diff_right(-1)", "Diff: right side older", key_display="{", show=False),
         Binding("right_curly_bracket", "diff_right(1)", "Diff: right side newer", key_display="}", show=False),
         Binding("escape", "back", "Back"),
-        Binding("question_mark", "help", "Help", key_display="?"),
     ]
 
     def __init__(self, source, *, follow_pid: bool = True):
@@ -236,7 +237,29 @@ class RunScreen(ChartKeys, CockpitScreen):
             self.notify("checkpoint requested: it is written after the current step")
 
     def action_stop(self):
-        self._send("stop", "stopping…")
+        """x asks first: a stop cannot be taken back (the run ends, with a checkpoint, and is resumable)."""
+        from cockpit.screens.confirm import ConfirmScreen
+
+        if not self.writer_alive:
+            self._send("stop", "stopping…")  # says why it cannot
+            return
+        whose = "this run" if self.source.launched else f"the watched run (SIGTERM to trainer pid {self.state.pid})"
+        question = (f"Stop {whose} at its next step? It writes a checkpoint, then ends (status stopped); resume "
+                    f"it later with: cockpit train {self.state.preset or 'PRESET'} --resume "
+                    f"{Path(str(self.source.path)).parent}")
+
+        def answered(yes: bool | None):
+            if yes:
+                self._send("stop", "stopping…")
+
+        self.app.push_screen(ConfirmScreen("stop the run?", question), answered)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """Pause, sample and checkpoint go down the stdin of a trainer this cockpit launched: on a watched
+        run they cannot work, so the footer does not offer them (x works: it sends SIGTERM)."""
+        if action in ("pause", "sample", "checkpoint") and not self.source.launched:
+            return False
+        return True
 
     def action_kernels(self):
         from cockpit.screens.kernels import KernelsScreen

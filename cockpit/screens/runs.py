@@ -25,6 +25,7 @@ REFRESH_S = 2.0
 class RunsScreen(CockpitScreen):
     HELP_TITLE = "runs browser"
     BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),  # first: the footer may be cut
         Binding("enter", "open", "Open", show=False),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
@@ -33,7 +34,6 @@ class RunsScreen(CockpitScreen):
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("d", "delete", "Delete"),
         Binding("escape", "back", "Back"),
-        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
     KEYS_HELP = {"↑/↓, j/k": "move", "click a column title": "sort by it (again: reverse)",
