@@ -214,3 +214,20 @@ def test_the_empty_samples_pane_says_when_samples_come_from_the_runs_own_interva
     assert when_samples_come(s) == "every 100 steps and at each eval (every 250)"
     s.config["train"]["sample_interval"] = 0
     assert when_samples_come(s) == "at each eval (every 250)"
+
+
+async def test_a_cpu_runs_memory_is_ram_not_vram_and_its_largest_layers_come_first():
+    """A CPU run has no VRAM: its bytes are RAM and no gauge against the GPU budget; a cut list of layers
+    never hides the largest (dit: a 40 MiB block behind 512-byte layers)."""
+    s = started()
+    layers = [{"name": f"blocks.{i}.norm", "activation_bytes": 512, "param_bytes": 64} for i in range(6)]
+    layers.insert(4, {"name": "blocks.3.attn", "activation_bytes": 40 * 2**20, "param_bytes": 2**20})
+    s.apply({"type": "memory", "time": 1.0, "step": 0, "budget_bytes": 12 * 2**30, "layers": layers,
+             "totals": {"params": 2**20, "grads": 2**20, "optimizer": 2**21, "activations": 41 * 2**20}})
+    pane = MemoryPane()
+    pane.update_state(s)
+    text = (await mounted_render(pane, size=(58, 9))).plain
+    first = text.splitlines()[0]
+    assert first.startswith("RAM ") and "VRAM" not in text and "12.0 GiB" not in text, text
+    assert "(sum of the parts; no allocator on CPU)" in text
+    assert "blocks.3.attn" in text and "40.0 MiB" in text, text

@@ -56,19 +56,22 @@ class MemoryPane(StatePane):
         out = Text(no_wrap=True, overflow="ellipsis")
         tmap = dict(totals)
         used, what = tmap.get("peak alloc"), "peak allocated"
-        if used is None:
+        on_gpu = used is not None         # a CUDA allocator measured the peak; on a CPU the parts are summed
+        if not on_gpu:
             used = sum(v or 0 for k, v in totals if k in ("params", "grads", "optimizer", "activations"))
             what = "sum of the parts; no allocator on CPU"
         frac = used / budget if budget else 0.0
-        figures = f" {fmt_bytes(used)} of {fmt_bytes(budget)}"
+        # the VRAM budget is the GPU's: a CPU run's bytes are RAM, shown without a gauge against it
+        figures = f" {fmt_bytes(used)} of {fmt_bytes(budget)}" if on_gpu else f" {fmt_bytes(used)}"
         note = f" ({what})"
-        gauge_w = min(30, w - 5 - len(figures) - len(note))
-        one_line = gauge_w >= 10          # else a narrow pane: the note on a line of its own, not cut off
-        if not one_line:
+        gauge_w = min(30, w - 5 - len(figures) - len(note)) if on_gpu else 0
+        one_line = gauge_w >= 10 or not on_gpu and len(figures) + len(note) + 5 <= w  # else: the note below
+        if on_gpu and not one_line:
             gauge_w = max(6, min(30, w - 5 - len(figures)))
-        out.append("VRAM ", style="bold")
-        out.append(hbar(frac, gauge_w), style="red" if frac > 1 else "yellow" if frac > 0.8 else "green")
-        out.append(figures, style="red bold" if frac > 1 else "")
+        out.append("VRAM " if on_gpu else "RAM  ", style="bold")
+        if on_gpu:
+            out.append(hbar(frac, gauge_w), style="red" if frac > 1 else "yellow" if frac > 0.8 else "green")
+        out.append(figures, style="red bold" if on_gpu and frac > 1 else "")
         if one_line:
             out.append(f"{note}\n", style="dim")
             head = 1
@@ -91,6 +94,7 @@ class MemoryPane(StatePane):
         biggest = max(a for _, a, _ in layers) or 1
         name_w = min(max(len(n) for n, _, _ in layers), max(8, w // 4))
         bar_w = max(4, w - name_w - 12)
+        layers = sorted(layers, key=lambda row: -row[1])  # the largest first: what a cut list must not hide
         shown = layers if len(layers) <= room else layers[:max(0, room - 1)]
         for name, a, _p in shown:
             out.append(f"{short_layer_name(name, name_w):<{name_w}} ")
