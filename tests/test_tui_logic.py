@@ -431,3 +431,17 @@ def test_a_run_whose_end_is_logged_is_not_going_while_its_process_exits():
     assert screen.alive
     screen.state.apply({"v": 1, "type": "run_end", "time": 2.0, "status": "completed", "step": 3})
     assert not screen.alive
+
+
+def test_stopping_from_the_quit_dialog_leaves_the_checkpoint_and_the_resume_command_on_the_terminal():
+    from cockpit.screens.run import stopped_farewell
+    from common.state import RunState
+
+    s = RunState()
+    s.apply({"v": 1, "type": "run_start", "time": 1.0, "run_id": "r", "preset": "nanogpt", "arch": "gpt",
+             "task": "lm", "config": {}, "max_steps": 100})
+    s.apply({"v": 1, "type": "checkpoint", "time": 2.0, "step": 40, "path": "/runs/x/ckpt.pt", "reason": "stop"})
+    s.apply({"v": 1, "type": "run_end", "time": 3.0, "status": "stopped", "step": 40})
+    assert stopped_farewell(s, "/runs/x/events.jsonl") == (
+        "cockpit: the run stopped at step 40; checkpoint /runs/x/ckpt.pt; resume with: cockpit train nanogpt "
+        "--resume /runs/x")

@@ -41,6 +41,17 @@ def pane_signatures(s, note: str | None = None) -> dict[str, tuple]:
     return {p.pane: p.signature(s, note) for p in PANES}
 
 
+def stopped_farewell(s, log) -> str:
+    """What the terminal keeps after `q` → stop: where the run ended, its checkpoint, how to go on."""
+    run_dir = Path(str(log)).parent
+    line = f"cockpit: the run {s.status} at step {s.step}"
+    if s.checkpoints:
+        line += f"; checkpoint {s.checkpoints[-1][1]}"
+    if s.status in ("stopped", "killed", "failed") and s.checkpoints:
+        line += f"; resume with: cockpit train {s.preset or 'PRESET'} --resume {run_dir}"
+    return line
+
+
 class RunScreen(ChartKeys, CockpitScreen):
     HELP_TITLE = "run screen"
     BINDINGS = [
@@ -151,6 +162,7 @@ class RunScreen(ChartKeys, CockpitScreen):
         self.note = None
         self.app.run_ended(self)
         if self.quit_when_done:
+            self.app.farewell = stopped_farewell(s, self.source.path)
             self.app.exit()
 
     def _check_writer(self):
