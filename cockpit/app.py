@@ -38,6 +38,7 @@ class CockpitApp(App):
         self.runs_dir = runs_dir
         self.trainer_env, self.trainer_cwd = trainer_env, trainer_cwd
         self.farewell: str | None = None        # printed by run_tui after the UI is gone
+        self.runs_view: dict | None = None      # the runs browser's sort, marks and filter, kept for its reopening
         self.farewell_is_error = False          # ... on stderr
         self.last_run = None                    # the RunScreen of the latest launched run
         self.first_launch = None                # the RunScreen of the run the command line asked for

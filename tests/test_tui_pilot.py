@@ -472,3 +472,26 @@ async def test_watching_a_run_offers_only_the_keys_that_work_and_x_asks_before_i
         await pilot.press("y")
         await pilot.pause(0.2)
         assert sent == ["stop"]
+
+
+async def test_the_picker_filter_is_cleared_by_esc_and_home_end_move_in_the_table():
+    """`/ zzz Enter Esc` leaves every preset listed (not "no preset matches"); home and end do what Help says;
+    Help names each key once."""
+    app = CockpitApp(presets=INFOS)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen), 10, "the picker")
+        picker = app.screen
+        await pilot.press("slash", *"zzz", "enter")
+        assert picker.shown == []
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert [i["name"] for i in picker.shown] == [i["name"] for i in INFOS]
+        assert "no preset matches" not in text_of(picker.query_one("#preset-description"))
+        await pilot.press("end")
+        assert picker.highlighted()["name"] == INFOS[-1]["name"]
+        await pilot.press("home")
+        assert picker.highlighted()["name"] == INFOS[0]["name"]
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+        keys = [k for k, _ in app.screen.rows]
+        assert keys.count("esc") == 1 and any("home/end" in k for k in keys), keys

@@ -160,3 +160,27 @@ async def test_the_browser_title_counts_one_run_as_one_run(tmp_path):
         screen = await browser(pilot, app)
         title = str(screen.query_one("#runs-title").render())
         assert "·  1 run  ·" in title, title
+
+
+async def test_esc_after_a_filter_clears_it_and_reopening_the_browser_keeps_sort_and_marks(runs_root):
+    app = CockpitApp(presets=[{"name": "nanogpt", "arch": "gpt", "task": "lm"}], runs_dir=str(runs_root))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        await pilot.press("r")
+        screen = await browser(pilot, app)
+        await pilot.press("slash", *"status:killed", "enter")
+        assert [r.name for r in screen.shown] == ["nanogpt-killed"]
+        await pilot.press("escape")                              # the filter goes, the browser stays
+        await pilot.pause(0.1)
+        assert app.screen is screen and len(screen.shown) == 5
+        await pilot.press("s", "S")
+        sort = (screen.sort_key, screen.reverse)
+        await highlight(pilot, screen, "mingpt-tiny")
+        await pilot.press("space")
+        await pilot.press("escape")                              # back to the picker
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PickerScreen", what="the picker")
+        await pilot.press("r")
+        again = await browser(pilot, app)
+        assert again is not screen
+        assert (again.sort_key, again.reverse) == sort and again.marked == {str(runs_root / "mingpt-tiny")}
+        assert "1 marked" in str(again.query_one("#runs-title").render())

@@ -66,10 +66,10 @@ class PickerScreen(CockpitScreen):
         Binding("r", "runs", "Runs"),
         Binding("j", "cursor_down", "Down (also ↓)", show=False),
         Binding("k", "cursor_up", "Up (also ↑)", show=False),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("escape", "clear_filter", "Clear the filter (in the filter: empty it first)", show=False),
         Binding("q", "quit", "Quit"),
     ]
-    KEYS_HELP = {"↑/↓, pgup/pgdn, home/end": "move in the table", "esc": "close the filter (clears it when empty)"}
+    KEYS_HELP = {"↑/↓, pgup/pgdn, home/end": "move in the table"}
 
     def __init__(self, infos: list[dict] | None = None):
         super().__init__()
@@ -222,12 +222,14 @@ class PickerScreen(CockpitScreen):
         self.query_one("#presets", DataTable).focus()
 
     def action_clear_filter(self):
+        """Esc in the filter with text: empty it (and stay in it). Otherwise: clear the filter, close it, back
+        to the table (a filter left behind would keep hiding presets)."""
         inp = self.query_one("#filter", Input)
         if inp.has_focus and inp.value:
             inp.value = ""
-        elif inp.has_focus or not inp.value:
-            inp.value = ""
-            inp.remove_class("-shown")
+            return
+        inp.value = ""
+        inp.remove_class("-shown")
         self.query_one("#presets", DataTable).focus()
 
     def action_runs(self):

@@ -64,7 +64,12 @@ class RunsScreen(CockpitScreen):
             yield Static("", id="runs-detail")
         yield Footer()
 
+    VIEW = ("sort_key", "reverse", "marked")  # what reopening the browser keeps
+
     def on_mount(self):
+        view = getattr(self.app, "runs_view", None)
+        if view and view.get("root") == str(self.root):
+            self.sort_key, self.reverse, self.marked = view["sort_key"], view["reverse"], set(view["marked"])
         table = self.query_one(RunsTable)
         table.add_column(" ", key="mark", width=1)
         for key, title in self.columns:
@@ -247,11 +252,12 @@ class RunsScreen(CockpitScreen):
                           f"{r.preset} · {r.status} · {r.steps} steps. This cannot be undone."), answered)
 
     def action_back(self):
+        """Esc closes (and clears) the filter first, in it or after it; then it leaves, keeping the view."""
         inp = self.query_one("#runs-filter", Input)
-        if inp.has_focus:
-            if inp.value:
-                inp.value = ""
+        if inp.has_focus or inp.value:
+            inp.value = ""
             inp.remove_class("-shown")
             self.query_one(RunsTable).focus()
             return
+        self.app.runs_view = {"root": str(self.root), **{k: getattr(self, k) for k in self.VIEW}}
         self.app.back_to_picker(self)

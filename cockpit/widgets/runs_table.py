@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from textual.binding import Binding
-from textual.widgets import DataTable
+
+from cockpit.widgets.row_table import RowTable
 
 
-class RunsTable(DataTable):
+class RunsTable(RowTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Open"),
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
     ]
