@@ -94,10 +94,11 @@ def vram_fits(info: dict) -> bool | None:
 
 
 def preset_table(infos: list[dict]) -> str:
-    rows = [["preset", "arch", "task", "params", "est. VRAM (full)", "fits", "profile here"]]
+    rows = [["preset", "arch", "task", "params (full)", "params here", "est. VRAM (full)", "fits", "profile here"]]
     for i in infos:
         f = vram_fits(i)
-        rows.append([i["name"], i["arch"], i["task"], fmt_count(i.get("n_params")),
+        here = i.get("n_params_here", i.get("n_params"))
+        rows.append([i["name"], i["arch"], i["task"], fmt_count(i.get("n_params")), fmt_count(here),
                      fmt_bytes(i.get("est_vram_bytes")) if i.get("est_vram_bytes") is not None else "n/a",
                      {True: "yes", False: f"NO (> {i.get('vram_budget_gb', 12):g} GB)", None: "?"}[f],
                      i.get("profile_here", "?")])

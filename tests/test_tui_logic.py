@@ -445,3 +445,16 @@ def test_stopping_from_the_quit_dialog_leaves_the_checkpoint_and_the_resume_comm
     assert stopped_farewell(s, "/runs/x/events.jsonl") == (
         "cockpit: the run stopped at step 40; checkpoint /runs/x/ckpt.pt; resume with: cockpit train nanogpt "
         "--resume /runs/x")
+
+
+def test_the_picker_shows_the_full_size_and_the_cpu_profiles_parameters_both_labelled():
+    """nanogpt is 10.75M parameters at full size; its CPU profile, what runs here, is 805.50k."""
+    from cockpit.presets_info import preset_table
+    from cockpit.screens.picker import COLUMNS, preset_cells
+
+    info = {"name": "nanogpt", "arch": "gpt", "task": "lm", "n_params": 10_749_312, "n_params_here": 805_504,
+            "est_vram_bytes": 2**30, "vram_budget_gb": 12.0, "profile_here": "cpu"}
+    assert COLUMNS[2] == "params full · here" and preset_cells(info)[2] == "10.75M · 805.50k"
+    assert preset_cells({**info, "n_params_here": 10_749_312, "profile_here": "full"})[2] == "10.75M"
+    table = preset_table([info])
+    assert "params (full)" in table and "params here" in table and "805.50k" in table

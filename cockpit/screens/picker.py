@@ -21,7 +21,7 @@ from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.preset_table import PresetTable
 from common.fmt import fmt_bytes, fmt_count
 
-COLUMNS = ("preset", "arch", "params", "est. VRAM / budget", "profile here")
+COLUMNS = ("preset", "arch", "params full · here", "est. VRAM / budget", "profile here")
 
 
 def filter_presets(infos: list[dict], query: str) -> list[dict]:
@@ -47,6 +47,9 @@ def preset_cells(info: dict, measuring: bool = False) -> list[str]:
     """[preset, arch, params, est. VRAM / budget, profile here] as text."""
     pending = "…" if measuring else "?"
     params = fmt_count(info["n_params"]) if isinstance(info.get("n_params"), int) else pending
+    here = info.get("n_params_here")
+    if isinstance(here, int) and here != info.get("n_params"):  # a smaller CPU profile is what runs here
+        params += f" · {fmt_count(here)}"
     budget = f"{float(info.get('vram_budget_gb', 12.0)):g} GB"
     if isinstance(info.get("est_vram_bytes"), (int, float)):
         vram = f"{fmt_bytes(info['est_vram_bytes'])} / {budget}"
