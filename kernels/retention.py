@@ -190,11 +190,19 @@ def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chu
     tl.store(DS0 + s_off, dS, mask=kmask[:, None] & vmask[None, :])
 
 
-def _blocks(T: int, dk: int, dv: int) -> tuple[int, int, int]:
+def _blocks(T: int, dk: int, dv: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BT, BK, BV, num_warps). A program holds the whole dk (BK) and a BV slice of dv; on a GPU the chunk
+    length and slice are what keeps the dkv sweep (q, k, v, dO tiles, two (BT, BT) products and dS) in
+    registers: compiled for sm_89 at RetNet's shapes (dk 64, dv 128; `cockpit kernels --compile sm_89`),
+    64 x 64 tiles spilled kilobytes per thread and asked for 128-160 KB of shared memory. bf16 operands run at
+    BT 16, BV 32, 4 warps; fp32 ones (IEEE products: no tensor cores, more registers each) at BT 16, BV 16,
+    8 warps, none spilling."""
     BK = max(16, next_pow2(dk))
     if interpreting():
-        return 16, BK, max(16, next_pow2(dv))
-    return 64, BK, max(16, min(next_pow2(dv), 64))
+        return 16, BK, max(16, next_pow2(dv)), 8
+    if dtype == torch.float32:
+        return 16, BK, 16, 8
+    return 16, BK, max(16, min(next_pow2(dv), 32)), 4
 
 
 class RetentionFunction(torch.autograd.Function):
@@ -204,7 +212,7 @@ class RetentionFunction(torch.autograd.Function):
         dv = v.shape[-1]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gamma = gamma.to(device=q.device, dtype=torch.float32).contiguous()
-        BT, BK, BV = _blocks(T, dk, dv)
+        BT, BK, BV, warps = _blocks(T, dk, dv, q.dtype)
         if not (q.dtype == k.dtype == v.dtype):
             raise ValueError(f"retention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
         prec = "ieee" if q.dtype == torch.float32 else "tf32"  # (fp32 operands only; bf16 ones ignore it)
@@ -214,7 +222,7 @@ class RetentionFunction(torch.autograd.Function):
         has_s0 = state is not None
         s0 = state.contiguous() if has_s0 else s_out
         _ret_fwd[(B * H, triton.cdiv(dv, BV))](q, k, v, gamma, s0, o, s_out, H, T, dk, dv, HAS_S0=has_s0,
-                                               PREC=prec, UPCAST=upcast, BT=BT, BK=BK, BV=BV, num_warps=8)
+                                               PREC=prec, UPCAST=upcast, BT=BT, BK=BK, BV=BV, num_warps=warps)
         ctx.save_for_backward(q, k, v, gamma, *([s0] if has_s0 else []))
         ctx.has_s0, ctx.prec, ctx.upcast, ctx.state_dtype = has_s0, prec, upcast, state.dtype if has_s0 else None
         return o, s_out
@@ -224,7 +232,7 @@ class RetentionFunction(torch.autograd.Function):
         q, k, v, gamma, *s0 = ctx.saved_tensors
         B, H, T, dk = q.shape
         dv = v.shape[-1]
-        BT, BK, BV = _blocks(T, dk, dv)
+        BT, BK, BV, warps = _blocks(T, dk, dv, q.dtype)
         n_vblk = triton.cdiv(dv, BV)
         f32 = dict(device=q.device, dtype=torch.float32)
         do = torch.zeros_like(v) if do is None else do.contiguous().to(v.dtype)
@@ -235,10 +243,10 @@ class RetentionFunction(torch.autograd.Function):
         has_ds = ds_out is not None
         grid = (B * H, n_vblk)
         _ret_bwd_dq[grid](q, k, v, gamma, s0[0] if ctx.has_s0 else q, do, dq_p, B * H, H, T, dk, dv,
-                          HAS_S0=ctx.has_s0, PREC=ctx.prec, UPCAST=ctx.upcast, BT=BT, BK=BK, BV=BV, num_warps=8)
+                          HAS_S0=ctx.has_s0, PREC=ctx.prec, UPCAST=ctx.upcast, BT=BT, BK=BK, BV=BV, num_warps=warps)
         _ret_bwd_dkv[grid](q, k, v, gamma, do, ds_out.contiguous() if has_ds else q, dk_p, dvx, ds0, B * H, H,
                            T, dk, dv, triton.cdiv(T, BT), HAS_DSOUT=has_ds, PREC=ctx.prec, UPCAST=ctx.upcast, BT=BT,
-                           BK=BK, BV=BV, num_warps=8)
+                           BK=BK, BV=BV, num_warps=warps)
         ds0 = ds0.to(ctx.state_dtype) if ctx.has_s0 else None
         return dq_p.sum(0).to(q.dtype), dk_p.sum(0).to(k.dtype), dvx, None, ds0
 
