@@ -339,3 +339,33 @@ def test_qlora_keeps_train_lr_at_every_step_with_no_warm_up():
     assert lr_at(0, t) < t["lr"] and lr_at(t["max_steps"] - 1, t) < t["lr"]  # what the cosine schedule gives
     for step in (0, 1, t["max_steps"] - 1):
         assert task.on_step(Model(), None, step, lr_at(step, t)) == t["lr"]
+
+
+# --- bf16 autocast: the dtypes a GPU run hands the fused kernels, exercised on CPU -----------------------------
+BF16_ARCHS = {
+    "gpt": dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_pad_multiple=64),
+    "mingpt": dict(n_layer=1, n_head=2, n_embd=32, block_size=16, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0),
+    "bitnet": dict(n_layer=1, n_head=2, n_embd=32, block_size=16),
+    "mamba": dict(n_layer=1, n_embd=16, d_state=4, block_size=16),
+    "rwkv": dict(n_layer=1, n_embd=32, head_size=16, mix_lora=8, decay_lora=8, block_size=16),
+    "retnet": dict(n_layer=1, n_head=2, n_embd=32, chunk_size=8, block_size=16),
+    "moe": dict(n_layer=2, n_head=2, n_embd=32, block_size=16, n_expert=4, capacity_factor=8.0),
+}
+
+
+@pytest.mark.parametrize("arch", list(BF16_ARCHS))
+def test_fused_kernels_train_under_bf16_autocast_close_to_fp32(arch, interpreted):
+    torch.manual_seed(0)
+    model = build_model(arch, BF16_ARCHS[arch], vocab_size=11, kernels="triton")
+    for p in model.parameters():  # away from the zero inits, so that every path carries a gradient
+        p.data.add_(0.02 * torch.randn_like(p))
+    idx = torch.randint(0, 11, (2, 16), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        _, loss32 = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    assert loss.dtype == torch.float32 and math.isfinite(loss.item())
+    assert loss.item() == pytest.approx(loss32.item(), abs=5e-2)  # bf16 rounding, not a wrong dtype path
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
