@@ -59,6 +59,9 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
 assert tuple(ARCHS) == TARGETS
 
 
+SHORT_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 @dataclass
 class Launch:
     """One `kernel[grid](*args, **kwargs)` the wrappers made, and where it came from."""
@@ -85,7 +88,7 @@ class Launch:
         seen = []
         for a in self.args:
             if isinstance(a, torch.Tensor) and a.is_floating_point():
-                short = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(a.dtype, str(a.dtype))
+                short = SHORT_DTYPES.get(a.dtype, str(a.dtype))
                 if short not in seen:
                     seen.append(short)
         return "+".join(seen) or "-"
@@ -272,7 +275,8 @@ def _blocks(c: Compiled) -> str:
 
 def markdown(results: list[tuple[Compiled, list[Launch]]], arch: Arch) -> str:
     """The report for one architecture as a markdown table (one row per compiled variant)."""
-    lines = [f"| kernel | used by | launch sizes | dtype | variant | regs | spill B | shared KB (limit {arch.smem_per_block // KB}) | ok |",
+    limit = arch.smem_per_block // KB
+    lines = [f"| kernel | used by | launch sizes | dtype | variant | regs | spill B | shared KB (limit {limit}) | ok |",
              "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
     for c, same in results:
         launch = same[0]

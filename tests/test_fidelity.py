@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from kernels import integrate
 from trainers import config
 from trainers.models import build_model
-from trainers.models.moe import MoE
 from trainers.tasks import load_task
 
 CPU = torch.device("cpu")
