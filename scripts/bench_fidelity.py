@@ -17,16 +17,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_sequence import summarize  # noqa: E402
+from bench_sequence import read_events, summarize  # noqa: E402
 
 
 def fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def row(preset: str, before: dict, after: dict) -> str:
+def seed_of(log: Path) -> int:
+    return next(e for e in read_events(log) if e["type"] == "run_start")["config"]["train"]["seed"]
+
+
+def row(preset: str, seed: int, before: dict, after: dict) -> str:
     delta = after["final_val"] - before["final_val"]
-    return (f'| {preset} | {after["steps"]} | {before["params"]:,} / {after["params"]:,} | '
+    return (f'| {preset} | {after["steps"]} | {seed} | {before["params"]:,} / {after["params"]:,} | '
             f'{fmt(before["final_val"], ".3f")} | {fmt(after["final_val"], ".3f")} | {delta:+.3f} | '
             f'{fmt(before["best_val"], ".3f")} | {fmt(after["best_val"], ".3f")} | '
             f'{fmt(before["tokens_per_s"], ",.0f")} | {fmt(after["tokens_per_s"], ",.0f")} | '
@@ -47,10 +51,10 @@ def render(pairs: list[tuple[Path, Path]], note: str) -> str:
            "are in kernels=triton and CUDA paths), so they were not re-run.", ""]
     if note:
         out += [note, ""]
-    out += ["| preset | steps | params before / after | final val before | final val after | change | "
+    out += ["| preset | steps | seed | params before / after | final val before | final val after | change | "
             "best val before | best val after | tokens/s before | tokens/s after | wall s before | "
             "wall s after |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for before_dir, after_dir in pairs:
         for log in sorted(before_dir.glob("*/events.jsonl")):
             preset = log.parent.name
@@ -60,7 +64,7 @@ def render(pairs: list[tuple[Path, Path]], note: str) -> str:
             before, after = summarize(preset, log), summarize(preset, other)
             if before["status"] != "completed" or after["status"] != "completed":
                 continue
-            out.append(row(preset, before, after))
+            out.append(row(preset, seed_of(other), before, after))
     return "\n".join(out) + "\n"
 
 
