@@ -1,4 +1,7 @@
 """`cockpit kernels [--json] [--only NAME[,NAME]] ...`: the PyTorch vs Triton kernel table.
+`cockpit kernels --compile sm_80|sm_86|sm_89|sm_90 [--only NAME[,NAME]]`: every kernel compiled for that GPU
+architecture without a GPU, at each preset's full-size shapes (`python -m trainers.gpu_compile`, in a process
+whose Triton interpreter is off); registers, spills and shared memory against the architecture's limits.
 
 The benchmark runs in a subprocess (`python -m kernels.bench --json`), so this module, like the rest of the
 cockpit CLI, never imports torch or triton: it validates the arguments, streams the child's `kernel`
@@ -15,7 +18,7 @@ from pathlib import Path
 from common import events as E
 from common.cli import BadInput, Parser, fail
 from kernels import _table
-from kernels.bench import build_parser, parse_dtypes, parse_names
+from kernels.bench import build_parser, parse_arch, parse_dtypes, parse_names
 
 
 def bench_env() -> dict[str, str]:
@@ -39,6 +42,19 @@ def parse_line(line: str) -> dict | None:
     except E.NotAnEvent:
         return None
     return E.as_dict(ev) if isinstance(ev, (E.Kernel, E.Log)) else None
+
+
+def compile_for(arch: str, only: str) -> int:
+    """`--compile ARCH`: the trainer's compile report, streamed; its exit status (1: a kernel fails the limits)."""
+    cmd = [sys.executable, "-m", "trainers.gpu_compile", arch]
+    if only:
+        cmd += ["--only", ",".join(parse_names(only))]
+    env = bench_env()
+    env.pop("TRITON_INTERPRET", None)  # the kernels must be compiled, not interpreted
+    try:
+        return subprocess.run(cmd, env=env).returncode
+    except OSError as e:
+        return fail(f"cannot start the kernel compiler ({e})", 1)
 
 
 def _forwarded(args) -> list[str]:
@@ -65,11 +81,17 @@ def main(argv: list[str] | None = None, parser: Parser | None = None) -> int:
     parser = parser or build_parser(prog="cockpit kernels")
     try:
         args = parser.parse_args(argv)
-        forwarded = _forwarded(args)
+        if isinstance(args.compile, str):
+            arch = parse_arch(args.compile)
+            parse_names(args.only)
+        else:
+            forwarded = _forwarded(args)
     except BadInput as e:
         return fail(str(e))
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
+    if isinstance(args.compile, str):
+        return compile_for(arch, args.only)
     if args.list:  # plain text from the child, passed through
         return subprocess.run([sys.executable, "-m", "kernels.bench", *forwarded], env=bench_env()).returncode
     cmd = [sys.executable, "-m", "kernels.bench", "--json", *forwarded]

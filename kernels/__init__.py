@@ -24,6 +24,8 @@ MODULES: dict[str, str] = {
     "retention": "retention",
 }
 NAMES: tuple[str, ...] = tuple(MODULES)
+# CUDA architectures the kernels compile for without a GPU (kernels/targets.py; `cockpit kernels --compile`)
+TARGETS: tuple[str, ...] = ("sm_80", "sm_86", "sm_89", "sm_90")
 
 
 def _truthy(name: str) -> bool:

@@ -120,7 +120,10 @@ def n_programs(n_tiles: int, device: torch.device) -> int:
 
 
 # --------------------------------------------------------------------------------------------- inputs
-def generator(device, seed: int) -> torch.Generator:
+def generator(device, seed: int) -> torch.Generator | None:
+    """A seeded generator on `device`; None on the meta device (its tensors have shapes, not values)."""
+    if torch.device(device).type == "meta":
+        return None
     g = torch.Generator(device=torch.device(device))
     g.manual_seed(seed)
     return g

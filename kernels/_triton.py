@@ -54,3 +54,14 @@ try:
 except ImportError:
     triton = tl = _NotInstalled()
     INSTALLED = False
+
+
+@triton.jit
+def dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """tl.dot(a, b) accumulating in fp32, with fp32 operands at input precision PREC ("ieee" exact, "tf32").
+    UPCAST (the wrappers pass `interpreting()` for 16-bit operands): Triton's CPU interpreter multiplies
+    bf16 operands as their raw 16-bit patterns (np.matmul on the uint16 storage), so there they are widened to
+    fp32 first; a bf16 x bf16 product is exact in fp32, so this is what the tensor cores compute."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)

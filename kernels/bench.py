@@ -18,7 +18,7 @@ import time
 
 from common.cli import BadInput, Parser, fail
 from common.events import encode
-from kernels import NAMES, _table, use_interpreter
+from kernels import NAMES, TARGETS, _table, use_interpreter
 
 
 def build_parser(prog: str = "python -m kernels.bench") -> Parser:
@@ -38,8 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (the default: cuda when visible), cpu (through Triton's interpreter) or cuda")
     p.add_argument("--reps", type=int, default=0,
                    help="least timed runs on CPU (default 1, more while under 0.2 s; CUDA: do_bench)")
-    p.add_argument("--compile", dest="compile", action="store_true", default=None,
-                   help="also time torch.compile of the PyTorch code (default on CUDA)")
+    p.add_argument("--compile", dest="compile", nargs="?", const=True, default=None, metavar="ARCH",
+                   help="also time torch.compile of the PyTorch code (default on CUDA); with an architecture "
+                        f"({', '.join(TARGETS)}): instead compile every kernel for it, without a GPU, at each "
+                        "preset's full-size shapes and report registers, spills and shared memory")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="do not time torch.compile (the default on CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
@@ -67,8 +69,18 @@ def event(type_: str, **fields) -> str:
     return encode(type_, fields, time.time()).decode()[:-1]
 
 
+def parse_arch(arch: str) -> str:
+    """`--compile ARCH`: one of TARGETS."""
+    if arch not in TARGETS:
+        raise BadInput(f"--compile: unknown architecture '{arch}'; choose from {', '.join(TARGETS)}")
+    return arch
+
+
 def run(args, out=None) -> int:
     out = out or sys.stdout
+    if isinstance(args.compile, str):  # compiling for a GPU is the trainer layer's job (it builds the presets)
+        raise BadInput(f"--compile {args.compile}: use `cockpit kernels --compile ARCH` or "
+                       "`python -m trainers.gpu_compile ARCH`")
     names, dtypes = parse_names(args.only), parse_dtypes(args.dtype)
     import torch
 

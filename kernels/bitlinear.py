@@ -22,9 +22,18 @@ Forward, three Triton kernels:
     1. per row: RMSNorm, absmax and 8-bit quantisation in one pass -> x_int (int8), rstd, s
     2. W -> W_int (int8 in {-1, 0, 1}) given γ (one torch reduction)
     3. int8 x int8 matmul with int32 accumulation (tensor cores on sm80+), rescaled by γ / s in the epilogue
-Backward (straight-through, as the reference):
-    dx̂ = γ dy W_int,   dW = (dy / s)^T x_int          (dense matmuls: cuBLAS already does these best)
-    dx  = rstd (dx̂ - x̂ mean(dx̂ x̂))                  (Triton: kernels/rmsnorm.py's backward, without gain)
+Backward (straight-through, as the reference), three Triton kernels:
+    4. dx̂ = γ dy W_int                              tiles of (tokens, in), the loop over out
+    5. dW  = (dy / s)^T x_int                        tiles of (out, in), the loop over tokens; the 1/s of each
+                                                     token is applied as its dy rows are loaded
+    6. dx  = rstd (dx̂ - x̂ mean(dx̂ x̂))              kernels/rmsnorm.py's backward, without gain
+The int8 operands the forward saved (W_int, x_int) are read as int8 and widened in registers, exactly (every
+value is an integer below 2^8), to the products' dtype: no fp32 copies of W_int (out x in x 4 bytes) and x_int
+(tokens x in x 4 bytes) are made, which two cuBLAS GEMMs would need, and dy / s is never written out. The
+products accumulate in fp32, their operands in the dtype autocast had when the forward ran (bf16 on a GPU
+run: dy is rounded to bf16, as autocast's own matmul gradients are, and the bf16 tensor cores run), else in
+dy's dtype; fp32 operands follow torch's fp32 matmul precision (TF32 once a trainer on CUDA has set it,
+IEEE fp32 otherwise, as the reference's fp32 GEMMs would).
 Rounding is half-to-even, as torch.round, so the kernel and the reference quantise identically.
 """
 from __future__ import annotations
@@ -34,7 +43,7 @@ import torch.nn.functional as F
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register, row_tiles
-from kernels._triton import tl, triton
+from kernels._triton import dot, tl, triton
 from kernels.rmsnorm import rms_norm_backward
 
 
@@ -122,6 +131,54 @@ def _int8_matmul(XQ, WQ, SCALE, GAMMA, Y, M, N, K, BLOCK_M: tl.constexpr, BLOCK_
              mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
+@triton.jit
+def _grad_xn(DY, WQ, GAMMA, DXN, M, N, K, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dx̂ (M, K) fp32 = γ · dy (M, N) @ W_int (N, K)."""
+    pid_m, pid_k = tl.program_id(0), tl.program_id(1)
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    rn = tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        nn = n0 + rn
+        dy = tl.load(DY + rm[:, None] * N + nn[None, :], mask=(rm < M)[:, None] & (nn < N)[None, :], other=0.0)
+        w = tl.load(WQ + nn[:, None] * K + rk[None, :], mask=(nn < N)[:, None] & (rk < K)[None, :], other=0)
+        if UPCAST:  # (the interpreter also mis-converts int8 to bf16: straight to fp32 there)
+            w = w.to(tl.float32)
+        acc += dot(dy, w.to(dy.dtype), PREC, UPCAST)  # {-1, 0, 1}: exact in any float dtype
+    tl.store(DXN + rm[:, None] * K + rk[None, :], acc * tl.load(GAMMA),
+             mask=(rm < M)[:, None] & (rk < K)[None, :])
+
+
+@triton.jit
+def _grad_w(DY, XQ, SCALE, DW, M, N, K, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dW (N, K) fp32 = (dy / s)^T (N, M) @ x_int (M, K)."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    rn = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    rm = tl.arange(0, BLOCK_M)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        mm = m0 + rm
+        mmask = mm < M
+        dy = tl.load(DY + mm[:, None] * N + rn[None, :], mask=mmask[:, None] & (rn < N)[None, :], other=0.0)
+        s = tl.load(SCALE + mm, mask=mmask, other=1.0)
+        dys = (dy.to(tl.float32) / s[:, None]).to(dy.dtype)
+        x = tl.load(XQ + mm[:, None] * K + rk[None, :], mask=mmask[:, None] & (rk < K)[None, :], other=0)
+        if UPCAST:
+            x = x.to(tl.float32)
+        acc += dot(tl.trans(dys), x.to(dy.dtype), PREC, UPCAST)  # int8 values: exact in bf16 and fp32
+    tl.store(DW + rn[:, None] * K + rk[None, :], acc, mask=(rn < N)[:, None] & (rk < K)[None, :])
+
+
+def _bwd_tiles(M: int, N: int, K: int) -> tuple[int, int, int]:
+    if interpreting():
+        return min(next_pow2(M), 64), min(next_pow2(N), 64), min(next_pow2(K), 128)
+    return 64, 64, 64
+
+
 def _mm_tiles(M: int, N: int, K: int) -> tuple[int, int, int]:
     if interpreting():
         return min(next_pow2(M), 64), min(next_pow2(N), 64), min(next_pow2(K), 256)
@@ -164,15 +221,28 @@ class BitLinearFunction(torch.autograd.Function):
                                                               BLOCK_M=TM, BLOCK_N=TN, BLOCK_K=TK, num_warps=8)
         ctx.save_for_backward(x2, x_int, w_int, rstd, scale, gamma)
         ctx.shape, ctx.w_dtype = shape, weight.dtype
+        kind = x.device.type
+        on = kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind)
+        ctx.amp_dtype = torch.get_autocast_dtype(kind) if on else None
         return y.view(*shape[:-1], N)
 
     @staticmethod
     def backward(ctx, dy):
         x2, x_int, w_int, rstd, scale, gamma = ctx.saved_tensors
-        M = x2.shape[0]
-        dy = dy.reshape(M, -1).float()
-        dxn = (dy @ w_int.float()) * gamma                      # straight through Round/Clip of W and x̂ s
-        dw = (dy / scale[:, None]).t() @ x_int.float()          # (N, K)
+        M, K = x2.shape
+        N = w_int.shape[0]
+        dy = dy.reshape(M, N).to(ctx.amp_dtype or dy.dtype).contiguous()
+        # fp32 operands: TF32 where torch's fp32 matmuls use it (kernels/integrate.py tf32_matmuls); 16-bit
+        # operands ignore PREC
+        prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        upcast = interpreting() and dy.dtype != torch.float32
+        BM, BN, BK = _bwd_tiles(M, N, K)
+        dxn = torch.empty(M, K, device=dy.device, dtype=torch.float32)
+        _grad_xn[(triton.cdiv(M, BM), triton.cdiv(K, BK))](dy, w_int, gamma, dxn, M, N, K, PREC=prec, UPCAST=upcast,
+                                                          BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=4)
+        dw = torch.empty(N, K, device=dy.device, dtype=torch.float32)
+        _grad_w[(triton.cdiv(N, BN), triton.cdiv(K, BK))](dy, x_int, scale, dw, M, N, K, PREC=prec, UPCAST=upcast,
+                                                         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=4)
         dx, _ = rms_norm_backward(dxn, x2, None, rstd)
         return dx.view(ctx.shape), dw.to(ctx.w_dtype), None
 

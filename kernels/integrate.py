@@ -8,6 +8,7 @@ Models call these functions in place of their PyTorch ops when their Config says
     x = fused.gelu_tanh(x)                                # F.gelu(x, approximate="tanh")
     x = fused.swiglu(gate, up)                            # F.silu(gate) * up
     x = fused.rope(x, cos, sin)                           # rotate-half RoPE, x (B, T, H, D)
+    x = fused.rope_pairs(x, pos)                          # RoFormer's interleaved pairs, x (..., T, D)
     loss = fused.linear_cross_entropy(x, W, targets)      # F.cross_entropy(F.linear(x, W), targets, ignore -1)
     y = fused.bitlinear(x, w)                             # BitNet b1.58 quantised linear (STE backward)
     y, h = fused.selective_scan(u, delta, A, B, C, D)     # kernels/selective_scan.py selective_scan_chunked
@@ -30,6 +31,7 @@ kernels="torch" imports this module for its LayerNorm without paying for Triton.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -38,11 +40,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import interpreter_requested, interpreting, use_interpreter
+from kernels.logits import cross_entropy, mask_padding
 
 log = logging.getLogger("kernels")
 
 _BACKEND: str | None = None
 _REASON = ""
+_META_LAUNCHES = False  # launches_on_meta(): the fused ops take meta tensors (their launches are recorded)
 _fallback_listeners: list[Callable[[str], None]] = []
 
 
@@ -97,11 +101,35 @@ def _reset_for_tests() -> None:
     _BACKEND, _REASON = None, ""
 
 
+def tf32_matmuls(device: torch.device) -> bool:
+    """On a CUDA device, let float32 matmuls use TF32 tensor cores (fp32 range, 10-bit mantissa inputs, fp32
+    accumulation), as nanoGPT's train.py and the QLoRA reference script set allow_tf32: an fp32 run (or the
+    fp32 matmuls of a bf16 one) runs on tensor cores instead of the ~8x slower IEEE path. Elsewhere nothing
+    changes (on a CPU "high" may select reduced-precision paths of its own). True when it was set."""
+    if device.type != "cuda":
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True
+
+
+@contextlib.contextmanager
+def launches_on_meta():
+    """Inside, the fused ops take meta tensors too, so that a model run on the meta device goes through every
+    kernel launch its kernels="triton" run would make (kernels/targets.py records them; nothing runs)."""
+    global _META_LAUNCHES
+    saved, _META_LAUNCHES = _META_LAUNCHES, True
+    try:
+        yield
+    finally:
+        _META_LAUNCHES = saved
+
+
 def use_fused(*tensors: torch.Tensor) -> bool:
     """True when the fused kernels can run on these tensors. Meta tensors (shape and memory inspection,
-    `cockpit presets`) always take the PyTorch path, without deciding or logging anything."""
+    `cockpit presets`) take the PyTorch path, without deciding or logging anything, except inside
+    `launches_on_meta`."""
     if any(t.device.type == "meta" for t in tensors):
-        return False
+        return _META_LAUNCHES
     b = backend()
     if b == "triton":
         return all(t.is_cuda for t in tensors)
@@ -162,7 +190,7 @@ def causal_softmax(x):
 
 
 def rope(x, cos, sin):
-    """x (B, T, H, D) rotated by cos/sin (T, D/2) (see kernels/rope.py `rope_cache`)."""
+    """x (B, T, H, D) rotated by cos/sin (T, D/2), rotate-half layout (see kernels/rope.py `rope_cache`)."""
     if use_fused(x):
         from kernels.rope import rope as fused
 
@@ -172,14 +200,26 @@ def rope(x, cos, sin):
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 
-def linear_cross_entropy(x, weight, target, bias=None, ignore_index: int = -1):
-    """Mean cross-entropy of x @ weight^T (+ bias) against target; the fused path never builds the logits."""
+def rope_pairs(x, pos, base: float = 10000.0):
+    """x (..., T, D) rotated at positions pos (T,) over the interleaved pairs (x0, x1), (x2, x3), ... (RoFormer's
+    layout, BitNet's and RetNet's; kernels/rope.py `rope_pairs`)."""
+    from kernels.rope import rope_pairs as reference, rope_pairs_fused
+
+    if use_fused(x, pos):
+        return rope_pairs_fused(x, pos, base)
+    return reference(x, pos, base)
+
+
+def linear_cross_entropy(x, weight, target, bias=None, ignore_index: int = -1, vocab: int | None = None,
+                         l2wrap: float = 0.0):
+    """Mean cross-entropy of x @ weight^T (+ bias) against target; the fused path never builds the logits.
+    vocab: the classes are weight's first `vocab` rows (the rest pad the vocabulary; None: all); l2wrap:
+    RWKV-LM's L2Wrap factor (kernels/logits.py)."""
     if use_fused(x, weight):
         from kernels.fused_linear_ce import fused_linear_cross_entropy as fused
 
-        return fused(x, weight, target, bias, ignore_index)
-    logits = F.linear(x, weight, bias)
-    return F.cross_entropy(logits.view(-1, logits.size(-1)), target.reshape(-1), ignore_index=ignore_index)
+        return fused(x, weight, target, bias, ignore_index, vocab, l2wrap)
+    return cross_entropy(mask_padding(F.linear(x, weight, bias), vocab), target, ignore_index, l2wrap)
 
 
 def bitlinear(x, weight, eps: float = 1e-5):
@@ -225,6 +265,16 @@ def retention(q, k, v, gamma, state=None, chunk: int = 64):
 
 
 # ------------------------------------------------------------------------------------------ modules
+def kernel_dtype(x) -> torch.dtype:
+    """The dtype a fused kernel with fp32 accumulation takes its operands in: the autocast dtype where
+    autocast is on for x's device (bf16 on a GPU run; CPU autocast in tests), else x's own if it is a 16-bit
+    float (a model cast to bf16), else float32."""
+    kind = x.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
 def fp32(x):
     """A region where autocast is off (matmuls inside stay fp32 on a bf16-autocast GPU run): the recurrences
     (selective scan, WKV, retention) run in it, their exps and long products being precision-sensitive."""

@@ -26,7 +26,11 @@ registers; every product is a tl.dot. Backward, two sweeps of the same shape:
         dK_[i] = ((V dO^T) ⊙ D^T) Q + (V dS^T) ⊙ ζ
         dS    <- γ^L dS + (Q ⊙ ξ)^T dO                        (dS_0 is the gradient of the initial state)
 No (T x T) matrix and no per-step state is stored; dq and dk are summed over dv blocks afterwards.
-For fp32 inputs the products use IEEE fp32 (input_precision="ieee"), for bf16 the tensor cores.
+Precision, as flash-linear-attention's fused_chunk retention: every product's operands are in the inputs'
+dtype and accumulate in fp32; the state S, the decays and the accumulators stay fp32, and are cast to the
+inputs' dtype only as the operand of a product (`b_h.to(b_q.dtype)` in fla). So bf16 inputs run the bf16
+tensor cores with fp32 accumulation (the RetNet model feeds bf16 under CUDA bf16 autocast), and fp32 inputs
+run IEEE fp32 products (input_precision="ieee"), exact to fp32 rounding.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ import torch
 
 from kernels import interpreting
 from kernels._harness import Kernel, generator, next_pow2, randn, register
-from kernels._triton import tl, triton
+from kernels._triton import dot, tl, triton
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
@@ -105,18 +109,19 @@ def _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT: tl.constexpr):
 
 @triton.jit
 def _tile(P, rows, cols, width, mask):
-    """The fp32 tile (rows x cols) of a row-major matrix `width` wide."""
-    return tl.load(P + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    """The tile (rows x cols) of a row-major matrix `width` wide, in its own dtype."""
+    return tl.load(P + rows[:, None] * width + cols[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
 def _ret_fwd(Q, Kx, V, G, S0, O, SOUT, H, T, DK, DV, HAS_S0: tl.constexpr, PREC: tl.constexpr,
-             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+             UPCAST: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
     ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
+    dt = Q.dtype.element_ty  # the products' operand dtype; they accumulate in fp32
     if HAS_S0:
         S = tl.load(S0 + s_off, mask=kmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
     else:
@@ -124,20 +129,21 @@ def _ret_fwd(Q, Kx, V, G, S0, O, SOUT, H, T, DK, DV, HAS_S0: tl.constexpr, PREC:
     for t0 in range(0, T, BT):
         rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT)
         q, k, v = _tile(Q, rows, ks, DK, qk_mask), _tile(Kx, rows, ks, DK, qk_mask), _tile(V, rows, vs, DV, v_mask)
-        A = tl.dot(q, tl.trans(k), input_precision=PREC) * D
-        o = tl.dot(A, v, input_precision=PREC) + tl.dot(q, S, input_precision=PREC) * xi[:, None]
+        A = dot(q, tl.trans(k), PREC, UPCAST) * D
+        o = dot(A.to(dt), v, PREC, UPCAST) + dot(q, S.to(dt), PREC, UPCAST) * xi[:, None]
         tl.store(O + rows[:, None] * DV + vs[None, :], o.to(O.dtype.element_ty), mask=v_mask)
-        S = S * gL + tl.dot(tl.trans(k * zeta[:, None]), v, input_precision=PREC)
+        S = S * gL + dot(tl.trans((k * zeta[:, None]).to(dt)), v, PREC, UPCAST)
     tl.store(SOUT + s_off, S, mask=kmask[:, None] & vmask[None, :])
 
 
 @triton.jit
 def _ret_bwd_dq(Q, Kx, V, G, S0, DO, DQ_P, BH, H, T, DK, DV, HAS_S0: tl.constexpr, PREC: tl.constexpr,
-                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                UPCAST: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
     ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
+    dt = Q.dtype.element_ty
     if HAS_S0:
         S = tl.load(S0 + pid_bh * DK * DV + ks[:, None] * DV + vs[None, :],
                     mask=kmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
@@ -146,22 +152,24 @@ def _ret_bwd_dq(Q, Kx, V, G, S0, DO, DQ_P, BH, H, T, DK, DV, HAS_S0: tl.constexp
     for t0 in range(0, T, BT):
         rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, t0, T, log_g, kmask, vmask, BT)
         k, v, do = _tile(Kx, rows, ks, DK, qk_mask), _tile(V, rows, vs, DV, v_mask), _tile(DO, rows, vs, DV, v_mask)
-        dA = tl.dot(do, tl.trans(v), input_precision=PREC) * D
-        dq = tl.dot(dA, k, input_precision=PREC) + tl.dot(do * xi[:, None], tl.trans(S), input_precision=PREC)
+        dA = dot(do, tl.trans(v), PREC, UPCAST) * D
+        dq = (dot(dA.to(dt), k, PREC, UPCAST)
+              + dot((do * xi[:, None]).to(dt), tl.trans(S.to(dt)), PREC, UPCAST))
         part = (pid_v * BH * T + rows)[:, None] * DK + ks[None, :]
         tl.store(DQ_P + part, dq, mask=qk_mask)
-        S = S * gL + tl.dot(tl.trans(k * zeta[:, None]), v, input_precision=PREC)
+        S = S * gL + dot(tl.trans((k * zeta[:, None]).to(dt)), v, PREC, UPCAST)
 
 
 @triton.jit
 def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chunks,
-                 HAS_DSOUT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr):
+                 HAS_DSOUT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BT: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr):
     pid_bh, pid_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     log_g = tl.log(tl.load(G + pid_bh % H).to(tl.float32))
     ks, vs = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     kmask, vmask = ks < DK, vs < DV
     s_off = pid_bh * DK * DV + ks[:, None] * DV + vs[None, :]
+    dt = Q.dtype.element_ty
     if HAS_DSOUT:
         dS = tl.load(DSOUT + s_off, mask=kmask[:, None] & vmask[None, :], other=0.0).to(tl.float32)
     else:
@@ -170,21 +178,31 @@ def _ret_bwd_dkv(Q, Kx, V, G, DO, DSOUT, DK_P, DVx, DS0, BH, H, T, DK, DV, n_chu
         rows, qk_mask, v_mask, xi, zeta, D, gL = _chunk(pid_bh, (n_chunks - 1 - ci) * BT, T, log_g, kmask, vmask, BT)
         q, k = _tile(Q, rows, ks, DK, qk_mask), _tile(Kx, rows, ks, DK, qk_mask)
         v, do = _tile(V, rows, vs, DV, v_mask), _tile(DO, rows, vs, DV, v_mask)
-        At = tl.dot(k, tl.trans(q), input_precision=PREC) * tl.trans(D)
-        dv = tl.dot(At, do, input_precision=PREC) + tl.dot(k * zeta[:, None], dS, input_precision=PREC)
-        dAt = tl.dot(v, tl.trans(do), input_precision=PREC) * tl.trans(D)
-        dk = tl.dot(dAt, q, input_precision=PREC) + tl.dot(v, tl.trans(dS), input_precision=PREC) * zeta[:, None]
+        At = dot(k, tl.trans(q), PREC, UPCAST) * tl.trans(D)
+        dv = (dot(At.to(dt), do, PREC, UPCAST)
+              + dot((k * zeta[:, None]).to(dt), dS.to(dt), PREC, UPCAST))
+        dAt = dot(v, tl.trans(do), PREC, UPCAST) * tl.trans(D)
+        dk = (dot(dAt.to(dt), q, PREC, UPCAST)
+              + dot(v, tl.trans(dS.to(dt)), PREC, UPCAST) * zeta[:, None])
         tl.store(DVx + rows[:, None] * DV + vs[None, :], dv.to(DVx.dtype.element_ty), mask=v_mask)
         tl.store(DK_P + (pid_v * BH * T + rows)[:, None] * DK + ks[None, :], dk, mask=qk_mask)
-        dS = dS * gL + tl.dot(tl.trans(q * xi[:, None]), do, input_precision=PREC)
+        dS = dS * gL + dot(tl.trans((q * xi[:, None]).to(dt)), do, PREC, UPCAST)
     tl.store(DS0 + s_off, dS, mask=kmask[:, None] & vmask[None, :])
 
 
-def _blocks(T: int, dk: int, dv: int) -> tuple[int, int, int]:
+def _blocks(T: int, dk: int, dv: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BT, BK, BV, num_warps). A program holds the whole dk (BK) and a BV slice of dv; on a GPU the chunk
+    length and slice are what keeps the dkv sweep (q, k, v, dO tiles, two (BT, BT) products and dS) in
+    registers: compiled for sm_89 at RetNet's shapes (dk 64, dv 128; `cockpit kernels --compile sm_89`),
+    64 x 64 tiles spilled kilobytes per thread and asked for 128-160 KB of shared memory. bf16 operands run at
+    BT 16, BV 32, 4 warps; fp32 ones (IEEE products: no tensor cores, more registers each) at BT 16, BV 16,
+    8 warps, none spilling."""
     BK = max(16, next_pow2(dk))
     if interpreting():
-        return 16, BK, max(16, next_pow2(dv))
-    return 64, BK, max(16, min(next_pow2(dv), 64))
+        return 16, BK, max(16, next_pow2(dv)), 8
+    if dtype == torch.float32:
+        return 16, BK, 16, 8
+    return 16, BK, max(16, min(next_pow2(dv), 32)), 4
 
 
 class RetentionFunction(torch.autograd.Function):
@@ -194,16 +212,19 @@ class RetentionFunction(torch.autograd.Function):
         dv = v.shape[-1]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gamma = gamma.to(device=q.device, dtype=torch.float32).contiguous()
-        BT, BK, BV = _blocks(T, dk, dv)
-        prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        BT, BK, BV, warps = _blocks(T, dk, dv, q.dtype)
+        if not (q.dtype == k.dtype == v.dtype):
+            raise ValueError(f"retention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        prec = "ieee" if q.dtype == torch.float32 else "tf32"  # (fp32 operands only; bf16 ones ignore it)
+        upcast = interpreting() and q.dtype != torch.float32
         o = torch.empty_like(v)
         s_out = torch.empty(B, H, dk, dv, device=q.device, dtype=torch.float32)
         has_s0 = state is not None
         s0 = state.contiguous() if has_s0 else s_out
         _ret_fwd[(B * H, triton.cdiv(dv, BV))](q, k, v, gamma, s0, o, s_out, H, T, dk, dv, HAS_S0=has_s0,
-                                               PREC=prec, BT=BT, BK=BK, BV=BV, num_warps=8)
+                                               PREC=prec, UPCAST=upcast, BT=BT, BK=BK, BV=BV, num_warps=warps)
         ctx.save_for_backward(q, k, v, gamma, *([s0] if has_s0 else []))
-        ctx.has_s0, ctx.prec, ctx.state_dtype = has_s0, prec, state.dtype if has_s0 else None
+        ctx.has_s0, ctx.prec, ctx.upcast, ctx.state_dtype = has_s0, prec, upcast, state.dtype if has_s0 else None
         return o, s_out
 
     @staticmethod
@@ -211,10 +232,10 @@ class RetentionFunction(torch.autograd.Function):
         q, k, v, gamma, *s0 = ctx.saved_tensors
         B, H, T, dk = q.shape
         dv = v.shape[-1]
-        BT, BK, BV = _blocks(T, dk, dv)
+        BT, BK, BV, warps = _blocks(T, dk, dv, q.dtype)
         n_vblk = triton.cdiv(dv, BV)
         f32 = dict(device=q.device, dtype=torch.float32)
-        do = torch.zeros_like(v) if do is None else do.contiguous()
+        do = torch.zeros_like(v) if do is None else do.contiguous().to(v.dtype)
         dq_p = torch.empty(n_vblk, B, H, T, dk, **f32)
         dk_p = torch.empty(n_vblk, B, H, T, dk, **f32)
         dvx = torch.empty_like(v)
@@ -222,10 +243,10 @@ class RetentionFunction(torch.autograd.Function):
         has_ds = ds_out is not None
         grid = (B * H, n_vblk)
         _ret_bwd_dq[grid](q, k, v, gamma, s0[0] if ctx.has_s0 else q, do, dq_p, B * H, H, T, dk, dv,
-                          HAS_S0=ctx.has_s0, PREC=ctx.prec, BT=BT, BK=BK, BV=BV, num_warps=8)
+                          HAS_S0=ctx.has_s0, PREC=ctx.prec, UPCAST=ctx.upcast, BT=BT, BK=BK, BV=BV, num_warps=warps)
         _ret_bwd_dkv[grid](q, k, v, gamma, do, ds_out.contiguous() if has_ds else q, dk_p, dvx, ds0, B * H, H,
-                           T, dk, dv, triton.cdiv(T, BT), HAS_DSOUT=has_ds, PREC=ctx.prec, BT=BT, BK=BK, BV=BV,
-                           num_warps=8)
+                           T, dk, dv, triton.cdiv(T, BT), HAS_DSOUT=has_ds, PREC=ctx.prec, UPCAST=ctx.upcast, BT=BT,
+                           BK=BK, BV=BV, num_warps=warps)
         ds0 = ds0.to(ctx.state_dtype) if ctx.has_s0 else None
         return dq_p.sum(0).to(q.dtype), dk_p.sum(0).to(k.dtype), dvx, None, ds0
 

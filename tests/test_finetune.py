@@ -140,8 +140,8 @@ def test_qlora_forward_and_backward_run_on_cpu_and_train_only_the_adapters():
     m = qlora_model(base).train()
     assert torch.equal(m.eval()(x, x)[0], quantised.eval()(x, x)[0])  # adapters start as a no-op here too
     m.train()
-    opt = quant.make_8bit_adamw([p for p in m.parameters() if p.requires_grad], torch.device("cpu"), 1e-2,
-                                (0.9, 0.99))
+    opt = quant.paged_adamw([p for p in m.parameters() if p.requires_grad], torch.device("cpu"), 1e-2,
+                            (0.9, 0.99), bits=8)
     assert type(opt).__name__ == "AdamW8bit"
     losses = []
     for _ in range(5):
@@ -320,7 +320,8 @@ def test_lora_and_qlora_presets_load_and_are_described_by_inspect():
 
 @pytest.mark.slow
 def test_qlora_run_from_a_checkpoint_then_merged_export_matches(tmp_path, shakespeare_ckpt):
-    code, events = run_trainer("qlora", [f"finetune.base={shakespeare_ckpt}", "train.max_steps=6",
+    code, events = run_trainer("qlora", [f"finetune.base={shakespeare_ckpt}", "finetune.optimizer=paged_adamw_8bit",
+                                         "train.max_steps=6",
                                          "train.eval_interval=3", "train.batch_size=4", "train.eval_iters=2",
                                          "train.system_interval=60", "train.sample_tokens=8",
                                          "finetune.compare_memory=false"], tmp_path / "events.jsonl")

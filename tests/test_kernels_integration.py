@@ -273,13 +273,18 @@ def test_tiny_gpt_with_triton_kernels_tracks_the_pytorch_losses_for_30_steps(int
 
 ARCHS = {  # tiny configs, and the fused kernels kernels=triton must put on the training path
     "bitnet": (dict(n_layer=1, n_head=2, n_embd=32, block_size=16),
-               {"BitLinearFunction", "RMSNormFunction", "SwiGLUFunction", "FusedLinearCrossEntropyFunction"}),
+               {"BitLinearFunction", "RMSNormFunction", "SwiGLUFunction", "FusedLinearCrossEntropyFunction",
+                "RoPEFunction"}),
     "mamba": (dict(n_layer=1, n_embd=16, d_state=4, block_size=16),
               {"SelectiveScanFunction", "RMSNormFunction", "FusedLinearCrossEntropyFunction"}),
     "rwkv": (dict(n_layer=1, n_embd=32, head_size=16, mix_lora=8, decay_lora=8, block_size=16),
              {"WKVFunction", "LayerNormFunction", "FusedLinearCrossEntropyFunction"}),
     "retnet": (dict(n_layer=1, n_head=2, n_embd=32, chunk_size=8, block_size=16),
-               {"RetentionFunction", "LayerNormFunction", "FusedLinearCrossEntropyFunction"}),
+               {"RetentionFunction", "LayerNormFunction", "FusedLinearCrossEntropyFunction", "RoPEFunction"}),
+    "mingpt": (dict(n_layer=1, n_head=2, n_embd=32, block_size=16, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0),
+               {"SoftmaxFunction"}),
+    "moe": (dict(n_layer=2, n_head=2, n_embd=32, block_size=16, n_expert=4, capacity_factor=8.0),
+            {"LayerNormFunction", "GeluTanhFunction", "FusedLinearCrossEntropyFunction"}),
 }
 
 

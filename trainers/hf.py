@@ -148,6 +148,8 @@ def ours_to_hf(model) -> dict[str, torch.Tensor]:
         if key == "lm_head.weight":
             continue
         k = key[len("transformer."):]
+        if k == "wte.weight":  # without the rows a padded vocabulary adds (gpt.py vocab_pad_multiple)
+            t = t[:cfg.vocab_size]
         out["transformer." + k] = (t.t() if k.endswith(CONV1D) else t).contiguous()
     if not cfg.bias:  # GPT-2 has biases everywhere: zeros compute what no bias computed
         C = cfg.n_embd

@@ -1,4 +1,4 @@
-"""QLoRA's frozen 4-bit base and 8-bit optimizer, through bitsandbytes (Dettmers et al. 2023).
+"""QLoRA's frozen 4-bit base and paged optimizer, through bitsandbytes (Dettmers et al. 2023).
 
     NF4: each block of 64 weights is stored as 4-bit indices into the 16 NormalFloat levels q_i (quantiles of
          N(0, 1), scaled to [-1, 1]) and one absmax c:  W ~= c * q[idx]            (Section 3, eq. 4-5)
@@ -6,12 +6,15 @@
          (one fp32 scale per 256 blocks): ~0.52 bytes per weight instead of 0.5 + 4/64      (Section 3)
     forward:  y = x dequant(W)^T + b  in the compute dtype (bf16 on CUDA, fp32 on CPU); the adapters on top
          (trainers/lora.py) stay in float32 and are the only trainable parameters.
-    paged optimizer: AdamW's two moments in 8 bits (block-wise quantised, Dettmers et al. 2022) in CUDA
-         unified memory, paged to CPU RAM under memory pressure.
+    paged optimizer: AdamW whose state lives in CUDA unified memory, paged to CPU RAM under memory pressure
+         (the spikes of long sequences do not end the run). The QLoRA reference script (artidoro/qlora
+         qlora.py: optim="paged_adamw_32bit", max_grad_norm=0.3, lr_scheduler_type="constant") keeps the two
+         moments in 32 bits: `paged_adamw(bits=32)`, QLoRA's default here; bits=8 quantises them block-wise
+         (Dettmers et al. 2022), a quarter of the memory, as a named option (finetune.optimizer).
 
 bitsandbytes 0.50 runs all of this on CPU too, with two differences we handle here:
-  - paging needs CUDA unified memory: on CPU we use plain `AdamW8bit` (bitsandbytes itself would warn and
-    fall back from `PagedAdamW8bit`), and say so in a log line;
+  - paging needs CUDA unified memory: on CPU we use plain `AdamW32bit` / `AdamW8bit` (bitsandbytes itself
+    would warn and fall back from the paged ones), and say so in a log line;
   - its CPU inference fast path repacks the weights for AVX512-BF16 and un-nests the double-quantised absmax
     on the first eval forward; we turn it off so the base stays NF4 + double quantisation throughout and
     state dicts keep one layout.
@@ -186,13 +189,19 @@ def logical_numel(p: torch.Tensor) -> int:
     return p.numel()
 
 
-def make_8bit_adamw(groups, device: torch.device, lr: float, betas: tuple[float, float], log=None):
-    """QLoRA's optimizer: paged 8-bit AdamW on CUDA, plain 8-bit AdamW on CPU (no unified memory to page)."""
+def paged_adamw(groups, device: torch.device, lr: float, betas: tuple[float, float], bits: int = 32, log=None):
+    """bitsandbytes' paged AdamW with `bits`-bit moments (32: the QLoRA reference's paged_adamw_32bit, 8:
+    paged_adamw_8bit); on CPU the unpaged optimizer of the same bits (no unified memory to page)."""
+    if bits not in (32, 8):
+        raise ValueError(f"paged_adamw: bits={bits}; use 32 or 8")
     b = bnb()
     log = log or (lambda level, message: None)
+    what = "32-bit moments" if bits == 32 else "8-bit block-wise quantised moments"
     if device.type == "cuda":
-        log("info", "optimizer: bitsandbytes PagedAdamW8bit (8-bit moments in paged unified memory)")
-        return b.optim.PagedAdamW8bit(groups, lr=lr, betas=betas)
-    log("info", "optimizer: bitsandbytes AdamW8bit on CPU; paging needs CUDA unified memory, so the "
-                "paged variant falls back to this (8-bit moments kept in RAM)")
-    return b.optim.AdamW8bit(groups, lr=lr, betas=betas)
+        name = f"PagedAdamW{bits}bit"
+        log("info", f"optimizer: bitsandbytes {name} ({what} in paged unified memory)")
+    else:
+        name = f"AdamW{bits}bit"
+        log("info", f"optimizer: bitsandbytes {name} on CPU ({what}); paging needs CUDA unified memory, so the "
+                    f"paged variant falls back to this")
+    return getattr(b.optim, name)(groups, lr=lr, betas=betas)

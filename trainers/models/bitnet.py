@@ -101,12 +101,13 @@ class Attention(nn.Module):
         self.c_attn = BitLinear(cfg.n_embd, 3 * cfg.n_embd, fused)  # q, k, v in one matmul
         self.c_proj = BitLinear(cfg.n_embd, cfg.n_embd, fused)
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.rope = integrate.rope_pairs if fused else rope_pairs  # the fused kernel serves this layout
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         pos = torch.arange(T, device=x.device)
-        q, k = rope_pairs(q, pos), rope_pairs(k, pos)  # RoFormer rotary positions
+        q, k = self.rope(q, pos), self.rope(k, pos)  # RoFormer rotary positions, interleaved pairs
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=True)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))

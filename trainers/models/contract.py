@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
+from kernels.logits import cross_entropy, mask_padding
 
 
 class LanguageModel(Protocol):
@@ -72,17 +73,22 @@ def through_blocks(blocks, x: torch.Tensor, *args, checkpointed: bool = False) -
     return x
 
 
-def head_and_loss(x: torch.Tensor, head: nn.Linear, targets: torch.Tensor | None = None, fused: bool = False):
+def head_and_loss(x: torch.Tensor, head: nn.Linear, targets: torch.Tensor | None = None, fused: bool = False,
+                  vocab: int | None = None, l2wrap: float = 0.0):
     """How a language model's forward ends, from the final hidden states x (B, T, C): without targets, the
-    logits of the last position only (generation needs no more); with them, the logits (B, T, vocab) and the
+    logits of the last position only (generation needs no more); with them, the logits (B, T, V) and the
     mean cross-entropy, targets -1 ignored; fused (kernels=triton), the loss alone from the fused
-    linear + cross-entropy kernel, which never builds the logits."""
+    linear + cross-entropy kernel, which never builds the logits.
+    vocab: the head's first `vocab` rows are the classes, the rest pad the vocabulary (GPT's
+    vocab_pad_multiple): their logits are -inf, so the loss is the unpadded one and sampling never draws them.
+    l2wrap: RWKV-LM's L2Wrap factor on the logits (kernels/logits.py; 0: off)."""
     if targets is None:
-        return head(x[:, [-1], :]), None
+        return mask_padding(head(x[:, [-1], :]), vocab), None
     if fused:
-        return None, integrate.linear_cross_entropy(x, head.weight, targets, ignore_index=-1)
-    logits = head(x)
-    return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return None, integrate.linear_cross_entropy(x, head.weight, targets, ignore_index=-1, vocab=vocab,
+                                                    l2wrap=l2wrap)
+    logits = mask_padding(head(x), vocab)
+    return logits, cross_entropy(logits, targets, ignore_index=-1, l2wrap=l2wrap)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

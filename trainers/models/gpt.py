@@ -6,6 +6,13 @@
 
 Attention is causal scaled dot-product attention, softmax(QK^T / sqrt(d)) V (Vaswani et al. 2017),
 through torch's SDPA (flash / memory-efficient kernels where the device has them).
+
+Vocabulary padding (nanoGPT: "GPT-2 vocab_size of 50257, padded up to nearest multiple of 64 for
+efficiency"): with vocab_pad_multiple > 1 the embedding and the tied head get rows up to the next multiple
+(50,257 -> 50,304), so the head's matmul has tensor-core friendly sizes. The padding ids are never inputs,
+and their logits are -inf (contract.py head_and_loss): the loss is the unpadded model's, their gradient 0,
+and generation never samples them. nanoGPT leaves them as learned logits the model pushes down; masking
+them keeps the loss exactly that of the 50,257-way softmax from the first step.
 """
 from __future__ import annotations
 
@@ -29,13 +36,19 @@ class Config:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False          # biases in Linear and LayerNorm (GPT-2: True)
+    vocab_pad_multiple: int = 1  # embedding/head rows padded to a multiple of this (gpt2-124m: 64, nanoGPT's 50304)
     activation_checkpointing: bool = False
     kernels: str = "torch"      # torch | triton (fused LayerNorm / GELU / linear+cross-entropy)
 
     def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
-        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "vocab_pad_multiple")
         fraction(self, "dropout")
         divisible(self, "n_embd", "n_head", "each head attends over n_embd / n_head channels")
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and the head: vocab_size rounded up to a multiple of vocab_pad_multiple."""
+        return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,13 +105,13 @@ class Model(LanguageModelBase):
         super().__init__()
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wte=nn.Embedding(cfg.padded_vocab, cfg.n_embd),
             wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
             ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias, fused=cfg.kernels == "triton"),
         ))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
         # GPT-2 scaled init of the residual projections: std 0.02 / sqrt(2 * n_layer)
@@ -126,4 +139,5 @@ class Model(LanguageModelBase):
     def forward(self, idx, targets=None):
         """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, targets -1 ignored."""
         x = self.hidden(idx)
-        return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")
+        return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton",
+                             vocab=self.config.vocab_size)

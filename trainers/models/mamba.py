@@ -51,6 +51,7 @@ class Config:
     dt_rank: int = 0               # 0 -> ceil(n_embd / 16), as in the paper
     dt_min: float = 0.001          # Δ is initialised log-uniformly in [dt_min, dt_max]
     dt_max: float = 0.1
+    dt_init_floor: float = 1e-4    # the initial Δ is clamped to at least this (mamba_simple.py's dt_init_floor)
     scan_chunk: int = 0            # chunk length of the training scan; 0 -> ceil(sqrt(T))
     dropout: float = 0.0
     activation_checkpointing: bool = False
@@ -61,6 +62,7 @@ class Config:
         at_least(self, 0, "dt_rank", "scan_chunk")
         require(self.dt_min > 0, self, "dt_min", "must be greater than 0 (Δ starts log-uniform in [dt_min, dt_max])")
         require(self.dt_max >= self.dt_min, self, "dt_max", f"must be at least model.dt_min={self.dt_min}")
+        require(self.dt_init_floor > 0, self, "dt_init_floor", "must be greater than 0 (1e-4 is mamba_simple's)")
         fraction(self, "dropout")
 
 
@@ -84,9 +86,15 @@ class MambaMixer(nn.Module):
         A = torch.arange(1, cfg.d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))                     # (d_inner, d_state)
         self.D = nn.Parameter(torch.ones(d_inner))                  # skip connection
-        # Δ initialisation: softplus(bias) log-uniform in [dt_min, dt_max]
+        # mamba_simple.py marks both `_no_weight_decay`: decaying A_log pulls every A_n towards -1 (a third of
+        # log A over a run with weight_decay 0.1), erasing the S4D spread of time scales (trainers/tasks param_groups)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        # Δ initialisation (mamba_simple.py): softplus(bias) log-uniform in [dt_min, dt_max], floored at
+        # dt_init_floor, and dt_proj's weight uniform in ±dt_rank^-0.5 so that Δ keeps its variance at init
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
         dt = torch.exp(torch.rand(d_inner) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+        dt = dt.clamp(min=cfg.dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
@@ -156,12 +164,14 @@ class Model(RecurrentLanguageModelBase):
         self.norm_f = RMSNorm(cfg.n_embd, fused=cfg.kernels == "triton")
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        # mamba_ssm's initialisation (mixer_seq_simple.py `_init_weights`): the embedding N(0, 0.02); in_proj and
+        # x_proj keep PyTorch's default Linear init (kaiming-uniform, U(±1/sqrt(fan_in))), which the reference
+        # never overwrites; out_proj gets that default divided by sqrt(n_layer), the prenorm residual
+        # rescaling with one residual branch per layer (GPT-2's 1/sqrt(N) for the residual layers)
         nn.init.normal_(self.wte.weight, std=0.02)
-        for name, p in self.named_parameters():
-            if name.endswith(("in_proj.weight", "x_proj.weight")):
-                nn.init.normal_(p, std=0.02)
-            elif name.endswith("out_proj.weight"):  # prenorm residual rescaling (GPT-2, as in mamba_ssm)
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
 
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""

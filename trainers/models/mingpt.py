@@ -5,6 +5,13 @@ attention / residual dropouts, GELU in its tanh form spelled out (NewGELU, Hendr
 causal mask buffer with explicit softmax attention, biases everywhere, and an untied output head.
 
     att = softmax(Q K^T / sqrt(d_head) + causal mask) ;  y = att V          (Vaswani et al. 2017, eq. 1)
+
+With kernels="triton" the masked softmax is the fused causal-softmax kernel (kernels/softmax.py), which
+computes the mask from indices instead of reading the (T, T) buffer.
+
+Weight decay as minGPT's `configure_optimizers`: the weights of Linear layers only; biases, LayerNorm and
+Embedding weights are never decayed (the embeddings are marked `_no_weight_decay`, which trainers/tasks
+param_groups honours; nanoGPT's GPT, by contrast, decays every matrix including its embeddings).
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels import integrate
 from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, sample_next
 
 
@@ -28,6 +36,7 @@ class Config:
     embd_pdrop: float = 0.1
     resid_pdrop: float = 0.1
     attn_pdrop: float = 0.1
+    kernels: str = "torch"    # torch | triton (the fused causal softmax of the attention)
 
     def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
         at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
@@ -53,6 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("bias", torch.tril(torch.ones(cfg.block_size, cfg.block_size))
                              .view(1, 1, cfg.block_size, cfg.block_size), persistent=False)
         self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
+        self.fused = cfg.kernels == "triton"
 
     def forward(self, x):
         B, T, C = x.size()
@@ -61,8 +71,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
-        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
-        att = self.attn_dropout(F.softmax(att, dim=-1))
+        if self.fused:  # mask and softmax in one kernel; keys after the query get exactly 0
+            att = integrate.causal_softmax(att)
+        else:
+            att = F.softmax(att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf")), dim=-1)
+        att = self.attn_dropout(att)
         y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -100,6 +113,8 @@ class Model(LanguageModelBase):
         for pn, p in self.named_parameters():
             if pn.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        for emb in (self.transformer.wte, self.transformer.wpe):  # minGPT's blacklist: no decay on Embedding
+            emb.weight._no_weight_decay = True
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):

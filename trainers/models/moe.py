@@ -1,17 +1,36 @@
-"""Mixture-of-Experts GPT: the cockpit GPT with top-2 routed expert MLPs on every other block (GShard,
+"""Mixture-of-Experts GPT: the cockpit GPT with top-k routed expert MLPs on every other block (GShard,
 Lepikhin et al. 2020; Switch Transformer, Fedus et al. 2021), written for cockpit in plain PyTorch.
 
     x_l+1 = x_l + Attn(LN(x_l));  x_l+1 = x_l+1 + FFN_l(LN(x_l+1))
     FFN_l = MLP for even l (dense), MoE for odd l:
-        p      = softmax(x W_r)                                   router probabilities over E experts (fp32)
-        top-2  e1, e2 = argmax p;  g_i = p_ei / (p_e1 + p_e2)     renormalised gates (GShard)
+        z      = x W_r,  p = softmax(z)                           router logits and probabilities over E experts
+        top-k  e_1..e_k = argmax_k p
+        gates  k = 1: g_1 = p_e1                                  the raw probability (Switch)
+               k > 1: g_i = p_ei / Σ_j p_ej                       renormalised over the chosen (GShard, Mixtral)
         MoE(x) = Σ_i g_i · Expert_ei(x)                            for the choices that fit in the capacity
-Capacity: every expert takes at most C = ceil(capacity_factor · tokens · k / E) token-choices per batch; first
-choices are placed before second choices (GShard's priority), and choices beyond C are dropped (the token
-keeps its residual; `dropped` counts them).
-Load-balancing loss (Switch, eq. 4): L_bal = E · Σ_e f_e · P_e, f_e = share of token-choices routed to e,
-P_e = mean router probability of e. It equals 1 for a uniform router and grows as routing collapses;
-`aux_loss_coef · L_bal` (mean over MoE layers) is added to the training loss.
+With k = 1 a renormalised gate would be 1 for every token, and the router would get no gradient from the
+task loss (only from the balance loss); Switch multiplies the expert's output by p_e1 for that reason.
+The router's logits and softmax are computed in float32 even under bf16 autocast (Switch's "selective
+precision": the exponentials of a bf16 router are too coarse to rank experts stably).
+
+Capacity: in training every expert takes at most C = ceil(capacity_factor · tokens · k / E) token-choices
+per batch; first choices are placed before second choices (GShard's priority), and choices beyond C are
+dropped (the token keeps its residual; `dropped` counts them). At eval and generation (model.eval()) the
+capacity is eval_capacity_factor's: 0, the default, drops nothing (each expert's buffer holds the busiest
+expert's tokens), so a token's output never depends on which other tokens share its batch or context and
+eval losses do not move with the eval batch size; a value > 0 applies C with that factor, as Switch's
+separate eval capacity factor does.
+
+Auxiliary losses, added to the training loss (means over the MoE layers):
+    load balancing (Switch, eq. 4):  L_bal = E · Σ_e f_e · P_e,  f_e = share of token-choices routed to e,
+        P_e = mean router probability of e; 1 for a uniform router, growing as routing collapses; weight
+        aux_loss_coef.
+    router z-loss (ST-MoE, Zoph et al. 2022, eq. 5):  L_z = mean over tokens of (log Σ_e exp z_e)²; keeps the
+        router logits small, which stabilises training; weight z_loss_coef (1e-3 as ST-MoE and transformers'
+        Switch config; 0 turns it off).
+
+With kernels="triton" the LayerNorms, the GELU of the dense MLPs and of the experts, and the classifier's
+linear + cross-entropy run the fused kernels.
 
 Expert statistics reach the event log through `eval_fields()`, which returns the `experts` field of the
 `eval` event: {"counts": [int] * n_expert, "balance_loss": float, "dropped": int, "per_layer": [[int]]}
@@ -31,8 +50,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kernels.integrate import LayerNorm
-from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, require
+from kernels import integrate
+from kernels.integrate import LayerNorm, fp32
+from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, head_and_loss, require
 from trainers.models.gpt import MLP, CausalSelfAttention
 
 
@@ -47,16 +67,18 @@ class Config:
     bias: bool = False
     n_expert: int = 8
     top_k: int = 2
-    capacity_factor: float = 1.25   # C = ceil(capacity_factor · tokens · top_k / n_expert)
+    capacity_factor: float = 1.25   # C = ceil(capacity_factor · tokens · top_k / n_expert), in training
+    eval_capacity_factor: float = 0.0  # the same at eval and generation; 0: no token is ever dropped there
     aux_loss_coef: float = 0.01     # weight of the load-balancing loss
+    z_loss_coef: float = 1e-3       # weight of the router z-loss (ST-MoE); 0: off
     moe_every: int = 2              # MoE on blocks 1, 3, 5, ... (every other block)
     activation_checkpointing: bool = False
-    kernels: str = "torch"          # triton: the shared GPT blocks use fused LayerNorm / GELU
+    kernels: str = "torch"          # triton: fused LayerNorm, GELU and linear + cross-entropy
 
     def __post_init__(self):  # what the layers below need (trainers/models/contract.py, Config checks)
         at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_expert", "top_k",
                  "moe_every")
-        at_least(self, 0, "aux_loss_coef")
+        at_least(self, 0, "aux_loss_coef", "z_loss_coef", "eval_capacity_factor")
         require(self.capacity_factor > 0, self, "capacity_factor", "must be greater than 0 (1.25 is usual)")
         fraction(self, "dropout")
         divisible(self, "n_embd", "n_head", "each head attends over n_embd / n_head channels")
@@ -67,12 +89,14 @@ class Config:
 class MoE(nn.Module):
     """Top-k routed expert MLPs with a fixed capacity: tokens are scattered into an (E, C, d) slot buffer,
     all experts run as one batched matmul, and each token gathers its kept slots back (no data-dependent
-    shapes, so the layer also runs on the meta device for memory estimates)."""
+    shapes in training, so the layer also runs on the meta device for memory estimates)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         E, C, H = cfg.n_expert, cfg.n_embd, 4 * cfg.n_embd
-        self.n_expert, self.top_k, self.capacity_factor = E, cfg.top_k, cfg.capacity_factor
+        self.n_expert, self.top_k = E, cfg.top_k
+        self.capacity_factor, self.eval_capacity_factor = cfg.capacity_factor, cfg.eval_capacity_factor
+        self.fused = cfg.kernels == "triton"
         self.router = nn.Linear(C, E, bias=False)
         # E expert MLPs (GPT's c_fc -> GELU -> c_proj), stacked for one batched matmul
         self.c_fc = nn.Parameter(torch.empty(E, C, H))
@@ -83,23 +107,34 @@ class MoE(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.last_stats = None  # (counts (E,), balance loss, dropped) of the latest forward, as tensors
 
-    def capacity(self, n_tokens: int) -> int:
-        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_expert)
+    def capacity(self, n_tokens: int, factor: float | None = None) -> int:
+        return math.ceil((factor or self.capacity_factor) * n_tokens * self.top_k / self.n_expert)
 
-    def forward(self, x):
+    def router_logits(self, x):
+        """x (N, C) -> router logits (N, E) in float32, with autocast off: a bf16 router's logits would be
+        rounded to 8 significant bits before the softmax that ranks the experts (Switch's selective precision)."""
+        with fp32(x):
+            return F.linear(x.float(), self.router.weight.float())
+
+    def forward(self, x, z_loss: bool = False):
+        """x (B, T, C) -> (y (B, T, C), balance loss); with z_loss, (y, balance loss, router z-loss)."""
         B, T, C = x.shape
         x = x.reshape(-1, C)                                                 # (N, C) tokens
         N, E, k = x.size(0), self.n_expert, self.top_k
-        probs = F.softmax(self.router(x).float(), dim=-1)                    # (N, E)
+        logits = self.router_logits(x)                                       # (N, E) fp32
+        probs = F.softmax(logits, dim=-1)
         top_p, top_e = probs.topk(k, dim=-1)                                 # (N, k)
-        gates = top_p / top_p.sum(dim=-1, keepdim=True)
-        # capacity: position of each token-choice in its expert's queue, first choices before second choices
-        cap = self.capacity(N)
+        gates = top_p if k == 1 else top_p / top_p.sum(dim=-1, keepdim=True)  # Switch's raw p for k = 1
         onehot = F.one_hot(top_e.t().reshape(-1), E)                         # (k·N, E), choice-major order
+        counts = onehot.sum(0)                                               # (E,) token-choices per expert
+        # capacity: position of each token-choice in its expert's queue, first choices before second choices
         position = ((onehot.cumsum(dim=0) - 1) * onehot).sum(-1).view(k, N).t()  # (N, k)
+        if self.training or self.eval_capacity_factor > 0:
+            cap = self.capacity(N, None if self.training else self.eval_capacity_factor)
+        else:  # no drops: room for the busiest expert's tokens (the meta device has no values: every token)
+            cap = N if x.device.type == "meta" else max(int(counts.max()), 1)
         keep = position < cap
         # load-balancing loss (Switch): E · Σ_e f_e P_e
-        counts = onehot.sum(0)                                               # (E,) token-choices per expert
         balance = E * ((counts.float() / (N * k)) * probs.mean(0)).sum()
         # dispatch: slot e·cap + position; dropped choices go to a spare slot that is never read back
         slot = torch.where(keep, top_e * cap + position, E * cap)            # (N, k)
@@ -107,14 +142,18 @@ class MoE(nn.Module):
         h = torch.bmm(slots[:-1].view(E, cap, C), self.c_fc)                 # (E, cap, 4C)
         if self.b_fc is not None:
             h = h + torch.stack(list(self.b_fc)).unsqueeze(1)
-        h = torch.bmm(F.gelu(h, approximate="tanh"), self.c_proj)            # (E, cap, C)
+        h = integrate.gelu_tanh(h) if self.fused else F.gelu(h, approximate="tanh")
+        h = torch.bmm(h, self.c_proj)                                        # (E, cap, C)
         if self.b_proj is not None:
             h = h + torch.stack(list(self.b_proj)).unsqueeze(1)
         h = torch.cat([h.reshape(E * cap, C), h.new_zeros(1, C)])            # spare slot outputs 0
         # combine: y = Σ_i g_i · Expert_ei(x) over the kept choices
         y = (h[slot] * (gates * keep).unsqueeze(-1).to(h.dtype)).sum(dim=1)  # (N, C)
         self.last_stats = (counts.detach(), balance.detach(), (~keep).sum().detach())
-        return self.dropout(y).view(B, T, C), balance
+        y = self.dropout(y).view(B, T, C)
+        if z_loss:  # ST-MoE eq. 5: mean over tokens of logsumexp(z)²
+            return y, balance, torch.logsumexp(logits, dim=-1).pow(2).mean()
+        return y, balance
 
 
 class Block(nn.Module):
@@ -127,11 +166,13 @@ class Block(nn.Module):
         self.mlp = MoE(cfg) if moe else MLP(cfg)
 
     def forward(self, x):
+        """x -> (x, balance loss, router z-loss); the losses are 0 for a dense block."""
         x = x + self.attn(self.ln_1(x))
         if isinstance(self.mlp, MoE):
-            y, balance = self.mlp(self.ln_2(x))
-            return x + y, balance
-        return x + self.mlp(self.ln_2(x)), x.new_zeros((), dtype=torch.float32)
+            y, balance, z = self.mlp(self.ln_2(x), z_loss=True)
+            return x + y, balance, z
+        zero = x.new_zeros((), dtype=torch.float32)
+        return x + self.mlp(self.ln_2(x)), zero, zero
 
 
 class Model(LanguageModelBase):
@@ -174,28 +215,27 @@ class Model(LanguageModelBase):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None):
-        """idx (B, T) -> logits; loss = cross-entropy + aux_loss_coef · mean balance loss of the MoE layers."""
+        """idx (B, T) -> logits; loss = cross-entropy + aux_loss_coef · mean balance loss + z_loss_coef · mean
+        router z-loss of the MoE layers (the auxiliary terms in training only)."""
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
         pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        balance = x.new_zeros((), dtype=torch.float32)
+        balance = z_loss = x.new_zeros((), dtype=torch.float32)
         for block in self.transformer.h:
             if self.config.activation_checkpointing and self.training:
-                x, b = checkpoint(block, x, use_reentrant=False)
+                x, b, z = checkpoint(block, x, use_reentrant=False)
             else:
-                x, b = block(x)
-            balance = balance + b
-        balance = balance / max(len(self.moe_layers), 1)
+                x, b, z = block(x)
+            balance, z_loss = balance + b, z_loss + z
+        n_moe = max(len(self.moe_layers), 1)
+        balance, z_loss = balance / n_moe, z_loss / n_moe
         if self.training and x.device.type != "meta":
             self._record()
         x = self.transformer.ln_f(x)
-        if targets is None:
-            return self.lm_head(x[:, [-1], :]), None
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        if self.training:
-            loss = loss + self.config.aux_loss_coef * balance
+        logits, loss = head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")
+        if loss is not None and self.training:
+            loss = loss + self.config.aux_loss_coef * balance + self.config.z_loss_coef * z_loss
         return logits, loss
 
     # --- expert statistics --------------------------------------------------------------------------

@@ -16,7 +16,11 @@ Training uses the chunkwise form (linear in T); generation uses the recurrent fo
 
 The three forms live in kernels/retention.py, in PyTorch and as the fused chunkwise kernel
 (`retention_parallel`, `retention_recurrent`, `retention_chunkwise`; q, k (B, H, T, dk) already rotated and
-scaled, v (B, H, T, dv), gamma (H,), all fp32).
+scaled, v (B, H, T, dv), gamma (H,)). The PyTorch forms run in fp32 (decays and long sums are precision-
+sensitive). The fused kernel, under bf16 autocast (the GPU runs), takes q, k, v in bf16 and accumulates every
+product in fp32 with its state in fp32, as flash-linear-attention's retention does: the tensor cores run at
+their bf16 rate instead of IEEE fp32 products; without autocast (CPU runs) it gets fp32.
+With kernels="triton" the rotary positions are the fused rope kernel too (kernels/rope.py, interleaved pairs).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import integrate
-from kernels.integrate import LayerNorm, fp32
+from kernels.integrate import LayerNorm, fp32, kernel_dtype
 from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
 from kernels.rope import rope_pairs
 from trainers.models.contract import (RecurrentLanguageModelBase, at_least, divisible, fraction, head_and_loss,
@@ -85,7 +89,8 @@ class MultiScaleRetention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, self.dk).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_head, self.dk).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_head, self.dv).transpose(1, 2)
-        return rope_pairs(q, pos), rope_pairs(k, pos) * self.dk ** -0.5, v  # xPos Θ, without its scale
+        rot = integrate.rope_pairs if self.fused else rope_pairs
+        return rot(q, pos), rot(k, pos) * self.dk ** -0.5, v  # xPos Θ, without its scale
 
     def output(self, x, y):
         """y (B, H, T, dv) -> per-head GroupNorm, swish gate, output projection."""
@@ -97,8 +102,9 @@ class MultiScaleRetention(nn.Module):
     def forward(self, x, form: str = "chunkwise"):
         pos = torch.arange(x.size(1), device=x.device)
         q, k, v = self.qkv(x, pos)
-        q, k, v = q.float(), k.float(), v.float()
-        with fp32(x):  # decays and long sums in fp32, also under bf16 autocast
+        dtype = kernel_dtype(x) if self.fused and form == "chunkwise" else torch.float32
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        with fp32(x):  # decays and long sums in fp32, also under bf16 autocast (the kernel: its accumulators)
             if form == "parallel":
                 y = retention_parallel(q, k, v, self.gamma)
             elif form == "recurrent":

@@ -14,6 +14,17 @@ TimeMix (Finch, section 4): data-dependent token shift (ddlerp), data-dependent 
     out            = W_o (GroupNorm_heads(wkv) ⊙ g)
 ChannelMix:  k = ReLU(W_k lerp_k)^2;  out = σ(W_r lerp_r) ⊙ (W_v k)
 
+Training recipe of RWKV-LM (RWKV-v5/src/model.py, the x060 code, and rwkv_v6_demo.py's initialisation notes):
+  - L2Wrap on the logits (kernels/logits.py): the loss is unchanged, and the largest logit of each position gets
+    an extra gradient l2wrap * max / positions that keeps the logits from drifting up (model.l2wrap, 1e-4 as
+    the reference; 0 turns it off);
+  - initialisation: orthogonal receptance, value, channel-mix key (gain 1), key and gate (gain 0.1), zero
+    output / channel-mix value and receptance, ln_x's gain ((1 + layer) / n_layer)^0.7, a ±1e-4 embedding;
+  - optimizer groups (`configure_optimizers`): no weight decay on the LoRA matrices (maa_A/B, decay_A/B: the
+    reference decays only `.weight` matrices) nor on the 1-D mixing, decay and bonus vectors, and the decay d
+    (`time_decay`) learns at 2x the schedule's lr (its lr_2x group); marked on the parameters for
+    trainers/tasks param_groups (`_no_weight_decay`, `_lr_scale`).
+
 The WKV recurrence's PyTorch forms live with its fused kernel in kernels/wkv.py: training runs the chunked
 parallel form (`wkv_chunked`, exact in fp32 however strong the decay), generation one step at a time
 (`wkv_step`); both are tested against the recurrence `wkv_ref`.
@@ -48,6 +59,8 @@ class Config:
     mix_lora: int = 32             # rank of the token-shift LoRA (D_MIX_LORA)
     decay_lora: int = 64           # rank of the decay LoRA (D_DECAY_LORA)
     wkv_chunk: int = 16            # chunk length of the training form
+    l2wrap: float = 1e-4           # RWKV-LM's L2Wrap factor on the logits (0: off)
+    decay_lr_scale: float = 2.0    # the decay d learns at this multiple of the lr (RWKV-LM's lr_2x group)
     dropout: float = 0.0
     activation_checkpointing: bool = False
     kernels: str = "torch"         # torch | triton (fused WKV, LayerNorm, linear+cross-entropy)
@@ -56,6 +69,8 @@ class Config:
         at_least(self, 1, "vocab_size", "block_size", "n_layer", "n_embd", "head_size", "mix_lora", "decay_lora",
                  "wkv_chunk")
         require(self.ffn_mult > 0, self, "ffn_mult", "must be greater than 0 (3.5 is RWKV-6's)")
+        at_least(self, 0, "l2wrap")
+        require(self.decay_lr_scale > 0, self, "decay_lr_scale", "must be greater than 0 (2.0 is RWKV-LM's)")
         fraction(self, "dropout")
         divisible(self, "n_embd", "head_size", "the channels split into heads of head_size")
 
@@ -92,6 +107,9 @@ class TimeMix(nn.Module):
         self.decay = nn.Parameter(-6 + 5 * (n / max(C - 1, 1)).pow(0.7 + 1.3 * ratio_0_to_1))  # d, per channel
         self.decay_A = nn.Parameter(torch.zeros(C, cfg.decay_lora))
         self.decay_B = nn.Parameter(torch.empty(cfg.decay_lora, C).uniform_(-0.01, 0.01))
+        for lora in (self.maa_A, self.maa_B, self.decay_A, self.decay_B):  # RWKV-LM decays `.weight` matrices only
+            lora._no_weight_decay = True
+        self.decay._lr_scale = cfg.decay_lr_scale                           # RWKV-LM's lr_2x group for time_decay
         zigzag = ((n + 1) % 3 - 1) * 0.1
         self.bonus = nn.Parameter(ratio_0_to_1 * (1 - n / max(C - 1, 1)) + zigzag)  # u ("time_faaaa")
         self.receptance = nn.Linear(C, C, bias=False)
@@ -100,6 +118,7 @@ class TimeMix(nn.Module):
         self.gate = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(self.n_head, C, eps=64e-5)                  # per-head norm (eps 1e-5 * 8²)
+        nn.init.constant_(self.ln_x.weight, ((1 + layer_id) / cfg.n_layer) ** 0.7)  # RWKV-LM's layer scale
 
     def project(self, x, x_prev):
         """ddlerp token shift -> r, k, v, g, log_w, each (..., C)."""
@@ -198,14 +217,15 @@ class Model(RecurrentLanguageModelBase):
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_out = LayerNorm(cfg.n_embd, fused=fused)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        # RWKV-LM's initialisation: tiny embedding (LN0 rescales it), orthogonal projections, zero outputs
+        # RWKV-LM's initialisation: tiny embedding (LN0 rescales it), orthogonal projections (key and gate at
+        # gain 0.1), zero outputs
         nn.init.uniform_(self.wte.weight, -1e-4, 1e-4)
         gain = 0.5 * math.sqrt(cfg.vocab_size / cfg.n_embd) if cfg.vocab_size > cfg.n_embd else 0.5
         nn.init.orthogonal_(self.head.weight, gain=gain)
         for block in self.blocks:
-            for lin in (block.att.receptance, block.att.key, block.att.value, block.att.gate, block.ffn.key):
-                nn.init.orthogonal_(lin.weight)
-            block.att.key.weight.data.mul_(0.1)
+            att = block.att
+            for lin, g in ((att.receptance, 1), (att.key, 0.1), (att.value, 1), (att.gate, 0.1), (block.ffn.key, 1)):
+                nn.init.orthogonal_(lin.weight, gain=g)
             for lin in (block.att.output, block.ffn.receptance, block.ffn.value):
                 nn.init.zeros_(lin.weight)
 
@@ -214,7 +234,7 @@ class Model(RecurrentLanguageModelBase):
         x = self.ln0(self.wte(idx))
         x = through_blocks(self.blocks, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.ln_out(x)
-        return head_and_loss(x, self.head, targets, fused=self.config.kernels == "triton")
+        return head_and_loss(x, self.head, targets, fused=self.config.kernels == "triton", l2wrap=self.config.l2wrap)
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):

@@ -12,7 +12,15 @@ The data is a text corpus as in the LM task; the default is the embedded Milton 
 
     method=full   every weight trains (AdamW): the memory baseline
     method=lora   W0 frozen, adapters (alpha / r) B A on `finetune.targets` train (AdamW)
-    method=qlora  W0 frozen in NF4 + double quantisation, adapters on top, 8-bit (paged on CUDA) AdamW
+    method=qlora  W0 frozen in NF4 + double quantisation, adapters on top, trained as the QLoRA reference
+                  script (artidoro/qlora qlora.py) does: paged AdamW with 32-bit moments, a constant learning
+                  rate (and max_grad_norm 0.3: the qlora preset's train.grad_clip)
+
+    finetune.optimizer    auto (QLoRA: paged_adamw_32bit; full, LoRA: adamw), adamw (torch), paged_adamw_32bit,
+                          paged_adamw_8bit (bitsandbytes; 8-bit moments, a quarter of the optimizer memory)
+    finetune.lr_schedule  auto (QLoRA: constant, as the reference; full, LoRA: cosine), cosine (the loop's
+                          warm-up then cosine to train.min_lr), constant (train.lr at every step, no warm-up,
+                          as transformers' "constant" schedule the reference names)
 
 The base's dropout is turned off (its weights are frozen; `finetune.dropout` regularises the adapters).
 `finetune.merge=true` exports merged weights (W0 + (alpha / r) B A) when the run ends: `merged.pt`, a cockpit
@@ -32,12 +40,16 @@ from trainers import hf, lora, quant
 from trainers.config import ConfigError, check_resolved, coerce, open_regular, strip_private
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
+from trainers.tasks import param_groups
 from trainers.tasks.lm import Task as LMTask
 
 METHODS = ("full", "lora", "qlora")
 EXPORTS = ("ckpt", "hf", "both")
+OPTIMIZERS = ("auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit")
+SCHEDULES = ("auto", "cosine", "constant")
 DEFAULTS = {"base": "", "method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.05, "targets": "q,k,v,o",
-            "merge": False, "export": "ckpt", "block_size": 0, "compare_memory": True, "lr_ratio": 1.0}
+            "merge": False, "export": "ckpt", "block_size": 0, "compare_memory": True, "lr_ratio": 1.0,
+            "optimizer": "auto", "lr_schedule": "auto"}
 MERGED_CKPT, MERGED_HF = "merged.pt", "merged-hf"
 
 
@@ -55,6 +67,12 @@ def finetune_settings(cfg: dict) -> dict:
         raise ConfigError(f"finetune.method={ft['method']!r} is not allowed; use one of {', '.join(METHODS)}")
     if ft["export"] not in EXPORTS:
         raise ConfigError(f"finetune.export={ft['export']!r} is not allowed; use one of {', '.join(EXPORTS)}")
+    if ft["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"finetune.optimizer={ft['optimizer']!r} is not allowed; use one of "
+                          f"{', '.join(OPTIMIZERS)}")
+    if ft["lr_schedule"] not in SCHEDULES:
+        raise ConfigError(f"finetune.lr_schedule={ft['lr_schedule']!r} is not allowed; use one of "
+                          f"{', '.join(SCHEDULES)}")
     if int(ft["rank"]) < 1:
         raise ConfigError(f"finetune.rank={ft['rank']} must be at least 1")
     if float(ft["alpha"]) <= 0:
@@ -168,22 +186,36 @@ def apply_method(model: torch.nn.Module, ft: dict, device: torch.device, arch: s
     return model
 
 
+def optimizer_name(ft: dict) -> str:
+    """finetune.optimizer with `auto` resolved: QLoRA's reference optimizer for qlora, torch AdamW otherwise."""
+    if ft.get("optimizer", "auto") != "auto":
+        return ft["optimizer"]
+    return "paged_adamw_32bit" if ft["method"] == "qlora" else "adamw"
+
+
+def lr_schedule(ft: dict) -> str:
+    """finetune.lr_schedule with `auto` resolved: constant for qlora (the reference script's), else cosine."""
+    if ft.get("lr_schedule", "auto") != "auto":
+        return ft["lr_schedule"]
+    return "constant" if ft["method"] == "qlora" else "cosine"
+
+
 def make_optimizer(model, ft: dict, train: dict, device: torch.device, log=None):
-    """AdamW on the trainable parameters (nanoGPT's decay grouping); 8-bit AdamW for QLoRA."""
+    """finetune.optimizer (optimizer_name) on the trainable parameters, grouped by param_groups (nanoGPT's
+    decay grouping and the models' marks), LoRA+'s faster B in a group of its own."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     ratio = float(ft.get("lr_ratio", 1.0))
     lora_b = [p for n, p in named if lora.is_lora_param(n) and n.endswith(".B")]
     b_ids = {id(p) for p in lora_b} if ratio != 1.0 else set()
-    groups = [{"params": [p for p in params if p.dim() >= 2 and id(p) not in b_ids], "weight_decay": train["weight_decay"]},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = param_groups([p for p in params if id(p) not in b_ids], train["weight_decay"], train["lr"])
     if b_ids:  # LoRA+ (Hayou et al. 2024): B learns `lr_ratio` times faster than A; the loop honours lr_scale
         groups.append({"params": lora_b, "weight_decay": train["weight_decay"], "lr_scale": ratio,
                        "lr": train["lr"] * ratio})
-    groups = [g for g in groups if g["params"]]
     betas = (train["beta1"], train["beta2"])
-    if ft["method"] == "qlora":
-        return quant.make_8bit_adamw(groups, device, train["lr"], betas, log)
+    name = optimizer_name(ft)
+    if name.startswith("paged_adamw_"):
+        return quant.paged_adamw(groups, device, train["lr"], betas, bits=int(name[len("paged_adamw_"):-3]), log=log)
     kw = {"fused": True} if device.type == "cuda" else {}
     if log is not None:
         log("info", f"optimizer: torch AdamW{' (fused)' if kw else ''} on {sum(p.numel() for p in params):,} "
@@ -307,7 +339,15 @@ class Task(LMTask):
         return model
 
     def configure_optimizer(self, model):
+        if lr_schedule(self.ft) == "constant":
+            self.log("info", f"lr schedule: constant, train.lr={self.cfg['train']['lr']:g} at every step "
+                             "(finetune.lr_schedule=constant: no warm-up, no decay)")
         return make_optimizer(model, self.ft, self.cfg["train"], self.device, self.log)
+
+    def on_step(self, model, optimizer, step: int, lr: float) -> float:
+        """finetune.lr_schedule: `constant` keeps train.lr at every step (the QLoRA reference's schedule)."""
+        lr = super().on_step(model, optimizer, step, lr)
+        return self.cfg["train"]["lr"] if lr_schedule(self.ft) == "constant" else lr
 
     @torch.no_grad()
     def evaluate(self, model, step, batch_size=None):
