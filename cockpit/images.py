@@ -6,6 +6,7 @@
                                        pixel, background = the bottom pixel, in true colour
     fit_grid(img, grid, w, h)       a sample grid re-tiled to fit w x h pixels (class columns reflow)
     write_png(path, img)            a PNG file (Pillow), for `cockpit --replay FILE --images`
+    upscale(img)                    nearest-neighbour enlargement for those PNGs
 """
 from __future__ import annotations
 
@@ -146,6 +147,14 @@ def png_bytes(img: np.ndarray) -> bytes:
     out = io.BytesIO()  # Pillow picks the mode from the shape: L, RGB or RGBA
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out, format="PNG")
     return out.getvalue()
+
+
+def upscale(img: np.ndarray, min_side: int = 256, max_factor: int = 16) -> np.ndarray:
+    """Nearest-neighbour enlargement by a whole factor until the shorter side has min_side pixels: a 33-pixel
+    tall sample grid becomes one a person can see, each pixel a crisp square (no blur, no new colours)."""
+    short = min(img.shape[0], img.shape[1])
+    factor = max(1, min(max_factor, -(-min_side // max(short, 1))))
+    return img if factor == 1 else img.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def write_png(path: str | Path, img: np.ndarray) -> Path:

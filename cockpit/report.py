@@ -186,7 +186,7 @@ _PLACE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENO
 def save_image(images, path: Path, img) -> None:
     """`--images`: one sample as a PNG beside the log (written whole or not at all)."""
     try:
-        images.write_png(path, img)
+        images.write_png(path, images.upscale(img))
     except OSError as e:
         if e.errno in _PLACE_ERRORS:
             raise BadInput(f"--images: cannot write {path} ({e.strerror}); the images are saved beside the log: "

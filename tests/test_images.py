@@ -198,3 +198,23 @@ def test_png_reader_composites_alpha_on_white():
     assert out.shape == (1, 3, 3)
     assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [0, 0, 0]
     assert out[0, 2].tolist() == [227, 177, 127]
+
+
+def test_replay_images_are_enlarged_to_a_visible_size_with_crisp_pixels(tmp_path):
+    """`--images` on a 33-pixel-tall sample grid: a PNG whose shorter side is at least 256 pixels, each source
+    pixel a square block of one colour (nearest neighbour: no blur, no new colours)."""
+    import numpy as np
+    from PIL import Image
+
+    from cockpit.images import upscale, write_png
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(33, 169, 3), dtype=np.uint8)
+    big = upscale(img)
+    assert big.shape == (33 * 8, 169 * 8, 3)
+    assert (big[::8, ::8] == img).all() and (big[7::8, 7::8] == img).all()
+    write_png(tmp_path / "s.png", big)
+    with Image.open(tmp_path / "s.png") as png:
+        assert min(png.size) >= 256
+    assert upscale(np.zeros((512, 512, 3), np.uint8)).shape == (512, 512, 3)   # large enough already
+    assert upscale(np.zeros((1, 4, 1), np.uint8)).shape == (16, 64, 1)         # at most 16x
