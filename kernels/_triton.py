@@ -14,6 +14,8 @@ it falls back to the references).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from kernels import interpreter_requested, use_interpreter
@@ -46,6 +48,9 @@ class _NotInstalled:
         _missing()
 
 
+# Triton 3.9 warns once per process that the default of FP fusion (a*b+c as one FMA) will change; the kernels'
+# tolerances were set with it on, so it stays on, said here rather than in every user's terminal.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 try:
     import triton
     import triton.language as tl
