@@ -167,6 +167,7 @@ class RunStart(Event, tag="run_start", kw_only=True, gc=False):
     resumed_from: Optional[int] = None
     torch: Optional[str] = None
     amp_dtype: Optional[str] = None
+    dataset: Optional[dict[str, Any]] = None
 
 
 class Step(Event, tag="step", kw_only=True, gc=False):
