@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["nanogpt", "sequence", "speed", "diffusion", "finetune", "kernels", "reliability"]
+ORDER = ["nanogpt", "sequence", "speed", "data", "diffusion", "finetune", "kernels", "reliability"]
 HEADER = """# Benchmarks
 
 Every figure below was measured by a script in `scripts/` on the machine and date it names, and is
