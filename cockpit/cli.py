@@ -10,6 +10,7 @@ until a subcommand needs it, and a subcommand's module only when that subcommand
     cockpit kernels [--json] [--only NAME[,NAME]] ...   PyTorch vs Triton comparison
     cockpit runs [--json] [--dir DIR] [--sort KEY] [--reverse] [--filter QUERY]   the runs browser
     cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR]   merge a LoRA / QLoRA fine-tune
+    cockpit data prepare|train-tokenizer|inspect ...   tokenise corpora into shards, train a BPE, inspect
 
 Exit codes: 0 success, 1 run failed (or output that could not be written: a full disk, an encoding that cannot
 show it; or a UI that failed), 2 bad input (one line `cockpit: error: ...`).
@@ -372,6 +373,18 @@ def export_merged(parser: Parser, argv: list[str]) -> int:
     return export_main(argv, parser)
 
 
+def data_arguments(p: Parser) -> None:
+    from trainers.dataprep import add_arguments
+
+    add_arguments(p)
+
+
+def data(parser: Parser, argv: list[str]) -> int:
+    from trainers.dataprep import main as data_main
+
+    return data_main(argv, parser)
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {  # summaries fit one line of `cockpit --help` on 80 columns
     "train": Subcommand("run a preset: the UI on a terminal, else headless", train_arguments, train),
     "watch": Subcommand("the UI on an event log, growing or finished", watch_arguments, watch),
@@ -380,6 +393,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {  # summaries fit one line of `cockpit --h
     "runs": Subcommand("browse past runs, or list them as a table or JSON", runs_arguments, runs),
     "export-merged": Subcommand("merge a LoRA / QLoRA fine-tune into its base weights", export_merged_arguments,
                                 export_merged),
+    "data": Subcommand("tokenise corpora into shards, train a tokenizer, inspect", data_arguments, data),
 }
 
 

@@ -209,12 +209,15 @@ class RunStart(Event, tag="run_start", kw_only=True, gc=False):
     resumed_from: Optional[Count] = None
     torch: Optional[Name] = None
     amp_dtype: Optional[Name] = None
+    dataset: Optional[dict[str, Any]] = None
 
     def __post_init__(self):
-        if self.config is not None:
-            if nested_deeper_than(self.config, MAX_DEPTH):
-                raise ValueError(f"config nested deeper than {MAX_DEPTH} levels")
-            self.config = _printable_tree(self.config)
+        for field in ("config", "dataset"):
+            tree = getattr(self, field)
+            if tree is not None:
+                if nested_deeper_than(tree, MAX_DEPTH):
+                    raise ValueError(f"{field} nested deeper than {MAX_DEPTH} levels")
+                setattr(self, field, _printable_tree(tree))
         _printable_fields(self, ("run_id", "preset"))
 
 

@@ -80,6 +80,7 @@ class RunState:
     arch: str | None = None
     task: str | None = None
     config: dict = field(default_factory=dict)
+    dataset: dict | None = None          # what a language model trains on (run_start)
     n_params: int | None = None
     device: str | None = None
     profile: str | None = None
@@ -241,7 +242,7 @@ def _run_start(s: RunState, ev: E.RunStart):
         s.end = None
         s.error = None
     s.segment_start = len(s.train)
-    for name in ("run_id", "preset", "arch", "task", "n_params", "device", "profile", "pid", "unit"):
+    for name in ("run_id", "preset", "arch", "task", "n_params", "device", "profile", "pid", "unit", "dataset"):
         value = getattr(ev, name)
         if value is not None:
             setattr(s, name, value)

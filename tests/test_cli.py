@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT, cockpit
 
-SUBCOMMANDS = ("train", "watch", "presets", "kernels", "runs", "export-merged")
+SUBCOMMANDS = ("train", "watch", "presets", "kernels", "runs", "export-merged", "data")
 HEAVY = ("torch", "triton", "textual")
 
 
@@ -96,6 +96,10 @@ def test_every_option_of_every_parser_has_help_text():
     (["-m", "cockpit", "kernels", "--device", "tpu"], "cockpit kernels"),
     (["-m", "cockpit", "runs", "--bogus"], "cockpit runs"),
     (["-m", "cockpit", "export-merged"], "cockpit export-merged"),
+    (["-m", "cockpit", "data"], "cockpit data"),
+    (["-m", "cockpit", "data", "prepare", "corpus.txt", "--out", "d"], "cockpit data prepare"),
+    (["-m", "cockpit", "data", "train-tokenizer", "corpus.txt", "--vocab", "many", "--out", "t.json"],
+     "cockpit data train-tokenizer"),
     (["-m", "cockpit", "--replay"], "cockpit --replay"),
     (["-m", "cockpit", "--replay", "events.jsonl", "--x", "epochs"], "cockpit --replay"),
     (["-m", "trainers", "nanogpt", "--bogus"], "python -m trainers"),

@@ -53,8 +53,9 @@ COMMON: dict[str, tuple] = {
     "kernels": (str, "torch", None, ("torch", "triton")),
     "vram_budget_gb": (float, 12.0, (0.1, 4096.0), None),
     "data.path": (str, "", None, None),
-    "data.tokenizer": (str, "char", None, ("char", "gpt2")),
+    "data.tokenizer": (str, "char", None, None),  # char, gpt2 or a tokenizer.json (_check_value)
     "data.val_fraction": (float, 0.1, (0.001, 0.5), None),
+    "data.order": (str, "random", None, ("random", "sequential")),
     "train.max_steps": (int, 1000, (1, 10**9), None),
     "train.batch_size": (int, 16, (1, 1 << 20), None),
     "train.grad_accum": (int, 1, (1, 1 << 16), None),
@@ -346,6 +347,9 @@ def _check_value(key: str, value: Any, spec: tuple, source: str) -> Any:
     if key == "name" and value and name_problem(value):  # it names run directories (common/paths.py)
         raise ConfigError(f"{source}: name={value!r} {name_problem(value)}; a name is {NAME_RULE}, e.g. "
                           f"name={safe_name(value)}")
+    if key == "data.tokenizer" and value not in ("char", "gpt2") and not value.endswith(".json"):
+        raise ConfigError(f"{source}: {key}={value!r} is not allowed; use char, gpt2 or the path of a tokenizer.json "
+                          "(`cockpit data train-tokenizer`)")
     if choices is not None and value not in choices:
         raise ConfigError(f"{source}: {key}={value!r} is not allowed; use one of {', '.join(map(str, choices))}")
     if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):

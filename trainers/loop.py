@@ -168,6 +168,7 @@ class Trainer:
             self.writer.emit("log", level=level, message=message)
 
     def _load_resume(self, ckpt: dict):
+        self.task.load_state_dict(ckpt.get("task") or {})  # first: it refuses data of another tokenizer
         try:
             self.raw_model.load_state_dict(ckpt["model"])
         except RuntimeError as e:  # missing, unexpected or differently shaped weights
@@ -186,7 +187,6 @@ class Trainer:
         self.units = int(m.get("units", 0))
         self.skipped = int(m.get("skipped_nonfinite", 0))
         ckpt_io.set_rng_state(ckpt.get("rng") or {}, self.device)
-        self.task.load_state_dict(ckpt.get("task") or {})
         # DDP: rank r takes rows [r*B, (r+1)*B) of a global batch of B*world (distributed.py)
         was = int(ckpt.get("world_size", 1)) * int((ckpt.get("config") or {}).get("train", {}).get(
             "batch_size", self.t["batch_size"]))
@@ -370,7 +370,8 @@ class Trainer:
                          device=str(self.device), profile=self.cfg["profile"], pid=os.getpid(),
                          unit=self.task.unit, max_steps=t["max_steps"], world_size=self.world_size,
                          resumed_from=start_step if self.resume is not None else None,
-                         torch=torch.__version__, amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32")
+                         torch=torch.__version__, amp_dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+                         dataset=self.task.dataset_info())
         for level, message in self.pending_logs:
             self.writer.emit("log", level=level, message=message)
         self.pending_logs.clear()

@@ -63,10 +63,13 @@ def tick_label(x: float, axis: str) -> str:
 
 
 def run_title(s) -> str:
-    """`nanogpt · gpt · 0.81M params · cpu (cpu profile)`."""
+    """`nanogpt · gpt · 0.81M params · shakespeare.txt (1.1M tokens) · cpu (cpu profile)`."""
     parts = [s.preset or "run", s.arch or "?"]
     if s.n_params is not None:
         parts.append(f"{fmt_count(s.n_params)} params")
+    tokens = (s.dataset or {}).get("tokens")
+    if isinstance(tokens, dict) and all(isinstance(n, int) for n in tokens.values()):
+        parts.append(f"{s.dataset.get('name') or 'data'} ({fmt_count(sum(tokens.values()))} tokens)")
     if s.device:
         parts.append(f"{s.device}" + (f" ({s.profile} profile)" if s.profile else ""))
     if s.world_size > 1:

@@ -119,6 +119,10 @@ class Task(ABC):
     def load_state_dict(self, state: dict):
         """Restore what state_dict() saved that changes during a run (e.g. a data stream's position)."""
 
+    def dataset_info(self) -> dict | None:
+        """What run_start records of the data: {name, path, format, tokens per split, tokenizer, ...}."""
+        return None
+
     def memory_fields(self, model, optimizer) -> dict:
         """Extra fields of the loop's `memory` event; a "totals" dict in it is merged into the totals."""
         return {}

@@ -42,6 +42,7 @@ from trainers.models import build_model
 from trainers.models.contract import LanguageModel
 from trainers.tasks import param_groups
 from trainers.tasks.lm import Task as LMTask
+from trainers.tokenizer import describe
 
 METHODS = ("full", "lora", "qlora")
 EXPORTS = ("ckpt", "hf", "both")
@@ -282,7 +283,7 @@ class Task(LMTask):
         ft = finetune_settings(cfg)
         if ft["base"]:  # the model is the base's: its shape comes from its config, read when the task starts
             base_location(ft["base"])
-            textdata.text_path(cfg["data"].get("path", ""))
+            textdata.check_data(cfg["data"], 0, tokenizer=False)  # the base's tokenizer is checked when read
         else:  # a random base of the preset's model.* shape (gpt, as make_tokenizer builds it)
             super().check({**cfg, "arch": "gpt"})
 
@@ -296,7 +297,18 @@ class Task(LMTask):
             self.stream.block_size = ws
 
     # the base decides the tokenizer (and the model shape); read it here, before the corpus is encoded
-    def make_tokenizer(self, text: str):
+    def dataset_tokenizer(self, dataset):
+        """A token dataset must have been made with the base's tokenizer."""
+        if not self.ft["base"]:
+            return self.make_tokenizer(None, super().dataset_tokenizer(dataset))
+        tokenizer = self.make_tokenizer(None)
+        state = tokenizer.state_dict()
+        dataset.check_tokenizer(state, describe(state), "prepare the data again with the base's tokenizer",
+                                key=f"the tokenizer of finetune.base={self.ft['base']}")
+        return tokenizer
+
+    def make_tokenizer(self, text: str | None, tokenizer=None):
+        """The base's tokenizer; for a random base, `tokenizer` (a token dataset's) or data.tokenizer's."""
         cfg, ft = self.cfg, self.ft
         if ft["base"]:
             info = read_base(ft["base"])
@@ -308,13 +320,13 @@ class Task(LMTask):
             self.log("info", f"base: {info['path']} ({info['arch']}, " +
                      ", ".join(f"{k}={v}" for k, v in info["model"].items()) + "); model.* keys come from the base")
         else:
-            tokenizer = textdata.make_tokenizer(cfg["data"]["tokenizer"], text)
+            tokenizer = tokenizer or textdata.make_tokenizer(cfg["data"]["tokenizer"], text)
             info = {"kind": "random", "path": "", "arch": "gpt", "model": dict(cfg["model"]),
                     "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.state_dict(), "weights": None}
             self.log("info", f"base: randomly initialised gpt of the preset's model.* shape (seed "
                              f"{cfg['train']['seed']}); set finetune.base=runs/<run>/ckpt.pt to fine-tune a "
                              "trained model")
-        if tokenizer.kind == "char":
+        if tokenizer.kind == "char" and text is not None:
             unseen = sorted(set(text) - set(tokenizer.chars))
             if unseen:
                 n = sum(text.count(c) for c in unseen)

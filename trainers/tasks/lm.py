@@ -1,12 +1,15 @@
-"""Language modelling: predict the next token of a text corpus (characters or GPT-2 BPE)."""
+"""Language modelling: predict the next token of a corpus: a text file tokenised in memory, or a token dataset
+on disk read through memmap (trainers/data.py), with characters, GPT-2 BPE or a tokenizer.json."""
 from __future__ import annotations
 
 import torch
 
 from trainers import data as textdata
+from trainers.config import ConfigError
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
 from trainers.tasks import Task as BaseTask
+from trainers.tokenizer import describe, identity
 
 
 class Task(BaseTask):
@@ -15,7 +18,12 @@ class Task(BaseTask):
     next training batch drawn as soon as the current one is taken, and each eval drawing fresh batches of
     both splits from the same stream (evals at step 0 and every eval_interval). So a run with nanoGPT's
     configuration and seed sees exactly nanoGPT's batches. The stream's state and the batch already drawn
-    are in every checkpoint: a resumed run draws what the uninterrupted one would have."""
+    are in every checkpoint: a resumed run draws what the uninterrupted one would have.
+
+    With data.order=sequential the training batches walk the train split instead (llm.c's order: row i of a
+    batch starts i x block_size tokens after row 0, the next batch where this one ended, the split again when
+    it runs out); the position is in every checkpoint. Evals then score the first eval_iters batches of val
+    (the same tokens every time) and random train windows from a generator of their own."""
     unit = "tokens"
     default_corpus = "shakespeare.txt"
     sample_prompt = "\n"
@@ -25,18 +33,41 @@ class Task(BaseTask):
     @classmethod
     def check(cls, cfg):
         super().check(cfg)
-        textdata.text_path(cfg["data"].get("path", ""))
+        textdata.check_data(cfg["data"], cfg["model"]["block_size"])
 
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         super().__init__(cfg, device, log, amp_dtype)
-        text, source = textdata.load_text(cfg["data"].get("path", ""), self.default_corpus)
-        self.tokenizer = self.make_tokenizer(text)
-        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
-        self.stream = textdata.TokenStream(ids, cfg["data"]["val_fraction"], cfg["model"]["block_size"], source)
-        self.log("info", f"data: {source}, {len(ids):,} tokens ({self.tokenizer.kind} tokenizer, "
-                         f"vocab {self.tokenizer.vocab_size})")
+        d = cfg["data"]
+        self.order = d.get("order", "random")
+        dataset = textdata.open_tokens(d.get("path", ""), d["val_fraction"])
+        if dataset is None:
+            text, source = textdata.load_text(d.get("path", ""), self.default_corpus)
+            self.tokenizer = self.make_tokenizer(text)
+            ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+            # model.block_size read after make_tokenizer: a fine-tune's base sets it there
+            self.stream = textdata.TokenStream(ids, d["val_fraction"], cfg["model"]["block_size"], source)
+            self.dataset = textdata.text_info(source, self.stream, self.tokenizer)
+            self.log("info", f"data: {source}, {len(ids):,} tokens ({self.tokenizer.kind} tokenizer, "
+                             f"vocab {self.tokenizer.vocab_size})")
+        else:
+            self.tokenizer = self.dataset_tokenizer(dataset)
+            self.stream = textdata.ShardStream(dataset, cfg["model"]["block_size"], self.tokenizer.vocab_size)
+            self.dataset = dataset.info(self.tokenizer.state_dict(), self.tokenizer.vocab_size)
+            self.log("info", f"data: {dataset.path} ({dataset.format}), train {len(dataset.train):,} tokens in "
+                             f"{len(dataset.train.files)} file(s), val {len(dataset.val):,} tokens "
+                             f"({self.dataset['tokenizer']} tokenizer, vocab {self.tokenizer.vocab_size}), "
+                             "read through memmap")
+            for note in dataset.notes:
+                self.log("info", f"data: {note}")
         self.data_gen = torch.Generator()
         self.pending = None  # the next training batch, already drawn
+        self.position, self.epoch = 0, 0  # data.order=sequential: where the next training batch starts
+
+    def dataset_info(self) -> dict:
+        return self.dataset
+
+    def dataset_tokenizer(self, dataset):
+        return textdata.dataset_tokenizer(dataset, self.cfg["data"]["tokenizer"])
 
     def fork_data_rng(self):
         """Start the data stream from torch's RNG as it is now: after the model's initialisation."""
@@ -44,6 +75,12 @@ class Task(BaseTask):
         self.pending = None
 
     def draw(self, split, batch_size):
+        if self.order == "sequential" and split == "train":
+            if self.position + batch_size * self.stream.block_size + 1 > self.stream.length("train"):
+                self.position, self.epoch = 0, self.epoch + 1
+                self.log("info", f"data: epoch {self.epoch + 1} of the train split begins")
+            batch, self.position = self.stream.consecutive("train", batch_size, self.position)
+            return batch
         return self.stream.batch(split, batch_size, self.data_gen)
 
     def make_tokenizer(self, text: str):
@@ -75,6 +112,12 @@ class Task(BaseTask):
         evaluate draw the same batches (skip_eval) so that every rank's stream stays in step."""
         n, every = self.cfg["train"]["eval_iters"], self.cfg["train"]["eval_interval"]
         bs = batch_size or self.cfg["train"]["batch_size"]
+        if self.order == "sequential":  # val from its start every time; train windows that leave the walk be
+            g, position, val = self.generator("test", step), 0, []
+            for _ in range(n):
+                batch, position = self.stream.consecutive("val", bs, position)
+                val.append(batch)
+            return {"train": [self.stream.batch("train", bs, g) for _ in range(n)], "val": val}
         if step % every == 0:
             if self.pending is None:
                 self.pending = self.draw("train", bs)
@@ -121,10 +164,18 @@ class Task(BaseTask):
         return {"tokenizer": self.tokenizer.state_dict(), "data": self.data_state()}
 
     def data_state(self):
-        return {"rng": self.data_gen.get_state(), "pending": self.pending}
+        return {"rng": self.data_gen.get_state(), "pending": self.pending, "position": self.position,
+                "epoch": self.epoch}
 
     def load_state_dict(self, state: dict):
+        saved = state.get("tokenizer")
+        now = self.tokenizer.state_dict()
+        if saved and identity(saved) != identity(now):
+            raise ConfigError(f"--resume: the checkpoint was trained with the {describe(saved)} tokenizer, but "
+                              f"data.path={self.dataset['path']} with data.tokenizer={self.cfg['data']['tokenizer']} "
+                              f"gives {describe(now)}; resume on the data it was trained on, with its tokenizer")
         data = state.get("data")
         if data:
             self.data_gen.set_state(data["rng"])
             self.pending = tuple(data["pending"]) if data["pending"] is not None else None
+            self.position, self.epoch = int(data.get("position", 0)), int(data.get("epoch", 0))
