@@ -58,3 +58,15 @@ TINY_GPT = ("model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block
 @pytest.fixture
 def tiny_gpt():
     return TINY_GPT
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """The fused kernels, run by Triton's interpreter on CPU tensors."""
+    from kernels import integrate
+
+    monkeypatch.setenv("COCKPIT_TRITON_INTERPRET", "1")
+    integrate._reset_for_tests()
+    assert integrate.backend() == "interpreter"
+    yield
+    integrate._reset_for_tests()

@@ -18,16 +18,6 @@ from trainers.tasks import load_task
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def interpreted(monkeypatch):
-    """The fused kernels, run by Triton's interpreter on CPU tensors."""
-    monkeypatch.setenv("COCKPIT_TRITON_INTERPRET", "1")
-    integrate._reset_for_tests()
-    assert integrate.backend() == "interpreter"
-    yield
-    integrate._reset_for_tests()
-
-
 def cpu_task(preset: str, *overrides: str):
     return load_task(config.load(preset, list(overrides), profile="cpu", has_cuda=False), CPU)
 

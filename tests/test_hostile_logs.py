@@ -547,8 +547,7 @@ async def test_every_accepted_hostile_value_draws_in_the_run_screen(tmp_path, no
             screen.redraw(force=True)
             await pilot.pause()
             for key in ("t", "l", "e", "m") if event["type"] in ("step", "eval", "run_start", "checkpoint") else ():
-                await pilot.press(key)
-                await pilot.pause()
+                await pilot.press(key)  # (press waits until the key's redraw is done)
             for key in ("left_square_bracket", "d", "d", "right_square_bracket") if event["type"] == "sample" else ():
                 await pilot.press(key)
             if event["type"] == "kernel":

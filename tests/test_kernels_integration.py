@@ -24,16 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def interpreted(monkeypatch):
-    """The fused kernels, run by Triton's interpreter on CPU tensors."""
-    monkeypatch.setenv("COCKPIT_TRITON_INTERPRET", "1")
-    integrate._reset_for_tests()
-    assert integrate.backend() == "interpreter"
-    yield
-    integrate._reset_for_tests()
-
-
-@pytest.fixture
 def pytorch_fallback(monkeypatch):
     monkeypatch.delenv("COCKPIT_TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
