@@ -154,9 +154,9 @@ def main(argv=None) -> int:
     ui: dict[str, list] = {"picker": [], "watch_small": [], "watch_big": []}
     for _ in range(max(1, a.repeats)):  # in turns, so that a slow phase of the machine touches all three
         ui["picker"].append(first_frame(py, [b"pick a preset", first_preset.encode()], a.timeout))
-        ui["watch_small"].append(first_frame([*py, "watch", str(small)], [b"Pause/resume", PRESET.encode()],
+        ui["watch_small"].append(first_frame([*py, "watch", str(small)], [b"Kernels", PRESET.encode()],
                                              a.timeout))
-        ui["watch_big"].append(first_frame([*py, "watch", str(log)], [b"Pause/resume", PRESET.encode()], a.timeout))
+        ui["watch_big"].append(first_frame([*py, "watch", str(log)], [b"Kernels", PRESET.encode()], a.timeout))
         print(json.dumps({k: v[-1] for k, v in ui.items()}), flush=True)
     picker, watch_small, watch_big = ([median_seen(t[i] for t in ui[k]) for i in (0, 1)]
                                       for k in ("picker", "watch_small", "watch_big"))
