@@ -62,7 +62,7 @@ class MemoryPane(StatePane):
             what = "sum of the parts; no allocator on CPU"
         frac = used / budget if budget else 0.0
         # the VRAM budget is the GPU's: a CPU run's bytes are RAM, shown without a gauge against it
-        figures = f" {fmt_bytes(used)} of {fmt_bytes(budget)}" if on_gpu else f" {fmt_bytes(used)}"
+        figures = f" {fmt_bytes(used)} of {fmt_bytes(budget)}" if on_gpu else fmt_bytes(used)
         note = f" ({what})"
         gauge_w = min(30, w - 5 - len(figures) - len(note)) if on_gpu else 0
         one_line = gauge_w >= 10 or not on_gpu and len(figures) + len(note) + 5 <= w  # else: the note below
@@ -95,12 +95,13 @@ class MemoryPane(StatePane):
         name_w = min(max(len(n) for n, _, _ in layers), max(8, w // 4))
         bar_w = max(4, w - name_w - 12)
         layers = sorted(layers, key=lambda row: -row[1])  # the largest first: what a cut list must not hide
-        shown = layers if len(layers) <= room else layers[:max(0, room - 1)]
+        # room for one line only: the largest layer, not a line that only says how many are hidden
+        shown = layers if len(layers) <= room else layers[:max(1, room - 1)]
         for name, a, _p in shown:
             out.append(f"{short_layer_name(name, name_w):<{name_w}} ")
             out.append(hbar(a / biggest, bar_w), style="cyan")
             out.append(f" {fmt_bytes(a):>10}\n")
-        if len(shown) < len(layers):
+        if len(shown) < len(layers) and len(shown) < room:
             rest = layers[len(shown):]
             out.append(f"… {len(rest)} more layers, {fmt_bytes(sum(a for _, a, _ in rest))}\n", style="dim")
         out.rstrip()
