@@ -497,3 +497,18 @@ def test_a_resumed_run_without_run_end_is_rated_by_its_latest_segment(tmp_path):
 
 def test_config_diff_tells_an_empty_section_from_a_missing_one():
     assert config_diff([{"a": {}}, {}]) == {"a": [{}, None]}
+
+
+def test_the_speed_column_says_each_runs_unit_in_full():
+    """A diffusion run's 58.7 items/s is not cut to `58.7 it` under a `tok/s` title: each figure has its unit."""
+    from types import SimpleNamespace
+
+    from cockpit.runs.table import COLUMNS, run_cells
+
+    base = dict(preset="p", arch="a", status="completed", steps=3, max_steps=3, best_val=1.0, params=10,
+                wall_time=1.0, started=None, run_id="r", name="r")
+    col = [k for k, _ in COLUMNS].index("throughput")
+    assert dict(COLUMNS)["throughput"] == "speed"
+    assert run_cells(SimpleNamespace(**base, throughput=58.7, unit="items"))[col] == "58.7 it/s"
+    assert run_cells(SimpleNamespace(**base, throughput=41300.0, unit="tokens"))[col] == "41.3k tok/s"
+    assert run_cells(SimpleNamespace(**base, throughput=None, unit="tokens"))[col] == "-"

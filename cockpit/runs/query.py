@@ -12,7 +12,7 @@ from common.state import number
 
 SORT_KEYS = tuple(k for k, _ in COLUMNS) + ("name", "task", "device", "size", "last_time")
 TEXT_FIELDS = ("run_id", "preset", "arch", "status", "task", "device", "name")
-ALIASES = {"val": "best_val", "tok/s": "throughput", "wall": "wall_time", "run": "run_id"}
+ALIASES = {"val": "best_val", "tok/s": "throughput", "speed": "throughput", "wall": "wall_time", "run": "run_id"}
 _COND = re.compile(r"^([A-Za-z_][\w.\-/]*)(<=|>=|<|>|=|:)(.*)$")
 
 

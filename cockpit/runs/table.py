@@ -8,10 +8,10 @@ from common.fmt import fmt_count, fmt_duration, fmt_loss, fmt_rate
 # (RunInfo attribute, column title): the browser's columns, in order
 COLUMNS = [
     ("preset", "preset"), ("arch", "arch"), ("status", "status"), ("steps", "steps"),
-    ("best_val", "best val"), ("throughput", "tok/s"), ("params", "params"), ("wall_time", "wall"),
+    ("best_val", "best val"), ("throughput", "speed"), ("params", "params"), ("wall_time", "wall"),
     ("started", "started"), ("run_id", "run"),
 ]
-NUMERIC = {"steps", "best val", "tok/s", "params", "wall"}
+NUMERIC = {"steps", "best val", "speed", "params", "wall"}
 
 
 def fmt_started(t: float | None) -> str:
@@ -21,7 +21,8 @@ def fmt_started(t: float | None) -> str:
 def run_cells(r) -> list[str]:
     """One run (a RunInfo) as text cells, in COLUMNS order."""
     steps = f"{r.steps}/{r.max_steps}" if r.max_steps else str(r.steps)
-    rate = fmt_rate(r.throughput) + ("" if r.unit == "tokens" or r.throughput is None else " it")
+    # the unit with each figure: a language model's tokens/s and a diffusion model's items/s share the column
+    rate = "-" if r.throughput is None else fmt_rate(r.throughput) + (" tok/s" if r.unit == "tokens" else " it/s")
     return [r.preset or "?", r.arch or "?", r.status, steps, fmt_loss(r.best_val), rate,
             fmt_count(r.params), fmt_duration(r.wall_time), fmt_started(r.started), r.run_id or r.name]
 
