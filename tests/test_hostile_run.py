@@ -506,10 +506,16 @@ def make_read_only(d: Path) -> str:
     os.chmod(d, 0o755)
     # root ignores permission bits: a read-only bind mount over the directory (the trainer's open log keeps
     # its descriptor on the writable mount underneath, as a log opened before a remount would)
-    r = subprocess.run(["sh", "-c", f"mount --bind '{d}' '{d}' && mount -o remount,ro,bind '{d}' '{d}'"],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(["mount", "--bind", str(d), str(d)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, f"cannot make {d} read-only here (root without mount rights): {r.stderr}"
-    return "mount"
+    for _ in range(50):  # EBUSY while the trainer has a file open for writing there (a checkpoint being written)
+        r = subprocess.run(["mount", "-o", "remount,ro,bind", str(d), str(d)], capture_output=True, text=True,
+                           check=False)
+        if r.returncode == 0:
+            return "mount"
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(d)], check=False)
+    raise AssertionError(f"cannot remount {d} read-only here: {r.stderr}")
 
 
 def test_the_run_directory_turning_read_only_mid_run_stops_cleanly_with_the_log_and_checkpoint_kept(tmp_path):
@@ -523,7 +529,7 @@ def test_the_run_directory_turning_read_only_mid_run_stops_cleanly_with_the_log_
     finally:
         p.kill()
         if how == "mount":
-            subprocess.run(["umount", str(log.parent)], check=False)
+            subprocess.run(["umount", "-l", str(log.parent)], check=False)  # lazily: never left mounted
         os.chmod(log.parent, 0o755)
     assert code == 1, err
     line = one_error_line(err)

@@ -113,8 +113,8 @@ class Controls:
             for stream in (sys.stdout, sys.stderr):
                 try:
                     stream.flush()
-                except (AttributeError, OSError, ValueError):
-                    pass
+                except Exception:  # noqa: BLE001, S110 — e.g. RuntimeError "reentrant call" when the signal
+                    pass  # came in the middle of a write to that stream: raised here, a loader could swallow it
             for undo in self._abandon:
                 try:
                     undo()
