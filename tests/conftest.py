@@ -70,3 +70,16 @@ def interpreted(monkeypatch):
     assert integrate.backend() == "interpreter"
     yield
     integrate._reset_for_tests()
+
+
+class FakeTty:
+    """A stream that says it is a terminal (the UI's commands refuse to start without one)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def isatty(self):
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.paths import default_log_path, name_problem, safe_name
-from tests.conftest import ROOT, TINY_GPT, cockpit
+from tests.conftest import ROOT, TINY_GPT, FakeTty, cockpit
 from trainers import config
 
 MEMORY_LIMIT = 3 * 2**30  # address space for a trainer under test: what reads "until memory runs out" stops here
@@ -156,17 +156,6 @@ def test_device_cuda_without_cuda_is_bad_input(env, fragments, runs):
                 env={**env, "COCKPIT_RUNS": str(runs)})
     refused(r, *fragments)
     assert run_dirs(runs) == []
-
-
-class FakeTty:
-    def __init__(self, stream):
-        self.stream = stream
-
-    def isatty(self):
-        return True
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
 
 
 @pytest.fixture

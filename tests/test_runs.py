@@ -20,6 +20,7 @@ from cockpit.runs.query import filter_runs, sort_runs
 from cockpit.runs.table import runs_table
 from common.paths import runs_root
 from common.state import load_state
+from tests.conftest import FakeTty
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "runs"
@@ -430,17 +431,6 @@ def test_cockpit_runs_with_a_missing_directory_is_bad_input():
     p = cockpit("runs", "--dir", "/no/such/runs")
     assert p.returncode == 2
     assert p.stderr.startswith("cockpit: error: --dir /no/such/runs") and len(p.stderr.splitlines()) == 1
-
-
-class FakeTty:
-    def __init__(self, stream):
-        self.stream = stream
-
-    def isatty(self):
-        return True
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
 
 
 def on_a_terminal(monkeypatch, app_module):

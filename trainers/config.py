@@ -472,6 +472,15 @@ def strip_private(cfg: dict) -> dict:
     return {k: copy.deepcopy(v) for k, v in cfg.items() if not k.startswith("_")}
 
 
+def check_section_keys(section: str, given: dict, known, where: str = "") -> None:
+    """ConfigError for a key of `section` that is not in `known`, with the closest known key as a hint."""
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f"did you mean '{section}.{close[0]}'?" if close else f"use {', '.join(known)}"
+            raise ConfigError(f"unknown key '{section}.{key}'{where}; {hint}")
+
+
 def check_resolved(cfg: object, source: str, fix: str = "resume from another checkpoint") -> dict:
     """A resolved config that comes from a file (a checkpoint's), checked as a preset is: a mapping, known keys,
     the same types and ranges. Common keys it lacks (written by an older cockpit) take their defaults."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import urllib.request
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +96,20 @@ def check_lengths(source: str, lengths: dict[str, int], block_size: int) -> None
                 f"(model.block_size={block_size}); use a longer text or a smaller model.block_size")
 
 
-class Stream:
-    """Windows of `block_size` + 1 tokens from a corpus's train and val splits, as (x, y) int64 rows."""
+class Stream(ABC):
+    """Windows of `block_size` + 1 tokens from a corpus's train and val splits, as (x, y) int64 rows. A subclass
+    says how long a split is and how to read rows at given starts; sampling is shared."""
 
     block_size: int
     source: str
 
+    @abstractmethod
     def length(self, split: str) -> int:
-        raise NotImplementedError
+        """Tokens in `split`."""
 
+    @abstractmethod
     def rows(self, split: str, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(x, y): the windows beginning at `starts`, y shifted by one token."""
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator):
         """Random windows, drawn as nanoGPT's get_batch draws them."""

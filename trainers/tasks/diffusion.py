@@ -17,11 +17,10 @@ so a resumed run sees exactly the batches of an uninterrupted one.
 from __future__ import annotations
 
 import base64
-import difflib
 
 import torch
 
-from trainers.config import ConfigError, coerce
+from trainers.config import ConfigError, check_section_keys, coerce
 from trainers.diffusion import Diffusion, DiffusionModel
 from trainers.images import image_source, load_images, to_uint8
 from trainers.models import build_model, make_config
@@ -47,11 +46,7 @@ PROCESS_DEFAULTS = {"image_size": 16, "num_timesteps": 1000, "schedule": "linear
 def sample_options(cfg: dict) -> dict:
     """The `sample.*` keys with defaults filled in, typed and checked (ConfigError names the bad key)."""
     given = cfg.get("sample") or {}
-    for key in given:
-        if key not in SAMPLE_DEFAULTS:
-            close = difflib.get_close_matches(key, list(SAMPLE_DEFAULTS), n=1)
-            hint = f"did you mean 'sample.{close[0]}'?" if close else f"use {', '.join(SAMPLE_DEFAULTS)}"
-            raise ConfigError(f"unknown key 'sample.{key}' for the diffusion task; {hint}")
+    check_section_keys("sample", given, SAMPLE_DEFAULTS, " for the diffusion task")
     opts = {}
     for key, default in SAMPLE_DEFAULTS.items():
         value = coerce(f"sample.{key}", given.get(key, default), type(default), "diffusion task")

@@ -29,7 +29,6 @@ checkpoint of the base architecture (usable as another `finetune.base`), and/or 
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ import torch
 from trainers import checkpoint as ckpt_io
 from trainers import data as textdata
 from trainers import hf, lora, quant
-from trainers.config import ConfigError, check_resolved, coerce, open_regular, strip_private
+from trainers.config import ConfigError, check_resolved, check_section_keys, coerce, open_regular, strip_private
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
 from trainers.tasks import param_groups
@@ -58,11 +57,7 @@ def finetune_settings(cfg: dict) -> dict:
     """The `finetune.*` keys with defaults filled in, typed by their defaults and checked (ConfigError names the
     bad key)."""
     given = cfg.get("finetune") or {}
-    for key in given:
-        if key not in DEFAULTS:
-            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
-            hint = f"did you mean 'finetune.{close[0]}'?" if close else f"use {', '.join(DEFAULTS)}"
-            raise ConfigError(f"unknown key 'finetune.{key}'; {hint}")
+    check_section_keys("finetune", given, DEFAULTS)
     ft = {k: coerce(f"finetune.{k}", given.get(k, d), type(d), "finetune task") for k, d in DEFAULTS.items()}
     if ft["method"] not in METHODS:
         raise ConfigError(f"finetune.method={ft['method']!r} is not allowed; use one of {', '.join(METHODS)}")
