@@ -89,8 +89,9 @@ def inspect_preset(name: str) -> dict:
         info.update(n_params=None, est_vram_bytes=None, error=f"{type(e).__name__}: {e}"[:300])
     if here["profile"] != "full":  # what a run here trains (the CPU profile's smaller model), counted too
         try:
+            here_task = load_task(here, torch.device("cpu"))  # its data on the CPU, as for the full size
             with torch.device("meta"):
-                model = load_task(here, torch.device("cpu")).build_model()
+                model = here_task.build_model()
             info["n_params_here"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         except Exception:  # noqa: BLE001, S110 — the full size's figures stand alone
             pass
