@@ -23,7 +23,8 @@ from cockpit.trainer_proc import bad_input_line, forget_unstarted_run
 class CockpitApp(App):
     CSS_PATH = "styles/cockpit.tcss"
     TITLE = "cockpit"
-    ENABLE_COMMAND_PALETTE = False
+    # ctrl+p: the command palette (themes, screenshot, keys, quit); not in the footer (the screens' keys need
+    # its room), the help screen names it
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
 
     def __init__(self, preset: str | None = None, overrides=(), resolved: dict | None = None,
@@ -154,6 +155,31 @@ class CockpitApp(App):
 
     def action_quit(self):
         self.request_quit()
+
+    # --- screenshots -----------------------------------------------------------------------------------
+    def action_screenshot(self, filename: str | None = None, path: str | None = None):
+        """Save the screen as SVG: into the run's directory on a run screen, else the current directory;
+        the path is shown."""
+        from datetime import datetime
+
+        if path is None:
+            log = getattr(getattr(self.screen, "source", None), "path", None)
+            path = str(Path(str(log)).parent) if log is not None else "."
+        name = filename or f"cockpit-{datetime.now():%Y%m%d-%H%M%S}.svg"
+        try:
+            saved = self.save_screenshot(name, path)
+        except OSError as e:
+            self.notify(f"screenshot not saved: {e}", severity="error", markup=False)
+            return None
+        self.notify(f"screenshot saved: {saved}", markup=False)
+        return saved
+
+    def get_system_commands(self, screen):
+        for cmd in super().get_system_commands(screen):
+            if cmd.title == "Screenshot":  # ours: into the run directory, the path shown
+                cmd = type(cmd)(cmd.title, "Save an SVG screenshot (into the run's directory on a run screen)",
+                                self.action_screenshot)
+            yield cmd
 
     def request_quit(self):
         """Quit, asking first when a trainer launched here is still running."""

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from common.events import COMMANDS, RunEnd, encode_command
+from common.fmt import printable
 from common.paths import OUT_NAME
 from common.procs import trainer_alive
 from common.reader import Follower
@@ -30,6 +31,7 @@ class LogSource:
         self.path = Path(path)
         self.follower = Follower(self.path)
         self.out_path = self.path.parent / OUT_NAME
+        self.output = OutputTail(self.out_path)
 
     def poll(self) -> list:
         return self.follower.poll()
@@ -75,6 +77,7 @@ class TrainerProcess:
         self.preset, self.overrides, self.resume, self.nproc = preset, list(overrides), resume, nproc
         self.path = Path(log)
         self.out_path = self.path.parent / OUT_NAME
+        self.output = OutputTail(self.out_path)
         self.follower = Follower(self.path)
         self.cwd, self.env = cwd, env
         self.proc: subprocess.Popen | None = None
@@ -168,6 +171,51 @@ class TrainerProcess:
 
 
 # --- the trainer process's output ------------------------------------------------------------------------
+
+class OutputTail:
+    """The new complete lines of a trainer's output file (trainer.out) since the last call: warnings and
+    tracebacks the log pane shows beside the log events. One stat per call; at most MAX_BYTES read (a flood
+    keeps its newest part); control characters are shown as pictures, long lines are cut."""
+
+    MAX_BYTES = 65536
+    MAX_LINE = 400
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[str]:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size < self.offset:          # rewritten from the start
+            self.offset, self._partial = 0, b""
+        if size == self.offset:
+            return []
+        start = max(self.offset, size - self.MAX_BYTES)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                data = f.read(size - start)
+        except OSError:
+            return []
+        skipped, self.offset = start > self.offset, start + len(data)
+        if skipped:                     # part of a flood was left out: the first line read is partial
+            self._partial = b""
+            data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        if len(self._partial) > self.MAX_BYTES:
+            self._partial = b""
+        out = []
+        for raw in lines:
+            line = printable(raw.decode("utf-8", "replace").rstrip("\r"))
+            if line.strip():
+                out.append(line if len(line) <= self.MAX_LINE else line[: self.MAX_LINE - 1] + "…")
+        return out
+
 
 def bad_input_line(state, out_path: Path | None) -> str | None:
     """The trainer's own `cockpit: error:` line (without the prefix) when it refused to start: exit code 2

@@ -27,6 +27,7 @@ from common.reader import read_blocks
 THERMAL_THROTTLE = ("hw_thermal", "sw_thermal", "hw_slowdown", "hw_power_brake")
 MAX_UNKNOWN_TYPES = 20        # unknown event types counted by name; more are counted together as OTHER_TYPES
 OTHER_TYPES = "(other types)"
+MAX_METRICS = 32              # eval metrics charted by name; a log inventing more has the rest counted, not kept
 
 
 def number(x) -> float | None:
@@ -104,6 +105,13 @@ class RunState:
     val: Curve = field(default_factory=Curve)
     segment_start: int = 0                                # first train point of the latest run_start
     lrs: list = field(default_factory=list)          # lr of each train point (NaN where a step had none)
+    grad_norms: list = field(default_factory=list)   # grad norm of each train point (NaN where none)
+    rates: list = field(default_factory=list)        # throughput of each train point (NaN where none)
+    paused_at: list = field(default_factory=list)    # seconds the run had been paused by each train point
+    paused_total: float = 0.0                        # seconds paused so far (pause → resume acknowledgements)
+    paused_since: float | None = None                # time of the pause acknowledgement while paused
+    metrics: dict = field(default_factory=dict)      # eval metric name -> Curve (accuracy, balance_loss ...)
+    dropped_metrics: int = 0                         # metric names past MAX_METRICS, counted
     best_val: float | None = None
     best_val_step: int | None = None
     last_eval: E.Eval | None = None
@@ -199,10 +207,18 @@ class RunState:
         if not self.max_steps or len(self.train) - i < 2 or self.status not in ("running", "paused"):
             return None
         s0, s1 = self.train.steps[i], self.train.steps[-1]
-        t0, t1 = self.train.times[i], self.train.times[-1]
+        # time spent paused is not training time: the rate leaves it out, so a pause never grows the ETA
+        t0 = self.train.times[i] - self.paused_at[i]
+        t1 = self.train.times[-1] - self.paused_at[-1]
         if s1 <= s0 or t1 <= t0:
             return None
-        return (t1 - t0) / (s1 - s0) * max(0, self.max_steps - s1)
+        return (t1 - t0) / (s1 - s0) * max(0, self.max_steps - max(s1, self.step))
+
+    def progress(self) -> float | None:
+        """Share of max_steps done (0..1), from the step the trainer last reported or acknowledged."""
+        if not self.max_steps:
+            return None
+        return min(1.0, max(0.0, self.step / self.max_steps))
 
     def end_metric(self, name: str) -> float | None:
         """A numeric metric of run_end (best_val_loss, throughput, wall_time, peak_allocated ...)."""
@@ -225,6 +241,17 @@ class RunState:
             return self.last_time - self.start_time
         return None
 
+    def note_output(self, lines) -> None:
+        """Lines the trainer printed outside the protocol (its stderr/stdout file, trainer.out: warnings, a
+        traceback) join the log lines, as level "output"."""
+        n = 0
+        for line in lines:
+            self.logs.append(("output", line))
+            n += 1
+        if n:
+            self.counts["output"] = self.counts.get("output", 0) + n
+            self.version += 1
+
     def mark_killed(self):
         """A log with no run_end whose trainer is gone: the run was killed."""
         if self.end is None and self.status in ("running", "paused", "waiting"):
@@ -237,11 +264,12 @@ def _run_start(s: RunState, ev: E.RunStart):
     if resumed is not None:
         s.resumes.append(resumed)
         s.train.truncate_from(resumed + 1)
-        del s.lrs[len(s.train.steps):]
-        s.val.truncate_from(resumed + 1)
+        _trim_columns(s)
+        _truncate_evals(s, resumed + 1)
         s.end = None
         s.error = None
     s.segment_start = len(s.train)
+    s.paused_since = None  # a new trainer process starts unpaused
     for name in ("run_id", "preset", "arch", "task", "n_params", "device", "profile", "pid", "unit", "dataset"):
         value = getattr(ev, name)
         if value is not None:
@@ -258,13 +286,27 @@ def _run_start(s: RunState, ev: E.RunStart):
     s.status = "running"
 
 
+def _trim_columns(s: RunState):
+    """The per-point columns beside the train curve keep its length after it was truncated."""
+    n = len(s.train.steps)
+    del s.lrs[n:], s.grad_norms[n:], s.rates[n:], s.paused_at[n:]
+
+
+def _truncate_evals(s: RunState, step: int):
+    """Drop the val points and eval metric points with step >= `step` (re-done steps come again)."""
+    s.val.truncate_from(step)
+    for curve in s.metrics.values():
+        curve.truncate_from(step)
+
+
 def _fold_steps(s: RunState, evs, i: int) -> int:
     """Fold the run of step events that starts at evs[i]; returns the index after it. Each step is a point on
     the train curve (a step that goes backwards first drops the points from it on); the latest values (step,
     loss, lr ...) come from the last of the run. The hot loop of a replay: locals, no calls."""
     Step, start, end = E.Step, i, len(evs)
-    train, lrs = s.train, s.lrs
+    train, lrs, grads, rates, paused_at = s.train, s.lrs, s.grad_norms, s.rates, s.paused_at
     steps, values, units_col, times = train.steps, train.values, train.units, train.times
+    paused, nan = s.paused_total, math.nan
     if s.start_time is None:
         s.start_time = evs[i].time
     t0, last = s.start_time, (steps[-1] if steps else None)
@@ -277,8 +319,8 @@ def _fold_steps(s: RunState, evs, i: int) -> int:
         if last is not None and step <= last:
             s.out_of_order += 1
             train.truncate_from(step)
-            del lrs[len(steps):]
-            s.val.truncate_from(step + 1)
+            _trim_columns(s)
+            _truncate_evals(s, step + 1)
         units = ev.tokens
         if units is None:
             units = ev.items
@@ -291,7 +333,10 @@ def _fold_steps(s: RunState, evs, i: int) -> int:
         values.append(ev.loss)
         units_col.append(units)
         times.append(el)
-        lrs.append(ev.lr if ev.lr is not None else math.nan)
+        lrs.append(ev.lr if ev.lr is not None else nan)
+        grads.append(ev.grad_norm if ev.grad_norm is not None else nan)
+        rates.append(ev.throughput if ev.throughput is not None else nan)
+        paused_at.append(paused)
         if ev.throughput is not None:
             throughput = ev.throughput
         if ev.max_steps is not None:
@@ -317,8 +362,21 @@ def _eval(s: RunState, ev: E.Eval):
     units = s.train.units[-1] if s.train.units else 0.0
     t = s.train.times[-1] if s.train.times else 0.0
     if s.val.steps and step <= s.val.steps[-1]:
-        s.val.truncate_from(step)
+        _truncate_evals(s, step)
     s.val.append(step, val, units, t)
+    for name, value in ev.metrics.items():
+        v = number(value)
+        if v is None:
+            continue
+        curve = s.metrics.get(name)
+        if curve is None:
+            if len(s.metrics) >= MAX_METRICS:
+                s.dropped_metrics += 1
+                continue
+            curve = s.metrics[name] = Curve()
+        if curve.steps and step <= curve.steps[-1]:
+            curve.truncate_from(step)
+        curve.append(step, v, units, t)
     if math.isfinite(val) and (s.best_val is None or val < s.best_val):
         s.best_val, s.best_val_step = val, step
     s.last_eval = ev
@@ -353,6 +411,7 @@ def _system(s: RunState, ev: E.System):
 
 def _checkpoint(s: RunState, ev: E.Checkpoint):
     s.checkpoints.append((ev.step, ev.path))
+    s.logs.append(("info", f"checkpoint at step {ev.step}: {ev.path}"))
 
 
 def _kernel(s: RunState, ev: E.Kernel):
@@ -363,6 +422,14 @@ def _log(s: RunState, ev: E.Log):
     s.logs.append((ev.level, ev.message))
     if ev.state is not None and s.end is None:
         s.status = ev.state
+        if ev.step is not None and ev.step > s.step:
+            s.step = ev.step  # the step the trainer acknowledged a pause at (later than the last logged one)
+        if ev.time is not None:
+            if ev.state == "paused" and s.paused_since is None:
+                s.paused_since = ev.time
+            elif ev.state == "running" and s.paused_since is not None:
+                s.paused_total += max(0.0, ev.time - s.paused_since)
+                s.paused_since = None
     if ev.skipped is not None and ev.step is not None:
         s.skipped_steps.append(ev.step)
 

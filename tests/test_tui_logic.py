@@ -343,7 +343,7 @@ def test_pane_signatures_change_only_for_the_pane_whose_events_arrived():
     s.apply({"v": 1, "type": "step", "time": s.last_time + 1, "step": s.step + 1, "loss": 1.0, "lr": 1e-4,
              "tokens": s.units_seen + 10, "throughput": 1.0, "elapsed": s.elapsed + 1})
     changed = {k for k, v in pane_signatures(s).items() if v != after[k]}
-    assert changed == {"loss", "status"}
+    assert changed == {"loss", "metrics", "status"}   # the metrics grid charts each step's lr, grad norm, rate
 
 
 def test_samples_pane_notices_new_samples_after_the_list_is_capped():

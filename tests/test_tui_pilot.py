@@ -129,8 +129,14 @@ async def test_p_pauses_the_trainer_and_x_stops_it_with_a_checkpoint(runs_dir):
             run = app.screen
             screens.append(run)
             await wait_for(pilot, lambda: run.state.step >= 3, 120, "three steps")
-            await pilot.press("p")
-            assert "pausing" in text_of(run.query_one(StatusLine))
+            # the screen's log reading is held while the key is pressed: a tiny step acknowledges a pause
+            # within milliseconds, and the screen must be seen saying "pausing…" before it reads that
+            run._timer.pause()
+            try:
+                await pilot.press("p")
+                assert "pausing" in text_of(run.query_one(StatusLine))
+            finally:
+                run._timer.resume()
             await wait_for(pilot, lambda: run.state.status == "paused", 60, "the trainer to pause")
             paused_at = run.state.step
             await pilot.pause(2.0)

@@ -555,7 +555,8 @@ class Trainer:
         self._sync_controls()
         self._service_commands()
         if c.paused.is_set() and not c.stop.is_set():
-            self.writer.emit("log", level="info", message=f"paused at step {self.step}", state="paused")
+            self.writer.emit("log", level="info", message=f"paused at step {self.step}", state="paused",
+                             step=self.step)
             t_pause = time.time()
             while c.paused.is_set() and not c.stop.is_set():
                 c.wake.wait(0.5)
@@ -564,7 +565,8 @@ class Trainer:
                 self._service_commands()
             self.paused_seconds += time.time() - t_pause  # not training time: left out of throughput
             if not c.stop.is_set():
-                self.writer.emit("log", level="info", message=f"resumed at step {self.step}", state="running")
+                self.writer.emit("log", level="info", message=f"resumed at step {self.step}",
+                                 state="running", step=self.step)
         return c.stop.is_set()
 
 

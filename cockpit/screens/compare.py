@@ -48,7 +48,7 @@ class CompareScreen(ChartKeys, CockpitScreen):
             with Horizontal(id="compare-side"):
                 yield Static("", id="compare-legend")
                 yield DataTable(cursor_type="row", zebra_stripes=True, id="compare-table")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self):
         self.query_one("#compare-plot").border_title = f"loss · {len(self.logs)} runs"

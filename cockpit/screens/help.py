@@ -47,4 +47,5 @@ class HelpScreen(ModalScreen):
             box.border_title = f"keys · {self.title_text}"
             box.border_subtitle = "esc closes"
             yield Static(table)
-            yield Static(Text("Ctrl+Q quits from anywhere (a live run is asked about first).", style="dim"))
+            yield Static(Text("Ctrl+P opens the command palette (themes, screenshot, keys); Ctrl+Q quits from "
+                              "anywhere (a live run is asked about first).", style="dim"))

@@ -66,7 +66,7 @@ class KernelsScreen(CockpitScreen):
             yield KernelsTable(cursor_type="row", zebra_stripes=True, id="kernels-table")
             with VerticalScroll(id="kernels-chart-box"):
                 yield KernelChart(id="kernels-chart")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self):
         table = self.query_one(DataTable)

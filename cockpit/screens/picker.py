@@ -91,7 +91,7 @@ class PickerScreen(CockpitScreen):
             yield PresetTable(cursor_type="row", zebra_stripes=True, id="presets")
             yield Static("", id="preset-description")
             yield Static("", id="preset-overrides")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self):
         table = self.query_one("#presets", DataTable)

@@ -1,4 +1,5 @@
-"""The run screen: loss, samples, memory and GPU panes, the error pane of a failed run, and the status line.
+"""The run screen: the loss chart and samples; the metrics grid (lr, grad norm, throughput and every eval
+metric, a chart each); the memory, system and log panes; the error pane of a failed run; the status line.
 
 It is a view of one RunState folded from the event stream by the shared reducer (common/state.py): a
 timer every TICK_S seconds reads the new bytes of the log once (never a polling storm), folds every new
@@ -24,15 +25,18 @@ from cockpit.screens.pacing import TICK_S, RedrawGate, frame_interval, heavy_ren
 from cockpit.trainer_proc import failure_event
 from cockpit.widgets.error_pane import ErrorPane
 from cockpit.widgets.gpu_pane import GpuPane
+from cockpit.widgets.log_pane import LogPane
 from cockpit.widgets.loss_plot import LossPlot
 from cockpit.widgets.memory_pane import MemoryPane
+from cockpit.widgets.metric_chart import MetricChart
+from cockpit.widgets.metrics_grid import MetricsGrid
 from cockpit.widgets.samples_pane import SamplesPane
 from cockpit.widgets.status_line import StatusLine
 from common.events import as_dict
 from common.state import RunState, fold_available, writer_gone
 
 # The panes, in the order they redraw (each a RunPane: cockpit/widgets/run_pane.py).
-PANES = (LossPlot, SamplesPane, MemoryPane, GpuPane, ErrorPane, StatusLine)
+PANES = (LossPlot, SamplesPane, MetricsGrid, MemoryPane, GpuPane, LogPane, ErrorPane, StatusLine)
 
 
 def pane_signatures(s, note: str | None = None) -> dict[str, tuple]:
@@ -66,6 +70,10 @@ class RunScreen(ChartKeys, CockpitScreen):
         Binding("l", "log_y", "Log-y"),
         Binding("t", "x_axis", "X-axis"),
         Binding("m", "markers", "Markers"),
+        Binding("z", "enlarge", "Enlarge metric"),
+        Binding("g", "choose_metrics", "Choose metrics"),
+        Binding("tab", "focus_next", "Next metric", show=False),
+        Binding("S", "app.screenshot", "Screenshot", key_display="S"),
         Binding("left_square_bracket", "older", "Older sample", key_display="["),
         Binding("right_square_bracket", "newer", "Newer sample", key_display="]"),
         Binding("d", "sample_diff", "Sample diff"),
@@ -96,18 +104,21 @@ class RunScreen(ChartKeys, CockpitScreen):
             with Horizontal(id="run-top"):
                 yield LossPlot(id="loss")
                 yield SamplesPane(id="samples")
+            yield MetricsGrid(id="metrics")
             with Horizontal(id="run-bottom"):
                 yield MemoryPane(id="memory")
                 yield GpuPane(id="gpu")
+                yield LogPane(id="log")
             yield ErrorPane(id="error")
             yield StatusLine(id="status")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self):
         self.query_one("#loss").border_title = "loss"
         self.query_one("#samples").border_title = "samples"
         self.query_one("#memory").border_title = "memory"
         self.query_one("#gpu").border_title = "GPU"
+        self.query_one("#log").border_title = "log"
         self.query_one(StatusLine).update_state(None)
         self.catch_up()
 
@@ -134,6 +145,7 @@ class RunScreen(ChartKeys, CockpitScreen):
     def tick(self):
         s = self.state
         s.apply_all(self.source.poll())
+        s.note_output(self.source.output.poll())
         skipped = self.source.follower.stats.skipped
         if skipped != s.skipped_lines:
             s.skipped_lines = skipped
@@ -153,6 +165,7 @@ class RunScreen(ChartKeys, CockpitScreen):
     def _trainer_exited(self, rc: int):
         s = self.state
         s.apply_all(self.source.finish())
+        s.note_output(self.source.output.poll())
         if s.end is None:
             s.apply(failure_event(s, rc, self.source.out_path))
         if s.exit_code is None:
@@ -210,6 +223,9 @@ class RunScreen(ChartKeys, CockpitScreen):
                 return
             self._frame_at = now
         self._drawn, self._drawn_note = s.version, self.note
+        plot = self.query_one(LossPlot)
+        if not len(s.train) and s.logs:  # before the first step: what the trainer is doing
+            plot.empty_message = f"waiting for the first step · {s.logs[-1][1]}"
         panes = [self.query_one(p) for p in PANES]
         sigs = pane_signatures(s, self.note)
         heavy = heavy_render_seconds(p.render_seconds for p in panes if p.heavy)
@@ -273,6 +289,35 @@ class RunScreen(ChartKeys, CockpitScreen):
             return False
         return True
 
+    # --- the metrics grid -------------------------------------------------------------------------------
+    def action_enlarge(self):
+        """z: the focused metric chart (else the first) fills the screen; z or esc again restores the grid."""
+        if self.maximized is not None:
+            self.minimize()
+            return
+        charts = [c for c in self.query(MetricChart) if c.display]
+        if not charts:
+            self.notify("no metric to enlarge yet: lr, grad norm and throughput come with the first logged step",
+                        severity="warning")
+            return
+        chart = self.focused if isinstance(self.focused, MetricChart) else charts[0]
+        chart.focus()
+        self.maximize(chart)
+
+    def action_choose_metrics(self):
+        from cockpit.screens.metrics_chooser import MetricsChooser
+
+        grid = self.query_one(MetricsGrid)
+        if not grid.available:
+            self.notify("no metrics yet: they come with the first logged step", severity="warning")
+            return
+
+        def chosen(hidden: set[str] | None):
+            if hidden is not None:
+                grid.set_hidden(hidden)
+
+        self.app.push_screen(MetricsChooser(grid.available, grid.hidden), chosen)
+
     def action_kernels(self):
         from cockpit.screens.kernels import KernelsScreen
 
@@ -295,6 +340,9 @@ class RunScreen(ChartKeys, CockpitScreen):
 
     # --- leaving -------------------------------------------------------------------------------------
     def action_back(self):
+        if self.maximized is not None:
+            self.minimize()
+            return
         if self.alive:
             self.notify("the run is still going: x stops it; q quits (and can leave it running headless)",
                         severity="warning")

@@ -62,7 +62,7 @@ class RunsScreen(CockpitScreen):
                         id="runs-filter")
             yield RunsTable(cursor_type="row", zebra_stripes=True, id="runs-table")
             yield Static("", id="runs-detail")
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     VIEW = ("sort_key", "reverse", "marked")  # what reopening the browser keeps
 
