@@ -21,21 +21,22 @@ from common.events import Sample
 
 
 def clip_words(text: str, width: int) -> str:
-    """`text` in at most `width` cells: whole, or up to the last space that fits and an ellipsis; a first word
-    longer than that is cut with the ellipsis."""
+    """`text` in at most `width` cells: whole, or its first words that fit and an ellipsis; "" when not even
+    the first word fits."""
     if cell_len(text) <= width:
         return text
-    cut = ""
-    for ch in text:
-        if cell_len(cut + ch) > width - 1:
+    words = text.split(" ")
+    kept = ""
+    for word in words:
+        longer = f"{kept} {word}" if kept else word
+        if cell_len(longer.rstrip(" ,;:·")) + 1 > width:
             break
-        cut += ch
-    head = cut.rsplit(" ", 1)[0] if " " in cut.strip() else cut
-    return head.rstrip(" ,;:·") + "…"
+        kept = longer
+    return kept.rstrip(" ,;:·") + "…" if kept.strip() else ""
 
 
 # fewer cells than this left for a prompt: leave it out rather than show a stub of it
-MIN_PROMPT_CELLS = 12
+MIN_PROMPT_CELLS = 8
 
 
 def first_that_fits(variants: list[Text], width: int) -> Text:
@@ -56,16 +57,15 @@ def sample_heading(ev: Sample, index: int, count: int, width: int, browsing: boo
     cores = [f"{ev.kind} sample {where}", f"sample {where}", where]
     hints = ["  ([ older, ] newer)", "  ([ ])", ""] if browsing else [""]
     about = (ev.prompt or "").strip().replace("\n", "⏎").replace("\t", " ")
+    frame = "prompt '{}'" if ev.kind == "text" else "{}"   # an image's prompt describes its sampler
     variants = []
     for core in cores:
         for hint in hints:
             head = Text(core, style="bold")
-            room = width - cell_len(core) - cell_len(hint) - len(" · ")
-            if about and ev.kind == "text" and room >= MIN_PROMPT_CELLS:
-                quoted = clip_words(about, room - len("prompt ''"))
-                head.append(f" · prompt '{quoted}'")
-            elif about and room >= MIN_PROMPT_CELLS:  # an image's "prompt" describes its sampler
-                head.append(f" · {clip_words(about, room)}")
+            room = width - cell_len(core) - cell_len(hint) - len(" · ") - len(frame.format(""))
+            shown = clip_words(about, room) if room >= MIN_PROMPT_CELLS else ""
+            if shown:
+                head.append(" · " + frame.format(shown))
             head.append(hint, style="dim")
             variants.append(head)
     return first_that_fits(variants, width)
@@ -134,8 +134,8 @@ def word_diff(a: str, b: str) -> list[tuple[str, str]]:
 
 def fit_label(name: str, width: int) -> str:
     """`name` centred in `width` cells, or cut to them with an ellipsis."""
-    if cell_len(name) > width:
-        name = clip_words(name, width)
+    while cell_len(name) > width:
+        name = name[:-2] + "…" if len(name) > 1 else ""
     return " " * ((width - cell_len(name)) // 2) + name + " " * ((width - cell_len(name) + 1) // 2)
 
 
