@@ -110,11 +110,15 @@ def fit_grid(img: np.ndarray, grid: dict | None, max_w: int, max_h: int) -> tupl
     rows, cols, ch, cw, pad = tiling
     if W0 <= max_w and H0 <= max_h:
         return img, {"rows": rows, "cols": cols, "cell_h": ch, "cell_w": cw, "pad": pad}
-    for p in dict.fromkeys((min(pad, 1), 0)):
+
+    def cells(p: int) -> tuple[int, int, int]:
+        """(gap, cell height, cell width) of the largest grid with gaps of p pixels that fits."""
         s = min(1.0, (max_w - (cols - 1) * p) / (cols * cw), (max_h - (rows - 1) * p) / (rows * ch))
-        h1, w1 = max(1, int(ch * s)), max(1, int(cw * s))
-        if w1 >= MIN_PADDED_CELL:
-            break
+        return p, max(1, int(ch * s)), max(1, int(cw * s))
+
+    p, h1, w1 = cells(min(pad, 1))
+    if p and w1 < MIN_PADDED_CELL:
+        p, h1, w1 = cells(0)
     pad_value = img[0, cw] if cols > 1 and pad else (img[ch, 0] if rows > 1 and pad else img[0, 0] * 0)
     out = np.empty((rows * (h1 + p) - p, cols * (w1 + p) - p, img.shape[2]), dtype=np.uint8)
     out[...] = pad_value
