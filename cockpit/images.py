@@ -4,8 +4,9 @@
     decode_image(payload)           a `sample` event (or its `image` field) -> (H, W, C) uint8
     halfblock(img, max_width=None)  -> rich.text.Text: one "▀" per two pixel rows, foreground = the top
                                        pixel, background = the bottom pixel, in true colour
-    fit_grid(img, grid, w, h)       a sample grid re-tiled to fit w x h pixels (class columns reflow)
-    write_png(path, img)            a PNG file (Pillow), for `cockpit --replay FILE --images`
+    fit_grid(img, grid, w, h)       a sample grid scaled down to fit w x h pixels, rows x columns kept
+    labelled_grid(img, grid, classes) the grid enlarged, each column's class written above it (Pillow)
+    write_png(path, img)            a PNG file (Pillow), for `cockpit --replay FILE --images` and `w`
     upscale(img)                    nearest-neighbour enlargement for those PNGs
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from rich.style import Style
 from rich.text import Text
 
 UPPER_HALF = "\u2580"  # ▀
+# narrower cells than this lose the pixel between them: a 2-pixel cell beside a 1-pixel gap is a third gap
+MIN_PADDED_CELL = 3
 
 
 def decode_image(payload: dict) -> np.ndarray:
@@ -65,51 +68,65 @@ def shrink(img: np.ndarray, max_width: int | None) -> np.ndarray:
     return box_average(img, f)
 
 
-def fit_grid(img: np.ndarray, grid: dict | None, max_w: int, max_h: int) -> np.ndarray:
-    """Re-tile a sample grid to fit max_w x max_h pixels (a half-block cell is 1 x 2 pixels).
+def resize_area(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (h, w, C): each output pixel the mean of the block of source pixels it covers (blocks
+    differ by at most one pixel when the sizes do not divide); growing repeats pixels instead."""
+    H, W = img.shape[:2]
+    ys, xs = np.arange(h) * H // h, np.arange(w) * W // w     # first source row / column of each block
+    sums = np.add.reduceat(np.add.reduceat(img.astype(np.float32), ys, axis=0), xs, axis=1)
+    # reduceat gives the lone pixel where a block is empty (growing): count it once
+    ny, nx = np.maximum(np.diff(ys, append=H), 1), np.maximum(np.diff(xs, append=W), 1)
+    return (sums / (ny[:, None] * nx[None, :])[..., None]).round().astype(np.uint8)
 
-    A diffusion sample is `rows` samples per class column, `cols` columns side by side; a terminal pane is
-    narrower than that. Each class column is kept whole and the columns reflow onto several lines; cells are
-    box-averaged by the smallest integer factor that makes the whole fit. Without grid metadata (or when it
-    does not match the image) the image is only shrunk to max_w."""
-    if img.ndim == 2:
-        img = img[..., None]
-    H0, W0 = img.shape[:2]
+
+def grid_tiling(grid: dict | None, shape: tuple) -> tuple[int, int, int, int, int] | None:
+    """(rows, cols, cell_h, cell_w, pad) of a sample's grid metadata, or None when there is none or it does not
+    match the image's (H, W)."""
     try:
         rows, cols = int(grid["rows"]), int(grid["cols"])
         ch, cw, pad = int(grid["cell_h"]), int(grid["cell_w"]), int(grid.get("pad", 0))
-        ok = rows * (ch + pad) - pad == H0 and cols * (cw + pad) - pad == W0 and rows > 0 and cols > 0
     except (TypeError, KeyError, ValueError):
-        ok = False
-    if not ok:
-        f = max(1, -(-W0 // max(1, max_w)))
-        return box_average(img, f)
+        return None
+    fits = rows * (ch + pad) - pad == shape[0] and cols * (cw + pad) - pad == shape[1]
+    return (rows, cols, ch, cw, pad) if fits and rows > 0 and cols > 0 else None
+
+
+def fit_grid(img: np.ndarray, grid: dict | None, max_w: int, max_h: int) -> tuple[np.ndarray, dict | None]:
+    """A sample grid scaled down to fit max_w x max_h pixels (a half-block cell is 1 x 2 pixels), and its tiling
+    after scaling ({"rows", "cols", "cell_h", "cell_w", "pad"}, as in the event).
+
+    A diffusion sample is `rows` samples per class, one class per column: the grid keeps its rows x columns,
+    so each column stays under its class's label; its cells shrink (never grow) by one factor, keeping their
+    aspect. The padding between cells is one pixel, none when the cells would be under MIN_PADDED_CELL pixels
+    wide with it. Without grid metadata (or when it does not match the image) the whole image is scaled to
+    fit, and the tiling is None."""
+    if img.ndim == 2:
+        img = img[..., None]
+    H0, W0 = img.shape[:2]
+    tiling = grid_tiling(grid, (H0, W0))
+    if tiling is None:
+        s = min(1.0, max_w / W0, max_h / H0)
+        return (img if s == 1.0 else resize_area(img, max(1, int(H0 * s)), max(1, int(W0 * s)))), None
+    rows, cols, ch, cw, pad = tiling
+    if W0 <= max_w and H0 <= max_h:
+        return img, {"rows": rows, "cols": cols, "cell_h": ch, "cell_w": cw, "pad": pad}
+
+    def cells(p: int) -> tuple[int, int, int]:
+        """(gap, cell height, cell width) of the largest grid with gaps of p pixels that fits."""
+        s = min(1.0, (max_w - (cols - 1) * p) / (cols * cw), (max_h - (rows - 1) * p) / (rows * ch))
+        return p, max(1, int(ch * s)), max(1, int(cw * s))
+
+    p, h1, w1 = cells(min(pad, 1))
+    if p and w1 < MIN_PADDED_CELL:
+        p, h1, w1 = cells(0)
     pad_value = img[0, cw] if cols > 1 and pad else (img[ch, 0] if rows > 1 and pad else img[0, 0] * 0)
-    columns = [img[:, j * (cw + pad):j * (cw + pad) + cw] for j in range(cols)]
-    best = None
-    for f in range(1, max(ch, cw) + 1):
-        h1, w1 = ch // f, cw // f
-        if h1 < 1 or w1 < 1:
-            break
-        per_line = max(1, (max_w + pad) // (w1 + pad))
-        lines = -(-cols // per_line)
-        col_h = rows * (h1 + pad) - pad
-        total_h = lines * (col_h + pad) - pad
-        total_w = min(cols, per_line) * (w1 + pad) - pad
-        best = (f, per_line, lines, col_h, total_h, total_w)
-        if total_w <= max_w and total_h <= max_h:
-            break
-    f, per_line, lines, col_h, total_h, total_w = best
-    out = np.empty((total_h, total_w, img.shape[2]), dtype=np.uint8)
+    out = np.empty((rows * (h1 + p) - p, cols * (w1 + p) - p, img.shape[2]), dtype=np.uint8)
     out[...] = pad_value
-    h1, w1 = ch // f, cw // f
-    for j, column in enumerate(columns):
-        line, pos = divmod(j, per_line)
-        y0, x0 = line * (col_h + pad), pos * (w1 + pad)
-        for i in range(rows):
-            cell = box_average(column[i * (ch + pad):i * (ch + pad) + ch], f)
-            out[y0 + i * (h1 + pad):y0 + i * (h1 + pad) + h1, x0:x0 + w1] = cell[:h1, :w1]
-    return out
+    for i in range(rows):
+        for j in range(cols):
+            cell = img[i * (ch + pad):i * (ch + pad) + ch, j * (cw + pad):j * (cw + pad) + cw]
+            out[i * (h1 + p):i * (h1 + p) + h1, j * (w1 + p):j * (w1 + p) + w1] = resize_area(cell, h1, w1)
+    return out, {"rows": rows, "cols": cols, "cell_h": h1, "cell_w": w1, "pad": p}
 
 
 def halfblock(img: np.ndarray, max_width: int | None = None) -> Text:
@@ -155,6 +172,45 @@ def upscale(img: np.ndarray, min_side: int = 256, max_factor: int = 16) -> np.nd
     short = min(img.shape[0], img.shape[1])
     factor = max(1, min(max_factor, -(-min_side // max(short, 1))))
     return img if factor == 1 else img.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+# the class labels over a saved grid's columns: legible at a glance, small beside the enlarged cells
+LABEL_FONT_PX = 14
+
+
+def labelled_grid(img: np.ndarray, grid: dict | None, classes: list | None) -> np.ndarray:
+    """A sample as `w` saves it: enlarged (upscale) and, with classes, on a white band above it each grid
+    column's class over that column (cut with an ellipsis to the column's width); without grid metadata
+    that matches, the classes in one line. (H', W', 3) uint8."""
+    from PIL import Image, ImageDraw, ImageFont  # here, not at the top: only saving a sample draws text
+
+    big = to_rgb(upscale(img if img.ndim == 3 else img[..., None]))
+    if not classes:
+        return big
+    factor = big.shape[0] // img.shape[0]
+    font = ImageFont.load_default(size=LABEL_FONT_PX)
+    band = LABEL_FONT_PX + LABEL_FONT_PX // 2
+    canvas = Image.new("RGB", (big.shape[1], band + big.shape[0]), "white")
+    canvas.paste(Image.fromarray(big), (0, band))
+    draw = ImageDraw.Draw(canvas)
+
+    def fitted(label: str, width: float) -> str:
+        while label and draw.textlength(label, font=font) > width:
+            label = label[:-2] + "…" if len(label) > 1 else ""
+        return label
+
+    names = [str(c) for c in classes]
+    tiling = grid_tiling(grid, img.shape[:2])
+    if tiling is not None and len(names) == tiling[1]:
+        _rows, _cols, _ch, cw, pad = tiling
+        for j, name in enumerate(names):
+            label = fitted(name, cw * factor)
+            x = j * (cw + pad) * factor + (cw * factor - draw.textlength(label, font=font)) / 2
+            draw.text((x, band / 2), label, fill="black", font=font, anchor="lm")
+    else:
+        draw.text((2, band / 2), fitted("classes: " + ", ".join(names), big.shape[1] - 4), fill="black", font=font,
+                  anchor="lm")
+    return np.asarray(canvas)
 
 
 def write_png(path: str | Path, img: np.ndarray) -> Path:

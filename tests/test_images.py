@@ -12,7 +12,17 @@ import torch
 from rich.console import Console
 from rich.style import Style
 
-from cockpit.images import UPPER_HALF, decode_image, halfblock, png_bytes, write_png
+from cockpit.images import (
+    UPPER_HALF,
+    decode_image,
+    fit_grid,
+    halfblock,
+    labelled_grid,
+    png_bytes,
+    resize_area,
+    upscale,
+    write_png,
+)
 from trainers.images import read_png
 from trainers.tasks.diffusion import image_grid, image_payload
 
@@ -113,6 +123,73 @@ def test_halfblock_grid_renders_as_true_colour_text_without_a_terminal():
     assert "38;2;0;0;0;48;2;0;0;0m" in out            # column 1: black
     assert "38;2;128;128;128;48;2;128;128;128m" in out  # column 2: mid grey (0.0 -> 128), also the gaps
     assert "38;2;0;255;255;48;2;0;255;255m" in out      # column 3: cyan
+
+
+# --- fitting a sample grid to the pane -----------------------------------------------------------------
+def class_grid(rows=2, cols=10, cell=16, pad=1) -> tuple[np.ndarray, dict]:
+    """A sample grid whose class columns each have their own grey level (10 * column), white between cells."""
+    h, w = rows * (cell + pad) - pad, cols * (cell + pad) - pad
+    img = np.full((h, w, 3), 255, dtype=np.uint8)
+    for j in range(cols):
+        for i in range(rows):
+            img[i * (cell + pad):i * (cell + pad) + cell, j * (cell + pad):j * (cell + pad) + cell] = 10 * j
+    return img, {"rows": rows, "cols": cols, "cell_h": cell, "cell_w": cell, "pad": pad}
+
+
+@pytest.mark.parametrize("max_w", [20, 27, 35, 41, 60, 120, 400])
+def test_fit_grid_keeps_rows_and_columns_and_scales_the_cells_down_to_the_pane(max_w):
+    """A DiT-style 2x10 grid, one class per column, in panes of every width: still 2 rows of 10 columns, in
+    order, the whole grid inside the pane, square cells never larger than the originals."""
+    img, grid = class_grid(rows=2, cols=10, cell=32)
+    out, tiling = fit_grid(img, grid, max_w, 80)
+    rows, cols, ch, cw, pad = (tiling[k] for k in ("rows", "cols", "cell_h", "cell_w", "pad"))
+    assert (rows, cols) == (2, 10)
+    assert out.shape[:2] == (rows * (ch + pad) - pad, cols * (cw + pad) - pad)
+    assert out.shape[1] <= max_w and out.shape[0] <= 80
+    assert ch == cw <= 32 and cw >= 1
+    if pad == 0:                                     # the gap goes only when it leaves the cells too thin
+        assert (max_w - (cols - 1)) * 32 // (cols * 32) < 3
+    for i in range(rows):
+        for j in range(cols):                        # each cell still shows its own column's grey
+            cell = out[i * (ch + pad):i * (ch + pad) + ch, j * (cw + pad):j * (cw + pad) + cw]
+            assert (cell == 10 * j).all(), (i, j)
+
+
+def test_fit_grid_fills_the_height_when_the_pane_is_short_and_leaves_a_grid_that_fits_alone():
+    img, grid = class_grid(rows=2, cols=10, cell=16)
+    out, tiling = fit_grid(img, grid, 400, 20)               # wide and short: the height decides
+    assert (tiling["rows"], tiling["cols"]) == (2, 10) and out.shape[0] <= 20 and tiling["cell_h"] == 9
+    same, tiling = fit_grid(img, grid, img.shape[1], img.shape[0])
+    assert same is img and tiling == grid
+    plain, tiling = fit_grid(img, None, 40, 100)             # no grid metadata: scaled whole
+    assert plain.shape[1] <= 40 and tiling is None
+    assert abs(plain.shape[0] / plain.shape[1] - img.shape[0] / img.shape[1]) < 0.05
+
+
+def test_resize_area_averages_the_pixels_each_output_pixel_covers():
+    img = np.arange(4 * 6, dtype=np.uint8).reshape(4, 6, 1)
+    assert resize_area(img, 2, 3)[..., 0].tolist() == [[4, 6, 8], [16, 18, 20]]       # 2x2 blocks
+    assert resize_area(img, 1, 1)[0, 0, 0] == round(img.mean())
+    assert resize_area(img, 8, 6)[..., 0].tolist()[:2] == [[0, 1, 2, 3, 4, 5]] * 2     # growing repeats
+
+
+def test_a_saved_grid_has_each_class_written_above_its_column():
+    """`w` on an image sample: the grid enlarged with crisp pixels under a white band, and in the band dark
+    text over every column (over the columns, not over the gaps between them)."""
+    img, grid = class_grid(rows=2, cols=3, cell=16)
+    img[...] = np.where(img == 255, 255, 128)                # grey cells, white gaps
+    out = labelled_grid(img, grid, ["cat", "dog", "automobile"])
+    big = upscale(img)
+    band = out.shape[0] - big.shape[0]
+    assert band > 0 and out.shape[1] == big.shape[1]
+    assert np.array_equal(out[band:], big)
+    factor = big.shape[0] // img.shape[0]
+    inked = (out[:band] < 128).any(axis=(0, 2))              # columns of the band with dark text in them
+    for j in range(3):
+        x0 = j * 17 * factor
+        assert inked[x0:x0 + 16 * factor].any(), f"no label over column {j}"
+    unlabelled = labelled_grid(img, grid, None)
+    assert np.array_equal(unlabelled, big)
 
 
 # --- PNG ----------------------------------------------------------------------------------------------

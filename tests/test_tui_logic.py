@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cockpit.images import fit_grid
 from cockpit.presets_info import vram_fits
 from cockpit.screens.overrides import validate_overrides
 from cockpit.screens.pacing import (
@@ -224,24 +223,6 @@ def test_sample_diff_pairs_the_same_prompt_at_two_steps():
     assert diff_pair_default(samples[:2]) is None            # the latest prompt appears once
     assert diff_pair_default(samples) == (0, 2)
     assert word_diff("the cat sat", "the dog sat") == [("the ", "same"), ("dog", "new"), (" sat", "same")]
-
-
-def test_fit_grid_reflows_class_columns_to_fit_the_pane():
-    rows, cols, ch, cw, pad = 2, 10, 16, 16, 1
-    h, w = rows * (ch + pad) - pad, cols * (cw + pad) - pad
-    img = np.full((h, w, 3), 255, dtype=np.uint8)
-    for j in range(cols):                          # each class column gets its own grey level
-        img[:, j * (cw + pad):j * (cw + pad) + cw] = 10 * j
-    out = fit_grid(img, {"rows": rows, "cols": cols, "cell_h": ch, "cell_w": cw, "pad": pad}, 60, 140)
-    assert out.shape[1] <= 60 and out.shape[0] <= 140
-    assert out.shape[1] == 3 * 17 - 1                # 3 full-size columns per line
-    assert out.shape[0] == 4 * (2 * 17 - 1 + 1) - 1  # 4 lines of 2 cells
-    assert out[0, 0, 0] == 0 and out[0, 17, 0] == 10 and out[34, 0, 0] == 30   # order kept
-    small = fit_grid(img, {"rows": rows, "cols": cols, "cell_h": ch, "cell_w": cw, "pad": pad}, 60, 40)
-    assert small.shape == (2 * 17 + 1, 6 * 9 - 1, 3)            # cells halved: 6 columns per line, 2 lines
-    assert small[0, 9, 0] == 10 and small[18, 0, 0] == 60
-    plain = fit_grid(img, None, 40, 100)
-    assert plain.shape[1] <= 40
 
 
 # --- the trainer's end -------------------------------------------------------------------------------

@@ -501,3 +501,124 @@ async def test_the_picker_filter_is_cleared_by_esc_and_home_end_move_in_the_tabl
         await pilot.pause(0.2)
         keys = [k for k, _ in app.screen.rows]
         assert keys.count("esc") == 1 and any("home/end" in k for k in keys), keys
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tui"
+
+
+async def watched(pilot, app) -> RunScreen:
+    await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, 10, "the log")
+    await pilot.pause(0.3)
+    return app.screen
+
+
+def shown_lines(widget) -> list[str]:
+    """The rows of `widget` as the terminal shows them."""
+    from textual.geometry import Region
+
+    return [strip.text for strip in widget.render_lines(Region(0, 0, widget.size.width, widget.size.height))]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)])
+async def test_sample_headings_fit_the_pane_at_80_120_and_200_columns(size):
+    """`sample diff · step 89 vs step 100 (same` and `text sample 1/5 @ step 89 ([ older, ]` were cut at the
+    pane's edge: each heading (latest, an older one, the diff) fits the pane and still says which sample."""
+    from rich.cells import cell_len
+
+    app = CockpitApp(watch=str(FIXTURES / "nanogpt-tiny" / "events.jsonl"))
+    async with app.run_test(size=size) as pilot:
+        run = await watched(pilot, app)
+        pane = run.query_one(SamplesPane)
+        heading = pane.query_one("#sample-heading")
+        samples, n = run.state.samples, len(run.state.samples)
+        seen = []
+        for keys in ((), ("left_square_bracket",), ("right_square_bracket", "d")):
+            await pilot.press(*keys)
+            await pilot.pause(0.2)
+            text = str(heading.render())
+            assert cell_len(text) <= heading.size.width, (size, text, heading.size.width)
+            assert shown_lines(heading)[0].rstrip() == text, (size, text)
+            seen.append(text)
+        latest, older, diff = seen
+        assert f"{n}/{n} @ step {samples[-1].step}" in latest
+        assert f"{n - 1}/{n} @ step {samples[-2].step}" in older
+        a, b = pane.diff
+        assert f"step {samples[a].step} vs step {samples[b].step}" in diff
+        if size[0] >= 200:                                   # room for the whole of each
+            assert diff.endswith("(same prompt; new words highlighted)") and older.endswith("([ older, ] newer)")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)])
+async def test_an_image_grid_keeps_its_class_columns_under_their_labels_on_the_run_screen(size):
+    """unet's 1x10 digit grid at 80, 120 and 200 columns: one row of 10 columns (not reflowed), each digit
+    class named over its column, the whole grid inside the pane."""
+    from cockpit.images import UPPER_HALF
+
+    app = CockpitApp(watch=str(FIXTURES / "unet-tiny" / "events.jsonl"))
+    async with app.run_test(size=size) as pilot:
+        run = await watched(pilot, app)
+        ev = run.state.samples[-1]
+        body = run.query_one(SamplesPane).query_one("#sample-body")
+        lines = [line.rstrip() for line in shown_lines(body) if line.strip()]
+        labels, grid = lines[0], [line for line in lines[1:] if line.startswith(UPPER_HALF)]
+        assert labels.split() == ev.classes == [str(d) for d in range(10)], lines
+        drawn = len(grid[0])
+        cell, gap = next((c, g) for g in (1, 0) for c in range(1, 17) if 10 * (c + g) - g == drawn)
+        assert len(grid) == -(-cell // 2) and drawn <= body.size.width, (size, lines)
+        for j, name in enumerate(ev.classes):                # each label over its own column
+            assert labels[j * (cell + gap):j * (cell + gap) + cell].strip() == name, (size, labels)
+
+
+async def test_w_saves_the_sample_shown_to_the_run_directory_and_y_copies_it(tmp_path):
+    """w writes the sample on screen beside the run's log and says where; in the sample diff, both sides;
+    y puts a text sample on the clipboard."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text((FIXTURES / "nanogpt-tiny" / "events.jsonl").read_text())
+    app = CockpitApp(watch=str(run_dir / "events.jsonl"))
+    async with app.run_test(size=SIZE) as pilot:
+        run = await watched(pilot, app)
+        samples = run.state.samples
+        await pilot.press("w")
+        await pilot.pause(0.2)
+        saved = run_dir / f"sample-{samples[-1].step}.txt"
+        assert saved.read_text() == samples[-1].text
+        assert any(str(saved) in n.message for n in app._notifications)
+        await pilot.press("y")
+        await pilot.pause(0.2)
+        assert app.clipboard == samples[-1].text
+        await pilot.press("left_square_bracket", "left_square_bracket", "y")
+        await pilot.pause(0.2)
+        assert app.clipboard == samples[-3].text                     # the one shown, not the latest
+        await pilot.press("d", "w")                                  # the diff: both sides
+        await pilot.pause(0.2)
+        a, b = run.query_one(SamplesPane).diff
+        for i in (a, b):
+            assert (run_dir / f"sample-{samples[i].step}.txt").read_text() == samples[i].text
+
+
+async def test_w_saves_an_image_sample_as_a_png_with_its_classes_over_the_columns(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cockpit.images import decode_image, labelled_grid, to_rgb, upscale
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text((FIXTURES / "unet-tiny" / "events.jsonl").read_text())
+    app = CockpitApp(watch=str(run_dir / "events.jsonl"))
+    async with app.run_test(size=SIZE) as pilot:
+        run = await watched(pilot, app)
+        ev = run.state.samples[-1]
+        await pilot.press("w")
+        await pilot.pause(0.3)
+        with Image.open(run_dir / f"sample-{ev.step}.png") as png:
+            saved = np.asarray(png.convert("RGB"))
+        img = decode_image(ev.image)
+        assert np.array_equal(saved, labelled_grid(img, ev.grid, ev.classes))
+        big = to_rgb(upscale(img))
+        assert np.array_equal(saved[-big.shape[0]:], big) and saved.shape[0] > big.shape[0]   # a band above
+        await pilot.press("y")                                       # not text: nothing copied, and why
+        await pilot.pause(0.2)
+        assert app.clipboard == ""
+        assert any("cannot be copied as text" in n.message for n in app._notifications)

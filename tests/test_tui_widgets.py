@@ -231,3 +231,104 @@ async def test_a_cpu_runs_memory_is_ram_not_vram_and_its_largest_layers_come_fir
     assert first.startswith("RAM ") and "VRAM" not in text and "12.0 GiB" not in text, text
     assert "(sum of the parts; no allocator on CPU)" in text
     assert "blocks.3.attn" in text and "40.0 MiB" in text, text
+
+
+# --- the samples pane --------------------------------------------------------------------------------------
+CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def image_sample(rows=2, cols=10, cell=32, classes=CIFAR):
+    """A DiT-style sample grid: `rows` samples of each class, one class per column, each column its own grey."""
+    import base64
+
+    import numpy as np
+
+    from common.events import Sample
+
+    pad = 1
+    h, w = rows * (cell + pad) - pad, cols * (cell + pad) - pad
+    img = np.full((h, w, 3), 255, dtype=np.uint8)
+    for j in range(cols):
+        img[:, j * (cell + pad):j * (cell + pad) + cell] = 20 * j
+    data = base64.b64encode(img.tobytes()).decode()
+    return Sample(step=400, kind="image", image={"h": h, "w": w, "c": 3, "data": data}, classes=classes,
+                  grid={"rows": rows, "cols": cols, "cell_h": cell, "cell_w": cell, "pad": pad},
+                  sampler="ddim-20", guidance=4.0, prompt="ddim-20, guidance 4, EMA weights")
+
+
+def printed(renderable, width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"), color_system=None)
+    console.print(renderable)
+    return console.export_text().rstrip("\n").split("\n")
+
+
+def test_sample_headings_fit_every_pane_width_and_shorten_by_whole_words():
+    """`text sample 1/5 @ step 89 ([ older, ]` was cut at the pane's edge: every heading now fits the width it
+    is given, keeps which sample and step it is, and shortens the prompt at a word, never mid-word."""
+    from common.events import Sample
+    from cockpit.widgets.samples_pane import diff_heading, sample_heading
+
+    prompt = "ROMEO: Wherefore art thou Romeo, deny thy father and refuse thy name"
+    text = Sample(step=89, kind="text", text="x", prompt=prompt)
+    for width in range(14, 160):
+        for ev in (text, image_sample()):
+            for browsing in (False, True):
+                head = sample_heading(ev, 0, 5, width, browsing=browsing).plain
+                assert len(head) <= width, (width, head)
+                assert "1/5 @ step" in head and head.split("@ step ")[1].startswith(str(ev.step)), (width, head)
+                if "prompt '" in head:                  # the prompt shown is whole words of it
+                    stem = head.split("prompt '")[1].split("'")[0].removesuffix("…")
+                    assert prompt.startswith(stem) and prompt[len(stem):][:1] in ("", " ", ",", ":"), (width, head)
+                if browsing and "(" in head:
+                    assert head.endswith(("([ older, ] newer)", "([ ])")), (width, head)
+        diff = diff_heading(89, 100, width).plain
+        assert len(diff) <= width and ("step 89 vs step 100" in diff or diff == "89 vs 100"), (width, diff)
+    wide = sample_heading(text, 0, 5, 200, browsing=True).plain
+    assert wide == f"text sample 1/5 @ step 89 · prompt '{prompt}'  ([ older, ] newer)"
+    assert diff_heading(89, 100, 200).plain == "sample diff · step 89 vs step 100 (same prompt; new words highlighted)"
+
+
+def test_an_image_grid_keeps_its_rows_and_columns_under_its_class_labels_at_every_pane_width():
+    """DiT's 2x10 grid was reflowed into rows of 8+8+2 tiles with no labels: at pane widths from an 80-column
+    terminal's to a 200-column one's it stays 2 rows of 10 columns, scaled down, each class named over its
+    column (cut with an ellipsis, or numbered with a legend, when the names are wider than the columns)."""
+    from cockpit.images import UPPER_HALF
+    from cockpit.widgets.samples_pane import render_image
+
+    ev = image_sample()
+    for width in (27, 41, 60, 75, 120):
+        lines = printed(render_image(ev, width, 30), width)
+        grid_lines = [line for line in lines if line.startswith(UPPER_HALF)]
+        labels, legend = lines[0], "\n".join(lines[1 + len(grid_lines):])
+        assert lines[1:1 + len(grid_lines)] == grid_lines and grid_lines, lines
+        drawn = len(grid_lines[0])
+        assert drawn <= width and all(len(line) == drawn for line in grid_lines)
+        # 10 columns of w cells with 0 or 1 between them, 2 rows of w cells (square) with the same gap
+        cell, gap = next((c, g) for g in (1, 0) for c in range(1, 33) if 10 * (c + g) - g == drawn)
+        assert len(grid_lines) == -(-(2 * (cell + gap) - gap) // 2), (width, len(grid_lines), cell)
+        if all(len(n) <= cell for n in CIFAR):
+            assert labels.split() == CIFAR, labels
+        elif cell >= 4:                                 # cut to the column, each still telling its class
+            assert [n.removesuffix("…") for n in labels.split()] == [n[:len(x) - 1] if x.endswith("…") else n
+                                                                     for n, x in zip(CIFAR, labels.split())]
+        else:                                           # numbered columns and the names in a legend
+            assert labels.split() == [str(j) for j in range(1, 11)], labels
+            for j, name in enumerate(CIFAR, 1):
+                assert f"{j} {name}" in legend, legend
+        for j in range(10):                             # each label sits over its own column
+            start = j * (cell + gap)
+            assert labels[start:start + cell].strip(), (width, j, labels)
+    wide = printed(render_image(ev, 120, 30), 120)
+    assert wide[0].split() == CIFAR
+
+
+def test_an_image_grid_with_one_class_or_no_grid_metadata_names_the_classes_in_a_line():
+    from cockpit.widgets.samples_pane import render_image
+
+    same = image_sample(cols=3, classes=["all"] * 3)
+    assert printed(render_image(same, 60, 20), 60)[0].split() == ["all"] * 3
+    no_grid = image_sample(cols=3, classes=["cat", "dog", "bird"])
+    no_grid.grid = None
+    assert printed(render_image(no_grid, 60, 20), 60)[-1] == "classes: cat, dog, bird"

@@ -77,6 +77,8 @@ class RunScreen(ChartKeys, CockpitScreen):
         Binding("left_square_bracket", "older", "Older sample", key_display="["),
         Binding("right_square_bracket", "newer", "Newer sample", key_display="]"),
         Binding("d", "sample_diff", "Sample diff"),
+        Binding("w", "save_sample", "Save sample"),
+        Binding("y", "copy_sample", "Copy sample"),
         Binding("left_curly_bracket", "diff_right(-1)", "Diff: right side older", key_display="{", show=False),
         Binding("right_curly_bracket", "diff_right(1)", "Diff: right side newer", key_display="}", show=False),
         Binding("escape", "back", "Back"),
@@ -337,6 +339,12 @@ class RunScreen(ChartKeys, CockpitScreen):
 
     def action_diff_right(self, delta: int):
         self.query_one(SamplesPane).move_diff_right(delta)
+
+    def action_save_sample(self):
+        self.query_one(SamplesPane).save_shown(Path(str(self.source.path)).parent)
+
+    def action_copy_sample(self):
+        self.query_one(SamplesPane).copy_shown()
 
     # --- leaving -------------------------------------------------------------------------------------
     def action_back(self):

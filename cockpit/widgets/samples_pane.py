@@ -1,11 +1,15 @@
 """The samples pane: the latest generated sample with its step, scrollable back through earlier ones;
 image samples (diffusion presets) drawn with half-block characters in true colour (cockpit/images.py);
-and the sample diff: the same prompt's output at two chosen steps side by side, new words highlighted."""
+the sample diff: the same prompt's output at two chosen steps side by side, new words highlighted; and the
+sample shown saved to the run directory (w) or copied to the clipboard (y)."""
 from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 
+from rich.cells import cell_len
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -16,14 +20,67 @@ from textual.widgets import Static
 from common.events import Sample
 
 
-def sample_heading(ev: Sample, index: int, count: int) -> str:
-    head = f"{ev.kind} sample {index + 1}/{count} @ step {ev.step}"
-    if ev.prompt and ev.prompt.strip():
-        p = ev.prompt.strip().replace("\n", "⏎")
-        head += f" · prompt {p[:40]!r}"
-    if ev.kind == "image" and ev.classes is not None:
-        head += " · classes " + " ".join(map(str, ev.classes))
-    return head
+def clip_words(text: str, width: int) -> str:
+    """`text` in at most `width` cells: whole, or its first words that fit and an ellipsis; "" when not even
+    the first word fits."""
+    if cell_len(text) <= width:
+        return text
+    words = text.split(" ")
+    kept = ""
+    for word in words:
+        longer = f"{kept} {word}" if kept else word
+        if cell_len(longer.rstrip(" ,;:·")) + 1 > width:
+            break
+        kept = longer
+    return kept.rstrip(" ,;:·") + "…" if kept.strip() else ""
+
+
+# fewer cells than this left for a prompt: leave it out rather than show a stub of it
+MIN_PROMPT_CELLS = 8
+
+
+def first_that_fits(variants: list[Text], width: int) -> Text:
+    """The first of `variants` (most to least complete) that fits `width` cells; the last one cropped if none."""
+    for text in variants:
+        if text.cell_len <= width:
+            return text
+    last = variants[-1].copy()
+    last.truncate(max(1, width), overflow="ellipsis")
+    return last
+
+
+def sample_heading(ev: Sample, index: int, count: int, width: int, browsing: bool = False) -> Text:
+    """The one-row heading of a sample, fitted to `width` cells: which sample (kind, position, step), the
+    browsing keys while an older one is shown, and what it was generated from in the room left. Shortened by
+    priority (the keys' words, then the kind), never cut mid-word."""
+    where = f"{index + 1}/{count} @ step {ev.step}"
+    cores = [f"{ev.kind} sample {where}", f"sample {where}", where]
+    hints = ["  ([ older, ] newer)", "  ([ ])", ""] if browsing else [""]
+    about = (ev.prompt or "").strip().replace("\n", "⏎").replace("\t", " ")
+    frame = "prompt '{}'" if ev.kind == "text" else "{}"   # an image's prompt describes its sampler
+    variants = []
+    for core in cores:
+        for hint in hints:
+            head = Text(core, style="bold")
+            room = width - cell_len(core) - cell_len(hint) - len(" · ") - len(frame.format(""))
+            shown = clip_words(about, room) if room >= MIN_PROMPT_CELLS else ""
+            if shown:
+                head.append(" · " + frame.format(shown))
+            head.append(hint, style="dim")
+            variants.append(head)
+    return first_that_fits(variants, width)
+
+
+def diff_heading(step_a: int, step_b: int, width: int) -> Text:
+    """The sample diff's heading fitted to `width` cells, shortened by priority."""
+    steps = f"step {step_a} vs step {step_b}"
+    return first_that_fits([Text(t, style="bold") for t in (
+        f"sample diff · {steps} (same prompt; new words highlighted)",
+        f"sample diff · {steps} (new words highlighted)",
+        f"sample diff · {steps}",
+        f"diff · {steps}",
+        steps,
+        f"{step_a} vs {step_b}")], width)
 
 
 def same_prompt_indices(samples: list[Sample], prompt) -> list[int]:
@@ -75,17 +132,69 @@ def word_diff(a: str, b: str) -> list[tuple[str, str]]:
     return out
 
 
+def fit_label(name: str, width: int) -> str:
+    """`name` centred in `width` cells, or cut to them with an ellipsis."""
+    while cell_len(name) > width:
+        name = name[:-2] + "…" if len(name) > 1 else ""
+    return " " * ((width - cell_len(name)) // 2) + name + " " * ((width - cell_len(name) + 1) // 2)
+
+
+def class_labels(classes: list, tiling: dict | None, width: int) -> tuple[Text | None, Text | None]:
+    """(the row above a sample grid naming each column's class, the legend below it): the names themselves
+    over their columns when they fit, or cut to them while they stay tell-apart (at least 3 letters and the
+    ellipsis); else column numbers over the columns and a legend of the names; without a tiling (no grid
+    metadata) only a legend."""
+    names = [str(c) for c in classes]
+    legend = Text(("every column: " + names[0]) if len(set(names)) == 1 else "classes: " + ", ".join(names),
+                  style="dim")
+    if tiling is None or len(names) != tiling["cols"]:
+        return None, legend
+    cw, gap = tiling["cell_w"], " " * tiling["pad"]
+    cut = [fit_label(n, cw) for n in names]
+    if all(cell_len(n) <= cw for n in names) or (cw >= 4 and len(set(cut)) == len(set(names))):
+        return Text(gap.join(cut), style="bold", no_wrap=True, overflow="crop"), None
+    numbers = [str(j + 1) for j in range(len(names))]
+    if cell_len(numbers[-1]) > cw:
+        return None, legend
+    key = Text(packed([f"{k} {n}" for k, n in zip(numbers, names)], width), style="dim")
+    return Text(gap.join(fit_label(k, cw) for k in numbers), style="bold", no_wrap=True, overflow="crop"), key
+
+
+def packed(entries: list[str], width: int, sep: str = "  ") -> str:
+    """`entries` on as few lines of `width` cells as they fill, none split across two."""
+    lines = [""]
+    for entry in entries:
+        joined = f"{lines[-1]}{sep}{entry}" if lines[-1] else entry
+        if cell_len(joined) <= width or not lines[-1]:
+            lines[-1] = joined
+        else:
+            lines.append(entry)
+    return "\n".join(lines)
+
+
+def lines_of(text: Text | None, width: int) -> int:
+    """Rows a Text takes in `width` cells, wrapped (0 for none)."""
+    return 0 if text is None else sum(-(-max(1, cell_len(line)) // max(1, width)) for line in text.plain.split("\n"))
+
+
 def render_image(ev: Sample, width: int, height: int):
-    """A Rich renderable of an image sample fitted to width x height cells (class columns of a sample grid
-    reflow onto several lines), or a one-line reason it cannot be drawn."""
+    """A Rich renderable of an image sample fitted to width x height cells: the grid scaled down with its rows
+    and columns kept, each column labelled with its class; or a one-line reason it cannot be drawn."""
     try:
         from cockpit import images
     except ImportError as e:
         return Text(f"(cannot draw image samples: cockpit.images is not available: {e})", style="yellow")
     try:
         img = images.decode_image(ev.image)
-        fitted = images.fit_grid(img, ev.grid, max(4, width), max(2, 2 * height))
-        return images.halfblock(fitted)
+        classes = ev.classes or []
+        reserved = 1 if classes else 0   # the label row
+        for _ in range(2):   # a legend under the grid takes rows from it: fit again, smaller
+            fitted, tiling = images.fit_grid(img, ev.grid, max(4, width), max(2, 2 * (height - reserved)))
+            top, legend = class_labels(classes, tiling, width) if classes else (None, None)
+            if lines_of(top, width) + lines_of(legend, width) <= reserved:
+                break
+            reserved = lines_of(top, width) + lines_of(legend, width)
+        return Group(*(part for part in (top, images.halfblock(fitted), legend) if part is not None))
     except Exception as e:  # noqa: BLE001 — a malformed payload must not take the UI down
         return Text(f"(image sample could not be decoded: {type(e).__name__}: {e})", style="red")
 
@@ -188,6 +297,66 @@ class SamplesPane(Widget):
         self.diff = (new[0], new[1])
         self._redraw()
 
+    # --- keeping a sample ----------------------------------------------------------------------------
+    def shown(self) -> list[int]:
+        """Indices of the samples on screen: the diff's two sides, or the one shown."""
+        if self.diff is not None:
+            return list(self.diff)
+        i = self.current_index()
+        return [] if i is None else [i]
+
+    def sample_path(self, run_dir: Path, i: int) -> Path:
+        """Where `w` saves sample i: sample-STEP.txt or .png in the run directory (as `--images` names its
+        PNGs), numbered -1, -2 ... in log order when the run wrote several at that step (one per prompt)."""
+        ev = self.samples[i]
+        same_step = [j for j, other in enumerate(self.samples) if other.step == ev.step]
+        number = f"-{same_step.index(i) + 1}" if len(same_step) > 1 else ""
+        return Path(run_dir) / f"sample-{ev.step}{number}.{'png' if ev.kind == 'image' else 'txt'}"
+
+    def save_shown(self, run_dir: Path) -> list[Path]:
+        """Write the samples on screen into `run_dir` (text as it was generated; an image grid as a PNG, its
+        columns labelled with their classes) and say where; the paths written."""
+        from common.atomic import write_atomic
+        from common.cli import BadInput
+
+        shown = self.shown()
+        if not shown:
+            self.notify("no sample to save yet", severity="warning")
+            return []
+        saved = []
+        for i in shown:
+            ev, path = self.samples[i], self.sample_path(run_dir, i)
+            try:
+                if ev.kind == "image":
+                    from cockpit import images
+
+                    images.write_png(path, images.labelled_grid(images.decode_image(ev.image), ev.grid,
+                                                                ev.classes))
+                else:
+                    write_atomic(path, ev.text)
+            except (OSError, ValueError, BadInput) as e:
+                self.notify(f"could not save {path}: {e}", severity="error", markup=False)
+                return saved
+            saved.append(path)
+        self.notify("saved " + " and ".join(map(str, saved)), markup=False)
+        return saved
+
+    def copy_shown(self) -> str | None:
+        """Put the text sample on screen (the diff's right side) on the clipboard by OSC 52, which terminals
+        that allow it pass to the system clipboard; the text copied."""
+        shown = self.shown()
+        if not shown:
+            self.notify("no sample to copy yet", severity="warning")
+            return None
+        ev = self.samples[shown[-1]]
+        if ev.kind != "text":
+            self.notify("an image sample cannot be copied as text: w saves it as a PNG", severity="warning")
+            return None
+        self.app.copy_to_clipboard(ev.text)
+        self.notify(f"copied the step {ev.step} sample ({len(ev.text)} characters) to the clipboard, where the "
+                    "terminal allows it (OSC 52); w saves it to a file", markup=False)
+        return ev.text
+
     # --- drawing -------------------------------------------------------------------------------------
     def on_resize(self, _event):
         self._redraw()
@@ -220,8 +389,7 @@ class SamplesPane(Widget):
         if self.diff is not None:
             a, b = self.diff
             ea, eb = self.samples[a], self.samples[b]
-            heading.update(Text(f"sample diff · step {ea.step} vs step {eb.step} "
-                                f"(same prompt; new words highlighted)", style="bold"), layout=False)
+            heading.update(diff_heading(ea.step, eb.step, self.size.width), layout=False)
             grid = Table.grid(expand=True, padding=(0, 1))
             grid.add_column(ratio=1, overflow="fold")
             grid.add_column(ratio=1, overflow="fold")
@@ -235,9 +403,7 @@ class SamplesPane(Widget):
             return
         i = self.current_index()
         ev = self.samples[i]
-        head = Text(sample_heading(ev, i, n), style="bold")
-        if self.index is not None:
-            head.append("  ([ older, ] newer)", style="dim")
+        head = sample_heading(ev, i, n, self.size.width, browsing=self.index is not None)
         heading.update(head, layout=False)   # one row, fixed: no layout pass for it
         if ev.kind == "image":
             w, h = max(4, self.size.width - 1), max(2, self.size.height - 1)
