@@ -152,7 +152,7 @@ def save(new: list[dict], path: Path | None = None) -> str | None:
     for ev in new:
         fields = {k: v for k, v in ev.items() if k not in ("type", "v", "time")}
         try:  # the protocol's own encoding: validated, non-finite errors written as "inf"
-            event = json.loads(E.encode("kernel", fields, now))
+            event = json.loads(E.encode("kernel", fields, ev.get("time") or now))
         except E.ProtocolError:
             continue
         name = str(ev.get("name"))

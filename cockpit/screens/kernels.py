@@ -24,7 +24,7 @@ from cockpit import kernels_cache
 from cockpit.kernels_cmd import parse_line
 from cockpit.messages import KernelEvent, KernelsDone
 from cockpit.screens.base import CockpitScreen
-from cockpit.widgets.kernel_chart import KernelChart, kernel_metrics
+from cockpit.widgets.kernel_chart import NEEDS_GPU, KernelChart, kernel_metrics
 from cockpit.widgets.kernels_table import KernelsTable
 from kernels._table import interpreted
 
@@ -38,9 +38,6 @@ def kernels_available() -> bool:
 def kernels_argv(only: str | None = None) -> list[str]:
     argv = [sys.executable, "-m", "cockpit", "kernels", "--json"]
     return argv + ["--only", only] if only else argv
-
-
-NEEDS_GPU = "Triton ran in its CPU interpreter: correctness and memory only; timings need a GPU"
 
 
 def _key(ev: dict) -> tuple:

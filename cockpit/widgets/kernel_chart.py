@@ -17,6 +17,7 @@ from kernels import _table
 VALUE_W = 14       # after a bar: " 12.3x  FAIL", " -150.0% mem"
 MIN_BAR = 12       # a bar narrower than this says too little: the labels move onto lines of their own
 FALLBACK_WIDTH = 80  # width drawn at before the widget has a size
+NEEDS_GPU = "Triton's CPU interpreter: correctness and memory only; timings need a GPU"
 
 
 def kernel_metrics(ev: dict) -> tuple[float | None, float | None]:
@@ -82,7 +83,7 @@ class KernelChart(Widget):
             legend.append(f"speedup = torch ms / triton ms, forward + backward, on the GPU's clock (log scale "
                           f"{lo:.2g}x..{hi:.2g}x, | = 1x)")
         if len(timed) < len(self.events):
-            legend.append("Triton's CPU interpreter: correctness only; timings need a GPU")
+            legend.append(NEEDS_GPU)
         legend.append("memory saved = 1 - triton peak / torch peak")
         for line in legend:
             for part in textwrap.wrap(line, max(20, width)):
