@@ -4,6 +4,8 @@ its chart labels fit at 80, 120 and 200 columns. The benchmark itself is a fake 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -12,6 +14,7 @@ import pytest
 from cockpit import kernels_cache
 from cockpit.app import CockpitApp
 from cockpit.screens import kernels as kmod
+from tests.conftest import ROOT
 
 PRESETS = [{"name": "nanogpt", "arch": "gpt", "task": "lm", "description": "nanoGPT on Shakespeare"}]
 
@@ -215,3 +218,24 @@ async def test_the_panel_opens_over_a_corrupt_cache_and_says_it_ignored_it(cache
         await until(pilot, lambda: isinstance(app.screen, kmod.KernelsScreen), "the panel")
         await pilot.pause()
         assert "ignored the kernels cache" in status_of(app.screen) and app.is_running
+
+
+def test_opening_the_panel_over_cached_results_never_imports_torch(cache):
+    kernels_cache.save([interpreter_event("gelu")])
+    code = """
+import asyncio, sys
+from cockpit.app import CockpitApp
+from cockpit.screens.kernels import KernelsScreen
+async def main():
+    app = CockpitApp(presets=[{"name": "nanogpt", "arch": "gpt", "task": "lm"}])
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.push_screen(KernelsScreen())
+        await pilot.pause(0.5)
+        print(app.screen.query_one("#kernels-table").row_count)
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "triton")))
+"""
+    env = {**os.environ, "COCKPIT_CACHE": str(cache.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["1", "[]"], out.stdout
