@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from common.atomic import NotAFileTarget, write_atomic
 from common.fmt import fmt_bytes, fmt_count
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("COCKPIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "cockpit")
-    return Path(base)
+from common.paths import cache_dir
 
 
 def _fingerprint() -> str:

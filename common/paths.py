@@ -1,6 +1,9 @@
 """Where runs live. A run is a directory under the runs root holding `events.jsonl` (the event log),
 `ckpt.pt` (the latest checkpoint) and `trainer.out` (the trainer's own stdout and stderr when the cockpit
-launched it). The root is an explicit directory, else $COCKPIT_RUNS, else ./runs."""
+launched it). The root is an explicit directory, else $COCKPIT_RUNS, else ./runs.
+
+What the cockpit measures once and reuses (the presets' sizes, the kernels comparison) lives in its cache
+directory: $COCKPIT_CACHE, else $XDG_CACHE_HOME/cockpit, else ~/.cache/cockpit."""
 from __future__ import annotations
 
 import os
@@ -12,6 +15,7 @@ OUT_NAME = "trainer.out"
 CKPT_NAME = "ckpt.pt"
 DEFAULT_ROOT = "runs"
 ENV_ROOT = "COCKPIT_RUNS"
+ENV_CACHE = "COCKPIT_CACHE"
 NAME_RULE = "letters, digits, '.', '_', '-' and '+', starting with a letter or digit, at most 100 bytes"
 MAX_NAME = 100  # UTF-8 bytes; a run directory adds -YYYYmmdd-HHMMSS-k: well inside a file name's 255 bytes
 
@@ -53,6 +57,13 @@ def runs_root(directory: str | Path | None = None) -> Path:
     if directory:
         return Path(directory)
     return Path(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+
+
+def cache_dir() -> Path:
+    """The cockpit's cache directory (see the module docstring); not created here."""
+    base = os.environ.get(ENV_CACHE) or os.path.join(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"),
+                                                       "cockpit")
+    return Path(base)
 
 
 def default_log_path(name: str, root: str | Path | None = None) -> Path:

@@ -12,9 +12,10 @@ kernel is compared with the exact answer, not with PyTorch's own bf16 rounding. 
 A tensor passes when rel RMS err <= tol.rms and max abs err <= tol.max * max|ref| (so one wrong row in a
 big tensor cannot hide inside a small RMS).
 
-Timing: on CUDA `triton.testing.do_bench` (median, CUDA events). On CPU the Triton kernels run through the
-interpreter (TRITON_INTERPRET=1, numpy per program instance), so timings are wall-clock medians that say
-nothing about a GPU; every CPU result carries `timing: "interpreter"` and a note saying so.
+Timing: on CUDA `triton.testing.do_bench` (median, CUDA events: the device's own clock). On CPU the Triton
+kernels run through the interpreter (TRITON_INTERPRET=1, numpy per program instance), so timings are
+wall-clock medians that say nothing about a GPU; every such result carries `timing: "interpreter"` and a note
+saying so, and so does a CUDA run whose Triton kernels were interpreted (TRITON_INTERPRET=1 set by hand).
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` above the allocated baseline. On CPU the torch
 profiler's allocation events (`profile_memory=True`): the running sum of allocated minus freed bytes of
@@ -231,9 +232,10 @@ def _sync(device: torch.device):
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, reps: int = 1, budget_s: float = 0.2) -> float:
-    """Median milliseconds of `fn()`: CUDA events via do_bench on GPU; on CPU wall clock (perf_counter), at
-    least `reps` runs and more while under `budget_s` (so sub-millisecond PyTorch ops get a stable median
-    and slow interpreted kernels are not repeated needlessly), at most 100."""
+    """Median milliseconds of `fn()`: on a CUDA device CUDA events via do_bench (the host clock would time
+    kernel launches, not kernels); on CPU wall clock (perf_counter), at least `reps` runs and more while
+    under `budget_s` (so sub-millisecond PyTorch ops get a stable median and slow interpreted kernels are
+    not repeated needlessly), at most 100."""
     if device.type == "cuda":
         import triton.testing
 
@@ -297,17 +299,36 @@ def training_step(op: Callable, inputs: dict, cots: list[torch.Tensor] | None):
 
 
 # ---------------------------------------------------------------------------------------------- cases
+def gpu_timed(device: torch.device) -> bool:
+    """True when the Triton side is compiled for a CUDA device and timed on its clock; False when it runs
+    in Triton's interpreter (always on CPU; on CUDA when TRITON_INTERPRET=1), whose timings say nothing
+    of a GPU."""
+    return device.type == "cuda" and not interpreting()
+
+
 def backend_name(device: torch.device) -> str:
-    return "triton" if device.type == "cuda" else "triton-interpreter"
+    return "triton" if gpu_timed(device) else "triton-interpreter"
 
 
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        name = torch.cuda.get_device_name(device)
+        return name if gpu_timed(device) else f"{name}, Triton interpreter"
     return f"CPU ({platform.processor() or platform.machine()}), Triton interpreter"
 
 
 INTERPRETER_NOTE = "interpreter timings, not GPU timings"
+
+
+def how_measured(device: torch.device) -> dict[str, str]:
+    """The fields of a `kernel` event that say where and how it was measured (docs/events.md)."""
+    fields = {"backend": backend_name(device), "device": device_label(device),
+              "timing": "cuda" if gpu_timed(device) else "interpreter",
+              "mem_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+                             else "torch.profiler CPU allocation events")}
+    if not gpu_timed(device):
+        fields["note"] = INTERPRETER_NOTE
+    return fields
 
 
 def _measure(ev: dict, side: str, op, inputs: dict, cots: list, device: torch.device, reps: int) -> None:
@@ -322,13 +343,7 @@ def run_case(kernel: Kernel, shape: tuple, dtype: torch.dtype, device, reps: int
     """Check one (kernel, shape, dtype) and time/measure both sides: the fields of a `kernel` event."""
     device = torch.device(device)
     ev: dict[str, Any] = {"name": kernel.name, "shape": list(shape), "dims": kernel.dims,
-                          "dtype": str(dtype).replace("torch.", ""), "backend": backend_name(device),
-                          "device": device_label(device),
-                          "timing": "cuda" if device.type == "cuda" else "interpreter",
-                          "mem_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-                                         else "torch.profiler CPU allocation events")}
-    if device.type != "cuda":
-        ev["note"] = INTERPRETER_NOTE
+                          "dtype": str(dtype).replace("torch.", ""), **how_measured(device)}
     try:
         c = check(kernel, shape, dtype, device, seed)
         ev.update(ok=c.ok, max_abs_err=c.max_abs_err, rel_rms_err=c.rel_rms_err,

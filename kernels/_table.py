@@ -39,19 +39,40 @@ def worst(ev: dict, key: str):
     return max(vals) if vals else None
 
 
-def speedup(ev: dict):
-    t, f = ev.get("torch_ms"), ev.get("triton_ms")
+def interpreted(ev: dict) -> bool:
+    """True when the Triton side ran in Triton's CPU interpreter: its timings say nothing of a GPU (the
+    interpreter runs each program instance as numpy code), only its correctness and memory count."""
+    return ev.get("timing") == "interpreter" or ev.get("backend") == "triton-interpreter"
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def speedup(ev: dict) -> float | None:
+    """torch / triton forward+backward time (the event's own `speedup` when it has one); None for interpreter
+    runs and where a time is missing."""
+    if interpreted(ev):
+        return None
+    own = _number(ev.get("speedup"))
+    if own is not None:
+        return own
+    t, f = _number(ev.get("torch_ms")), _number(ev.get("triton_ms"))
     return t / f if t and f else None
 
 
-def mem_ratio(ev: dict):
-    t, f = ev.get("torch_mem"), ev.get("triton_mem")
-    return t / f if t and f else None
+def mem_saving(ev: dict) -> float | None:
+    """1 - triton peak / torch peak (the event's own `mem_saving` when it has one); None where one is missing."""
+    own = _number(ev.get("mem_saving"))
+    if own is not None:
+        return own
+    t, f = _number(ev.get("torch_mem")), _number(ev.get("triton_mem"))
+    return 1 - f / t if t and f is not None else None
 
 
 def fmt_speedup(ev: dict) -> str:
     """torch / triton forward+backward time; 'n/a' for interpreter runs, whose timings say nothing of a GPU."""
-    if ev.get("timing") == "interpreter":
+    if interpreted(ev):
         return "n/a"
     sp = speedup(ev)
     return f"{sp:.2f}x" if sp else "-"
@@ -114,6 +135,6 @@ def summary(events: list[dict]) -> str:
     fails = [f"{e.get('name')} {fmt_shape(e.get('shape'))} {e.get('dtype')}" for e in events if not e.get("ok")]
     if fails:
         line += "; failed: " + ", ".join(fails)
-    if events and events[0].get("timing") == "interpreter":
+    if events and interpreted(events[0]):
         line += " (correctness on CPU; interpreter timings, not GPU timings)"
     return line

@@ -4,11 +4,11 @@
                             [--device auto|cpu|cuda] [--reps N] [--compile | --no-compile] [--list]
 
 On a CUDA machine: preset shapes (GPT-2: 8x1024 tokens, 768 wide, 50257 vocab; Mamba-130M ...), timings
-by triton.testing.do_bench, and torch.compile of the same PyTorch code as a third column. Without CUDA:
-the kernels run through Triton's CPU interpreter at small shapes; correctness is real, timings are
-interpreter timings, not GPU timings. One row (or with --json one `kernel` event, docs/events.md) per kernel,
-shape and dtype, streamed as each finishes. Exit status: 0 all correct, 1 a kernel failed its check,
-2 bad arguments.
+by triton.testing.do_bench (CUDA events), and torch.compile of the same PyTorch code as a third column.
+Without CUDA (or with TRITON_INTERPRET=1): the kernels run through Triton's CPU interpreter at small shapes;
+correctness is real, timings are interpreter timings, not GPU timings. One row (or with --json one `kernel`
+event, docs/events.md) per kernel, shape and dtype, streamed as each finishes. Exit status: 0 all correct,
+1 a kernel failed its check, 2 bad arguments.
 """
 from __future__ import annotations
 
@@ -76,17 +76,22 @@ def parse_arch(arch: str) -> str:
     return arch
 
 
+def pick_device(choice: str):
+    """`--device auto|cpu|cuda` as a torch.device: auto takes CUDA where a device is visible."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is visible; use --device auto or cpu")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def run(args, out=None) -> int:
     out = out or sys.stdout
     if isinstance(args.compile, str):  # compiling for a GPU is the trainer layer's job (it builds the presets)
         raise BadInput(f"--compile {args.compile}: use `cockpit kernels --compile ARCH` or "
                        "`python -m trainers.gpu_compile ARCH`")
     names, dtypes = parse_names(args.only), parse_dtypes(args.dtype)
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda: no CUDA device is visible; use --device auto or cpu")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     if device.type == "cpu":
         use_interpreter()  # before the kernel modules are imported (and their @triton.jit run)
     from kernels import _harness
@@ -96,13 +101,14 @@ def run(args, out=None) -> int:
             k = _harness.get(name)
             print(f"{name:15s} {k.title}  [{k.dims}]", file=out)
         return 0
-    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    on_gpu = _harness.gpu_timed(device)  # compiled kernels on CUDA; False in the interpreter, even on CUDA
+    compile_ = on_gpu if args.compile is None else args.compile
     reps = args.reps or 1
     events, first = [], True
     for name in names:
         kernel = _harness.get(name)
-        shapes = kernel.shapes["gpu" if device.type == "cuda" else "cpu"]
-        if device.type == "cpu" and not args.all_shapes:
+        shapes = kernel.shapes["gpu" if on_gpu else "cpu"]
+        if not on_gpu and not args.all_shapes:
             shapes = shapes[:1]
         for shape in shapes:
             for dt in dtypes:

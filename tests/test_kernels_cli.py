@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from common.cli import BadInput
 from kernels import _table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +98,41 @@ def test_bench_lists_kernels_with_what_they_compute(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines] == ["rope", "wkv"]
     assert "rotary" in lines[0] and "batch x T x heads x head_size" in lines[1]
+
+
+def test_on_a_gpu_both_sides_are_timed_on_the_devices_clock_and_interpreted_kernels_never_pass_for_gpu(monkeypatch):
+    """No GPU here: the CUDA checks are monkeypatched. A CUDA device is picked where one is visible, timed
+    by triton.testing.do_bench (CUDA events), and labelled `cuda` only when Triton compiled the kernels:
+    with TRITON_INTERPRET=1 on a CUDA machine the results are interpreter results."""
+    import torch
+    import triton.testing
+
+    from kernels import _harness
+    from kernels.bench import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4070")
+    cuda = pick_device("auto")
+    assert cuda.type == "cuda" and pick_device("cpu").type == "cpu"
+    benched, ran = [], []
+    monkeypatch.setattr(triton.testing, "do_bench",
+                        lambda fn, warmup, rep, return_mode: benched.append(return_mode) or 0.125)
+    assert _harness.time_ms(lambda: ran.append(1), cuda) == 0.125
+    assert benched == ["median"] and ran == []             # the host clock never timed the CUDA work
+
+    monkeypatch.delenv("TRITON_INTERPRET")                 # compiled kernels
+    gpu = _harness.how_measured(cuda)
+    assert gpu["timing"] == "cuda" and gpu["backend"] == "triton" and "note" not in gpu
+    assert gpu["device"] == "NVIDIA GeForce RTX 4070" and "do_bench" in _table.banner(gpu)
+    assert _table.fmt_speedup({**gpu, "torch_ms": 2.0, "triton_ms": 1.0}) == "2.00x"
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")            # interpreted kernels on the same CUDA machine
+    interp = _harness.how_measured(cuda)
+    assert interp["timing"] == "interpreter" and interp["backend"] == "triton-interpreter"
+    assert interp["note"] == "interpreter timings, not GPU timings" and "Triton interpreter" in interp["device"]
+    assert _table.fmt_speedup({**interp, "torch_ms": 2.0, "triton_ms": 1.0}) == "n/a"
+    assert _harness.how_measured(torch.device("cpu"))["timing"] == "interpreter"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BadInput, match="--device cuda"):
+        pick_device("cuda")

@@ -407,8 +407,10 @@ async def test_view_keys_change_smoothing_log_y_x_axis_markers_and_sample_browsi
         await pilot.press("escape")
 
 
-async def test_kernels_panel_runs_the_comparison_in_a_subprocess_and_draws_speedups(monkeypatch):
+async def test_kernels_panel_runs_the_comparison_in_a_subprocess_and_draws_speedups(monkeypatch, tmp_path):
     from cockpit.screens import kernels as kmod
+
+    monkeypatch.setenv("COCKPIT_CACHE", str(tmp_path))             # no results from earlier runs
 
     events = [{"type": "kernel", "name": "rmsnorm", "shape": [8, 64], "dtype": "float32", "backend": "triton",
                "ok": True, "max_abs_err": 1e-6, "torch_ms": 2.0, "triton_ms": 1.0, "torch_mem": 400, "triton_mem": 100},
@@ -429,6 +431,7 @@ async def test_kernels_panel_runs_the_comparison_in_a_subprocess_and_draws_speed
         app.push_screen(kmod.KernelsScreen(argv_for=fake_argv))
         await pilot.pause(0.2)
         screen = app.screen
+        await pilot.press("r")                                       # the comparison runs when asked
         await wait_for(pilot, lambda: screen.running is None and len(screen.results) == 2, 30, "the kernels run")
         table = screen.query_one("#kernels-table")
         assert table.row_count == 2

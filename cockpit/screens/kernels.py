@@ -1,11 +1,16 @@
-"""`k`: the kernels panel. Runs `python -m cockpit kernels --json` (PyTorch reference vs Triton kernel:
-correctness, time, memory) in a subprocess worker and shows the table plus a bar chart of speedup and
-memory saving; Enter re-runs the highlighted kernel alone (`--only NAME`), `r` re-runs all."""
+"""`k`: the kernels panel. PyTorch reference vs Triton kernel (correctness, time, memory) as a table and a
+bar chart of speedup and memory saving: at once, the run's own `kernel` events and the results last measured
+on this machine (cockpit/kernels_cache.py). The benchmark, `python -m cockpit kernels --json` in a subprocess
+worker, runs only when asked (it takes minutes in Triton's CPU interpreter and slows a CPU training run while
+it lasts): `r` runs all kernels, Enter the highlighted one alone (`--only NAME`); each result replaces the
+cached one of its key as it arrives. A result from the interpreter shows its correctness and memory, never
+its timings as a speedup: they say nothing of a GPU."""
 from __future__ import annotations
 
 import importlib.util
 import subprocess
 import sys
+import time
 
 from rich.markup import escape
 from rich.text import Text
@@ -15,11 +20,13 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Static
 
+from cockpit import kernels_cache
 from cockpit.kernels_cmd import parse_line
 from cockpit.messages import KernelEvent, KernelsDone
 from cockpit.screens.base import CockpitScreen
-from cockpit.widgets.kernel_chart import KernelChart, kernel_metrics
+from cockpit.widgets.kernel_chart import NEEDS_GPU, KernelChart, kernel_metrics
 from cockpit.widgets.kernels_table import KernelsTable
+from kernels._table import interpreted
 
 COLUMNS = ("kernel", "shape", "dtype", "backend", "ok", "max err", "torch ms", "triton ms", "speedup", "mem saved")
 
@@ -34,7 +41,7 @@ def kernels_argv(only: str | None = None) -> list[str]:
 
 
 def _key(ev: dict) -> tuple:
-    return (str(ev.get("name")), str(ev.get("shape")), str(ev.get("dtype")))
+    return (str(ev.get("name")), str(ev.get("shape")), str(ev.get("dtype")), str(ev.get("backend")))
 
 
 def _f(x, fmt):
@@ -45,20 +52,21 @@ class KernelsScreen(CockpitScreen):
     HELP_TITLE = "kernels"
     BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?"),  # first: the footer may be cut
-        Binding("enter", "rerun_one", "Re-run kernel", show=False),
-        Binding("r", "rerun_all", "Re-run all"),
+        Binding("enter", "run_one", "Run kernel", show=False),
+        Binding("r", "run_all", "Run all"),
         Binding("escape,q", "close", "Back"),
     ]
 
-    def __init__(self, events: list[dict] | None = None, autorun: bool = True, argv_for=kernels_argv):
+    def __init__(self, events: list[dict] | None = None, argv_for=kernels_argv):
         super().__init__()
         self.results: dict[tuple, dict] = {_key(e): e for e in (events or [])}
-        self.autorun = autorun
         self.argv_for = argv_for
         self.generation = 0
         self.running: str | None = None
         self.proc: subprocess.Popen | None = None
         self.last_log = ""
+        self.cached_at: float | None = None   # when the newest cached result shown was measured
+        self.cache_note: str | None = None     # what the cache ignored, or why it was not written
 
     def compose(self) -> ComposeResult:
         with Vertical(id="kernels"):
@@ -73,17 +81,42 @@ class KernelsScreen(CockpitScreen):
         for c in COLUMNS:
             table.add_column(c, key=c)
         self.query_one("#kernels-chart-box").border_title = "Triton vs PyTorch"
-        self.refill()
         if not kernels_available():
+            self.refill()
             self.set_status(Text.assemble(
                 ("The kernels comparison is not available yet: ", "bold yellow"),
                 "cockpit/kernels_cmd.py (`cockpit kernels --json`) is not in this install. "
                 "It comes with the kernels issue; nothing was run."))
             return
-        if self.autorun:
-            self.run_kernels(None)
+        cached = kernels_cache.load()
+        for ev in cached.events:  # the run's own results first; the cache fills in the rest
+            self.results.setdefault(_key(ev), ev)
+        self.cached_at, self.cache_note = (cached.saved_at if cached.events else None), cached.note
+        self.refill()
+        self.set_status(self.idle_status())
+
+    def idle_status(self) -> Text:
+        """What the panel shows and what the keys do, while no benchmark runs."""
+        if not self.results:
+            from trainers.config import cuda_available
+
+            where = ("on the GPU" if cuda_available() else
+                     "in Triton's CPU interpreter: it takes minutes, and slows a CPU training run while it lasts")
+            text = Text(f"no results yet: r runs the comparison ({where})", style="yellow")
         else:
-            self.set_status(Text("r runs the comparison", style="dim"))
+            text = Text()
+            if self.cached_at is not None:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.cached_at))
+                text.append(f"results measured on this machine up to {when}; ", style="dim")
+            text.append("r re-runs all kernels, Enter the highlighted one", style="dim")
+        return self._with_notes(text)
+
+    def _with_notes(self, text: Text) -> Text:
+        if any(interpreted(e) for e in self.results.values()):
+            text.append("\n" + NEEDS_GPU, style="yellow")
+        if self.cache_note:
+            text.append("\n" + self.cache_note, style="dim")
+        return text
 
     def set_status(self, text):
         self.query_one("#kernels-status", Static).update(text)
@@ -99,9 +132,12 @@ class KernelsScreen(CockpitScreen):
             shape = ev.get("shape")
             shape = "x".join(map(str, shape)) if isinstance(shape, (list, tuple)) else str(shape)
             words = (str(ev.get("name")), shape, str(ev.get("dtype")), str(ev.get("backend", "-")))
-            table.add_row(*map(escape, words), ok,
-                          _f(ev.get("max_abs_err"), ".1e"), _f(ev.get("torch_ms"), ".3f"),
-                          _f(ev.get("triton_ms"), ".3f"), _f(speed, ".3g") + ("x" if speed else ""),
+            if interpreted(ev):  # interpreter timings say nothing of a GPU: not shown as if they did
+                times = ("n/a", "n/a", "n/a")
+            else:
+                times = (_f(ev.get("torch_ms"), ".3f"), _f(ev.get("triton_ms"), ".3f"),
+                         _f(speed, ".3g") + ("x" if speed else ""))
+            table.add_row(*map(escape, words), ok, _f(ev.get("max_abs_err"), ".1e"), *times,
                           (_f(saving * 100, ".1f") + "%") if saving is not None else "-")
         if events and row is not None:
             table.move_cursor(row=min(row, len(events) - 1))
@@ -136,8 +172,10 @@ class KernelsScreen(CockpitScreen):
             ev = parse_line(line)
             if ev is None:
                 other.append(line.rstrip())
-            else:
-                self.post_message(KernelEvent(ev, generation))
+                continue
+            if ev["type"] == "kernel":  # kept at once: closing the panel mid-run loses nothing measured
+                self.cache_note = kernels_cache.save([ev])
+            self.post_message(KernelEvent(ev, generation))
         err = proc.stderr.read()
         rc = proc.wait()
         tail = "\n".join((other + err.splitlines())[-8:])
@@ -164,13 +202,13 @@ class KernelsScreen(CockpitScreen):
             if self.last_log:
                 text.append(f"\n{self.last_log}", style="dim")
             text.append("\nEnter re-runs the highlighted kernel, r re-runs all", style="dim")
-            self.set_status(text)
+            self.set_status(self._with_notes(text))
         else:
             self.set_status(Text.assemble((f"`cockpit kernels --json` failed (exit {msg.returncode})", "bold red"),
                                           ("\n" + msg.output) if msg.output else ""))
 
     # --- actions -------------------------------------------------------------------------------------
-    def action_rerun_one(self):
+    def action_run_one(self):
         table = self.query_one(DataTable)
         events = list(self.results.values())
         if not kernels_available():
@@ -180,9 +218,9 @@ class KernelsScreen(CockpitScreen):
 
     @on(DataTable.RowSelected)
     def _selected(self, _event):
-        self.action_rerun_one()
+        self.action_run_one()
 
-    def action_rerun_all(self):
+    def action_run_all(self):
         if not kernels_available():
             self.notify("cockpit/kernels_cmd.py is not available yet", severity="warning")
         else:
