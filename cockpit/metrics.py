@@ -56,6 +56,7 @@ def run_series(s) -> list[Series]:
     evals = [Series(name, title_of(name), curve.steps, curve.values) for name, curve in s.metrics.items()]
     constant = [x for x in evals if len(x.values) > 1 and len(set(x.values)) == 1]
     primary = [x for x in evals if x not in constant and x.key not in SECONDARY]
+    primary.sort(key=lambda x: "accuracy" not in x.key)  # an accuracy is what a run of it is for
     secondary = [x for x in evals if x not in constant and x.key in SECONDARY]
     return [x for x in primary + stepwise + secondary + constant if x.has_values()]
 

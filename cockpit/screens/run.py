@@ -58,27 +58,28 @@ def stopped_farewell(s, log) -> str:
 
 class RunScreen(ChartKeys, CockpitScreen):
     HELP_TITLE = "run screen"
+    # the footer shows the keys in this order as far as it reaches (help first); `?` lists every one
     BINDINGS = [
-        Binding("question_mark", "help", "Help", key_display="?"),  # first: the footer may be cut
+        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("p", "pause", "Pause/resume"),
         Binding("s", "sample", "Sample"),
         Binding("c", "checkpoint", "Checkpoint"),
         Binding("x", "stop", "Stop"),
-        Binding("k", "kernels", "Kernels"),
         Binding("q", "quit", "Quit"),
+        Binding("g", "choose_metrics", "Metrics shown"),
+        Binding("z", "enlarge", "Enlarge chart"),
+        Binding("k", "kernels", "Kernels"),
         Binding("e", "smoothing", "EMA"),
-        Binding("l", "log_y", "Log-y"),
-        Binding("t", "x_axis", "X-axis"),
-        Binding("m", "markers", "Markers"),
-        Binding("z", "enlarge", "Enlarge metric"),
-        Binding("g", "choose_metrics", "Choose metrics"),
-        Binding("tab", "focus_next", "Next metric", show=False),
-        Binding("S", "app.screenshot", "Screenshot", key_display="S"),
         Binding("left_square_bracket", "older", "Older sample", key_display="["),
         Binding("right_square_bracket", "newer", "Newer sample", key_display="]"),
         Binding("d", "sample_diff", "Sample diff"),
         Binding("w", "save_sample", "Save sample"),
         Binding("y", "copy_sample", "Copy sample"),
+        Binding("l", "log_y", "Log-y", show=False),
+        Binding("t", "x_axis", "X-axis: step, tokens, time", show=False),
+        Binding("m", "markers", "Markers on/off", show=False),
+        Binding("tab", "focus_next", "Next metric chart", show=False),
+        Binding("S", "app.screenshot", "Screenshot (SVG, into the run directory)", key_display="S", show=False),
         Binding("left_curly_bracket", "diff_right(-1)", "Diff: right side older", key_display="{", show=False),
         Binding("right_curly_bracket", "diff_right(1)", "Diff: right side newer", key_display="}", show=False),
         Binding("escape", "back", "Back"),
