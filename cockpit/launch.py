@@ -44,6 +44,12 @@ def resume_refusal(run) -> str | None:
                 "run with its config")
     if not run.preset:
         return f"{name}: its log names no preset to resume it with"
+    from trainers.config import ConfigError, preset_path
+
+    try:
+        preset_path(run.preset)   # the trainer loads it before the checkpoint's config replaces it
+    except ConfigError as e:
+        return f"cannot resume {name}: {e}"
     return None
 
 

@@ -568,3 +568,5 @@ def test_only_a_stopped_killed_or_failed_run_with_its_checkpoint_resumes(tmp_pat
     for status, hint in (("completed", "l starts a new run"), ("running", "stop it first"), ("empty", "")):
         run.status = status
         assert f"nanogpt-x is {status}" in resume_refusal(run) and hint in resume_refusal(run)
+    run.status, run.preset = "stopped", "no-such-preset"
+    assert "cannot resume nanogpt-x: unknown preset 'no-such-preset'" in resume_refusal(run)

@@ -43,8 +43,6 @@ class RunsScreen(CockpitScreen):
         Binding("q", "quit", "Quit"),
     ]
     KEYS_HELP = {"↑/↓, j/k": "move", "click a column title": "sort by it (again: reverse)",
-                 "r": "resume a stopped, killed or failed run from its checkpoint (as `cockpit train --resume`)",
-                 "l": "relaunch: a new run of the highlighted run's preset with its config",
             "filter examples": "gpt · status:killed · best_val<2 · steps>=1000 · model.n_layer:4"}
 
     def __init__(self, root: str | None = None, refresh_s: float | None = REFRESH_S):
