@@ -108,7 +108,7 @@ class RunsScreen(CockpitScreen):
         from cockpit.runs.table import cut, run_cells
 
         table = self.query_one(RunsTable)
-        keep = self.highlighted() if table.columns else None
+        keep = self.highlighted()
         keep = str(keep.path) if keep is not None else None
         shown = sort_runs(filter_runs(self.runs, self.query_text), self.sort_key, reverse=self.reverse)
         self.shown = shown

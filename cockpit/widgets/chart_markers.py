@@ -100,7 +100,7 @@ def place_markers(xs_by_kind: dict[str, np.ndarray], lo: float, hi: float, colum
         xs = np.asarray(xs_by_kind[kind], dtype=np.float64)
         marks, at = [], []
         for x in xs.tolist():
-            home = int(round((x - lo) / span * last))
+            home = round((x - lo) / span * last)
             col = next((c for d in range(MAX_SHIFT + 1) for c in (home + d, home - d) if free(c, kind)), None)
             if col is None:
                 continue
