@@ -80,7 +80,7 @@ class CockpitApp(App):
 
     # --- runs ----------------------------------------------------------------------------------------
     def on_launch_requested(self, msg: LaunchRequested):
-        self.launch(msg.preset, msg.overrides)
+        self.launch(msg.preset, msg.overrides, resume=msg.resume)
 
     def launch(self, preset: str, overrides=(), log: str | None = None, resume: str | None = None,
                nproc: int = 1):

@@ -16,10 +16,12 @@ class PresetsMeasured(Message):
 
 @dataclass
 class LaunchRequested(Message):
-    """The picker wants a run of `preset` with `overrides` (already validated)."""
+    """The picker (or the runs browser) wants a run of `preset` with `overrides`; `resume`: the run directory it
+    continues from."""
 
     preset: str
     overrides: list = field(default_factory=list)
+    resume: str | None = None
 
 
 @dataclass

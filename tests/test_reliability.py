@@ -378,3 +378,24 @@ def test_resume_from_a_checkpoint_with_a_damaged_config_is_one_line(trained_run,
     torch.save(ck, tmp_path / "ckpt.pt")
     line = resume_refused(capsys, tmp_path / "ckpt.pt", log=tmp_path / "x" / "e.jsonl")
     assert fragment in line, line
+
+
+def test_elapsed_counts_the_whole_run_across_a_resume(tmp_path):
+    """The status line's elapsed and the report's wall time are the run's, not the resumed segment's alone: the
+    checkpoint carries the seconds trained, and the resumed trainer counts on from them."""
+    log = tmp_path / "run" / "events.jsonl"
+    assert train_in_process("nanogpt", *TINY_GPT, "train.max_steps=3", "train.log_interval=1", log=log) == 0
+    first = events_of(log, "step")
+    carried = torch.load(log.parent / "ckpt.pt", weights_only=True)["metrics"]["elapsed"]
+    assert carried >= first[-1]["elapsed"] > 0
+    assert train_in_process("nanogpt", "train.max_steps=5", log=log, resume=str(log.parent)) == 0
+    resumed = events_of(log, "step")[len(first):]
+    assert [e["step"] for e in resumed] == [4, 5]
+    assert resumed[0]["elapsed"] > carried                      # counted on, not restarted at 0
+    ends = events_of(log, "run_end")
+    assert ends[-1]["metrics"]["wall_time"] > ends[0]["metrics"]["wall_time"] >= carried - 1e-6
+    from common.reader import read_events
+    from common.state import RunState
+
+    s = RunState().apply_all(read_events(log))
+    assert s.elapsed == resumed[-1]["elapsed"] and s.wall_time() == ends[-1]["metrics"]["wall_time"]

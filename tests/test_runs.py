@@ -502,3 +502,71 @@ def test_the_speed_column_says_each_runs_unit_in_full():
     assert run_cells(SimpleNamespace(**base, throughput=58.7, unit="items"))[col] == "58.7 it/s"
     assert run_cells(SimpleNamespace(**base, throughput=41300.0, unit="tokens"))[col] == "41.3k tok/s"
     assert run_cells(SimpleNamespace(**base, throughput=None, unit="tokens"))[col] == "-"
+
+
+# --- the browser's columns, resume and relaunch ------------------------------------------------------------
+
+def test_narrow_tables_shrink_the_preset_and_start_columns_first_and_never_the_run_id():
+    from cockpit.runs.table import SHRINK, cut, fit_widths
+
+    natural = {"preset": 11, "arch": 6, "status": 9, "steps": 7, "best_val": 8, "throughput": 11, "params": 6,
+               "wall_time": 4, "started": 11, "run_id": 32}
+    assert fit_widths(natural, sum(natural.values())) == natural
+    tight = fit_widths(natural, sum(natural.values()) - 9)
+    assert tight == {**natural, "preset": 4, "arch": 4}
+    least = fit_widths(natural, 0)
+    assert least["run_id"] == 32 and least["wall_time"] == 4
+    assert all(least[k] == w for k, w in SHRINK)
+    assert cut("nanogpt", 4) == "nan…" and cut("gpt", 4) == "gpt"
+
+
+def test_the_browser_dates_this_years_runs_by_day_and_time_and_older_ones_by_date():
+    from cockpit.runs.table import fmt_started
+
+    t = time.mktime((2026, 11, 21, 5, 47, 0, 0, 0, -1))
+    assert fmt_started(t) == "2026-11-21 05:47"                         # `cockpit runs`: in full
+    assert fmt_started(t, now=t + 86400) == "11-21 05:47"
+    assert fmt_started(t, now=t + 400 * 86400) == "2026-11-21"
+    assert fmt_started(None, now=t) == "-"
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_relaunch_overrides_turn_the_preset_into_the_runs_config(name):
+    from cockpit.launch import relaunch_overrides
+    from trainers.config import flatten, load, strip_private
+
+    start = events(name)[0]
+    overrides, left_out = relaunch_overrides(start["preset"], start["config"])
+    assert overrides[0] == "profile=cpu" and not left_out
+    again = flatten(strip_private(load(start["preset"], overrides)))
+    was = flatten(start["config"])
+    assert {k: v for k, v in again.items() if k in was and k != "description"} == \
+           {k: v for k, v in was.items() if k != "description"}
+
+
+def test_relaunch_says_which_keys_the_preset_no_longer_has_and_refuses_an_unknown_preset():
+    from cockpit.launch import relaunch_overrides
+    from trainers.config import ConfigError
+
+    start = events("nanogpt-completed")[0]
+    config = {**start["config"], "model": {**start["config"]["model"], "n_gone": 3}}
+    overrides, left_out = relaunch_overrides("nanogpt", config)
+    assert left_out == ["model.n_gone"] and not any(o.startswith("model.n_gone") for o in overrides)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        relaunch_overrides("no-such-preset", config)
+
+
+def test_only_a_stopped_killed_or_failed_run_with_its_checkpoint_resumes(tmp_path):
+    from cockpit.launch import resume_refusal
+
+    run = RunInfo(path=tmp_path, run_id="nanogpt-x", preset="nanogpt", status="stopped")
+    assert "has no checkpoint" in resume_refusal(run)
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    for status in ("stopped", "killed", "failed"):
+        run.status = status
+        assert resume_refusal(run) is None
+    for status, hint in (("completed", "l starts a new run"), ("running", "stop it first"), ("empty", "")):
+        run.status = status
+        assert f"nanogpt-x is {status}" in resume_refusal(run) and hint in resume_refusal(run)
+    run.status, run.preset = "stopped", "no-such-preset"
+    assert "cannot resume nanogpt-x: unknown preset 'no-such-preset'" in resume_refusal(run)

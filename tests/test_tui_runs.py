@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from cockpit.app import CockpitApp
+from common.events import encode_command
+from tests.conftest import ROOT, TINY_GPT, events_of
 
 HERE = Path(__file__).parent
 SIZE = (120, 40)
@@ -184,3 +188,123 @@ async def test_esc_after_a_filter_clears_it_and_reopening_the_browser_keeps_sort
         assert again is not screen
         assert (again.sort_key, again.reverse) == sort and again.marked == {str(runs_root / "mingpt-tiny")}
         assert "1 marked" in str(again.query_one("#runs-title").render())
+
+
+async def test_esc_while_typing_a_filter_clears_it_and_stays_in_the_browser(runs_root):
+    app = CockpitApp(start="runs", runs_dir=str(runs_root))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await browser(pilot, app)
+        await pilot.press("slash", *"killed")
+        assert [r.name for r in screen.shown] == ["nanogpt-killed"]
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert app.screen is screen and len(screen.shown) == 5 and screen.query_one("#runs-table").has_focus
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PickerScreen", what="the picker")
+
+
+def table_lines(screen) -> list[str]:
+    table = screen.query_one("#runs-table")
+    return [table.render_line(y).text for y in range(table.size.height)]
+
+
+async def test_run_ids_show_in_full_at_120_columns_the_other_columns_shrink_first(runs_root):
+    """The run id is what `--resume` and the detail pane name: at 120 columns it is never cut, even a long
+    preset's; the preset (the run id's first word) and the start time (in the run id too) give way first."""
+    src = runs_root / "nanogpt-killed" / "events.jsonl"
+    long_id = "mingpt-sort-20261121-054810-795f"
+    shutil.copytree(runs_root / "nanogpt-killed", runs_root / "long")
+    (runs_root / "long" / "events.jsonl").write_text(src.read_text().replace("nanogpt-20261121-054810-795f", long_id))
+    app = CockpitApp(start="runs", runs_dir=str(runs_root), presets=[])
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await browser(pilot, app)
+        lines = table_lines(screen)
+        assert len(screen.shown) == 6 and long_id in {r.run_id for r in screen.shown}
+        for r in screen.shown:
+            assert sum(r.run_id in line for line in lines) == 1, (r.run_id, lines)
+        assert all(len(line.rstrip()) <= SIZE[0] for line in lines)
+        assert "status" in lines[0] and "best val" in lines[0] and any("killed" in line for line in lines)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A real tiny nanogpt run that `stop` (on its stdin) ended before it finished: run_end stopped, with a
+    checkpoint of the step it stopped at."""
+    run = tmp_path_factory.mktemp("stopped") / "nanogpt-stopped"
+    log = run / "events.jsonl"
+    r = subprocess.run([sys.executable, "-m", "trainers", "nanogpt", *TINY_GPT, "train.max_steps=6",
+                        "train.log_interval=1", "--log", str(log), "--commands"], input=encode_command("stop"),
+                       cwd=ROOT, capture_output=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert events_of(log, "run_end")[-1]["status"] == "stopped" and (run / "ckpt.pt").is_file()
+    return run
+
+
+def notes(screen) -> list[str]:
+    """What `screen` tells the user in notifications, from now on."""
+    seen = []
+    screen.notify = lambda message, **_kw: seen.append(str(message))
+    return seen
+
+
+def finish(app):
+    for s in app.screen_stack:
+        source = getattr(s, "source", None)
+        if getattr(source, "launched", False) and source.returncode() is None:
+            source.kill()
+            source.proc.wait(timeout=30)
+
+
+async def test_r_resumes_a_stopped_run_from_its_checkpoint_in_the_run_screen(runs_root, stopped_run):
+    run = runs_root / stopped_run.name
+    shutil.copytree(stopped_run, run)
+    stopped_at = events_of(run / "events.jsonl", "run_end")[-1]["step"]
+    app = CockpitApp(start="runs", runs_dir=str(runs_root))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await browser(pilot, app)
+            said = notes(screen)
+            for name, why in (("nanogpt-tiny", "only a stopped, killed or failed run resumes"),
+                              ("mingpt-stopped", "has no checkpoint")):
+                await highlight(pilot, screen, name)
+                await pilot.press("r")
+                assert app.screen is screen and why in said[-1], said
+            await highlight(pilot, screen, run.name)
+            await pilot.press("r")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunScreen", what="the run screen")
+            resumed = app.screen
+            assert resumed.source.launched and resumed.source.path == run / "events.jsonl"
+            await wait_for(pilot, lambda: resumed.finished, 180, "the resumed run to end")
+            assert resumed.state.status == "completed" and resumed.state.step == 6
+            assert resumed.state.resumes == [stopped_at]
+            starts = events_of(run / "events.jsonl", "run_start")
+            assert [s["resumed_from"] for s in starts] == [None, stopped_at]
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is screen, what="back to the browser")
+            await wait_for(pilot, lambda: {r.name: r.status for r in screen.runs}[run.name] == "completed",
+                           what="the browser to see the run completed")
+    finally:
+        finish(app)
+
+
+async def test_l_relaunches_a_run_as_a_new_run_with_its_preset_and_config(runs_root, stopped_run):
+    run = runs_root / stopped_run.name
+    shutil.copytree(stopped_run, run)
+    before = set(runs_root.iterdir())
+    app = CockpitApp(start="runs", runs_dir=str(runs_root))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await browser(pilot, app)
+            await highlight(pilot, screen, run.name)
+            await pilot.press("l")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunScreen", what="the run screen")
+            new = app.screen
+            await wait_for(pilot, lambda: new.finished, 180, "the new run to end")
+            assert new.state.status == "completed" and new.state.step == 6 and not new.state.resumes
+        (made,) = set(runs_root.iterdir()) - before
+        original = events_of(run / "events.jsonl", "run_start")[0]
+        again = events_of(made / "events.jsonl", "run_start")[0]
+        assert again["run_id"] != original["run_id"] and again["preset"] == original["preset"]
+        assert again["config"] == original["config"]
+    finally:
+        finish(app)

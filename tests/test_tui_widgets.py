@@ -134,6 +134,35 @@ def test_loss_plot_marks_skipped_steps_throttling_checkpoints_and_resumes():
     assert not [k for k in plot.drawn if k.startswith("marker:")] and "markers off" in plot.subtitle()
 
 
+async def test_markers_at_the_same_step_are_each_drawn_with_a_free_column_between_them():
+    """A resume where the lr schedule changes phase, a throttle beside a checkpoint: every letter is on the rug,
+    none hides another, and no two touch (side by side `L` and `R` would read as one word `LR`)."""
+    import re
+
+    s = started()
+    for i in range(1, 41):  # warm-up to step 30, then flat: an lr phase change at step 30
+        s.apply({"type": "step", "time": float(i), "step": i, "loss": 4.0 - i * 0.05, "lr": 1e-3 * min(i, 30) / 30,
+                 "tokens": i * 64, "elapsed": float(i)})
+        if i == 20:
+            s.apply({"type": "checkpoint", "time": float(i), "step": 20, "path": "/x/ckpt.pt"})
+            s.apply({"type": "system", "time": float(i), "gpus": [{"index": 0, "throttle": ["hw_slowdown"]}]})
+    s.apply({"type": "run_start", "time": 50.0, "run_id": "r", "config": {}, "resumed_from": 30})
+    for i in range(31, 61):
+        s.apply({"type": "step", "time": 50.0 + i, "step": i, "loss": 2.0, "lr": 1e-3, "tokens": i * 64,
+                 "elapsed": 50.0 + i})
+    plot = LossPlot()
+    plot.set_runs([("nanogpt", s)])
+    for width in (60, 100, 160):
+        text = (await mounted_render(plot, size=(width, 16))).plain
+        canvas = [line[line.index("┤") + 1:] if "┤" in line else line for line in text.splitlines()]
+        rug = next(line for line in reversed(canvas) if "R" in line)
+        letters = {m.group(): m.start() for m in re.finditer("[CELSTR]", rug)}
+        assert set(letters) == {"T", "C", "R", "L"}, rug
+        assert not any(re.search("[CELSTR]{2}", line) for line in canvas), text
+        assert letters["T"] < letters["C"] < letters["R"] < letters["L"]  # the shifted letter follows its step
+    assert plot.drawn["marker:lr"][0].tolist() == plot.drawn["marker:resume"][0].tolist() == [30]
+
+
 async def test_a_pane_times_its_fresh_redraws_and_not_the_passes_that_reuse_its_lines():
     # the run screen paces the chart by this; a status-line frame must not count as a chart redraw
     from textual.app import App

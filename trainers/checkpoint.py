@@ -2,12 +2,14 @@
 half a file, and only ever over a regular file.
 
 Format (torch.save dict): version, step, run_id, config (resolved preset), model (state dict), optimizer,
-task (e.g. the tokenizer), rng (torch CPU/CUDA generator states), metrics. Loading uses
+task (e.g. the tokenizer), rng (torch CPU/CUDA generator states), metrics (best_val_loss, units, skipped_nonfinite,
+and elapsed: the seconds the run had trained when it was written, which a resume counts on from). Loading uses
 `torch.load(weights_only=True)`: no pickle code runs.
 """
 from __future__ import annotations
 
 import errno
+import math
 from pathlib import Path
 
 import torch
@@ -71,6 +73,15 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise ConfigError(f"{p}: checkpoint format v{ckpt['version']} is newer than this cockpit "
                           f"(v{FORMAT_VERSION}); upgrade cockpit")
     return ckpt
+
+
+def elapsed_of(metrics: dict) -> float:
+    """The seconds of training a checkpoint's metrics record; 0 for a checkpoint written before they did (or a
+    damaged count): the resumed run then counts from its own start."""
+    value = metrics.get("elapsed")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return 0.0
 
 
 def is_out_of_memory(e: BaseException) -> bool:

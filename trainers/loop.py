@@ -105,6 +105,8 @@ class Trainer:
         self.last_ckpt_step: int | None = None
         self.last_memory: dict | None = None
         self.skipped = 0
+        self.elapsed_before = 0.0  # seconds the run trained before this segment (its checkpoint's count)
+        self.segment_t0: float | None = None
         self.run_id = new_run_id(cfg["name"])
         if self.resume is not None:
             self._load_resume(self.resume)
@@ -186,6 +188,7 @@ class Trainer:
         self.best_val = m.get("best_val_loss", float("inf")) if m.get("best_val_loss") is not None else float("inf")
         self.units = int(m.get("units", 0))
         self.skipped = int(m.get("skipped_nonfinite", 0))
+        self.elapsed_before = ckpt_io.elapsed_of(m)
         ckpt_io.set_rng_state(ckpt.get("rng") or {}, self.device)
         # DDP: rank r takes rows [r*B, (r+1)*B) of a global batch of B*world (distributed.py)
         was = int(ckpt.get("world_size", 1)) * int((ckpt.get("config") or {}).get("train", {}).get(
@@ -258,7 +261,7 @@ class Trainer:
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "task": self.task.state_dict(), "rng": ckpt_io.rng_state(self.device), "world_size": self.world_size,
             "metrics": {"best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-                        "units": self.units, "skipped_nonfinite": self.skipped},
+                        "units": self.units, "skipped_nonfinite": self.skipped, "elapsed": self.elapsed()},
         }
         try:
             path = ckpt_io.save(self.ckpt_path, state)
@@ -383,11 +386,11 @@ class Trainer:
             sampler = SystemSampler(self.writer.emit, t["system_interval"])
             self.writer.emit("system", **sampler.sample())
             sampler.start()
-        t0 = time.time()
+        self.segment_t0 = time.time()
         status, error, exit_code = "completed", None, 0
         try:
             with controls.insistable():
-                status = self._train(start_step, t0)
+                status = self._train(start_step)
                 self.save_checkpoint("end" if status == "completed" else "stop")
                 self._on_end(status)
         except (NonFinite, LogWriteFailed, OutputWriteFailed) as e:
@@ -406,7 +409,7 @@ class Trainer:
         finally:
             if sampler is not None:
                 sampler.stop()
-        wall = time.time() - t0
+        wall = self.elapsed()
         metrics = {"best_val_loss": None if math.isinf(self.best_val) else self.best_val,
                    "final_val_loss": self.last_val, "wall_time": wall,
                    "throughput": (self.units / wall) if wall > 0 else None, "unit": self.task.unit,
@@ -430,7 +433,14 @@ class Trainer:
         self._release_run_dir()
         return exit_code
 
-    def _train(self, start_step: int, t0: float) -> str:
+    def elapsed(self, now: float | None = None) -> float:
+        """Seconds the run has trained, across resumes: what its checkpoint counted before this segment, then
+        this segment's time (pauses included, as on a wall clock)."""
+        if self.segment_t0 is None:
+            return self.elapsed_before
+        return self.elapsed_before + ((time.time() if now is None else now) - self.segment_t0)
+
+    def _train(self, start_step: int) -> str:
         """The steps, until max_steps ("completed") or a stop ("stopped")."""
         t = self.t
         status = "completed"
@@ -485,7 +495,7 @@ class Trainer:
                 self.writer.emit("step", step=step, loss=loss, lr=lr, grad_norm=grad_norm,
                                  **{self.task.unit: self.units},
                                  throughput=(self.units - last_log_units) / dt,
-                                 elapsed=now - t0, max_steps=t["max_steps"], **per_rank)
+                                 elapsed=self.elapsed(now), max_steps=t["max_steps"], **per_rank)
                 last_log_t, last_log_units, last_log_step = now, self.units, step
                 last_log_paused = self.paused_seconds
             last = step == t["max_steps"]

@@ -12,19 +12,48 @@ COLUMNS = [
     ("started", "started"), ("run_id", "run"),
 ]
 NUMERIC = {"steps", "best val", "speed", "params", "wall"}
+# When the browser is narrower than every cell in full, these columns give up width first, in this order and
+# down to these widths (their cells cut with …); the run id, which `--resume` and the detail pane name, is
+# never cut. The preset and the start time are in the run id already, so they go first.
+SHRINK = (("preset", 4), ("arch", 4), ("started", 5), ("status", 6), ("throughput", 6), ("steps", 5),
+          ("params", 5), ("best_val", 6))
 
 
-def fmt_started(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t is not None else "-"
+def fmt_started(t: float | None, now: float | None = None) -> str:
+    """`2026-11-21 05:47`; with `now`, the browser's short form: `11-21 05:47` this year, `2025-11-21` before."""
+    if t is None:
+        return "-"
+    when = time.localtime(t)
+    if now is None:
+        return time.strftime("%Y-%m-%d %H:%M", when)
+    return time.strftime("%m-%d %H:%M" if when.tm_year == time.localtime(now).tm_year else "%Y-%m-%d", when)
 
 
-def run_cells(r) -> list[str]:
-    """One run (a RunInfo) as text cells, in COLUMNS order."""
+def fit_widths(natural: dict[str, int], room: int) -> dict[str, int]:
+    """Column widths (key -> characters) whose sum is at most `room` where SHRINK allows it: each column in
+    SHRINK order gives up what is still too much, down to its minimum; the others keep their natural width."""
+    widths = dict(natural)
+    for key, least in SHRINK:
+        over = sum(widths.values()) - room
+        if over <= 0:
+            break
+        if key in widths:
+            widths[key] = max(min(least, widths[key]), widths[key] - over)
+    return widths
+
+
+def cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters, ending with … when it had to be cut."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
+def run_cells(r, now: float | None = None) -> list[str]:
+    """One run (a RunInfo) as text cells, in COLUMNS order; `now`: the browser's short start dates."""
     steps = f"{r.steps}/{r.max_steps}" if r.max_steps else str(r.steps)
     # the unit with each figure: a language model's tokens/s and a diffusion model's items/s share the column
     rate = "-" if r.throughput is None else fmt_rate(r.throughput) + (" tok/s" if r.unit == "tokens" else " it/s")
     return [r.preset or "?", r.arch or "?", r.status, steps, fmt_loss(r.best_val), rate,
-            fmt_count(r.params), fmt_duration(r.wall_time), fmt_started(r.started), r.run_id or r.name]
+            fmt_count(r.params), fmt_duration(r.wall_time), fmt_started(r.started, now), r.run_id or r.name]
 
 
 def runs_table(runs: list) -> str:

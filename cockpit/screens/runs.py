@@ -2,8 +2,12 @@
 architecture, status, steps, best val loss, tokens/s, params, wall time and start date, from the run index
 (cockpit/runs/index.py: built from the logs alone, re-read every 2 s). Sortable by any column, `/` filters
 (words, `field:text`, `best_val<2`), Enter opens a run (a finished one replays, a running one is watched
-live), space marks several and `c` compares them, `d` deletes the highlighted run after asking."""
+live), space marks several and `c` compares them, `r` resumes a stopped, killed or failed run from its
+checkpoint, `l` relaunches one (a new run of its preset with its config), `d` deletes the highlighted run after
+asking. At any width the run ids show in full: the other columns shrink first (cockpit.runs.table.SHRINK)."""
 from __future__ import annotations
+
+import time
 
 from rich.markup import escape
 from rich.text import Text
@@ -13,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Input, Static
 
-from cockpit.messages import RunsIndexed
+from cockpit.messages import LaunchRequested, RunsIndexed
 from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.runs_table import RunsTable
 
@@ -29,6 +33,8 @@ class RunsScreen(CockpitScreen):
         Binding("enter", "open", "Open", show=False),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
+        Binding("r", "resume", "Resume"),
+        Binding("l", "relaunch", "Relaunch"),
         Binding("s", "sort_next", "Sort"),
         Binding("S", "sort_reverse", "Reverse", key_display="S"),
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -54,6 +60,7 @@ class RunsScreen(CockpitScreen):
         self.query_text = ""
         self.refresh_s = refresh_s
         self.loaded = False
+        self.widths: dict[str, int] | None = None   # the columns' widths as last fitted to the table
 
     def compose(self) -> ComposeResult:
         with Vertical(id="runs"):
@@ -70,14 +77,14 @@ class RunsScreen(CockpitScreen):
         view = getattr(self.app, "runs_view", None)
         if view and view.get("root") == str(self.root):
             self.sort_key, self.reverse, self.marked = view["sort_key"], view["reverse"], set(view["marked"])
-        table = self.query_one(RunsTable)
-        table.add_column(" ", key="mark", width=1)
-        for key, title in self.columns:
-            table.add_column(title, key=key)
         self.reindex()
         if self.refresh_s:
             self.set_interval(self.refresh_s, self.reindex)
-        table.focus()
+        self.query_one(RunsTable).focus()
+
+    def on_resize(self, _event):
+        if self.loaded:
+            self.refill()
 
     @work(thread=True, exclusive=True, group="runs-index")
     def reindex(self):
@@ -98,7 +105,7 @@ class RunsScreen(CockpitScreen):
     # --- the table -----------------------------------------------------------------------------------
     def refill(self):
         from cockpit.runs.query import filter_runs, sort_runs
-        from cockpit.runs.table import run_cells
+        from cockpit.runs.table import cut, run_cells
 
         table = self.query_one(RunsTable)
         keep = self.highlighted()
@@ -106,10 +113,20 @@ class RunsScreen(CockpitScreen):
         shown = sort_runs(filter_runs(self.runs, self.query_text), self.sort_key, reverse=self.reverse)
         self.shown = shown
         row = table.cursor_row
-        table.clear()
-        for r in shown:
-            cells = run_cells(r)
-            status_i = [k for k, _ in self.columns].index("status")
+        now = time.time()
+        rows = [run_cells(r, now) for r in shown]
+        widths = self.fit(rows)
+        if widths != self.widths or not table.columns:
+            table.clear(columns=True)
+            table.add_column(" ", key="mark", width=1)
+            for key, title in self.columns:
+                table.add_column(cut(title, widths[key]), key=key, width=widths[key])
+            self.widths = widths
+        else:
+            table.clear()
+        status_i = [k for k, _ in self.columns].index("status")
+        for r, cells in zip(shown, rows):
+            cells = [cut(c, widths[k]) for c, (k, _) in zip(cells, self.columns)]
             cells[status_i] = Text(cells[status_i], style=STATUS_STYLE.get(r.status, ""))
             mark = Text("●", style="bold yellow") if str(r.path) in self.marked else ""
             table.add_row(mark, *(escape(c) if isinstance(c, str) else c for c in cells), key=str(r.path))
@@ -120,6 +137,20 @@ class RunsScreen(CockpitScreen):
             table.move_cursor(row=min(row, len(shown) - 1))
         self.show_title()
         self.show_detail()
+
+    def fit(self, rows: list[list[str]]) -> dict[str, int]:
+        """Each column's width: its widest cell (or title), shrunk (cockpit.runs.table.fit_widths) to what the
+        table has room for, the cells' padding and the vertical scrollbar (when the rows need one) left out."""
+        from cockpit.runs.table import fit_widths
+
+        table = self.query_one(RunsTable)
+        natural = {k: max([len(title)] + [len(r[i]) for r in rows]) for i, (k, title) in enumerate(self.columns)}
+        if not table.size.width:   # not laid out yet: the next resize fits it
+            return natural
+        gutter = 2 * table.cell_padding * (len(self.columns) + 1) + 1      # every cell's padding, the mark
+        scrollbar = table.styles.scrollbar_size_vertical if len(rows) + table.header_height > table.size.height else 0
+        room = table.size.width - scrollbar - gutter
+        return fit_widths(natural, room)
 
     def show_title(self):
         arrow = "↓" if self.reverse else "↑"
@@ -148,7 +179,9 @@ class RunsScreen(CockpitScreen):
                                else "no run matches the filter; / then clear it", style="dim"))
             return
         detail.border_title = Text(r.run_id or r.name)
-        text = Text.assemble(("log ", "dim"), str(r.log))
+        from cockpit.runs.table import fmt_started
+
+        text = Text.assemble(("log ", "dim"), str(r.log), ("  started ", "dim"), fmt_started(r.started))
         if r.error:
             text.append("\nerror ", style="dim")
             text.append(r.error, style="red")
@@ -201,6 +234,43 @@ class RunsScreen(CockpitScreen):
         from cockpit.screens.compare import CompareScreen
 
         self.app.push_screen(CompareScreen([r.log for r in chosen]))
+
+    def action_resume(self):
+        """Continue the highlighted run from its checkpoint, as `cockpit train PRESET --resume RUN_DIR` does: the
+        run screen follows it, its earlier segments included."""
+        from cockpit.launch import resume_refusal
+
+        r = self.highlighted()
+        if r is None:
+            return
+        why = resume_refusal(r)
+        if why is not None:
+            self.notify(why, severity="warning", markup=False)
+            return
+        self.post_message(LaunchRequested(r.preset, [], resume=str(r.path)))
+
+    def action_relaunch(self):
+        """A new run of the highlighted run's preset with its config (the overrides that make the preset as it
+        loads now into that config), launched as the picker launches one."""
+        from cockpit.launch import relaunch_overrides
+        from common.cli import BadInput
+
+        r = self.highlighted()
+        if r is None:
+            return
+        if not r.preset or not r.config:
+            self.notify(f"{r.run_id or r.name}: its log holds no preset and config to relaunch it with "
+                        f"({r.status})", severity="warning", markup=False)
+            return
+        try:
+            overrides, left_out = relaunch_overrides(r.preset, r.config)
+        except BadInput as e:
+            self.notify(f"cannot relaunch {r.run_id or r.name}: {e}", severity="error", markup=False)
+            return
+        if left_out:
+            self.notify(f"not carried over (preset {r.preset} has no such single value now): "
+                        f"{', '.join(left_out)}", severity="warning", markup=False)
+        self.post_message(LaunchRequested(r.preset, overrides))
 
     def action_sort_next(self):
         keys = [k for k, _ in self.columns]

@@ -12,6 +12,9 @@ MARKERS = {  # kind -> (legend label, character, colour)
     "throttle": ("GPU throttle", "T", "red"),
     "resume": ("resume", "R", "cyan"),
 }
+# Who keeps its column where markers crowd: the rare events first, the rug of evals last.
+PRIORITY = ("resume", "skipped", "throttle", "lr", "checkpoint", "eval")
+MAX_SHIFT = 2  # columns a crowded marker may move; farther, it would mark another step, so it is left out
 
 
 def lr_phase_changes(steps, lrs, rel_tol: float = 1e-6) -> list[tuple[int, str]]:
@@ -76,3 +79,33 @@ def steps_to_x(curve, steps, axis: str) -> np.ndarray:
     cx = np.asarray(curve.x(axis), dtype=np.float64)
     idx = np.clip(np.searchsorted(cs, steps), 0, len(cs) - 1)
     return cx[idx]
+
+
+def place_markers(xs_by_kind: dict[str, np.ndarray], lo: float, hi: float, columns: int) -> dict[str, tuple]:
+    """Where each marker letter goes on a rug of `columns` character columns spanning [lo, hi]: one letter per
+    column, and letters of different kinds keep a free column between them (side by side, `L` and `R` would
+    read as one word `LR`). Kinds are placed in PRIORITY order, each marker at its own column or, when that
+    is crowded, the nearest good one at most MAX_SHIFT columns away (right first); a marker with none is left
+    out. Returns kind -> (the xs each placed letter stands for, the xs to draw them at: column centres)."""
+    span = max(hi - lo, 1e-12)
+    last = max(columns - 1, 1)
+    taken: dict[int, str] = {}
+
+    def free(col: int, kind: str) -> bool:
+        return 0 <= col <= last and col not in taken and all(
+            taken.get(c, kind) == kind for c in (col - 1, col + 1))
+
+    out = {}
+    for kind in sorted(xs_by_kind, key=lambda k: PRIORITY.index(k) if k in PRIORITY else len(PRIORITY)):
+        xs = np.asarray(xs_by_kind[kind], dtype=np.float64)
+        marks, at = [], []
+        for x in xs.tolist():
+            home = round((x - lo) / span * last)
+            col = next((c for d in range(MAX_SHIFT + 1) for c in (home + d, home - d) if free(c, kind)), None)
+            if col is None:
+                continue
+            taken[col] = kind
+            marks.append(x)
+            at.append(lo + col / last * span)
+        out[kind] = (np.asarray(marks), np.asarray(at))
+    return out

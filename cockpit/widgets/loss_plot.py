@@ -14,7 +14,7 @@ from rich.text import Text
 from textual_plotext import PlotextPlot
 
 from cockpit.series import GrowingArray, SmoothCache, build_chart, drawable, series_for_plot
-from cockpit.widgets.chart_markers import MARKERS, marker_steps, one_per_column, steps_to_x
+from cockpit.widgets.chart_markers import MARKERS, marker_steps, one_per_column, place_markers, steps_to_x
 from cockpit.widgets.render_cost import RenderCost
 from cockpit.widgets.run_pane import set_if_changed
 from common.fmt import fmt_count, fmt_duration
@@ -23,6 +23,7 @@ PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white
 SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
 X_AXES = ("step", "tokens", "time")
 X_LABELS = {"step": "step", "tokens": "tokens", "time": "seconds"}
+Y_AXIS_ROOM = 12  # columns of a chart that are not its canvas: y tick labels (up to 10 characters) and the frame
 
 
 def cycle(seq, current):
@@ -231,18 +232,22 @@ class LossPlot(RenderCost, PlotextPlot):
 
     def _draw_markers(self, s, y_floor: float, lo: float, hi: float, width: int):
         """A rug of letters along the bottom of the chart (C checkpoint, E eval, L lr phase, S skipped,
-        T throttle, R resume), at the x of each event (one per character column)."""
+        T throttle, R resume), at the x of each event (one per character column; where markers of different
+        kinds crowd, chart_markers.place_markers spaces them). drawn["marker:KIND"]: the xs they stand for."""
         plt = self.plt
+        wanted = {}
         for kind, steps in self.markers(s).items():
-            if not steps:
+            if steps:
+                xs = steps_to_x(s.train, steps, self.x_axis)
+                wanted[kind] = one_per_column(xs[drawable(xs)], lo, hi, width)
+        # the rug's columns: fewer than the canvas has (the y-axis labels and the frame take the rest), so
+        # two letters a rug column apart never share a canvas column
+        for kind, (marks, at) in place_markers(wanted, lo, hi, max(8, width - Y_AXIS_ROOM)).items():
+            if marks.size == 0:
                 continue
             _label, char, color = MARKERS[kind]
-            xs = steps_to_x(s.train, steps, self.x_axis)
-            xs = one_per_column(xs[drawable(xs)], lo, hi, width)
-            if xs.size == 0:
-                continue
-            plt.scatter(xs.tolist(), [y_floor] * int(xs.size), marker=char, color=color)
-            self.drawn[f"marker:{kind}"] = (xs, np.full(xs.size, y_floor))
+            plt.scatter(at.tolist(), [y_floor] * int(at.size), marker=char, color=color)
+            self.drawn[f"marker:{kind}"] = (marks, np.full(marks.size, y_floor))
 
     def render(self):
         if not self.runs or not any(len(s.train) or len(s.val) for _, s in self.runs):
