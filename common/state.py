@@ -198,7 +198,8 @@ class RunState:
         return self.bad_events + sum(self.unknown_types.values()) + self.skipped_lines
 
     def _segment(self) -> int:
-        """Index of the first train point of the latest segment (a resume restarts `elapsed`)."""
+        """Index of the first train point of the latest segment (the trainer of an older log restarted
+        `elapsed` at a resume; rates are taken within a segment either way)."""
         return min(self.segment_start, max(0, len(self.train) - 1))
 
     def eta(self) -> float | None:
@@ -237,6 +238,9 @@ class RunState:
         w = self.end_metric("wall_time")
         if w is not None:
             return w
+        i, times = self.segment_start, self.train.times
+        if self.resumes and 0 < i < len(times) and times[i] >= times[i - 1]:
+            return self.elapsed  # a resumed trainer counts on from its checkpoint: the downtime is not the run's
         if self.start_time is not None and self.last_time is not None:
             return self.last_time - self.start_time
         return None

@@ -232,3 +232,10 @@ async def test_at_80_columns_the_status_line_keeps_state_step_percent_loss_and_e
     assert len(text) <= 80
     for part in ("● running", "step 100/200", "50%", "loss", "ETA 1:40"):
         assert part in text, text
+
+
+def test_a_resumed_run_without_run_end_counts_its_training_time_not_the_downtime_between():
+    s = run_with(steps=10, max_steps=100)                  # 1 s per step, elapsed 1..10
+    s.apply({"type": "run_start", "time": 9000.0, "run_id": "r", "resumed_from": 10, "max_steps": 100})
+    s.apply({"type": "step", "time": 9001.0, "step": 11, "loss": 1.0, "tokens": 11 * 512, "elapsed": 11.0})
+    assert s.wall_time() == pytest.approx(11.0)           # not the 8,000 s the machine was off
