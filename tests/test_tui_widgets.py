@@ -361,3 +361,20 @@ def test_an_image_grid_with_one_class_or_no_grid_metadata_names_the_classes_in_a
     no_grid = image_sample(cols=3, classes=["cat", "dog", "bird"])
     no_grid.grid = None
     assert printed(render_image(no_grid, 60, 20), 60)[-1] == "classes: cat, dog, bird"
+
+
+async def test_the_memory_panes_waiting_note_wraps_instead_of_being_cut_in_a_narrow_pane():
+    s = started()
+    pane = MemoryPane()
+    from textual.app import App
+
+    class One(App):
+        def compose(self):
+            yield pane
+
+    async with One().run_test(size=(26, 6)) as pilot:
+        pane.update_state(s)
+        await pilot.pause(0.05)
+        text = pane.render().plain
+    assert "step 1)" in text and "…" not in text
+    assert all(len(line) <= 26 for line in text.splitlines())

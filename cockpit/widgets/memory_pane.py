@@ -2,6 +2,8 @@
 grads, optimizer state, activations and peak allocated against the VRAM budget."""
 from __future__ import annotations
 
+import textwrap
+
 from rich.text import Text
 
 from cockpit.widgets.drawing import hbar, pack_words
@@ -50,7 +52,8 @@ class MemoryPane(StatePane):
         self.rendered()
         s = self.state
         if s is None or not s.memory:
-            return Text("no memory measurement yet (the first one comes with step 1)", style="dim")
+            why = "no memory measurement yet (the first one comes with step 1)"
+            return Text("\n".join(textwrap.wrap(why, max(12, self.size.width))), style="dim")
         w, h = max(20, self.size.width), max(4, self.size.height)
         layers, totals, budget = memory_rows(s)
         out = Text(no_wrap=True, overflow="ellipsis")
