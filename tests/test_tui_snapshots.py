@@ -57,9 +57,30 @@ def test_picker_snapshot(snap_compare, size):
     assert snap_compare(CockpitApp(presets=PRESETS), terminal_size=size, run_before=before)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+SIZES = [(80, 24), (120, 40), (200, 60)]
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_run_screen_snapshot_from_a_recorded_run(snap_compare, size):
     app = CockpitApp(watch=str(FIXTURES / "nanogpt-tiny" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+    assert snap_compare(app, terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_run_screen_snapshot_of_mingpt_sort_with_its_accuracy_charted(snap_compare, size):
+    app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-tiny" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+    assert snap_compare(app, terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_run_screen_snapshot_of_a_diffusion_run_with_its_class_grid(snap_compare, size):
+    app = CockpitApp(watch=str(FIXTURES / "dit-tiny" / "events.jsonl"))
 
     async def before(pilot):
         await settle(pilot, loaded_run(app))
