@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from cockpit.ansi import strip_ansi, use_color
-from cockpit.series import build_chart, plot_series
+from cockpit.series import X_LABELS, build_chart, end_ticks, plot_series, tick_label
 from common.dotted import NestedTooDeep, flatten
 from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from common.state import RunState
@@ -179,8 +179,11 @@ def table_text(rows: list[list[str]], differing_from: int | None = None) -> str:
 def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: int = 20, color: bool = False,
                   x_axis: str = "step", smoothing: float = 0.0) -> str:
     """Every run's train curve (a line) and val points on one plotext chart, the same smoothing for all,
-    then a legend (one line per run: its markers or colour, and its label) below the plot so it never
-    hides the curves. x_axis: step, tokens or time."""
+    then a legend (one line per run: its glyphs or colour, and its label) below the plot so it never hides
+    the curves. Without colour each run has its own glyphs, train's and val's different ones. A val point
+    is drawn over the train line: it covers one cell and the line stays readable on both sides of it. The
+    x ticks are round numbers and the last one is where the longest run ended. x_axis: step, tokens or
+    time. The one-run report (cockpit/report.py) draws its chart here too."""
     import plotext as plt
 
     plt.clear_figure()
@@ -189,7 +192,7 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
     if not color:
         plt.clear_color()
     legend = []
-    drawn = False
+    xs_drawn = []
     for i, (label, s) in enumerate(runs):
         train_m, val_m = MARKERS[i % len(MARKERS)]
         c = COLORS[i % len(COLORS)]
@@ -199,27 +202,41 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
             xs, ys = plot_series(s.train.x(x_axis), s.train.values, smoothing, buckets=width)
             if xs.size:
                 plt.plot(xs.tolist(), ys.tolist(), marker="braille" if color else train_m, **style)
+                xs_drawn.append(xs)
             parts.append(f"{'⣿' if color else train_m * 2} train")
-            drawn = True
         if len(s.val):
             xs, ys = plot_series(s.val.x(x_axis), s.val.values, 0.0, buckets=width)
             if xs.size:
                 plt.scatter(xs.tolist(), ys.tolist(), marker=val_m, **style)
+                xs_drawn.append(xs)
             parts.append(f"{val_m} val")
-            drawn = True
         key = "  ".join(parts) if parts else "(no loss data)"
         if color:
             key = f"\x1b[38;5;{c}m{key}\x1b[0m"
         legend.append(f"  {key:<{len(key) + max(0, 16 - len(strip_ansi(key)))}}  {label}")
-    if not drawn:
+    if not any(len(s.train) or len(s.val) for _, s in runs):
         return "(no loss data yet)"
+    if xs_drawn:
+        lo = min(float(x.min()) for x in xs_drawn)
+        hi = max(float(x.max()) for x in xs_drawn)
+        ticks = end_ticks(lo, hi, max(3, min(8, width // 14)), integer=x_axis != "time")
+        if ticks:
+            plt.xticks(ticks, [report_tick(t, x_axis) for t in ticks])
     title = "loss" + (f" (EMA smoothing {smoothing:g})" if smoothing > 0 else "")
     plt.title(title)
-    plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
+    plt.xlabel(X_LABELS[x_axis])
     out = build_chart(plt.build, str)
     if not color:
         out = strip_ansi(out)
     return out.rstrip("\n") + "\n" + "\n".join(legend)
+
+
+def report_tick(x: float, axis: str) -> str:
+    """An x tick of a text report: steps and tokens in full below 100k (a report's chart is wide), beyond
+    that as the TUI writes tokens (1.5M); seconds as a duration (1:30)."""
+    if axis == "time":
+        return tick_label(x, axis)
+    return f"{x:.0f}" if abs(x) < 1e5 else tick_label(x, "tokens")
 
 
 def compare_report(loaded: list[tuple[str, RunState, object]], color: bool | None = None, *,

@@ -7,22 +7,28 @@ changes, skipped non-finite steps, GPU throttling, resumes).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
-from cockpit.series import GrowingArray, SmoothCache, build_chart, drawable, series_for_plot
+from cockpit.series import (
+    GrowingArray,
+    X_LABELS,
+    SmoothCache,
+    build_chart,
+    drawable,
+    nice_ticks,
+    series_for_plot,
+    tick_label,
+)
 from cockpit.widgets.chart_markers import MARKERS, marker_steps, one_per_column, steps_to_x
 from cockpit.widgets.render_cost import RenderCost
 from cockpit.widgets.run_pane import set_if_changed
-from common.fmt import fmt_count, fmt_duration
+from common.fmt import fmt_count
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
 SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
 X_AXES = ("step", "tokens", "time")
-X_LABELS = {"step": "step", "tokens": "tokens", "time": "seconds"}
 
 
 def cycle(seq, current):
@@ -32,34 +38,6 @@ def cycle(seq, current):
         return seq[(seq.index(current) + 1) % len(seq)]
     except ValueError:
         return seq[0]
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
-    """About n round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]; `integer` keeps
-    them whole numbers (steps, tokens)."""
-    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(hi - lo)) or n < 2:
-        return []
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / (n - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10, 20)
-                if m * mag >= raw * 0.7 and (not integer or float(m * mag).is_integer()))
-    first = math.ceil(lo / step - 1e-9) * step
-    # counted, not stepped until past hi: near 1e18 a step can be smaller than the floats' spacing
-    count = min(2 * n, math.floor((hi - first) / step + 1e-9) + 1)
-    return [round(first + i * step, 12) for i in range(max(0, count))]
-
-
-def tick_label(x: float, axis: str) -> str:
-    """Short tick text: 1500 -> '1500' (steps), 51200 -> '51.2k' (tokens), 90 -> '1:30' (seconds)."""
-    if axis == "time":
-        return fmt_duration(x)
-    if axis == "tokens":
-        for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(x) >= div:
-                return f"{x / div:.4g}{unit}"
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:g}"
 
 
 def run_title(s) -> str:
