@@ -27,6 +27,8 @@ from cockpit.widgets.run_pane import set_if_changed
 from common.fmt import fmt_count
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
+# several runs: each run's val line in its own glyph as well as its colour (told apart without colour too)
+VAL_GLYPHS = ("•", "+", "x", "*", "o", "%", "#", "@")
 SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
 X_AXES = ("step", "tokens", "time")
 
@@ -57,7 +59,7 @@ def run_title(s) -> str:
 
 class LossPlot(RenderCost, PlotextPlot):
     """`runs`: [(label, RunState)]. One run: train (cyan) + val (orange). Several: a colour per run,
-    train as a line and val as a dotted line of the same colour."""
+    train as a line and val as a line of the run's glyph (VAL_GLYPHS) in the same colour."""
 
     def __init__(self, *, empty_message: str = "waiting for the first step…", **kwargs):
         super().__init__(**kwargs)
@@ -116,15 +118,26 @@ class LossPlot(RenderCost, PlotextPlot):
 
     def subtitle(self) -> str:
         """The legend of a single-run chart (colours, marker letters present) and the view settings, as
-        Textual markup for the border subtitle; the chart itself stays free for the curves."""
+        Textual markup for the border subtitle; the chart itself stays free for the curves. Laid out, it
+        fits the chart's border: the markers' names give way to their letters alone, then the letters go;
+        the view settings (EMA, x-axis, log-y) stay whole."""
+        width = self.outer_size.width   # 0 until laid out
+        for markers in ("named", "letters", "none"):
+            text = self._subtitle(markers)
+            if not width or Text.from_markup(text).cell_len <= width - 4:   # Textual's border label: corners
+                break                                                       # and a blank each side
+        return text
+
+    def _subtitle(self, markers: str) -> str:
         parts = []
         single = len(self.runs) == 1
         if single:
             s = self.runs[0][1]
             parts.append("[cyan]━[/] train" + (f" EMA {self.smoothing:g}" if self.smoothing else "")
                          + (" [orange]━[/] val" if len(s.val) else ""))
-            if self.show_markers:
-                present = [f"{MARKERS[k][1]} {MARKERS[k][0]}" for k, v in self.markers(s).items() if v]
+            if self.show_markers and markers != "none":
+                present = [MARKERS[k][1] + (f" {MARKERS[k][0]}" if markers == "named" else "")
+                           for k, v in self.markers(s).items() if v]
                 if present:
                     parts.append(" ".join(present))
         elif self.smoothing:
@@ -135,6 +148,10 @@ class LossPlot(RenderCost, PlotextPlot):
         if single and not self.show_markers:
             parts.append("markers off")
         return " · ".join(parts)
+
+    def on_resize(self):
+        if self.runs:   # the subtitle fits the new width
+            set_if_changed(self, "border_subtitle", self.subtitle())
 
     # --- drawing -----------------------------------------------------------------------------------
     def _cache(self, key, kind):
@@ -152,33 +169,36 @@ class LossPlot(RenderCost, PlotextPlot):
         return series_for_plot(x, y, width, smoothing, self.log_y, smooth, epoch)
 
     def draw(self, width: int) -> bool:
+        """Draw the runs' curves into the plotext figure; False when none has a point to draw. Every val
+        curve is drawn before every train curve, so where a train and a val line pass through the same
+        cell the train line shows (it has a point per step; the val line stays visible on both sides of
+        where they meet). With EMA on one run, the raw train curve (grey) lies under both. No legend is
+        drawn inside the chart: the screens put it outside the plot (subtitle, legend row)."""
         plt = self.plt
         plt.clear_figure()
         self.drawn = {}
         many = len(self.runs) > 1
         buckets = max(8, width)
-        ys_all = []
+        raw, vals, trains = [], [], []     # (drawn key or None, xs, ys, colour, marker)
         for i, (label, s) in enumerate(self.runs):
             color = PALETTE[i % len(PALETTE)]
             prefix = f"{label} " if many else ""
             if len(s.train):
                 if self.smoothing and not many:
                     xr, yr = self._series(i, "train", s.train, s, buckets, 0.0)
-                    if xr.size:
-                        plt.plot(xr.tolist(), yr.tolist(), color="gray", marker="braille")
+                    raw.append((None, xr, yr, "gray", "braille"))
                 xs, ys = self._series(i, "train", s.train, s, buckets, self.smoothing)
-                if xs.size:
-                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}train" if many else None, color=color,
-                             marker="braille")
-                    self.drawn[f"{prefix}train"] = (xs, ys)
-                    ys_all.append(ys)
+                trains.append((f"{prefix}train", xs, ys, color, "braille"))
             if len(s.val):
                 xs, ys = self._series(i, "val", s.val, s, buckets, 0.0)
-                if xs.size:
-                    vcolor = PALETTE[1] if not many else color
-                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}val" if many else None, color=vcolor,
-                             marker="braille" if not many else "dot")
-                    self.drawn[f"{prefix}val"] = (xs, ys)
+                vals.append((f"{prefix}val", xs, ys, color if many else PALETTE[1],
+                             VAL_GLYPHS[i % len(VAL_GLYPHS)] if many else "braille"))
+        ys_all = []
+        for key, xs, ys, color, marker in raw + vals + trains:
+            if xs.size:
+                plt.plot(xs.tolist(), ys.tolist(), color=color, marker=marker)
+                if key is not None:
+                    self.drawn[key] = (xs, ys)
                     ys_all.append(ys)
         if not ys_all:
             return False
