@@ -5,6 +5,7 @@ screen, which reuses the pure functions here).
                                  (preset and run id), then ONE table: identity, best val, tokens/s, peak
                                  memory and each config key whose value differs between the runs
     compare_rows(states)         that table as rows of text cells; rows[0] is the header
+    fit_rows(rows, width)        those rows cut to a width (the TUI's table): labels and names in the middle
     run_label(state)             "<preset> <run id without the preset prefix>", the legend and column title
     peak_memory(state)           (bytes, kind): the CUDA allocator's peak, or on CPU the measured sum of
                                  activations + params + grads + optimizer state
@@ -32,6 +33,7 @@ MARKERS = [("•", "o"), ("+", "#"), ("x", "%"), ("*", "@"), ("-", "="), (":", "
 # config keys that say nothing a row above does not already say
 SKIP_KEYS = ("name", "arch", "description")
 CELL = 28   # widest table cell before truncation
+MIN_CELL = 10   # the narrowest a table column gets to fit a width: narrower says too little, the table scrolls
 
 
 def config_diff(configs: list[dict | None]) -> dict[str, list]:
@@ -123,6 +125,44 @@ def _value(v) -> str:
 def _cut(text: str, width: int = CELL) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def cut_middle(text: str, width: int) -> str:
+    """`text` in at most `width` cells, cut in the middle so its start and its distinguishing end stay:
+    'nanogpt 20261121-054927-5a93' -> 'nanogpt …054927-5a93' or 'nanogpt …5a93'. A run label's first word
+    (the preset) stays whole while there is room for it and four cells of the end."""
+    text = text.replace("\n", " ")
+    if len(text) <= width:
+        return text
+    if width < 3:
+        return text[:width]
+    label = " " in text      # a run's label: the preset, then its run id
+    head = text.split(" ", 1)[0] + " " if label else ""
+    if not head or len(head) + 5 > width:
+        head = text[:(width - 1) // 2]
+    tail = text[len(text) - (width - len(head) - 1):]
+    dash = tail.find("-")
+    if label and 0 <= dash <= len(tail) - 5:   # the id's end from a part's start: '…5a93', not '…27-5a93'
+        tail = tail[dash + 1:]
+    return head + "…" + tail
+
+
+def fit_rows(rows: list[list[str]], width: int, padding: int = 2) -> tuple[list[int], list[list[str]]]:
+    """compare_rows' rows cut to a table `width` cells wide whose columns each take `padding` cells more
+    than their text: every run's column the same width, the names' column no wider than a quarter of the
+    table while the runs need the room. Names and run labels are cut in the middle (cut_middle), values at
+    their end. Below MIN_CELL a run's column stops shrinking: the table is wider than `width` and
+    scrolls. Returns (the columns' text widths, the cut rows)."""
+    n = len(rows[0]) - 1
+    room = width - padding * (n + 1)
+    longest_name = max(len(r[0]) for r in rows)
+    widest = max(len(c) for r in rows for c in r[1:])
+    names_w = min(longest_name, max(MIN_CELL, width // 4))
+    run_w = min(widest, max(MIN_CELL, (room - names_w) // max(n, 1)))
+    names_w = max(names_w, min(longest_name, room - n * run_w))
+    out = [[""] + [cut_middle(c, run_w) for c in rows[0][1:]]]
+    out += [[cut_middle(r[0], names_w)] + [_cut(c, run_w) for c in r[1:]] for r in rows[1:]]
+    return [names_w] + [run_w] * n, out
 
 
 def diff_rows(states: list[RunState]) -> list[list[str]]:

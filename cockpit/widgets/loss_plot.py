@@ -12,8 +12,8 @@ from rich.text import Text
 from textual_plotext import PlotextPlot
 
 from cockpit.series import (
-    GrowingArray,
     X_LABELS,
+    GrowingArray,
     SmoothCache,
     build_chart,
     drawable,
@@ -27,7 +27,7 @@ from cockpit.widgets.run_pane import set_if_changed
 from common.fmt import fmt_count
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
-# several runs: each run's val line in its own glyph as well as its colour (told apart without colour too)
+# several runs: each run's val points in its own glyph as well as its colour (told apart without colour too)
 VAL_GLYPHS = ("•", "+", "x", "*", "o", "%", "#", "@")
 SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
 X_AXES = ("step", "tokens", "time")
@@ -59,7 +59,7 @@ def run_title(s) -> str:
 
 class LossPlot(RenderCost, PlotextPlot):
     """`runs`: [(label, RunState)]. One run: train (cyan) + val (orange). Several: a colour per run,
-    train as a line and val as a line of the run's glyph (VAL_GLYPHS) in the same colour."""
+    train as a line and val as points of the run's glyph (VAL_GLYPHS) in the same colour."""
 
     def __init__(self, *, empty_message: str = "waiting for the first step…", **kwargs):
         super().__init__(**kwargs)
@@ -169,34 +169,39 @@ class LossPlot(RenderCost, PlotextPlot):
         return series_for_plot(x, y, width, smoothing, self.log_y, smooth, epoch)
 
     def draw(self, width: int) -> bool:
-        """Draw the runs' curves into the plotext figure; False when none has a point to draw. Every val
-        curve is drawn before every train curve, so where a train and a val line pass through the same
-        cell the train line shows (it has a point per step; the val line stays visible on both sides of
-        where they meet). With EMA on one run, the raw train curve (grey) lies under both. No legend is
-        drawn inside the chart: the screens put it outside the plot (subtitle, legend row)."""
+        """Draw the runs' curves into the plotext figure; False when none has a point to draw. Both train
+        and val stay visible where they meet. One run: the val line is drawn before the train line, so a
+        cell both pass through shows train (it has a point per step; the val line stays visible on both
+        sides of where they meet); with EMA the raw train curve (grey) lies under both. Several runs: every
+        train line first, then each run's val points in its glyph (VAL_GLYPHS): a point covers one cell of
+        a line that stays readable on both sides. No legend is drawn inside the chart: the screens put it
+        outside the plot (subtitle, legend row)."""
         plt = self.plt
         plt.clear_figure()
         self.drawn = {}
         many = len(self.runs) > 1
         buckets = max(8, width)
-        raw, vals, trains = [], [], []     # (drawn key or None, xs, ys, colour, marker)
+        under, trains, over = [], [], []     # (drawn key or None, xs, ys, colour, marker), in drawing order
         for i, (label, s) in enumerate(self.runs):
             color = PALETTE[i % len(PALETTE)]
             prefix = f"{label} " if many else ""
             if len(s.train):
                 if self.smoothing and not many:
                     xr, yr = self._series(i, "train", s.train, s, buckets, 0.0)
-                    raw.append((None, xr, yr, "gray", "braille"))
+                    under.append((None, xr, yr, "gray", "braille"))
                 xs, ys = self._series(i, "train", s.train, s, buckets, self.smoothing)
                 trains.append((f"{prefix}train", xs, ys, color, "braille"))
             if len(s.val):
                 xs, ys = self._series(i, "val", s.val, s, buckets, 0.0)
-                vals.append((f"{prefix}val", xs, ys, color if many else PALETTE[1],
-                             VAL_GLYPHS[i % len(VAL_GLYPHS)] if many else "braille"))
+                if many:
+                    over.append((f"{prefix}val", xs, ys, color, VAL_GLYPHS[i % len(VAL_GLYPHS)]))
+                else:
+                    under.append(("val", xs, ys, PALETTE[1], "braille"))
         ys_all = []
-        for key, xs, ys, color, marker in raw + vals + trains:
+        layers = [(plt.plot, *c) for c in under + trains] + [(plt.scatter, *c) for c in over]
+        for draw, key, xs, ys, color, marker in layers:
             if xs.size:
-                plt.plot(xs.tolist(), ys.tolist(), color=color, marker=marker)
+                draw(xs.tolist(), ys.tolist(), color=color, marker=marker)
                 if key is not None:
                     self.drawn[key] = (xs, ys)
                     ys_all.append(ys)
