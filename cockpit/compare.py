@@ -5,6 +5,7 @@ screen, which reuses the pure functions here).
                                  (preset and run id), then ONE table: identity, best val, tokens/s, peak
                                  memory and each config key whose value differs between the runs
     compare_rows(states)         that table as rows of text cells; rows[0] is the header
+    fit_rows(rows, width)        those rows cut to a width (the TUI's table): labels and names in the middle
     run_label(state)             "<preset> <run id without the preset prefix>", the legend and column title
     peak_memory(state)           (bytes, kind): the CUDA allocator's peak, or on CPU the measured sum of
                                  activations + params + grads + optimizer state
@@ -20,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from cockpit.ansi import strip_ansi, use_color
-from cockpit.series import build_chart, plot_series
+from cockpit.series import X_LABELS, build_chart, end_ticks, plot_series, tick_label
 from common.dotted import NestedTooDeep, flatten
 from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from common.state import RunState
@@ -32,6 +33,7 @@ MARKERS = [("•", "o"), ("+", "#"), ("x", "%"), ("*", "@"), ("-", "="), (":", "
 # config keys that say nothing a row above does not already say
 SKIP_KEYS = ("name", "arch", "description")
 CELL = 28   # widest table cell before truncation
+MIN_CELL = 10   # the narrowest a table column gets to fit a width: narrower says too little, the table scrolls
 
 
 def config_diff(configs: list[dict | None]) -> dict[str, list]:
@@ -125,6 +127,44 @@ def _cut(text: str, width: int = CELL) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def cut_middle(text: str, width: int) -> str:
+    """`text` in at most `width` cells, cut in the middle so its start and its distinguishing end stay:
+    'nanogpt 20261121-054927-5a93' -> 'nanogpt …054927-5a93' or 'nanogpt …5a93'. A run label's first word
+    (the preset) stays whole while there is room for it and four cells of the end."""
+    text = text.replace("\n", " ")
+    if len(text) <= width:
+        return text
+    if width < 3:
+        return text[:width]
+    label = " " in text      # a run's label: the preset, then its run id
+    head = text.split(" ", 1)[0] + " " if label else ""
+    if not head or len(head) + 5 > width:
+        head = text[:(width - 1) // 2]
+    tail = text[len(text) - (width - len(head) - 1):]
+    dash = tail.find("-")
+    if label and 0 <= dash <= len(tail) - 5:   # the id's end from a part's start: '…5a93', not '…27-5a93'
+        tail = tail[dash + 1:]
+    return head + "…" + tail
+
+
+def fit_rows(rows: list[list[str]], width: int, padding: int = 2) -> tuple[list[int], list[list[str]]]:
+    """compare_rows' rows cut to a table `width` cells wide whose columns each take `padding` cells more
+    than their text: every run's column the same width, the names' column no wider than a quarter of the
+    table while the runs need the room. Names and run labels are cut in the middle (cut_middle), values at
+    their end. Below MIN_CELL a run's column stops shrinking: the table is wider than `width` and
+    scrolls. Returns (the columns' text widths, the cut rows)."""
+    n = len(rows[0]) - 1
+    room = width - padding * (n + 1)
+    longest_name = max(len(r[0]) for r in rows)
+    widest = max(len(c) for r in rows for c in r[1:])
+    names_w = min(longest_name, max(MIN_CELL, width // 4))
+    run_w = min(widest, max(MIN_CELL, (room - names_w) // max(n, 1)))
+    names_w = max(names_w, min(longest_name, room - n * run_w))
+    out = [[""] + [cut_middle(c, run_w) for c in rows[0][1:]]]
+    out += [[cut_middle(r[0], names_w)] + [_cut(c, run_w) for c in r[1:]] for r in rows[1:]]
+    return [names_w] + [run_w] * n, out
+
+
 def diff_rows(states: list[RunState]) -> list[list[str]]:
     """[key, value per run] for each dotted config key whose values differ ("-": not in that run's config)."""
     diff = config_diff([s.config for s in states])
@@ -179,8 +219,11 @@ def table_text(rows: list[list[str]], differing_from: int | None = None) -> str:
 def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: int = 20, color: bool = False,
                   x_axis: str = "step", smoothing: float = 0.0) -> str:
     """Every run's train curve (a line) and val points on one plotext chart, the same smoothing for all,
-    then a legend (one line per run: its markers or colour, and its label) below the plot so it never
-    hides the curves. x_axis: step, tokens or time."""
+    then a legend (one line per run: its glyphs or colour, and its label) below the plot so it never hides
+    the curves. Without colour each run has its own glyphs, train's and val's different ones. A val point
+    is drawn over the train line: it covers one cell and the line stays readable on both sides of it. The
+    x ticks are round numbers and the last one is where the longest run ended. x_axis: step, tokens or
+    time. The one-run report (cockpit/report.py) draws its chart here too."""
     import plotext as plt
 
     plt.clear_figure()
@@ -189,7 +232,7 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
     if not color:
         plt.clear_color()
     legend = []
-    drawn = False
+    xs_drawn = []
     for i, (label, s) in enumerate(runs):
         train_m, val_m = MARKERS[i % len(MARKERS)]
         c = COLORS[i % len(COLORS)]
@@ -199,27 +242,41 @@ def compare_chart(runs: list[tuple[str, RunState]], width: int = 100, height: in
             xs, ys = plot_series(s.train.x(x_axis), s.train.values, smoothing, buckets=width)
             if xs.size:
                 plt.plot(xs.tolist(), ys.tolist(), marker="braille" if color else train_m, **style)
+                xs_drawn.append(xs)
             parts.append(f"{'⣿' if color else train_m * 2} train")
-            drawn = True
         if len(s.val):
             xs, ys = plot_series(s.val.x(x_axis), s.val.values, 0.0, buckets=width)
             if xs.size:
                 plt.scatter(xs.tolist(), ys.tolist(), marker=val_m, **style)
+                xs_drawn.append(xs)
             parts.append(f"{val_m} val")
-            drawn = True
         key = "  ".join(parts) if parts else "(no loss data)"
         if color:
             key = f"\x1b[38;5;{c}m{key}\x1b[0m"
         legend.append(f"  {key:<{len(key) + max(0, 16 - len(strip_ansi(key)))}}  {label}")
-    if not drawn:
+    if not any(len(s.train) or len(s.val) for _, s in runs):
         return "(no loss data yet)"
+    if xs_drawn:
+        lo = min(float(x.min()) for x in xs_drawn)
+        hi = max(float(x.max()) for x in xs_drawn)
+        ticks = end_ticks(lo, hi, max(3, min(8, width // 14)), integer=x_axis != "time")
+        if ticks:
+            plt.xticks(ticks, [report_tick(t, x_axis) for t in ticks])
     title = "loss" + (f" (EMA smoothing {smoothing:g})" if smoothing > 0 else "")
     plt.title(title)
-    plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
+    plt.xlabel(X_LABELS[x_axis])
     out = build_chart(plt.build, str)
     if not color:
         out = strip_ansi(out)
     return out.rstrip("\n") + "\n" + "\n".join(legend)
+
+
+def report_tick(x: float, axis: str) -> str:
+    """An x tick of a text report: steps and tokens in full below 100k (a report's chart is wide), beyond
+    that as the TUI writes tokens (1.5M); seconds as a duration (1:30)."""
+    if axis == "time":
+        return tick_label(x, axis)
+    return f"{x:.0f}" if abs(x) < 1e5 else tick_label(x, "tokens")
 
 
 def compare_report(loaded: list[tuple[str, RunState, object]], color: bool | None = None, *,

@@ -1,7 +1,7 @@
 """The headless report of a recorded run (`cockpit --replay FILE`): no TUI, no TTY, no torch.
 
-Summary, a plotext loss chart, the last samples, the per-layer activation-memory table and the system
-summary, all built from the same RunState the TUI renders.
+Summary, the loss chart (cockpit/compare.py's, of one run), the last samples, the per-layer activation-memory
+table and the system summary, all built from the same RunState the TUI renders.
 """
 from __future__ import annotations
 
@@ -9,38 +9,12 @@ import errno
 import shutil
 from pathlib import Path
 
-from cockpit.ansi import strip_ansi, use_color
-from cockpit.series import build_chart, plot_series
+from cockpit.ansi import use_color
+from cockpit.compare import compare_chart
 from common.cli import BadInput
 from common.fmt import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_rate
 from common.reader import ReadStats
 from common.state import RunState
-
-
-def loss_chart(states: list[tuple[str, RunState]], width: int = 100, height: int = 20, color: bool = False,
-               x_axis: str = "step", smoothing: float = 0.0) -> str:
-    import plotext as plt
-
-    plt.clear_figure()
-    plt.plotsize(width, height)
-    plt.theme("pro" if color else "clear")
-    if not color:
-        plt.clear_color()
-    drawn = False
-    for label, s in states:
-        prefix = f"{label} " if len(states) > 1 else ""
-        for kind, curve, smooth in (("train", s.train, smoothing), ("val", s.val, 0.0)):
-            if len(curve):
-                xs, ys = plot_series(curve.x(x_axis), curve.values, smooth, buckets=width)
-                if xs.size:
-                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}{kind}", marker="braille")
-                drawn = True
-    if not drawn:
-        return "(no loss data yet)"
-    plt.title("loss")
-    plt.xlabel({"step": "step", "tokens": "tokens", "time": "seconds"}[x_axis])
-    out = build_chart(plt.build, str)
-    return out if color else strip_ansi(out)
 
 
 def _table(rows: list[list[str]], header: list[str], align: str | None = None) -> list[str]:
@@ -219,8 +193,8 @@ def report(path: str, state: RunState, stats: ReadStats | None, *, color: bool |
     color = use_color() if color is None else color
     width = max(60, min(shutil.get_terminal_size((100, 30)).columns, 140))
     parts = ["\n".join(summary_lines(state, path, stats)), "",
-             loss_chart([(state.preset or "run", state)], width=width - 2, height=18, color=color,
-                        x_axis=x_axis, smoothing=smoothing), "",
+             compare_chart([(state.preset or "run", state)], width=width - 2, height=18, color=color,
+                           x_axis=x_axis, smoothing=smoothing), "",
              "\n".join(sample_lines(state, samples, color, images_dir)), "",
              "\n".join(memory_lines(state)), ""]
     if state.experts:

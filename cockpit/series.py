@@ -3,11 +3,16 @@
 A 1,000,000-point curve is reduced to ~2 points per terminal column (each bucket's min and max, in the
 order they occur), so drawing costs the same for any run length and no spike disappears. A live run redraws
 its chart every few seconds: GrowingArray and SmoothCache extend the converted and the smoothed series by the
-new points only, with the same numbers as converting and smoothing the whole series again.
+new points only, with the same numbers as converting and smoothing the whole series again. The x-axis ticks
+(round numbers, labelled per axis) are shared by the TUI's chart and the text reports.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from common.fmt import fmt_duration
 
 # plotext computes its axes in floats that overflow near the ends of the float range: a value beyond
 # PLOT_LIMIT (a loss of 1e308 from a run that diverged) is off the chart, like an infinity, and never drawn;
@@ -175,3 +180,45 @@ def series_for_plot(x, y, width: int, smoothing: float = 0.0, log_y: bool = Fals
 def plot_series(x, y, smoothing: float = 0.0, buckets: int = 200, log_y: bool = False):
     """series_for_plot of a whole finished series into `buckets` columns (the text reports)."""
     return series_for_plot(x, y, buckets, smoothing, log_y)
+
+
+X_LABELS = {"step": "step", "tokens": "tokens", "time": "seconds"}   # x_axis -> the axis' title
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
+    """About n round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]; `integer` keeps
+    them whole numbers (steps, tokens)."""
+    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(hi - lo)) or n < 2:
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / (n - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10, 20)
+                if m * mag >= raw * 0.7 and (not integer or float(m * mag).is_integer()))
+    first = math.ceil(lo / step - 1e-9) * step
+    # counted, not stepped until past hi: near 1e18 a step can be smaller than the floats' spacing
+    count = min(2 * n, math.floor((hi - first) / step + 1e-9) + 1)
+    return [round(first + i * step, 12) for i in range(max(0, count))]
+
+
+def tick_label(x: float, axis: str) -> str:
+    """Short tick text: 1500 -> '1500' (steps), 51200 -> '51.2k' (tokens), 90 -> '1:30' (seconds)."""
+    if axis == "time":
+        return fmt_duration(x)
+    if axis == "tokens":
+        for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(x) >= div:
+                return f"{x / div:.4g}{unit}"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:g}"
+
+
+def end_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
+    """nice_ticks over [lo, hi] whose last tick is hi itself: a text report marks where the longest run
+    ended. A round tick closer to hi than half the ticks' spacing gives way to it (their labels would
+    touch)."""
+    ticks = nice_ticks(lo, hi, n, integer)
+    if len(ticks) < 2:
+        return ticks
+    spacing = ticks[1] - ticks[0]
+    return [t for t in ticks if hi - t >= 0.5 * spacing] + [hi]

@@ -14,7 +14,9 @@ from cockpit.compare import (
     compare_chart,
     compare_report,
     compare_rows,
+    cut_middle,
     diff_rows,
+    fit_rows,
     peak_memory,
     run_label,
     unique_labels,
@@ -167,3 +169,25 @@ def test_the_report_notes_a_failed_run_and_a_damaged_log(tmp_path):
     text = compare_report(loaded([LOGS[0], bad]), color=False, width=100)
     assert "failed: OutOfMemoryError: CUDA out of memory" in text
     assert "skipped 1 of" in text
+
+
+@pytest.mark.parametrize("width, headers", [
+    (116, ["nanogpt 20261121-054734-15ad", "mingpt 20261121-054750-83f8", "nanogpt 20261121-054810-795f"]),
+    (76, ["nanogpt …15ad", "mingpt …83f8", "nanogpt …795f"]),
+])
+def test_the_tui_table_fits_three_runs_in_the_width_each_run_told_apart_by_its_ids_end(width, headers):
+    rows = compare_rows(states())
+    widths, fitted = fit_rows(rows, width, padding=2)
+    assert sum(widths) + 2 * len(widths) <= width                      # no run's column cut off the screen
+    assert fitted[0][1:] == headers
+    assert len(set(widths[1:])) == 1 and all(len(c) <= w for r in fitted for c, w in zip(r, widths))
+    row = {r[0]: r[1:] for r in fitted}
+    assert row["best val loss"] == ["3.7370 @ 20", "4.0612 @ 10", "3.3242 @ 12"]   # the numbers whole
+    assert row["train.lr"] == ["0.002", "0.001", "0.003"]
+
+
+def test_a_cut_label_keeps_its_preset_and_the_end_of_its_run_id():
+    assert cut_middle("nanogpt 20261121-054927-5a93", 28) == "nanogpt 20261121-054927-5a93"
+    assert cut_middle("nanogpt 20261121-054927-5a93", 22) == "nanogpt …054927-5a93"
+    assert cut_middle("nanogpt 20261121-054927-5a93 (2)", 20) == "nanogpt …5a93 (2)"
+    assert cut_middle("train.checkpoint_interval", 19) == "train.che…_interval"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,39 @@ def test_the_moe_balance_loss_is_printed_like_a_loss_not_with_every_digit(record
     assert r.returncode == 0, r.stderr
     assert "balance loss 0.0123, dropped tokens 1.23M" in r.stdout, r.stdout
     assert "0.012345678" not in r.stdout
+
+
+def chart_of(report: str) -> tuple[list[str], list[str]]:
+    """(the x tick labels under the chart's frame, the legend lines after the axis title)."""
+    lines = report.splitlines()
+    bottom = next(i for i, line in enumerate(lines) if "└" in line)
+    legend = []
+    for line in lines[bottom + 3:]:
+        if not line.strip():
+            break
+        legend.append(line)
+    return lines[bottom + 1].split(), legend
+
+
+@pytest.mark.parametrize("axis, last", [("step", "200"), ("tokens", "51200"), ("time", "1:16")])
+def test_the_report_ticks_are_round_numbers_ending_where_the_run_ended(axis, last):
+    r = cockpit("--replay", str(ROOT / "tests/fixtures/tui/nanogpt-tiny/events.jsonl"), "--x", axis,
+                env={"COLUMNS": "100"})
+    assert r.returncode == 0, r.stderr
+    ticks, _ = chart_of(r.stdout)
+    assert ticks[-1] == last, ticks
+    if axis != "time":
+        assert all(t.isdigit() for t in ticks), ticks                   # no 150.8
+        assert all(int(t) % 25 == 0 for t in ticks[:-1]), ticks          # round: 25, 50, ... or 10000, 20000
+
+
+def test_without_colour_the_report_tells_train_from_val_by_glyph_in_a_legend_below_the_chart():
+    r = cockpit("--replay", str(ROOT / "tests/fixtures/tui/nanogpt-tiny/events.jsonl"), env={"NO_COLOR": "1"})
+    assert r.returncode == 0 and "\x1b[" not in r.stdout, r.stderr
+    _, legend = chart_of(r.stdout)
+    (line,) = legend
+    train, val = re.fullmatch(r"\s+(\S+) train\s+(\S+) val\s+nanogpt", line).groups()
+    assert set(train) & set(val) == set(), line
+    plot = r.stdout.split("┌")[1].split("└")[0]
+    assert train[0] in plot and val in plot                             # both glyphs are on the chart
+    assert "train" not in plot and "val" not in plot                    # and no legend covers it

@@ -154,3 +154,31 @@ def test_two_run_comparison_snapshot(snap_compare, runs_here):
         await pilot.press("c")
         await settle(pilot, lambda: getattr(app.screen, "loaded", False) and type(app.screen).__name__ == "CompareScreen")
     assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 60)])
+def test_three_run_comparison_snapshot(snap_compare, runs_here, size):
+    """The legend sits outside the chart with every run's label in full, and the differences table fits
+    the screen with a column per run."""
+    from cockpit.widgets.loss_plot import LossPlot
+
+    app = CockpitApp(start="runs", runs_dir=runs_here)
+    labels = ["nanogpt 20261121-054927-5a93", "mingpt 20261121-055049-3684", "nanogpt 20261121-054734-15ad"]
+
+    async def before(pilot):
+        await settle(pilot, lambda: getattr(app.screen, "loaded", False))
+        screen = app.screen
+        for name in ("nanogpt-tiny", "mingpt-tiny", "nanogpt-completed"):
+            row = [r.name for r in screen.shown].index(name)
+            screen.query_one("#runs-table").move_cursor(row=row)
+            await pilot.press("space")
+        await pilot.press("c")
+        await settle(pilot, lambda: getattr(app.screen, "loaded", False) and type(app.screen).__name__ == "CompareScreen")
+        legend = str(app.screen.query_one("#compare-legend").render())
+        assert all(label in legend for label in labels), legend
+        chart = app.screen.query_one(LossPlot).render().plain
+        assert "nanogpt" not in chart and "train" not in chart, chart       # no legend over the curves
+        table = app.screen.query_one("#compare-table")
+        assert len(table.columns) == 4
+        assert table.virtual_size.width <= table.scrollable_content_region.width   # no run's column cut off
+    assert snap_compare(app, terminal_size=size, run_before=before)

@@ -103,11 +103,14 @@ async def test_a_narrow_memory_and_system_pane_wrap_their_notes_instead_of_cutti
     assert all(len(line) <= 58 for line in text.splitlines())
 
 
-def test_loss_plot_marks_skipped_steps_throttling_checkpoints_and_resumes():
+def marked_run(evals: bool = False) -> RunState:
+    """A run with a skipped step, GPU throttling, a checkpoint and a resume (and evals, when asked)."""
     s = started()
     for i in range(1, 41):
         s.apply({"type": "step", "time": float(i), "step": i, "loss": 4.0 - i * 0.05, "lr": 1e-3, "tokens": i * 64,
                  "elapsed": float(i)})
+        if evals and i % 10 == 0:
+            s.apply({"type": "eval", "time": float(i), "step": i, "val_loss": 4.1 - i * 0.05})
         if i == 10:
             s.apply({"type": "log", "time": float(i), "level": "warning", "message": "non-finite", "step": i,
                      "skipped": 1})
@@ -118,6 +121,11 @@ def test_loss_plot_marks_skipped_steps_throttling_checkpoints_and_resumes():
     for i in range(31, 36):
         s.apply({"type": "step", "time": 50.0 + i, "step": i, "loss": 2.0, "lr": 1e-3, "tokens": i * 64,
                  "elapsed": float(i)})
+    return s
+
+
+def test_loss_plot_marks_skipped_steps_throttling_checkpoints_and_resumes():
+    s = marked_run()
     plot = LossPlot()
     plot.set_runs([("nanogpt", s)])
     assert plot.draw(80)
@@ -161,6 +169,61 @@ async def test_markers_at_the_same_step_are_each_drawn_with_a_free_column_betwee
         assert not any(re.search("[CELSTR]{2}", line) for line in canvas), text
         assert letters["T"] < letters["C"] < letters["R"] < letters["L"]  # the shifted letter follows its step
     assert plot.drawn["marker:lr"][0].tolist() == plot.drawn["marker:resume"][0].tolist() == [30]
+
+
+async def test_at_80_columns_the_chart_subtitle_keeps_the_view_settings_whole():
+    from textual.app import App
+    from textual.geometry import Region
+
+    plot = LossPlot()
+    plot.styles.border = ("round", "white")
+    plot.update_state(marked_run(evals=True))
+    plot.configure(smoothing=0.95, x_axis="time", log_y=True)
+
+    class One(App):
+        def compose(self):
+            yield plot
+
+    app = One()
+    async with app.run_test(size=(80, 16)) as pilot:
+        await pilot.pause(0.05)
+        bottom = plot.render_lines(Region(0, 0, 80, 16))[-1].text
+    assert " ━ train EMA 0.95 ━ val · C E S T R · x: seconds · log-y ─╯" in bottom, bottom   # no `x: secon…`
+
+
+def curve_cells(text) -> dict[tuple[int, int], str]:
+    """(row, column) -> colour name of every braille cell of a rendered chart: where its curves are."""
+    starts, pos = [], 0
+    for line in text.plain.split("\n"):
+        starts.append(pos)
+        pos += len(line) + 1
+    cells = {}
+    for span in text.spans:
+        color = getattr(span.style, "color", None)
+        for i in range(span.start, span.end):
+            if color is not None and "\u2800" <= text.plain[i] <= "\u28ff":
+                row = max(r for r, start in enumerate(starts) if start <= i)
+                cells[row, i - starts[row]] = color.name
+    return cells
+
+
+async def test_where_train_and_val_pass_through_the_same_cells_the_chart_shows_train():
+    alone, both = started(), started()
+    for i in range(1, 41):
+        for s in (alone, both):
+            s.apply({"type": "step", "time": float(i), "step": i, "loss": 4.0 - i * 0.05, "lr": 1e-3})
+        if i % 5 == 0:   # val on the train curve up to step 20, one higher after it (inside train's range)
+            both.apply({"type": "eval", "time": float(i), "step": i, "val_loss": 4.0 - i * 0.05 + (i > 20)})
+    cells = []
+    for s in (alone, both):
+        plot = LossPlot()
+        plot.set_runs([("nanogpt", s)])
+        plot.configure(show_markers=False)
+        cells.append(curve_cells(await mounted_render(plot, size=(60, 14))))
+    train_cells, drawn = cells
+    (train,) = set(train_cells.values())
+    assert {drawn[cell] for cell in train_cells} == {train}     # every cell of the train line still shows it
+    assert set(drawn.values()) - {train}                          # and the val line is drawn beside it
 
 
 async def test_a_pane_times_its_fresh_redraws_and_not_the_passes_that_reuse_its_lines():
@@ -296,8 +359,8 @@ def printed(renderable, width: int) -> list[str]:
 def test_sample_headings_fit_every_pane_width_and_shorten_by_whole_words():
     """`text sample 1/5 @ step 89 ([ older, ]` was cut at the pane's edge: every heading now fits the width it
     is given, keeps which sample and step it is, and shortens the prompt at a word, never mid-word."""
-    from common.events import Sample
     from cockpit.widgets.samples_pane import diff_heading, sample_heading
+    from common.events import Sample
 
     prompt = "ROMEO: Wherefore art thou Romeo, deny thy father and refuse thy name"
     text = Sample(step=89, kind="text", text="x", prompt=prompt)

@@ -1,7 +1,8 @@
-"""The comparison view: the marked runs' train and val curves overlaid on one chart (a colour per run,
-legend with preset and run id), x-axis by step, tokens or wall time, the same smoothing for all; beside it
-one table per cockpit/compare.py: best val loss, tokens/s, peak memory and every config key that differs.
-Live runs keep growing here too (each log is tailed like the run screen's)."""
+"""The comparison view: the marked runs' train and val curves overlaid on one chart (a colour and a val
+glyph per run), x-axis by step, tokens or wall time, the same smoothing for all; under it the legend (each
+run's preset and run id in full, wrapped between runs, never over the curves) and one table per
+cockpit/compare.py: best val loss, tokens/s, peak memory and every config key that differs, its columns
+fitted to the screen's width. Live runs keep growing here too (each log is tailed like the run screen's)."""
 from __future__ import annotations
 
 from rich.markup import escape
@@ -9,16 +10,22 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Static
 
 from cockpit.messages import RunsLoaded
 from cockpit.screens.base import ChartKeys, CockpitScreen
 from cockpit.screens.pacing import TICK_S
-from cockpit.widgets.loss_plot import PALETTE, LossPlot
+from cockpit.widgets.loss_plot import PALETTE, VAL_GLYPHS, LossPlot
 
 # plotext colour names -> Rich colour names for the legend
 RICH_COLOR = {"orange": "dark_orange", "gray": "grey50"}
+
+
+def rich_color(run: int) -> str:
+    """The Rich colour of run number `run`'s curves."""
+    color = PALETTE[run % len(PALETTE)]
+    return RICH_COLOR.get(color, color)
 
 
 class CompareScreen(ChartKeys, CockpitScreen):
@@ -45,14 +52,12 @@ class CompareScreen(ChartKeys, CockpitScreen):
     def compose(self) -> ComposeResult:
         with Vertical(id="compare"):
             yield LossPlot(id="compare-plot", empty_message="loading the runs…")
-            with Horizontal(id="compare-side"):
-                yield Static("", id="compare-legend")
-                yield DataTable(cursor_type="row", zebra_stripes=True, id="compare-table")
+            yield Static("", id="compare-legend")
+            yield DataTable(cursor_type="row", zebra_stripes=True, id="compare-table")
         yield Footer(show_command_palette=False)
 
     def on_mount(self):
         self.query_one("#compare-plot").border_title = f"loss · {len(self.logs)} runs"
-        self.query_one("#compare-legend").border_title = "runs"
         self.query_one("#compare-table").border_title = "differences"
         self.load()
 
@@ -101,27 +106,48 @@ class CompareScreen(ChartKeys, CockpitScreen):
         plot = self.query_one(LossPlot)
         plot.set_runs(list(zip(self.labels, self.states)))
         plot.border_subtitle = plot.subtitle()
-        legend = Text(no_wrap=True, overflow="ellipsis")
-        for i, (label, src) in enumerate(zip(self.labels, self.sources)):
-            color = PALETTE[i % len(PALETTE)]
-            legend.append("━━ ", style=RICH_COLOR.get(color, color))
-            legend.append(label, style="bold")
-            legend.append(f"  {src.path.parent.name}\n", style="dim")
-        legend.append("train: line · val: dots", style="dim")
-        self.query_one("#compare-legend", Static).update(legend)
+        self.fit_to_width()
+
+    def on_resize(self):
+        if self.loaded:
+            self.fit_to_width()
+
+    def fit_to_width(self):
+        """The legend and the table, laid out for the screen's width."""
+        self.query_one("#compare-legend", Static).update(self.legend(self.size.width - 2))
         self.fill_table()
 
+    def legend(self, width: int) -> Text:
+        """One entry per run: its colour's line, its val glyph and its label in full; entries wrap between
+        runs, never inside a label that fits the width."""
+        entries = []
+        for i, label in enumerate(self.labels):
+            entry = Text(f"━━ {VAL_GLYPHS[i % len(VAL_GLYPHS)]} ", style=rich_color(i))
+            entry.append(label, style="bold")
+            entries.append(entry)
+        entries.append(Text("(train: line · val: glyph)", style="dim"))
+        text, used, sep = Text(), 0, "   "
+        for entry in entries:
+            if used and used + len(sep) + entry.cell_len > width:
+                text.append("\n")
+                used = 0
+            elif used:
+                text.append(sep)
+                used += len(sep)
+            text.append_text(entry)
+            used += entry.cell_len
+        return text
+
     def fill_table(self):
-        from cockpit.compare import compare_rows, memory_notes
+        from cockpit.compare import compare_rows, fit_rows, memory_notes
 
         rows = compare_rows(self.states, [str(src.path) for src in self.sources])
         table = self.query_one("#compare-table", DataTable)
+        room = self.size.width - table.styles.gutter.width - table.styles.scrollbar_size_vertical
+        widths, rows = fit_rows(rows, room, padding=2 * table.cell_padding)
         table.clear(columns=True)
-        header = rows[0]
-        for i, title in enumerate(header):
-            color = PALETTE[(i - 1) % len(PALETTE)]
-            table.add_column(Text(title or "", style=f"bold {RICH_COLOR.get(color, color)}" if i else ""),
-                             key=f"c{i}")
+        for i, (title, width) in enumerate(zip(rows[0], widths)):
+            table.add_column(Text(title, style=f"bold {rich_color(i - 1)}" if i else ""), width=width, key=f"c{i}")
         for r in rows[1:]:
             table.add_row(Text(r[0], style="bold"), *map(escape, r[1:]))
         notes = memory_notes(self.states)

@@ -7,22 +7,30 @@ changes, skipped non-finite steps, GPU throttling, resumes).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
-from cockpit.series import GrowingArray, SmoothCache, build_chart, drawable, series_for_plot
+from cockpit.series import (
+    X_LABELS,
+    GrowingArray,
+    SmoothCache,
+    build_chart,
+    drawable,
+    nice_ticks,
+    series_for_plot,
+    tick_label,
+)
 from cockpit.widgets.chart_markers import MARKERS, marker_steps, one_per_column, place_markers, steps_to_x
 from cockpit.widgets.render_cost import RenderCost
 from cockpit.widgets.run_pane import set_if_changed
-from common.fmt import fmt_count, fmt_duration
+from common.fmt import fmt_count
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
+# several runs: each run's val points in its own glyph as well as its colour (told apart without colour too)
+VAL_GLYPHS = ("•", "+", "x", "*", "o", "%", "#", "@")
 SMOOTHING_LEVELS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)
 X_AXES = ("step", "tokens", "time")
-X_LABELS = {"step": "step", "tokens": "tokens", "time": "seconds"}
 Y_AXIS_ROOM = 12  # columns of a chart that are not its canvas: y tick labels (up to 10 characters) and the frame
 
 
@@ -33,34 +41,6 @@ def cycle(seq, current):
         return seq[(seq.index(current) + 1) % len(seq)]
     except ValueError:
         return seq[0]
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
-    """About n round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]; `integer` keeps
-    them whole numbers (steps, tokens)."""
-    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(hi - lo)) or n < 2:
-        return []
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / (n - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10, 20)
-                if m * mag >= raw * 0.7 and (not integer or float(m * mag).is_integer()))
-    first = math.ceil(lo / step - 1e-9) * step
-    # counted, not stepped until past hi: near 1e18 a step can be smaller than the floats' spacing
-    count = min(2 * n, math.floor((hi - first) / step + 1e-9) + 1)
-    return [round(first + i * step, 12) for i in range(max(0, count))]
-
-
-def tick_label(x: float, axis: str) -> str:
-    """Short tick text: 1500 -> '1500' (steps), 51200 -> '51.2k' (tokens), 90 -> '1:30' (seconds)."""
-    if axis == "time":
-        return fmt_duration(x)
-    if axis == "tokens":
-        for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(x) >= div:
-                return f"{x / div:.4g}{unit}"
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:g}"
 
 
 def run_title(s) -> str:
@@ -80,7 +60,7 @@ def run_title(s) -> str:
 
 class LossPlot(RenderCost, PlotextPlot):
     """`runs`: [(label, RunState)]. One run: train (cyan) + val (orange). Several: a colour per run,
-    train as a line and val as a dotted line of the same colour."""
+    train as a line and val as points of the run's glyph (VAL_GLYPHS) in the same colour."""
 
     def __init__(self, *, empty_message: str = "waiting for the first step…", **kwargs):
         super().__init__(**kwargs)
@@ -139,15 +119,26 @@ class LossPlot(RenderCost, PlotextPlot):
 
     def subtitle(self) -> str:
         """The legend of a single-run chart (colours, marker letters present) and the view settings, as
-        Textual markup for the border subtitle; the chart itself stays free for the curves."""
+        Textual markup for the border subtitle; the chart itself stays free for the curves. Laid out, it
+        fits the chart's border: the markers' names give way to their letters alone, then the letters go;
+        the view settings (EMA, x-axis, log-y) stay whole."""
+        width = self.outer_size.width   # 0 until laid out
+        for markers in ("named", "letters", "none"):
+            text = self._subtitle(markers)
+            if not width or Text.from_markup(text).cell_len <= width - 4:   # Textual's border label: corners
+                break                                                       # and a blank each side
+        return text
+
+    def _subtitle(self, markers: str) -> str:
         parts = []
         single = len(self.runs) == 1
         if single:
             s = self.runs[0][1]
             parts.append("[cyan]━[/] train" + (f" EMA {self.smoothing:g}" if self.smoothing else "")
                          + (" [orange]━[/] val" if len(s.val) else ""))
-            if self.show_markers:
-                present = [f"{MARKERS[k][1]} {MARKERS[k][0]}" for k, v in self.markers(s).items() if v]
+            if self.show_markers and markers != "none":
+                present = [MARKERS[k][1] + (f" {MARKERS[k][0]}" if markers == "named" else "")
+                           for k, v in self.markers(s).items() if v]
                 if present:
                     parts.append(" ".join(present))
         elif self.smoothing:
@@ -158,6 +149,10 @@ class LossPlot(RenderCost, PlotextPlot):
         if single and not self.show_markers:
             parts.append("markers off")
         return " · ".join(parts)
+
+    def on_resize(self):
+        if self.runs:   # the subtitle fits the new width
+            set_if_changed(self, "border_subtitle", self.subtitle())
 
     # --- drawing -----------------------------------------------------------------------------------
     def _cache(self, key, kind):
@@ -175,33 +170,41 @@ class LossPlot(RenderCost, PlotextPlot):
         return series_for_plot(x, y, width, smoothing, self.log_y, smooth, epoch)
 
     def draw(self, width: int) -> bool:
+        """Draw the runs' curves into the plotext figure; False when none has a point to draw. Both train
+        and val stay visible where they meet. One run: the val line is drawn before the train line, so a
+        cell both pass through shows train (it has a point per step; the val line stays visible on both
+        sides of where they meet); with EMA the raw train curve (grey) lies under both. Several runs: every
+        train line first, then each run's val points in its glyph (VAL_GLYPHS): a point covers one cell of
+        a line that stays readable on both sides. No legend is drawn inside the chart: the screens put it
+        outside the plot (subtitle, legend row)."""
         plt = self.plt
         plt.clear_figure()
         self.drawn = {}
         many = len(self.runs) > 1
         buckets = max(8, width)
-        ys_all = []
+        under, trains, over = [], [], []     # (drawn key or None, xs, ys, colour, marker), in drawing order
         for i, (label, s) in enumerate(self.runs):
             color = PALETTE[i % len(PALETTE)]
             prefix = f"{label} " if many else ""
             if len(s.train):
                 if self.smoothing and not many:
                     xr, yr = self._series(i, "train", s.train, s, buckets, 0.0)
-                    if xr.size:
-                        plt.plot(xr.tolist(), yr.tolist(), color="gray", marker="braille")
+                    under.append((None, xr, yr, "gray", "braille"))
                 xs, ys = self._series(i, "train", s.train, s, buckets, self.smoothing)
-                if xs.size:
-                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}train" if many else None, color=color,
-                             marker="braille")
-                    self.drawn[f"{prefix}train"] = (xs, ys)
-                    ys_all.append(ys)
+                trains.append((f"{prefix}train", xs, ys, color, "braille"))
             if len(s.val):
                 xs, ys = self._series(i, "val", s.val, s, buckets, 0.0)
-                if xs.size:
-                    vcolor = PALETTE[1] if not many else color
-                    plt.plot(xs.tolist(), ys.tolist(), label=f"{prefix}val" if many else None, color=vcolor,
-                             marker="braille" if not many else "dot")
-                    self.drawn[f"{prefix}val"] = (xs, ys)
+                if many:
+                    over.append((f"{prefix}val", xs, ys, color, VAL_GLYPHS[i % len(VAL_GLYPHS)]))
+                else:
+                    under.append(("val", xs, ys, PALETTE[1], "braille"))
+        ys_all = []
+        layers = [(plt.plot, *c) for c in under + trains] + [(plt.scatter, *c) for c in over]
+        for draw, key, xs, ys, color, marker in layers:
+            if xs.size:
+                draw(xs.tolist(), ys.tolist(), color=color, marker=marker)
+                if key is not None:
+                    self.drawn[key] = (xs, ys)
                     ys_all.append(ys)
         if not ys_all:
             return False

@@ -11,7 +11,7 @@ from textual.widget import Widget
 from cockpit.metrics import Series, fmt_value, short_number
 from cockpit.series import downsample_minmax
 from cockpit.widgets.braille import braille_rows, value_range
-from cockpit.widgets.loss_plot import nice_ticks
+from cockpit.series import nice_ticks
 from cockpit.widgets.run_pane import set_if_changed
 
 LINE_STYLE = "cyan"
