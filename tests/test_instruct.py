@@ -173,7 +173,7 @@ def test_a_fine_tune_of_a_hugging_face_base_renders_chat_data_with_its_template(
     tokenizer_config(tmp_path / "base", QWEN_TEMPLATE, eos_token="<|im_end|>")
     task = start_task(f"finetune.base={tmp_path / 'base'}", f"data.path={data}", "data.val_fraction=0.25")
     assert task.dataset["template"] == str(tmp_path / "base" / "tokenizer_config.json")
-    x, y = task.get_batch("train", 0)
+    _, y = task.get_batch("train", 0)
     row = y[0].tolist()
     assert [task.tokenizer.decode(row[a:b]) for a, b in runs(row)][:2] == ["Paris<|im_end|>\n", "Rome<|im_end|>\n"]
     assert task.tokenizer.decode(task.held_out[0][1]).endswith("And of Italy?<|im_end|>\n<|im_start|>assistant\n")
@@ -302,6 +302,16 @@ def test_samples_are_the_answers_to_the_held_out_prompts_up_to_their_end(tmp_pat
         assert sample["prompt"] == shown and prompt.endswith("### Response:\n")
         assert prompt.startswith("### Instruction:\n" + shown.replace("\n", "\n\n### Input:\n"))
     assert task.dataset["examples"] == {"train": 30, "val": 10}
+
+
+def test_sequential_order_walks_the_train_rows_epoch_after_epoch(tmp_path):
+    data = write_alpaca(tmp_path / "alpaca.jsonl", 40)
+    task = start_task(f"data.path={data}", "data.order=sequential", "train.batch_size=4")
+    ids = task.stream.splits["train"].ids
+    n = len(ids)
+    seen = [task.get_batch("train", step)[0] for step in range(1, n // 4 + 2)]
+    assert all(torch.equal(x, ids[4 * i:4 * i + 4, :-1]) for i, x in enumerate(seen[:-1]))
+    assert torch.equal(seen[-1], ids[:4, :-1]) and task.epoch == 1  # the second epoch starts from the first row
 
 
 def test_chat_data_fine_tunes_and_its_answers_use_the_last_user_turn_as_prompt(tmp_path):

@@ -244,7 +244,7 @@ def _environment():
 
     class Generation(Extension):
         """`{% generation %}...{% endgeneration %}`, which some templates wrap answers in: rendered as is."""
-        tags = {"generation"}
+        tags = frozenset({"generation"})
 
         def parse(self, parser):
             lineno = next(parser.stream).lineno
@@ -281,11 +281,11 @@ class ChatTemplate:
                               "it, or set data.chat_template=plain") from None
 
     @classmethod
-    def plain_template(cls) -> "ChatTemplate":
+    def plain_template(cls) -> ChatTemplate:
         return cls(PLAIN_TEMPLATE, "the plain Alpaca template", plain=True)
 
     @classmethod
-    def from_file(cls, path: str | Path, what: str) -> "ChatTemplate | None":
+    def from_file(cls, path: str | Path, what: str) -> ChatTemplate | None:
         """The template of a tokenizer_config.json (its `chat_template`, else chat_template.jinja beside it), or
         of a .jinja file; None when a tokenizer_config.json has neither."""
         p = Path(path).expanduser()

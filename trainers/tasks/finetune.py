@@ -316,7 +316,6 @@ class Task(LMTask):
             base_dir = where if kind == "hf" else None
         template = instruct.chat_template(self.inst["chat_template"], base_dir)
         rendered = {r.number: instruct.render_record(r, template, path) for r in records}
-        prompts = {r.number: instruct.generation_prompt(r, template, path) for r in records}
         # a char tokenizer of a random base is built from every character the examples hold
         text = "".join(t for ex in rendered.values() for pieces in ex for t, _ in pieces)
         self.tokenizer = tokenizer = self.make_tokenizer(text)  # reads the base: model.* is the base's now
@@ -335,7 +334,8 @@ class Task(LMTask):
                                     "block_size)")
         self.stream = instruct.InstructStream(splits, cap, path)
         self.template, self.stops = template, instruct.stop_ids(tokenizer, template)
-        self.held_out = [(r.shown, tokenizer.encode(prompts[r.number])) for r in val[:self.inst["sample_prompts"]]]
+        self.held_out = [(r.shown, tokenizer.encode(instruct.generation_prompt(r, template, path)))
+                         for r in val[:self.inst["sample_prompts"]]]
         self.dataset = {"name": Path(path).name, "path": path, "format": fmt,
                         "tokens": {k: v.tokens for k, v in splits.items()},
                         "response_tokens": {k: v.response_tokens for k, v in splits.items()},
