@@ -179,6 +179,27 @@ def test_a_fine_tune_of_a_hugging_face_base_renders_chat_data_with_its_template(
     assert task.tokenizer.decode(task.held_out[0][1]).endswith("And of Italy?<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_an_example_is_tokenised_whole_as_generation_sees_it_not_piece_by_piece():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    # a SentencePiece-style tokenizer (Mistral's): a word at the start of a text gets a word-boundary mark
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    tok.train_from_iterator(["[INST] Capital of France? [/INST]Paris", "Paris Rome France"] * 8,
+                            trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "</s>", "[INST]", "[/INST]"]))
+    tokenizer = HFTokenizer(tok.to_str())
+    chat = ChatTemplate("{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content }} [/INST]"
+                        "{% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}", "mistral-like",
+                        {"eos_token": "</s>"})
+    record = instruct.chat_record("x.jsonl", 1, {"messages": CONVERSATION[1:3]})
+    ids, labels = encode(record, chat, tokenizer)
+    whole = chat.render(CONVERSATION[1:3])
+    assert ids == tokenizer.encode(whole) != tokenizer.encode("[INST] Capital of France? [/INST]") + \
+        tokenizer.encode("Paris</s>")  # "Paris" alone would be "▁Paris"
+    assert [tokenizer.decode(ids[a:b]) for a, b in runs(labels)] == ["Paris</s>"]
+
+
 def test_a_template_that_rewrites_earlier_answers_gives_one_example_per_answer():
     # like Qwen3's, which keeps the (empty) thinking block on the last answer only
     template = ChatTemplate("{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' and loop.last %}"

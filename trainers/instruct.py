@@ -22,7 +22,8 @@ Templates (`data.chat_template`):
 The prompt of assistant turn i is the conversation up to it rendered with the generation prompt, its response
 what rendering the turn adds. Every token of a prompt gets the label IGNORE_INDEX (-100, Hugging Face's, which
 the models' losses skip: trainers/models/contract.py `ignored`), a response token its own id, so the loss is
-on the responses alone. A template that renders earlier turns differently once a later one follows (Qwen3
+on the responses alone (each micro-batch's loss is the mean over its response tokens). The text of an
+example is tokenised whole, as generation sees it. A template that renders earlier turns differently once a later one follows (Qwen3
 drops the empty thinking block of all but the last answer) makes one example per assistant turn, the turns
 before it in its prompt, each as the template renders it for generation.
 
@@ -425,12 +426,25 @@ def end_ids(tokenizer, template: ChatTemplate) -> list[int]:
 
 
 def encode_example(pieces: list[tuple[str, bool]], tokenizer, end: list[int]) -> tuple[list[int], list[int]]:
-    """(ids, labels): prompt pieces labelled IGNORE_INDEX, response pieces (plus `end`) labelled as themselves."""
-    ids, labels = [], []
-    for text, response in pieces:
-        tok = tokenizer.encode(text) + (end if response else [])
-        ids += tok
-        labels += tok if response else [IGNORE_INDEX] * len(tok)
+    """(ids, labels): prompt tokens labelled IGNORE_INDEX, response tokens (and `end` after each response) as
+    themselves. The text is tokenised whole, as generation will see it, not piece by piece (a SentencePiece
+    tokenizer would start every piece with a word boundary): each piece's tokens are what tokenising the text
+    up to its end adds; a token that straddles a boundary goes with the piece it ends in."""
+    ids: list[int] = []
+    labels: list[int] = []
+    start, text = 0, ""  # ids[start:] are the tokens of `text` (an appended `end` starts a new text)
+    for piece, response in pieces:
+        text += piece
+        now = tokenizer.encode(text)
+        before = ids[start:]
+        same = next((i for i, (a, b) in enumerate(zip(before, now)) if a != b), min(len(before), len(now)))
+        added = now[same:]
+        ids[start + same:] = added
+        labels[start + same:] = added if response else [IGNORE_INDEX] * len(added)
+        if response and end:
+            ids += end
+            labels += end
+            start, text = len(ids), ""
     return ids, labels
 
 
