@@ -23,9 +23,9 @@ The prompt of assistant turn i is the conversation up to it rendered with the ge
 what rendering the turn adds. Every token of a prompt gets the label IGNORE_INDEX (-100, Hugging Face's, which
 the models' losses skip: trainers/models/contract.py `ignored`), a response token its own id, so the loss is
 on the responses alone (each micro-batch's loss is the mean over its response tokens). The text of an
-example is tokenised whole, as generation sees it. A template that renders earlier turns differently once a later one follows (Qwen3
-drops the empty thinking block of all but the last answer) makes one example per assistant turn, the turns
-before it in its prompt, each as the template renders it for generation.
+example is tokenised whole, as generation sees it. A template that renders earlier turns differently once a
+later one follows (Qwen3 drops the empty thinking block of all but the last answer) makes one example per
+assistant turn, the turns before it in its prompt, each as the template renders it for generation.
 
 Rows hold cap + 1 tokens (x, y = row[:-1], labels[1:]; cap: finetune.block_size, or the model's block_size).
 With `data.packing` whole examples follow one another in a row while they fit (next-fit, in order; attention
