@@ -412,6 +412,11 @@ def test_a_file_that_is_neither_format_and_a_template_that_is_not_jinja_are_refu
     bad_template = tokenizer_config(tmp_path, "{% for m in messages %}{{ m.content }")
     with pytest.raises(ConfigError, match=r"tokenizer_config.json: the chat template is not valid Jinja \(line 1"):
         start(f"data.path={good}", f"data.chat_template={bad_template}")
+    # the sandbox: a template from a model's files cannot reach Python's objects
+    escape = tokenizer_config(tmp_path, "{{ messages.__class__.__mro__ }}")
+    with pytest.raises(ConfigError, match=r"record \d+: the chat template \(.*\) failed to render it \(SecurityError: "
+                                          "access to attribute '__class__'"):
+        start(f"data.path={good}", f"data.chat_template={escape}")
     with pytest.raises(ConfigError, match="data.format='yaml' is not allowed; use one of auto, text, alpaca, chat"):
         start("data.format=yaml")
     with pytest.raises(ConfigError, match="data.format=alpaca needs data.path"):
