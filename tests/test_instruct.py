@@ -307,17 +307,18 @@ def test_samples_are_the_answers_to_the_held_out_prompts_up_to_their_end(tmp_pat
     task = start_task(f"data.path={data}", f"data.tokenizer={tokenizer}", "data.val_fraction=0.25")
     model = task.build_model()
     tok = task.tokenizer
-    # what the model "generates": an answer, its end (the end-of-text token, or for a tokenizer without one the
-    # next header the plain template would start), then more text
+    # what the model "generates": an answer of two paragraphs, its end (the end-of-text token; the blank line
+    # the plain template ends an answer with, for a tokenizer without one), then more text
     end = [tok.eot] if tok.eot is not None else tok.encode("\n\n")
     more = tok.encode("### Instruction:\nSay more.")
+    answer = "ANGEL" if tok.eot is None else "ANGEL\n\nAND DEVIL"
 
     def generate(idx, max_new_tokens, **kw):
-        return torch.cat([idx, torch.tensor([tok.encode(" ANGEL ") + end + more])], dim=1)
+        return torch.cat([idx, torch.tensor([tok.encode(f" {answer} ") + end + more])], dim=1)
 
     monkeypatch.setattr(model, "generate", generate)
     samples = task.samples(model, 0)
-    assert len(samples) == 3 and all(s["kind"] == "text" and s["text"] == "ANGEL" for s in samples)
+    assert len(samples) == 3 and all(s["kind"] == "text" and s["text"] == answer for s in samples)
     for (shown, ids), sample in zip(task.held_out, samples):
         prompt = tok.decode(ids)
         assert sample["prompt"] == shown and prompt.endswith("### Response:\n")

@@ -67,7 +67,7 @@ PLAIN_TEMPLATE = (
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '### Response:\\n' }}{%- endif -%}")
-PLAIN_STOP = "\n\n###"  # where a plain-template answer ends when the tokenizer has no end-of-text token
+PLAIN_END = "\n\n"  # the blank line that ends a plain-template answer: where it stops without an end-of-text token
 
 
 def settings(cfg: dict) -> dict:
@@ -525,11 +525,11 @@ class InstructStream(Stream):
 
 
 def answer(ids: list[int], tokenizer, stops: set[int], template: ChatTemplate) -> str:
-    """A generated answer's text, up to its first end token (or, for the plain template, the next header)."""
+    """A generated answer's text, up to its first end token (the plain template's blank line without one)."""
     cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
     text = tokenizer.decode(ids[:cut])
-    if template.plain:
-        text = text.split(PLAIN_STOP)[0]
+    if template.plain and not stops:
+        text = text.split(PLAIN_END)[0]
     return text.strip()
 
 
