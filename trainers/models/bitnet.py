@@ -157,7 +157,7 @@ class Model(LanguageModelBase):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None):
-        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
+        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with negative targets ignored."""
         B, T = idx.shape
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
         x = self.drop(self.wte(idx))

@@ -12,9 +12,11 @@ trainers/models/<arch>.py defines
 
 LanguageModel (tasks lm, sort, finetune)
     forward(idx, targets=None) -> (logits, loss)
-        idx, targets (B, T) token ids; targets -1 are ignored. With targets: logits (B, T, vocab), or None
-        where a fused classifier never builds them, and loss, the mean cross-entropy (plus any auxiliary
-        loss in training). Without: logits whose last position [:, -1] predicts the next token, loss None.
+        idx, targets (B, T) token ids; negative targets are ignored (`ignored`): -1, nanoGPT's and minGPT's
+        mark, and -100, Hugging Face's, which instruction data puts on prompt tokens. With targets: logits
+        (B, T, vocab), or None where a fused classifier never builds them, and loss, the mean cross-entropy
+        (plus any auxiliary loss in training). Without: logits whose last position [:, -1] predicts the next
+        token, loss None.
     generate(idx, max_new_tokens, temperature=1.0, top_k=None, generator=None) -> (B, T + max_new_tokens)
     the optional hooks, whose defaults every language model inherits from LanguageModelBase:
         on_step(optimizer, step, max_steps, lr) -> lr    before each optimizer step (BitNet's two stages)
@@ -41,6 +43,14 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
 from kernels.logits import cross_entropy, mask_padding
+
+IGNORE = -1  # the target the losses skip (their ignore_index); `ignored` maps every negative target to it
+
+
+def ignored(targets: torch.Tensor) -> torch.Tensor:
+    """targets (B, T) with every negative id at IGNORE: Hugging Face's -100 labels (trainers/instruct.py) are
+    skipped by the same ignore_index as nanoGPT's -1, instead of indexing out of the vocabulary."""
+    return targets.clamp_min(IGNORE)
 
 
 class LanguageModel(Protocol):
@@ -77,18 +87,19 @@ def head_and_loss(x: torch.Tensor, head: nn.Linear, targets: torch.Tensor | None
                   vocab: int | None = None, l2wrap: float = 0.0):
     """How a language model's forward ends, from the final hidden states x (B, T, C): without targets, the
     logits of the last position only (generation needs no more); with them, the logits (B, T, V) and the
-    mean cross-entropy, targets -1 ignored; fused (kernels=triton), the loss alone from the fused
+    mean cross-entropy, negative targets ignored; fused (kernels=triton), the loss alone from the fused
     linear + cross-entropy kernel, which never builds the logits.
     vocab: the head's first `vocab` rows are the classes, the rest pad the vocabulary (GPT's
     vocab_pad_multiple): their logits are -inf, so the loss is the unpadded one and sampling never draws them.
     l2wrap: RWKV-LM's L2Wrap factor on the logits (kernels/logits.py; 0: off)."""
     if targets is None:
         return mask_padding(head(x[:, [-1], :]), vocab), None
+    targets = ignored(targets)
     if fused:
-        return None, integrate.linear_cross_entropy(x, head.weight, targets, ignore_index=-1, vocab=vocab,
+        return None, integrate.linear_cross_entropy(x, head.weight, targets, ignore_index=IGNORE, vocab=vocab,
                                                     l2wrap=l2wrap)
     logits = mask_padding(head(x), vocab)
-    return logits, cross_entropy(logits, targets, ignore_index=-1, l2wrap=l2wrap)
+    return logits, cross_entropy(logits, targets, ignore_index=IGNORE, l2wrap=l2wrap)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -137,7 +137,7 @@ class Model(LanguageModelBase):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None):
-        """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, targets -1 ignored."""
+        """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, negative targets ignored."""
         x = self.hidden(idx)
         return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton",
                              vocab=self.config.vocab_size)

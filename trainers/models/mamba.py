@@ -174,7 +174,7 @@ class Model(RecurrentLanguageModelBase):
                 layer.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
 
     def forward(self, idx, targets=None):
-        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
+        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with negative targets ignored."""
         x = self.drop(self.wte(idx))
         x = through_blocks(self.layers, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.norm_f(x)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import integrate
-from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, sample_next
+from trainers.models.contract import IGNORE, LanguageModelBase, at_least, divisible, fraction, ignored, sample_next
 
 
 @dataclass
@@ -137,7 +137,7 @@ class Model(LanguageModelBase):
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), ignored(targets).view(-1), ignore_index=IGNORE)
         return logits, loss
 
     @torch.no_grad()

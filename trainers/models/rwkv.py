@@ -230,7 +230,7 @@ class Model(RecurrentLanguageModelBase):
                 nn.init.zeros_(lin.weight)
 
     def forward(self, idx, targets=None):
-        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with targets -1 ignored."""
+        """idx (B, T) -> logits (B, T, vocab); loss is mean cross-entropy with negative targets ignored."""
         x = self.ln0(self.wte(idx))
         x = through_blocks(self.blocks, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.ln_out(x)

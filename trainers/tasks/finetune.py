@@ -8,7 +8,10 @@ The base comes from `finetune.base`:
                                               GPT-2 BPE tokenizer
     ""                                        a randomly initialised base of the preset's `model.*` shape
                                               (seeded by train.seed), for tests and `cockpit presets`
-The data is a text corpus as in the LM task; the default is the embedded Milton (Paradise Lost).
+The data (`data.format`) is a text corpus as in the LM task (the default: the embedded Milton, Paradise Lost),
+or instruction data (trainers/instruct.py): Alpaca records or chat conversations, rendered with the base's
+chat template (`data.chat_template`) or the plain Alpaca one, the loss on the responses alone, packed into
+rows (`data.packing`); the samples pane then shows the answers to `data.sample_prompts` held-out prompts.
 
     method=full   every weight trains (AdamW): the memory baseline
     method=lora   W0 frozen, adapters (alpha / r) B A on `finetune.targets` train (AdamW)
@@ -35,7 +38,7 @@ import torch
 
 from trainers import checkpoint as ckpt_io
 from trainers import data as textdata
-from trainers import hf, lora, quant
+from trainers import hf, instruct, lora, quant
 from trainers.config import ConfigError, check_resolved, check_section_keys, coerce, open_regular, strip_private
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
@@ -276,6 +279,11 @@ class Task(LMTask):
     @classmethod
     def check(cls, cfg):
         ft = finetune_settings(cfg)
+        inst = instruct.settings(cfg)
+        if inst["format"] in ("alpaca", "chat") and not cfg["data"].get("path"):
+            raise ConfigError(f"data.format={inst['format']} needs data.path: an Alpaca or chat JSON/JSONL file")
+        if inst["chat_template"] not in ("auto", "plain"):
+            instruct.chat_template(inst["chat_template"], None)
         if ft["base"]:  # the model is the base's: its shape comes from its config, read when the task starts
             base_location(ft["base"])
             textdata.check_data(cfg["data"], 0, tokenizer=False)  # the base's tokenizer is checked when read
@@ -284,12 +292,88 @@ class Task(LMTask):
 
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         self.ft = finetune_settings(cfg)
+        self.inst = instruct.settings(cfg)
+        # "text", else the instruction data's format (alpaca or chat), known once the file is read (open_data)
+        self.format = "instruction" if instruct.is_instruction_data(cfg["data"].get("path", ""),
+                                                                     self.inst["format"]) else "text"
         self.base_info: dict | None = None
         self._comparison: dict | None = None
+        self.held_out: list[tuple[str, list[int]]] = []  # instruction data: (prompt shown, prompt ids) to answer
         super().__init__(cfg, device, log, amp_dtype)  # calls make_tokenizer, which reads the base
         ws = int(self.ft["block_size"])
         if ws and ws < self.stream.block_size:  # train/eval on shorter windows than the base's context
             self.stream.block_size = ws
+
+    def open_data(self, d: dict):
+        if self.format == "text":
+            return super().open_data(d)
+        path, cfg = d["path"], self.cfg
+        fmt, records = instruct.read_records(path, self.inst["format"])
+        self.format = fmt
+        base_dir = None
+        if self.ft["base"]:
+            kind, where = base_location(self.ft["base"])
+            base_dir = where if kind == "hf" else None
+        template = instruct.chat_template(self.inst["chat_template"], base_dir)
+        rendered = {r.number: instruct.render_record(r, template, path) for r in records}
+        # a char tokenizer of a random base is built from every character the examples hold
+        text = "".join(t for ex in rendered.values() for pieces in ex for t, _ in pieces)
+        self.tokenizer = tokenizer = self.make_tokenizer(text)  # reads the base: model.* is the base's now
+        cap = int(cfg["model"]["block_size"])
+        cap = min(cap, int(self.ft["block_size"])) if int(self.ft["block_size"]) else cap
+        train, val = instruct.split_records(records, d["val_fraction"], cfg["train"]["seed"], path)
+        end = instruct.end_ids(tokenizer, template)
+        pad = tokenizer.eot if getattr(tokenizer, "eot", None) is not None else 0
+        splits = {}
+        for split, recs in (("train", train), ("val", val)):
+            examples = [instruct.encode_example(pieces, tokenizer, end) for r in recs for pieces in rendered[r.number]]
+            splits[split] = packed = instruct.pack(examples, cap, pad, bool(self.inst["packing"]))
+            if packed.skipped:
+                self.log("warning", f"data: {packed.skipped} {split} example(s) skipped: their prompt fills the "
+                                    f"{cap}-token row, no response token left (finetune.block_size or the base's "
+                                    "block_size)")
+        self.stream = instruct.InstructStream(splits, cap, path)
+        self.template, self.stops = template, instruct.stop_ids(tokenizer, template)
+        self.held_out = [(r.shown, tokenizer.encode(instruct.generation_prompt(r, template, path)))
+                         for r in val[:self.inst["sample_prompts"]]]
+        self.dataset = {"name": Path(path).name, "path": path, "format": fmt,
+                        "tokens": {k: v.tokens for k, v in splits.items()},
+                        "response_tokens": {k: v.response_tokens for k, v in splits.items()},
+                        "examples": {"train": len(train), "val": len(val)},
+                        "rows": {k: len(v.ids) for k, v in splits.items()}, "template": template.name,
+                        "packing": bool(self.inst["packing"]), "tokenizer": describe(tokenizer.state_dict()),
+                        "vocab_size": tokenizer.vocab_size, "manifest": None}
+        tr = splits["train"]
+        self.log("info", f"data: {path}, {len(records):,} {fmt} records (train {len(train):,}, val {len(val):,}) "
+                         f"rendered with {template.name}; {len(tr.ids):,} train rows of {cap} tokens "
+                         f"({'packed' if self.inst['packing'] else 'one example each'}), "
+                         f"{tr.response_tokens:,} of {tr.tokens:,} tokens are responses (the loss is on them)")
+
+    def draw(self, split, batch_size):
+        """Instruction rows: random rows, or with data.order=sequential the train rows in order, epoch after
+        epoch."""
+        if self.format == "text" or self.order != "sequential" or split != "train":
+            return super().draw(split, batch_size)
+        if self.position + batch_size > self.stream.length("train"):
+            self.position, self.epoch = 0, self.epoch + 1
+            self.log("info", f"data: epoch {self.epoch + 1} of the train split begins")
+        batch, self.position = self.stream.consecutive("train", batch_size, self.position)
+        return batch
+
+    @torch.no_grad()
+    def samples(self, model, step):
+        """Instruction data: the model's answers (greedy) to the held-out prompts, each as a text sample whose
+        `prompt` is the instruction (or last user turn) it answers."""
+        if self.format == "text":
+            return super().samples(model, step)
+        out = []
+        for shown, ids in self.held_out:
+            idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+            with self.autocast():
+                gen = model.generate(idx, self.cfg["train"]["sample_tokens"], top_k=1)
+            text = instruct.answer(gen[0, idx.size(1):].tolist(), self.tokenizer, self.stops, self.template)
+            out.append({"kind": "text", "text": text, "prompt": shown})
+        return out
 
     # the base decides the tokenizer (and the model shape); read it here, before the corpus is encoded
     def dataset_tokenizer(self, dataset):

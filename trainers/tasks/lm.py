@@ -37,8 +37,15 @@ class Task(BaseTask):
 
     def __init__(self, cfg, device, log=None, amp_dtype=None):
         super().__init__(cfg, device, log, amp_dtype)
-        d = cfg["data"]
-        self.order = d.get("order", "random")
+        self.order = cfg["data"].get("order", "random")
+        self.open_data(cfg["data"])
+        self.data_gen = torch.Generator()
+        self.pending = None  # the next training batch, already drawn
+        self.position, self.epoch = 0, 0  # data.order=sequential: where the next training batch starts
+
+    def open_data(self, d: dict):
+        """Set the tokenizer, the stream of batches and the dataset run_start records, from `data.*`."""
+        cfg = self.cfg
         dataset = textdata.open_tokens(d.get("path", ""), d["val_fraction"])
         if dataset is None:
             text, source = textdata.load_text(d.get("path", ""), self.default_corpus)
@@ -59,9 +66,6 @@ class Task(BaseTask):
                              "read through memmap")
             for note in dataset.notes:
                 self.log("info", f"data: {note}")
-        self.data_gen = torch.Generator()
-        self.pending = None  # the next training batch, already drawn
-        self.position, self.epoch = 0, 0  # data.order=sequential: where the next training batch starts
 
     def dataset_info(self) -> dict:
         return self.dataset
