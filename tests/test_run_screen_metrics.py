@@ -239,3 +239,41 @@ def test_a_resumed_run_without_run_end_counts_its_training_time_not_the_downtime
     s.apply({"type": "run_start", "time": 9000.0, "run_id": "r", "resumed_from": 10, "max_steps": 100})
     s.apply({"type": "step", "time": 9001.0, "step": 11, "loss": 1.0, "tokens": 11 * 512, "elapsed": 11.0})
     assert s.wall_time() == pytest.approx(11.0)           # not the 8,000 s the machine was off
+
+
+# --- screenshot and command palette ----------------------------------------------------------------------
+
+async def test_S_saves_an_svg_screenshot_into_the_run_directory_and_says_where(tmp_path):
+    import shutil
+
+    from tests.test_tui_snapshots import FIXTURES, loaded_run, settle
+
+    from cockpit.app import CockpitApp
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURES / "mingpt-sort-tiny", run_dir)
+    app = CockpitApp(watch=str(run_dir / "events.jsonl"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, loaded_run(app))
+        await pilot.press("S")
+        await pilot.pause(0.3)
+        shots = list(run_dir.glob("cockpit-*.svg"))
+        assert len(shots) == 1 and "accuracy" in shots[0].read_text()
+        assert any(str(shots[0]) in str(n.message) for n in app._notifications)
+
+
+async def test_ctrl_p_opens_the_command_palette_with_themes_and_the_screenshot():
+    from textual.command import CommandPalette
+
+    from tests.test_tui_snapshots import FIXTURES, loaded_run, settle
+
+    from cockpit.app import CockpitApp
+
+    app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-tiny" / "events.jsonl"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, loaded_run(app))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Theme" in titles and "Screenshot" in titles
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, CommandPalette)
