@@ -277,3 +277,24 @@ async def test_ctrl_p_opens_the_command_palette_with_themes_and_the_screenshot()
         await pilot.press("ctrl+p")
         await pilot.pause(0.3)
         assert isinstance(app.screen, CommandPalette)
+
+
+async def test_a_tall_samples_pane_shows_the_earlier_samples_of_the_prompt_under_the_latest():
+    from textual.widgets import Static
+
+    from tests.test_tui_snapshots import FIXTURES, loaded_run, settle
+
+    from cockpit.app import CockpitApp
+    from cockpit.widgets.samples_pane import SamplesPane
+
+    app = CockpitApp(watch=str(FIXTURES / "nanogpt-tiny" / "events.jsonl"))
+    async with app.run_test(size=(200, 60)) as pilot:
+        await settle(pilot, loaded_run(app))
+        pane = app.screen.query_one(SamplesPane)
+        body = str(pane.query_one("#sample-body", Static).render())
+        steps = [ev.step for ev in pane.samples]
+        assert f"· step {steps[-2]} ·" in body and f"· step {steps[-5]} ·" in body   # newest first, four of them
+        assert f"· step {steps[-6]} ·" not in body
+        await pilot.press("left_square_bracket")        # browsing shows one sample alone
+        await pilot.pause(0.2)
+        assert "· step" not in str(pane.query_one("#sample-body", Static).render())

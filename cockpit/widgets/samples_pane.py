@@ -414,4 +414,19 @@ class SamplesPane(Widget):
                 self._image_cache[key] = render_image(ev, w, h)
             body.update(self._image_cache[key])
         else:
-            body.update(Text(shown_text(ev.text)))
+            body.update(self._text_with_history(i))
+
+    HISTORY = 4   # earlier samples shown under the latest one, dimmed (a tall pane shows the model learning)
+
+    def _text_with_history(self, i: int) -> Text:
+        """The text sample i; while following the latest, the earlier samples of the same prompt below it,
+        newest first, each under a dim `· step N ·` rule."""
+        ev = self.samples[i]
+        out = Text(shown_text(ev.text))
+        if self.index is not None:
+            return out
+        earlier = [j for j in same_prompt_indices(self.samples, ev.prompt) if j < i][-self.HISTORY:]
+        for j in reversed(earlier):
+            out.append(f"\n\n· step {self.samples[j].step} ·\n", style="bold dim")
+            out.append(shown_text(self.samples[j].text), style="dim")
+        return out
