@@ -4,8 +4,9 @@ The base comes from `finetune.base`:
     runs/<run>/ckpt.pt (or the run directory)  a checkpoint cockpit trained: its config rebuilds the model
                                               and its tokenizer is reused (characters of the new corpus the
                                               base never saw map to the tokenizer's fallback, a space)
-    a directory with config.json              GPT-2 weights in Hugging Face's layout (trainers/hf.py),
-                                              GPT-2 BPE tokenizer
+    a directory with config.json              a Hugging Face checkpoint (trainers/hf.py): GPT-2 with its BPE
+                                              tokenizer, or Llama, Mistral, Qwen2, Qwen3 with the directory's
+                                              tokenizer.json; the tensors stream in shard by shard
     ""                                        a randomly initialised base of the preset's `model.*` shape
                                               (seeded by train.seed), for tests and `cockpit presets`
 The data is a text corpus as in the LM task; the default is the embedded Milton (Paradise Lost).
@@ -79,7 +80,7 @@ def finetune_settings(cfg: dict) -> dict:
         raise ConfigError(f"finetune.lr_ratio={ft['lr_ratio']} must be positive (1 = plain LoRA, 16 = LoRA+)")
     if int(ft["block_size"]) < 0:
         raise ConfigError(f"finetune.block_size={ft['block_size']} must be >= 0 (0 = the base's context)")
-    ft["targets"] = ",".join(lora.parse_targets(ft["targets"]))
+    ft["targets"] = lora.check_targets(ft["targets"])  # resolved to module names by the base's arch (lora.py)
     return ft
 
 
@@ -116,12 +117,8 @@ def read_base(spec: str) -> dict:
     `weights` is a callable returning the state dict (read on demand, memory-mapped for checkpoints).
     """
     kind, p = base_location(spec)
-    if kind == "hf":
-        hfc = hf.read_config(p)
-        vocab = int(hfc.get("vocab_size", hf.GPT2_VOCAB))
-        tokenizer = hf.tokenizer_state(p, vocab)
-        return {"kind": "hf", "path": str(p), "arch": "gpt", "model": hf.model_config(hfc), "vocab_size": vocab,
-                "tokenizer": tokenizer, "weights": lambda: hf.hf_to_ours(hf.read_weights(p))}
+    if kind == "hf":  # its weights stream in when the model is built (build_base, hf.load_weights)
+        return {**hf.read_base_dir(p), "weights": None}
 
     def load():
         try:
@@ -149,11 +146,19 @@ def read_base(spec: str) -> dict:
             "weights": lambda: _strip_prefixes(load()["model"])}
 
 
-def build_base(base: dict, kernels: str = "torch", seed: int = 0) -> torch.nn.Module:
-    """The base model (float32, dropout off) on the current default device, with its weights loaded."""
+def build_base(base: dict, kernels: str = "torch", seed: int = 0,
+               quantize_on: torch.device | None = None) -> torch.nn.Module:
+    """The base model (float32, dropout off) on the current default device, with its weights loaded. A Hugging
+    Face base streams its tensors into a model built on the meta device (on the CPU; with `quantize_on`, its
+    linear layers NF4 on that device as they arrive: QLoRA)."""
     mcfg = dict(base["model"])
     if "dropout" in mcfg:
         mcfg["dropout"] = 0.0
+    if base.get("kind") == "hf" and not torch.empty(0).is_meta:  # not a shape-only build (trainers/inspect.py)
+        with torch.device("meta"):
+            model = build_model(base["arch"], mcfg, contract=LanguageModel, vocab_size=base["vocab_size"],
+                                kernels=kernels)
+        return hf.load_weights(model, Path(base["path"]), base["family"], quantize_on)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a random base is the same base every time it is built
         model = build_model(base["arch"], mcfg, contract=LanguageModel, vocab_size=base["vocab_size"],
@@ -168,7 +173,7 @@ def build_base(base: dict, kernels: str = "torch", seed: int = 0) -> torch.nn.Mo
     return model
 
 
-def apply_method(model: torch.nn.Module, ft: dict, device: torch.device, arch: str = "gpt") -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, ft: dict, device: torch.device, arch: str | None = None) -> torch.nn.Module:
     """Turn a base model into the model a method trains (in place): quantise, inject adapters, freeze."""
     method = ft["method"]
     if method == "full":
@@ -331,11 +336,11 @@ class Task(LMTask):
         self.base_info = info
         return tokenizer
 
-    def _base_factory(self):
-        return build_base(self.base_info, self.cfg.get("kernels", "torch"), self.cfg["train"]["seed"])
+    def _base_factory(self, quantize_on: torch.device | None = None):
+        return build_base(self.base_info, self.cfg.get("kernels", "torch"), self.cfg["train"]["seed"], quantize_on)
 
     def build_model(self):
-        model = self._base_factory()
+        model = self._base_factory(self.device if self.ft["method"] == "qlora" else None)
         model = apply_method(model, self.ft, self.device, arch=self.base_info["arch"])
         self.fork_data_rng()
         counts = lora.count_params(model)
@@ -430,8 +435,8 @@ def export_merged(model, cfg: dict, task_state: dict, out_dir, export: str = "ck
                                  "base": task_state["base"].get("path")}}
         paths.append(str(ckpt_io.save(target, state)))
     if export in ("hf", "both"):
-        if task_state["base"]["arch"] != "gpt":
-            raise ConfigError(f"finetune.export={export}: only gpt models save in GPT-2's Hugging Face layout")
+        if task_state["base"]["arch"] not in ("gpt", "llama"):
+            raise ConfigError(f"finetune.export={export}: only gpt and llama models save in a Hugging Face layout")
         paths.append(str(hf.save_hf(merged, Path(hf_dir) if hf_dir else out_dir / MERGED_HF,
                                     task_state["tokenizer"])))
     return paths
@@ -446,7 +451,7 @@ def model_from_checkpoint(ckpt: dict, device=torch.device("cpu")):
                           "qlora preset")
     try:
         ft = {**DEFAULTS, **(ts.get("finetune") or cfg.get("finetune") or {})}
-        base = {**ts["base"], "weights": None}
+        base = {**ts["base"], "kind": "checkpoint", "weights": None}  # every weight is in the checkpoint
         with torch.device("cpu"):
             model = build_base(base)
         model = apply_method(model, ft, device, arch=base["arch"])
