@@ -409,7 +409,10 @@ def load_weights(model: nn.Module, path: Path, family: str, quantize_on: torch.d
                               "together")
         module_name, _, pname = name.rpartition(".")
         module = model.get_submodule(module_name)
-        value = nn.Parameter(t.to(torch.float32).contiguous(), requires_grad=want.requires_grad)
+        # a copy in float32: a tensor read from a shard may share its memory map, which would keep every page
+        # of the shard resident as long as any of its tensors lives
+        value = nn.Parameter(t.to(torch.float32, copy=True).contiguous(), requires_grad=want.requires_grad)
+        del t
         if quantize_on is not None and type(module) is nn.Linear and pname == "weight" and id(want) not in tied_ids:
             module.weight = value
             if module.bias is not None and module.bias.is_meta:  # its bias arrives later: a placeholder till then
@@ -652,3 +655,61 @@ def write_tokenizer_files(path: Path, state: dict, max_length: int) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
         **({"eos_token": eos} if eos else {})}, indent=2) + "\n")
 
+
+
+# --- adapters in PEFT's layout ----------------------------------------------------------------------------
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def peft_adapter(model, base_path: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """The LoRA adapters of `model` as PEFT saves them: tensors `base_model.model.<module>.lora_A.weight` (r, in)
+    and `.lora_B.weight` (out, r) under the Hugging Face module names, and adapter_config.json's fields.
+    PEFT computes W0 x + (lora_alpha / r) B A x as we do; a layer whose adapters sit on slices of its rows
+    (GPT-2's fused c_attn with q, k and v adapters) becomes one adapter of rank n*r with A stacked and B
+    block-diagonal, which is the same update, and its rank and alpha go in rank_pattern / alpha_pattern."""
+    from trainers.lora import LoRALinear
+
+    family = "llama" if is_llama(model) else "gpt2"
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    leaves: set[str] = set()
+    rank = alpha = dropout = None
+    for name, module in model.named_modules():
+        if not isinstance(module, LoRALinear):
+            continue
+        first = next(iter(module.lora.values()))
+        rank, alpha, dropout = first.rank, first.alpha, module.dropout.p
+        target = hf_name(family, name + ".weight")[:-len(".weight")]
+        A, B = module.stacked_A().detach().float().cpu(), module.block_B().detach().float().cpu()
+        tensors[f"base_model.model.{target}.lora_A.weight"] = A.contiguous()
+        tensors[f"base_model.model.{target}.lora_B.weight"] = B.contiguous()
+        if A.shape[0] != rank:
+            ranks[target], alphas[target] = A.shape[0], module.scale * A.shape[0]
+        leaves.add(target.rsplit(".", 1)[-1])
+    if not tensors:
+        raise ConfigError("the model has no LoRA adapters to export (finetune.method=full trains every weight: "
+                          "export merged weights instead)")
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_path, "r": rank,
+              "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": sorted(leaves), "bias": "none",
+              "fan_in_fan_out": family == "gpt2", "rank_pattern": ranks, "alpha_pattern": alphas,
+              "use_rslora": False, "init_lora_weights": True, "inference_mode": True, "modules_to_save": None}
+    return tensors, config
+
+
+def save_peft(model, path: str | Path, base_path: str = "") -> Path:
+    """adapter_model.safetensors then adapter_config.json (peft_adapter), each atomically, into directory `path`:
+    `PeftModel.from_pretrained(base, path)` loads them onto the base."""
+    from safetensors.torch import save as safetensors_bytes
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotAFileTarget(f"{path} exists and is not a directory; a PEFT adapter is a directory: give a new or "
+                             "existing directory")
+    for name in PEFT_FILES:
+        check_target(path / name)
+    tensors, config = peft_adapter(model, base_path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_atomic(path / "adapter_model.safetensors", safetensors_bytes(tensors, metadata={"format": "pt"}))
+    write_atomic(path / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+    return path

@@ -226,7 +226,7 @@ class Model(LanguageModelBase):
 
     def hidden(self, idx):
         """Final hidden states (B, T, n_embd) after ln_f."""
-        B, T = idx.shape
+        T = idx.size(1)
         assert T <= self.config.block_size, f"sequence of {T} tokens exceeds block_size {self.config.block_size}"
         cos, sin = rope_cos_sin(self.config, T, idx.device)             # (T, D/2) each
         x = self.transformer.drop(self.transformer.wte(idx))

@@ -25,7 +25,8 @@ The data is a text corpus as in the LM task; the default is the embedded Milton 
 
 The base's dropout is turned off (its weights are frozen; `finetune.dropout` regularises the adapters).
 `finetune.merge=true` exports merged weights (W0 + (alpha / r) B A) when the run ends: `merged.pt`, a cockpit
-checkpoint of the base architecture (usable as another `finetune.base`), and/or a Hugging Face directory.
+checkpoint of the base architecture (usable as another `finetune.base`), and/or a Hugging Face directory
+(finetune.export ckpt, hf, both); finetune.export=peft writes the adapters alone in PEFT's layout instead.
 """
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ from trainers.tasks.lm import Task as LMTask
 from trainers.tokenizer import describe
 
 METHODS = ("full", "lora", "qlora")
-EXPORTS = ("ckpt", "hf", "both")
+EXPORTS = ("ckpt", "hf", "both", "peft")
 OPTIMIZERS = ("auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit")
 SCHEDULES = ("auto", "cosine", "constant")
 DEFAULTS = {"base": "", "method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.05, "targets": "q,k,v,o",
             "merge": False, "export": "ckpt", "block_size": 0, "compare_memory": True, "lr_ratio": 1.0,
             "optimizer": "auto", "lr_schedule": "auto"}
-MERGED_CKPT, MERGED_HF = "merged.pt", "merged-hf"
+MERGED_CKPT, MERGED_HF, ADAPTER_DIR = "merged.pt", "merged-hf", "adapter"
 
 
 def finetune_settings(cfg: dict) -> dict:
@@ -401,7 +402,10 @@ class Task(LMTask):
         """With finetune.merge=true, export merged weights into the run directory when the run completes."""
         if not self.ft["merge"] or status != "completed":
             return []
-        paths = export_merged(model, self.cfg, self.state_dict(), run_dir, self.ft["export"])
+        if self.ft["export"] == "peft":
+            paths = [export_adapter(model, self.state_dict(), Path(run_dir) / ADAPTER_DIR)]
+        else:
+            paths = export_merged(model, self.cfg, self.state_dict(), run_dir, self.ft["export"])
         for p in paths:
             self.log("info", f"merged weights written to {p}")
         return paths
@@ -440,6 +444,11 @@ def export_merged(model, cfg: dict, task_state: dict, out_dir, export: str = "ck
         paths.append(str(hf.save_hf(merged, Path(hf_dir) if hf_dir else out_dir / MERGED_HF,
                                     task_state["tokenizer"])))
     return paths
+
+
+def export_adapter(model, task_state: dict, out_dir) -> str:
+    """The adapters alone in PEFT's layout (trainers/hf.py save_peft), naming the base they belong to."""
+    return str(hf.save_peft(model, out_dir, task_state["base"].get("path") or ""))
 
 
 def model_from_checkpoint(ckpt: dict, device=torch.device("cpu")):
