@@ -386,3 +386,38 @@ def test_peak_rss_while_loading_a_sharded_checkpoint_for_qlora_stays_near_one_sh
     grown = rss["peak"] - rss["before"]
     nf4_model = total * 0.52 / 4  # 4-bit weights and their absmax (trainers/quant.py)
     assert grown < 2 * largest + nf4_model, (grown / 1e6, largest / 1e6, nf4_model / 1e6)
+
+
+# --- memory estimates ----------------------------------------------------------------------------------------
+def test_presets_estimate_lora_and_qlora_of_1b_to_8b_llama_bases_against_the_budget():
+    from cockpit.presets_info import preset_table
+    from trainers.inspect import inspect_preset
+
+    infos = [inspect_preset(name) for name in ("qlora", "lora")]
+    rows = {(info["name"], r["shape"]): r for info in infos for r in info["finetune_estimates"]}
+    # the published parameter counts of the four shapes, built on the meta device
+    for shape, billions in (("Llama 3.2 1B", 1.24), ("Llama 3.2 3B", 3.21), ("Llama 2 7B", 6.74),
+                            ("Llama 3.1 8B", 8.03)):
+        for preset in ("qlora", "lora"):
+            row = rows[(preset, shape)]
+            assert row["method"] == preset and round(row["n_params"] / 1e9, 2) == billions
+            assert (row["micro_batch"], row["seq"], row["activation_checkpointing"]) == (2, 2048, True)
+    budget = 12 * 2**30
+    # the qlora preset's defaults fit a 7B and an 8B base in 12 GB; LoRA's float32 base does not
+    assert rows[("qlora", "Llama 2 7B")]["est_bytes"] < budget and rows[("qlora", "Llama 3.1 8B")]["est_bytes"] < budget
+    assert rows[("lora", "Llama 2 7B")]["est_bytes"] > budget and rows[("lora", "Llama 3.2 1B")]["est_bytes"] < budget
+    seven = rows[("qlora", "Llama 2 7B")]["est_breakdown"]
+    assert 0.5 * 6.74e9 < seven["weights"] < 0.6 * 6.74e9 + 4 * 32000 * 4096  # NF4 linears, float32 embedding
+    table = preset_table(infos)
+    assert "Fine-tuning Llama bases with each fine-tune preset's settings (estimates):" in table
+    lines = {(ln.split()[0], " ".join(ln.split()[1:4])): ln for ln in table.splitlines() if "Llama 2 7B" in ln}
+    assert lines[("lora", "Llama 2 7B")].endswith("NO (> 12 GB)") and lines[("qlora", "Llama 2 7B")].endswith("yes")
+
+
+def test_the_picker_sums_up_a_presets_estimates_in_one_line_marking_what_does_not_fit():
+    from cockpit.presets_info import finetune_summary
+
+    info = {"vram_budget_gb": 12.0, "finetune_estimates": [
+        {"shape": "Llama 2 7B", "method": "qlora", "est_bytes": 6 * 2**30},
+        {"shape": "Llama 3.1 8B", "method": "qlora", "est_bytes": 13 * 2**30}]}
+    assert finetune_summary(info) == "Llama 2 7B: qlora 6.0 GiB · Llama 3.1 8B: qlora 13.0 GiB (too big)"

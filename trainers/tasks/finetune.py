@@ -147,23 +147,22 @@ def read_base(spec: str) -> dict:
             "weights": lambda: _strip_prefixes(load()["model"])}
 
 
-def build_base(base: dict, kernels: str = "torch", seed: int = 0,
-               quantize_on: torch.device | None = None) -> torch.nn.Module:
+def build_base(base: dict, kernels: str = "torch", seed: int = 0, quantize_on: torch.device | None = None,
+               activation_checkpointing: bool = False) -> torch.nn.Module:
     """The base model (float32, dropout off) on the current default device, with its weights loaded. A Hugging
     Face base streams its tensors into a model built on the meta device (on the CPU; with `quantize_on`, its
     linear layers NF4 on that device as they arrive: QLoRA)."""
     mcfg = dict(base["model"])
     if "dropout" in mcfg:
         mcfg["dropout"] = 0.0
+    extra = {"vocab_size": base["vocab_size"], "kernels": kernels, "activation_checkpointing": activation_checkpointing}
     if base.get("kind") == "hf" and not torch.empty(0).is_meta:  # not a shape-only build (trainers/inspect.py)
         with torch.device("meta"):
-            model = build_model(base["arch"], mcfg, contract=LanguageModel, vocab_size=base["vocab_size"],
-                                kernels=kernels)
+            model = build_model(base["arch"], mcfg, contract=LanguageModel, **extra)
         return hf.load_weights(model, Path(base["path"]), base["family"], quantize_on)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a random base is the same base every time it is built
-        model = build_model(base["arch"], mcfg, contract=LanguageModel, vocab_size=base["vocab_size"],
-                            kernels=kernels)
+        model = build_model(base["arch"], mcfg, contract=LanguageModel, **extra)
     if base.get("weights") is not None and not next(model.parameters()).is_meta:
         try:
             model.load_state_dict(base["weights"](), strict=True)
@@ -338,7 +337,8 @@ class Task(LMTask):
         return tokenizer
 
     def _base_factory(self, quantize_on: torch.device | None = None):
-        return build_base(self.base_info, self.cfg.get("kernels", "torch"), self.cfg["train"]["seed"], quantize_on)
+        return build_base(self.base_info, self.cfg.get("kernels", "torch"), self.cfg["train"]["seed"], quantize_on,
+                          self.cfg["train"]["activation_checkpointing"])
 
     def build_model(self):
         model = self._base_factory(self.device if self.ft["method"] == "qlora" else None)
@@ -378,7 +378,12 @@ class Task(LMTask):
         Measured once per run (at the first memory event) and repeated in every later memory event."""
         fields = {"method": self.ft["method"],
                   "totals": {"method": self.ft["method"], "quant_state": quant.quant_state_bytes(model)}}
-        if self.ft["compare_memory"]:
+        if self.ft["compare_memory"] and (self.base_info or {}).get("family", "gpt2") != "gpt2":
+            if self._comparison is None:  # three float32 copies of a Llama-family base would not fit in RAM
+                self.log("info", "memory comparison: skipped for a Llama-family base (it builds the base three "
+                                 "times in float32 on the CPU); `cockpit presets` lists estimates for 1B-8B shapes")
+                self._comparison = {}
+        elif self.ft["compare_memory"]:
             if self._comparison is None:
                 cpu = torch.device("cpu")
                 # the run's micro-batch on a CPU run; one sequence on a GPU run (CPU time and RAM stay small)
