@@ -246,6 +246,20 @@ def test_lora_and_qlora_fine_tunes_of_a_llama_base_lower_the_loss(method, llama_
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 30
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3, [e["val_loss"] for e in evals]
     assert events_of(log, "run_end")[-1]["status"] == "completed"
+    # the run's checkpoint exports, from the checkpoint alone, merged weights and the adapters
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trainers.export_merged import main as export_main
+
+    assert export_main([str(log.parent), "--hf", str(tmp_path / "hf"), "--peft", str(tmp_path / "adapter")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    on_base = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_base), tmp_path / "adapter")
+    x = random_ids()
+    with torch.no_grad():
+        gap = (merged(x).logits - on_base.eval()(x).logits).abs().max()
+    # LoRA: the same function; QLoRA's merge holds the NF4-rounded base, PEFT's adapter rides the float one
+    assert gap < (1e-4 if method == "lora" else 0.5), gap
 
 
 def adapted_llama(base_path, method="lora", targets="all"):

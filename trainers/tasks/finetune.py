@@ -273,6 +273,17 @@ def measure_methods(base_factory, ft: dict, batch, train: dict, device: torch.de
     return rows
 
 
+def tokenizer_spec(state: dict, base: dict) -> str:
+    """The data.tokenizer value that names a base's tokenizer: char, gpt2, or a tokenizer.json path (the Hugging
+    Face directory's own file, or the name the tokenizer was read from); the tokenizer itself always comes from
+    the base (read_base), so this is what configs and checkpoints record."""
+    if state.get("kind") != "hf":
+        return state.get("kind", "char")
+    if base.get("kind") == "hf" and base.get("path"):
+        return str(Path(base["path"]) / "tokenizer.json")
+    return state.get("name") or "tokenizer.json"
+
+
 # --- the task --------------------------------------------------------------------------------------------
 class Task(LMTask):
     default_corpus = "milton.txt"
@@ -315,7 +326,7 @@ class Task(LMTask):
             tokenizer = textdata.tokenizer_from_state(info["tokenizer"])
             if cfg["data"].get("tokenizer") != tokenizer.kind:
                 self.log("info", f"data.tokenizer: using the base's {tokenizer.kind} tokenizer")
-            cfg["data"]["tokenizer"] = tokenizer.kind
+            cfg["data"]["tokenizer"] = tokenizer_spec(tokenizer.state_dict(), info)
             cfg["model"] = {**info["model"], **({"dropout": 0.0} if "dropout" in info["model"] else {})}
             self.log("info", f"base: {info['path']} ({info['arch']}, " +
                      ", ".join(f"{k}={v}" for k, v in info["model"].items()) + "); model.* keys come from the base")
@@ -423,7 +434,7 @@ def merged_config(cfg: dict, task_state: dict) -> dict:
     out = strip_private(cfg)
     out.pop("finetune", None)
     out.update(name=f"{cfg.get('name', 'finetune')}-merged", arch=base["arch"], task="lm", model=dict(base["model"]))
-    out.setdefault("data", {})["tokenizer"] = task_state["tokenizer"].get("kind", "char")
+    out.setdefault("data", {})["tokenizer"] = tokenizer_spec(task_state["tokenizer"], task_state["base"])
     return out
 
 
