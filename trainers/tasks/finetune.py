@@ -155,7 +155,8 @@ def build_base(base: dict, kernels: str = "torch", seed: int = 0, quantize_on: t
     mcfg = dict(base["model"])
     if "dropout" in mcfg:
         mcfg["dropout"] = 0.0
-    extra = {"vocab_size": base["vocab_size"], "kernels": kernels, "activation_checkpointing": activation_checkpointing}
+    extra = {"vocab_size": base["vocab_size"], "kernels": kernels,
+             "activation_checkpointing": activation_checkpointing}
     if base.get("kind") == "hf" and not torch.empty(0).is_meta:  # not a shape-only build (trainers/inspect.py)
         with torch.device("meta"):
             model = build_model(base["arch"], mcfg, contract=LanguageModel, **extra)
@@ -173,7 +174,8 @@ def build_base(base: dict, kernels: str = "torch", seed: int = 0, quantize_on: t
     return model
 
 
-def apply_method(model: torch.nn.Module, ft: dict, device: torch.device, arch: str | None = None) -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, ft: dict, device: torch.device,
+                 arch: str | None = None) -> torch.nn.Module:
     """Turn a base model into the model a method trains (in place): quantise, inject adapters, freeze."""
     method = ft["method"]
     if method == "full":
