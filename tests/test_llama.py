@@ -122,6 +122,32 @@ def test_the_family_options_change_the_function_so_the_comparison_can_tell(tmp_p
             assert (logits_of(plain, x) - ref(x).logits).abs().max() > 1e-2, family
 
 
+@pytest.mark.parametrize("options, family", [({}, "llama"), ({"sliding_window": 8}, "mistral"),
+                                             ({"qkv_bias": True}, "qwen2"), ({"qk_norm": True}, "qwen3")])
+def test_a_model_of_ours_saves_as_the_family_that_computes_it_and_loads_back(options, family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from trainers.models import build_model
+
+    torch.manual_seed(0)
+    ours = build_model("llama", dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=32, **options),
+                       vocab_size=VOCAB).eval()
+    with torch.no_grad():  # biases and norm gains away from their zero / one inits
+        for p in ours.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    chars = {"kind": "char", "chars": "".join(chr(32 + i) for i in range(VOCAB))}
+    hf.save_hf(ours, tmp_path, chars, max_shard_bytes=100_000)  # shards, as a large model would have
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == family
+    assert (tmp_path / hf.INDEX_FILE).is_file()
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    back, _, tok = hf.load_hf(tmp_path)
+    x = random_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, logits_of(ours, x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits_of(back, x), logits_of(ours, x), atol=0, rtol=0)
+    assert tok == chars
+
+
 def test_a_sharded_checkpoint_loads_to_the_same_logits(tmp_path, tokenizer_json):
     ref = hf_model("llama")
     save_checkpoint(ref, tmp_path, tokenizer_json, max_shard_size="40KB")
@@ -262,12 +288,12 @@ def test_lora_and_qlora_fine_tunes_of_a_llama_base_lower_the_loss(method, llama_
     assert gap < (1e-4 if method == "lora" else 0.5), gap
 
 
-def adapted_llama(base_path, method="lora", targets="all"):
+def adapted_llama(base_path, method="lora", targets="all", extra=()):
     """The finetune task's model for `base_path`, its adapters given trained-looking values."""
     from trainers import config
     from trainers.tasks import load_task
 
-    cfg = config.load(method, [f"finetune.base={base_path}", f"finetune.targets={targets}", *FEW_STEPS[1:]],
+    cfg = config.load(method, [f"finetune.base={base_path}", f"finetune.targets={targets}", *FEW_STEPS[1:], *extra],
                       profile="cpu", has_cuda=False)
     task = load_task(cfg, torch.device("cpu"), lambda level, msg: None)
     model = task.build_model()
@@ -324,6 +350,15 @@ def test_the_peft_adapter_loads_onto_the_base_with_equal_logits(method, llama_ba
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(llama_base).eval()
         assert (got - base(x).logits).abs().max() > 1e-2  # the adapters change the function
+
+
+def test_a_completed_run_with_export_peft_writes_the_adapter_into_the_run_directory(llama_base, tmp_path):
+    task, model = adapted_llama(llama_base, extra=("finetune.merge=true", "finetune.export=peft"))
+    assert task.on_end(model, tmp_path, status="stopped") == []
+    assert task.on_end(model, tmp_path) == [str(tmp_path / "adapter")]
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(llama_base) and config["peft_type"] == "LORA"
+    assert not (tmp_path / "merged.pt").exists()
 
 
 def test_a_gpt2_peft_adapter_on_the_fused_qkv_loads_in_peft(tmp_path):
