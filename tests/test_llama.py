@@ -148,6 +148,21 @@ def test_a_model_of_ours_saves_as_the_family_that_computes_it_and_loads_back(opt
     assert tok == chars
 
 
+def test_a_config_json_written_before_transformers_5_loads_the_same(tmp_path, tokenizer_json):
+    """Checkpoints on the hub name RoPE with rope_theta and rope_scaling (transformers 4's keys)."""
+    ref = hf_model("llama")
+    save_checkpoint(ref, tmp_path, tokenizer_json)
+    config = json.loads((tmp_path / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    legacy = {**config, "rope_theta": rope.pop("rope_theta"), "rope_scaling": rope}
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    ours, mcfg, _ = hf.load_hf(tmp_path)
+    assert mcfg["rope_scaling"] == "llama3" and mcfg["rope_theta"] == 500000.0
+    x = random_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(ours, x), ref(x).logits, atol=1e-4, rtol=0)
+
+
 def test_a_sharded_checkpoint_loads_to_the_same_logits(tmp_path, tokenizer_json):
     ref = hf_model("llama")
     save_checkpoint(ref, tmp_path, tokenizer_json, max_shard_size="40KB")
@@ -180,6 +195,21 @@ def test_an_unsupported_model_type_or_architecture_names_the_supported_ones(tmp_
     message = one_line_error(tmp_path)
     assert "architectures entry 'LlamaForSequenceClassification' is not supported" in message
     assert all(s in message for s in supported)
+
+
+def test_what_our_llama_cannot_compute_is_refused_naming_the_field(tmp_path, tokenizer_json):
+    save_checkpoint(hf_model("qwen2"), tmp_path, tokenizer_json)
+    config = json.loads((tmp_path / "config.json").read_text())
+    mixed = {**config, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1}
+    mixed.pop("layer_types", None)
+    (tmp_path / "config.json").write_text(json.dumps(mixed))
+    assert "config.json: layer_types mixes full_attention, sliding_attention; our Llama uses one attention for " \
+           "every layer" in one_line_error(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "yarn",
+                                                                                   "rope_theta": 1e6}}))
+    assert "config.json: rope_type 'yarn' is not supported; supported: default, llama3" in one_line_error(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    assert "config.json: hidden_act 'gelu' is not SwiGLU's silu" in one_line_error(tmp_path)
 
 
 def test_missing_or_mismatched_shards_are_refused_naming_the_shard(tmp_path, tokenizer_json):
