@@ -9,7 +9,7 @@ until a subcommand needs it, and a subcommand's module only when that subcommand
     cockpit presets [--json] [--refresh]  list presets
     cockpit kernels [--json] [--only NAME[,NAME]] ...   PyTorch vs Triton comparison
     cockpit runs [--json] [--dir DIR] [--sort KEY] [--reverse] [--filter QUERY]   the runs browser
-    cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR]   merge a LoRA / QLoRA fine-tune
+    cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR] [--peft DIR]   merge a LoRA / QLoRA fine-tune
     cockpit data prepare|train-tokenizer|inspect ...   tokenise corpora into shards, train a BPE, inspect
 
 Exit codes: 0 success, 1 run failed (or output that could not be written: a full disk, an encoding that cannot

@@ -88,6 +88,34 @@ def vram_fits(info: dict) -> bool | None:
     return est <= float(info.get("vram_budget_gb", 12.0)) * 2**30
 
 
+def estimate_fits(info: dict, row: dict) -> bool:
+    return row["est_bytes"] <= float(info.get("vram_budget_gb", 12.0)) * 2**30
+
+
+def finetune_cells(info: dict, row: dict) -> list[str]:
+    """[base shape, method, params, micro-batch, est. VRAM, fits] of one fine-tune estimate (trainers/inspect.py
+    finetune_estimates)."""
+    batch = f"{row['micro_batch']} x {row['seq']}" + (" ckpt" if row.get("activation_checkpointing") else "")
+    return [row["shape"], row["method"], fmt_count(row["n_params"]), batch, fmt_bytes(row["est_bytes"]),
+            "yes" if estimate_fits(info, row) else f"NO (> {info.get('vram_budget_gb', 12):g} GB)"]
+
+
+def finetune_summary(info: dict) -> str:
+    """The fine-tune estimates of a preset in one line: `Llama 3.2 1B: lora 5.5 GB, qlora 2.4 GB · ...`."""
+    by_shape: dict[str, list[str]] = {}
+    for row in info.get("finetune_estimates") or []:
+        mark = "" if estimate_fits(info, row) else " (too big)"
+        by_shape.setdefault(row["shape"], []).append(f"{row['method']} {fmt_bytes(row['est_bytes'])}{mark}")
+    return " · ".join(f"{shape}: {', '.join(parts)}" for shape, parts in by_shape.items())
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def preset_table(infos: list[dict]) -> str:
     rows = [["preset", "arch", "task", "params (full)", "params here", "est. VRAM (full)", "fits", "profile here"]]
     for i in infos:
@@ -97,10 +125,16 @@ def preset_table(infos: list[dict]) -> str:
                      fmt_bytes(i.get("est_vram_bytes")) if i.get("est_vram_bytes") is not None else "n/a",
                      {True: "yes", False: f"NO (> {i.get('vram_budget_gb', 12):g} GB)", None: "?"}[f],
                      i.get("profile_here", "?")])
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned(rows)
     lines.append("")
     lines.append("est. VRAM: fp32 weights + grads + AdamW state + saved activations of one micro-batch, "
                  "measured on the meta device (an estimate; bf16 autocast on a GPU saves less).")
+    tuned = [i for i in infos if i.get("finetune_estimates")]
+    if tuned:
+        rows = [["preset", "base shape", "method", "params", "micro-batch", "est. VRAM", "fits"]]
+        rows += [[i["name"], *finetune_cells(i, r)] for i in tuned for r in i["finetune_estimates"]]
+        lines += ["", "Fine-tuning Llama bases with each fine-tune preset's settings (estimates):", *_aligned(rows), "",
+                  "est. VRAM: the frozen base (float32; QLoRA: NF4 linear layers) + float32 adapters, their grads "
+                  "and optimizer moments + the bf16 activations of one micro-batch (B x T tokens; ckpt: activation "
+                  "checkpointing), built on the meta device."]
     return "\n".join(lines)

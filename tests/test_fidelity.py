@@ -339,6 +339,7 @@ BF16_ARCHS = {
     "rwkv": dict(n_layer=1, n_embd=32, head_size=16, mix_lora=8, decay_lora=8, block_size=16),
     "retnet": dict(n_layer=1, n_head=2, n_embd=32, chunk_size=8, block_size=16),
     "moe": dict(n_layer=2, n_head=2, n_embd=32, block_size=16, n_expert=4, capacity_factor=8.0),
+    "llama": dict(n_layer=1, n_head=2, n_kv_head=1, n_embd=32, block_size=16, qk_norm=True),
 }
 
 

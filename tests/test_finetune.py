@@ -213,8 +213,8 @@ def test_hf_loader_reads_gpt2_hub_style_pytorch_model_bin(tmp_path):
 def test_hf_loader_rejects_what_our_gpt_cannot_hold(tmp_path):
     with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
         hf.load_hf(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ConfigError, match="model_type 'llama'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))  # llama loads: tests/test_llama.py
+    with pytest.raises(ConfigError, match="model_type 'falcon' is not supported; supported: gpt2 .*, llama .*qwen3"):
         hf.load_hf(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 2,
                                                       "n_embd": 32, "vocab_size": 50257}))

@@ -275,6 +275,8 @@ ARCHS = {  # tiny configs, and the fused kernels kernels=triton must put on the 
                {"SoftmaxFunction"}),
     "moe": (dict(n_layer=2, n_head=2, n_embd=32, block_size=16, n_expert=4, capacity_factor=8.0),
             {"LayerNormFunction", "GeluTanhFunction", "FusedLinearCrossEntropyFunction"}),
+    "llama": (dict(n_layer=1, n_head=2, n_kv_head=1, n_embd=32, block_size=16, qk_norm=True),
+              {"RMSNormFunction", "SwiGLUFunction", "RoPEFunction", "FusedLinearCrossEntropyFunction"}),
 }
 
 

@@ -4,14 +4,21 @@
     A ~ Kaiming-uniform, B = 0   ->  at step 0 the adapted model computes exactly what the base computes
     merge:  W = W0 + (alpha / r) B A              (same function, no extra matmuls at inference)
 
-Targets name the projections of our GPT (trainers/models/gpt.py) that get adapters:
+Targets name projections by their role, mapped onto each architecture's module names:
 
-    q, k, v   the query / key / value rows of the fused `attn.c_attn` (out = 3 * n_embd). Each adapted slice
-              gets its own A and B on its third of the output rows, so `q,v` adapts queries and values only
-              (the paper's Table 5 setting) and the key rows stay exactly the base's.
-    o         `attn.c_proj`, the attention output projection
-    fc, proj  the MLP's `mlp.c_fc` and `mlp.c_proj`
-    attn = q,k,v,o    mlp = fc,proj    all = every one of them
+    role   gpt (trainers/models/gpt.py)          llama (trainers/models/llama.py; Llama, Mistral, Qwen2/3)
+    q      query rows of the fused attn.c_attn   attn.q_proj
+    k      key rows of attn.c_attn               attn.k_proj
+    v      value rows of attn.c_attn             attn.v_proj
+    o      attn.c_proj                           attn.o_proj
+    gate   (none: GPT's MLP has no gate)         mlp.gate_proj
+    up     mlp.c_fc   (also named `fc`)          mlp.up_proj   (`fc` too)
+    down   mlp.c_proj (also named `proj`)        mlp.down_proj (`proj` too)
+    attn = q,k,v,o    mlp = gate,up,down    all = every role the architecture has
+
+The q, k and v rows of GPT's fused c_attn (out = 3 * n_embd) each get their own A and B on their third of the
+output rows, so `q,v` adapts queries and values only (the paper's Table 5 setting) and the key rows stay
+exactly the base's.
 
 The base may be a plain `nn.Linear` or a 4-bit `bitsandbytes` layer (QLoRA, trainers/quant.py); the adapter
 math is the same, and merging dequantises the base first.
@@ -26,33 +33,58 @@ import torch.nn.functional as F
 
 from trainers.config import ConfigError
 
-# target -> (module name suffix, which third of the fused q/k/v output it adapts, or None for all rows)
-TARGETS: dict[str, tuple[str, int | None]] = {
-    "q": ("attn.c_attn", 0),
-    "k": ("attn.c_attn", 1),
-    "v": ("attn.c_attn", 2),
-    "o": ("attn.c_proj", None),
-    "fc": ("mlp.c_fc", None),
-    "proj": ("mlp.c_proj", None),
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down"), "all": ROLES}
+ALIASES = {"fc": "up", "proj": "down"}  # GPT-2's names for its MLP's projections (earlier presets use them)
+# arch -> role -> (the name the arch's targets use, module name suffix, which third of a fused q/k/v output
+# it adapts or None for all rows)
+MODULES: dict[str, dict[str, tuple[str, str, int | None]]] = {
+    "gpt": {"q": ("q", "attn.c_attn", 0), "k": ("k", "attn.c_attn", 1), "v": ("v", "attn.c_attn", 2),
+            "o": ("o", "attn.c_proj", None), "up": ("fc", "mlp.c_fc", None), "down": ("proj", "mlp.c_proj", None)},
+    "llama": {role: (role, f"{'mlp' if role in GROUPS['mlp'] else 'attn'}.{role}_proj", None) for role in ROLES},
 }
-GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("fc", "proj"), "all": tuple(TARGETS)}
 
 
-def parse_targets(spec: str) -> list[str]:
-    """'q,v' / 'attn,mlp' / 'all' -> ordered unique target names; ConfigError names the bad one."""
-    out: list[str] = []
-    for raw in str(spec).replace(" ", "").split(","):
-        if not raw:
-            continue
-        names = GROUPS.get(raw, (raw,))
-        for name in names:
-            if name not in TARGETS:
-                valid = ", ".join([*TARGETS, *GROUPS])
-                raise ConfigError(f"finetune.targets: unknown projection '{raw}'; use a comma list of {valid}")
-            if name not in out:
-                out.append(name)
-    if not out:
+def _role(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def check_targets(spec: str) -> str:
+    """finetune.targets checked for names only (the architecture is known once the base is read): the spec
+    without spaces; ConfigError names an unknown projection."""
+    parts = [raw for raw in str(spec).replace(" ", "").split(",") if raw]
+    for raw in parts:
+        if raw not in GROUPS and _role(raw) not in ROLES:
+            valid = ", ".join([*ROLES, *GROUPS])
+            raise ConfigError(f"finetune.targets: unknown projection '{raw}'; use a comma list of {valid} "
+                              f"({', '.join(f'{a} = {r}' for a, r in ALIASES.items())})")
+    if not parts:
         raise ConfigError("finetune.targets is empty; name the projections to adapt, e.g. finetune.targets=q,k,v,o")
+    return ",".join(parts)
+
+
+def arch_of(model: nn.Module) -> str:
+    """The architecture a model was built from: its module's name (trainers/models/<arch>.py)."""
+    return type(model).__module__.rsplit(".", 1)[-1]
+
+
+def parse_targets(spec: str, arch: str = "gpt") -> list[str]:
+    """'q,v' / 'attn,mlp' / 'all' -> the ordered unique target names of `arch` ('up' is GPT's 'fc'); a role of
+    a group the arch lacks (GPT's gate) is left out, a role named alone that it lacks is refused."""
+    table = MODULES.get(arch)
+    if table is None:
+        raise ConfigError(f"finetune.targets: arch {arch} has no LoRA targets; LoRA here adapts "
+                          f"{' and '.join(MODULES)} models")
+    out: list[str] = []
+    for raw in check_targets(spec).split(","):
+        for role in GROUPS.get(raw, (_role(raw),)):
+            if role not in table:
+                if raw in GROUPS:
+                    continue
+                raise ConfigError(f"finetune.targets: arch {arch} has no {raw} projection; its targets are "
+                                  f"{', '.join(t[0] for t in table.values())}")
+            if table[role][0] not in out:
+                out.append(table[role][0])
     return out
 
 
@@ -133,12 +165,13 @@ class LoRALinear(nn.Module):
         return f"adapters={list(self.slices)}, rank={a.rank}, alpha={a.alpha}"
 
 
-def _target_plan(model: nn.Module, targets: list[str]) -> dict[str, dict[str, int | None]]:
+def _target_plan(model: nn.Module, targets: list[str], arch: str) -> dict[str, dict[str, int | None]]:
     """module name -> {target name: third index or None} for every module the targets select."""
+    by_name = {t[0]: t[1:] for t in MODULES[arch].values()}
     plan: dict[str, dict[str, int | None]] = {}
     for name, module in model.named_modules():
         for target in targets:
-            suffix, third = TARGETS[target]
+            suffix, third = by_name[target]
             if (name == suffix or name.endswith("." + suffix)) and isinstance(module, nn.Linear):
                 plan.setdefault(name, {})[target] = third
     return plan
@@ -151,19 +184,21 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module):
 
 
 def inject_lora(model: nn.Module, targets: str | list[str], rank: int, alpha: float, dropout: float = 0.0,
-                arch: str = "gpt") -> list[str]:
+                arch: str | None = None) -> list[str]:
     """Wrap the selected linear layers of `model` in LoRALinear (in place); returns the wrapped module names.
+    `arch` (default: the model's own, arch_of) decides which modules each role names.
 
     Adapters are created on the device of the layer they wrap, in float32.
     """
-    names = parse_targets(targets) if isinstance(targets, str) else list(targets)
+    arch = arch or arch_of(model)
+    names = parse_targets(",".join([targets] if isinstance(targets, str) else targets), arch)
     if rank < 1:
         raise ConfigError(f"finetune.rank={rank}: must be at least 1")
-    plan = _target_plan(model, names)
+    plan = _target_plan(model, names, arch)
     if not plan:
-        wanted = ", ".join(sorted({TARGETS[t][0] for t in names}))
+        wanted = ", ".join(sorted({m[1] for m in MODULES[arch].values() if m[0] in names}))
         raise ConfigError(f"finetune.targets={','.join(names)}: arch {arch} has no linear layer named "
-                          f"*.{wanted}; LoRA here supports GPT-style models (gpt)")
+                          f"*.{wanted}")
     wrapped = []
     for name, chosen in plan.items():
         base = model.get_submodule(name)

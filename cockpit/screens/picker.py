@@ -16,7 +16,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Input, Static
 
 from cockpit.messages import LaunchRequested, PresetsMeasured
-from cockpit.presets_info import merge_infos, preset_stubs, presets_info, vram_fits
+from cockpit.presets_info import finetune_summary, merge_infos, preset_stubs, presets_info, vram_fits
 from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.preset_table import PresetTable
 from common.fmt import fmt_bytes, fmt_count
@@ -167,6 +167,8 @@ class PickerScreen(CockpitScreen):
         if fits is False:
             body.append(f"\nDoes not fit the {float(info.get('vram_budget_gb', 12)):g} GB budget at full size "
                         "(estimate); the cpu profile or smaller overrides still run.", style="red")
+        if info.get("finetune_estimates"):
+            body.append(f"\nLlama bases, est. VRAM: {finetune_summary(info)}", style="dim")
         if info.get("error") and not self.measuring:
             body.append(f"\nestimate failed: {info['error']}", style="dim")
         if self.measure_error:

@@ -4,8 +4,9 @@ The base comes from `finetune.base`:
     runs/<run>/ckpt.pt (or the run directory)  a checkpoint cockpit trained: its config rebuilds the model
                                               and its tokenizer is reused (characters of the new corpus the
                                               base never saw map to the tokenizer's fallback, a space)
-    a directory with config.json              GPT-2 weights in Hugging Face's layout (trainers/hf.py),
-                                              GPT-2 BPE tokenizer
+    a directory with config.json              a Hugging Face checkpoint (trainers/hf.py): GPT-2 with its BPE
+                                              tokenizer, or Llama, Mistral, Qwen2, Qwen3 with the directory's
+                                              tokenizer.json; the tensors stream in shard by shard
     ""                                        a randomly initialised base of the preset's `model.*` shape
                                               (seeded by train.seed), for tests and `cockpit presets`
 The data (`data.format`) is a text corpus as in the LM task (the default: the embedded Milton, Paradise Lost),
@@ -27,7 +28,8 @@ rows (`data.packing`); the samples pane then shows the answers to `data.sample_p
 
 The base's dropout is turned off (its weights are frozen; `finetune.dropout` regularises the adapters).
 `finetune.merge=true` exports merged weights (W0 + (alpha / r) B A) when the run ends: `merged.pt`, a cockpit
-checkpoint of the base architecture (usable as another `finetune.base`), and/or a Hugging Face directory.
+checkpoint of the base architecture (usable as another `finetune.base`), and/or a Hugging Face directory
+(finetune.export ckpt, hf, both); finetune.export=peft writes the adapters alone in PEFT's layout instead.
 """
 from __future__ import annotations
 
@@ -47,13 +49,13 @@ from trainers.tasks.lm import Task as LMTask
 from trainers.tokenizer import describe
 
 METHODS = ("full", "lora", "qlora")
-EXPORTS = ("ckpt", "hf", "both")
+EXPORTS = ("ckpt", "hf", "both", "peft")
 OPTIMIZERS = ("auto", "adamw", "paged_adamw_32bit", "paged_adamw_8bit")
 SCHEDULES = ("auto", "cosine", "constant")
 DEFAULTS = {"base": "", "method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.05, "targets": "q,k,v,o",
             "merge": False, "export": "ckpt", "block_size": 0, "compare_memory": True, "lr_ratio": 1.0,
             "optimizer": "auto", "lr_schedule": "auto"}
-MERGED_CKPT, MERGED_HF = "merged.pt", "merged-hf"
+MERGED_CKPT, MERGED_HF, ADAPTER_DIR = "merged.pt", "merged-hf", "adapter"
 
 
 def finetune_settings(cfg: dict) -> dict:
@@ -82,7 +84,7 @@ def finetune_settings(cfg: dict) -> dict:
         raise ConfigError(f"finetune.lr_ratio={ft['lr_ratio']} must be positive (1 = plain LoRA, 16 = LoRA+)")
     if int(ft["block_size"]) < 0:
         raise ConfigError(f"finetune.block_size={ft['block_size']} must be >= 0 (0 = the base's context)")
-    ft["targets"] = ",".join(lora.parse_targets(ft["targets"]))
+    ft["targets"] = lora.check_targets(ft["targets"])  # resolved to module names by the base's arch (lora.py)
     return ft
 
 
@@ -119,12 +121,8 @@ def read_base(spec: str) -> dict:
     `weights` is a callable returning the state dict (read on demand, memory-mapped for checkpoints).
     """
     kind, p = base_location(spec)
-    if kind == "hf":
-        hfc = hf.read_config(p)
-        vocab = int(hfc.get("vocab_size", hf.GPT2_VOCAB))
-        tokenizer = hf.tokenizer_state(p, vocab)
-        return {"kind": "hf", "path": str(p), "arch": "gpt", "model": hf.model_config(hfc), "vocab_size": vocab,
-                "tokenizer": tokenizer, "weights": lambda: hf.hf_to_ours(hf.read_weights(p))}
+    if kind == "hf":  # its weights stream in when the model is built (build_base, hf.load_weights)
+        return {**hf.read_base_dir(p), "weights": None}
 
     def load():
         try:
@@ -152,15 +150,23 @@ def read_base(spec: str) -> dict:
             "weights": lambda: _strip_prefixes(load()["model"])}
 
 
-def build_base(base: dict, kernels: str = "torch", seed: int = 0) -> torch.nn.Module:
-    """The base model (float32, dropout off) on the current default device, with its weights loaded."""
+def build_base(base: dict, kernels: str = "torch", seed: int = 0, quantize_on: torch.device | None = None,
+               activation_checkpointing: bool = False) -> torch.nn.Module:
+    """The base model (float32, dropout off) on the current default device, with its weights loaded. A Hugging
+    Face base streams its tensors into a model built on the meta device (on the CPU; with `quantize_on`, its
+    linear layers NF4 on that device as they arrive: QLoRA)."""
     mcfg = dict(base["model"])
     if "dropout" in mcfg:
         mcfg["dropout"] = 0.0
+    extra = {"vocab_size": base["vocab_size"], "kernels": kernels,
+             "activation_checkpointing": activation_checkpointing}
+    if base.get("kind") == "hf" and not torch.empty(0).is_meta:  # not a shape-only build (trainers/inspect.py)
+        with torch.device("meta"):
+            model = build_model(base["arch"], mcfg, contract=LanguageModel, **extra)
+        return hf.load_weights(model, Path(base["path"]), base["family"], quantize_on)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # a random base is the same base every time it is built
-        model = build_model(base["arch"], mcfg, contract=LanguageModel, vocab_size=base["vocab_size"],
-                            kernels=kernels)
+        model = build_model(base["arch"], mcfg, contract=LanguageModel, **extra)
     if base.get("weights") is not None and not next(model.parameters()).is_meta:
         try:
             model.load_state_dict(base["weights"](), strict=True)
@@ -171,7 +177,8 @@ def build_base(base: dict, kernels: str = "torch", seed: int = 0) -> torch.nn.Mo
     return model
 
 
-def apply_method(model: torch.nn.Module, ft: dict, device: torch.device, arch: str = "gpt") -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, ft: dict, device: torch.device,
+                 arch: str | None = None) -> torch.nn.Module:
     """Turn a base model into the model a method trains (in place): quantise, inject adapters, freeze."""
     method = ft["method"]
     if method == "full":
@@ -269,6 +276,17 @@ def measure_methods(base_factory, ft: dict, batch, train: dict, device: torch.de
         if log is not None and "error" in row:
             log("warning", f"memory comparison: {method}: {row['error']}")
     return rows
+
+
+def tokenizer_spec(state: dict, base: dict) -> str:
+    """The data.tokenizer value that names a base's tokenizer: char, gpt2, or a tokenizer.json path (the Hugging
+    Face directory's own file, or the name the tokenizer was read from); the tokenizer itself always comes from
+    the base (read_base), so this is what configs and checkpoints record."""
+    if state.get("kind") != "hf":
+        return state.get("kind", "char")
+    if base.get("kind") == "hf" and base.get("path"):
+        return str(Path(base["path"]) / "tokenizer.json")
+    return state.get("name") or "tokenizer.json"
 
 
 # --- the task --------------------------------------------------------------------------------------------
@@ -394,7 +412,7 @@ class Task(LMTask):
             tokenizer = textdata.tokenizer_from_state(info["tokenizer"])
             if cfg["data"].get("tokenizer") != tokenizer.kind:
                 self.log("info", f"data.tokenizer: using the base's {tokenizer.kind} tokenizer")
-            cfg["data"]["tokenizer"] = tokenizer.kind
+            cfg["data"]["tokenizer"] = tokenizer_spec(tokenizer.state_dict(), info)
             cfg["model"] = {**info["model"], **({"dropout": 0.0} if "dropout" in info["model"] else {})}
             self.log("info", f"base: {info['path']} ({info['arch']}, " +
                      ", ".join(f"{k}={v}" for k, v in info["model"].items()) + "); model.* keys come from the base")
@@ -415,11 +433,12 @@ class Task(LMTask):
         self.base_info = info
         return tokenizer
 
-    def _base_factory(self):
-        return build_base(self.base_info, self.cfg.get("kernels", "torch"), self.cfg["train"]["seed"])
+    def _base_factory(self, quantize_on: torch.device | None = None):
+        return build_base(self.base_info, self.cfg.get("kernels", "torch"), self.cfg["train"]["seed"], quantize_on,
+                          self.cfg["train"]["activation_checkpointing"])
 
     def build_model(self):
-        model = self._base_factory()
+        model = self._base_factory(self.device if self.ft["method"] == "qlora" else None)
         model = apply_method(model, self.ft, self.device, arch=self.base_info["arch"])
         self.fork_data_rng()
         counts = lora.count_params(model)
@@ -456,7 +475,12 @@ class Task(LMTask):
         Measured once per run (at the first memory event) and repeated in every later memory event."""
         fields = {"method": self.ft["method"],
                   "totals": {"method": self.ft["method"], "quant_state": quant.quant_state_bytes(model)}}
-        if self.ft["compare_memory"]:
+        if self.ft["compare_memory"] and (self.base_info or {}).get("family", "gpt2") != "gpt2":
+            if self._comparison is None:  # three float32 copies of a Llama-family base would not fit in RAM
+                self.log("info", "memory comparison: skipped for a Llama-family base (it builds the base three "
+                                 "times in float32 on the CPU); `cockpit presets` lists estimates for 1B-8B shapes")
+                self._comparison = {}
+        elif self.ft["compare_memory"]:
             if self._comparison is None:
                 cpu = torch.device("cpu")
                 # the run's micro-batch on a CPU run; one sequence on a GPU run (CPU time and RAM stay small)
@@ -480,7 +504,10 @@ class Task(LMTask):
         """With finetune.merge=true, export merged weights into the run directory when the run completes."""
         if not self.ft["merge"] or status != "completed":
             return []
-        paths = export_merged(model, self.cfg, self.state_dict(), run_dir, self.ft["export"])
+        if self.ft["export"] == "peft":
+            paths = [export_adapter(model, self.state_dict(), Path(run_dir) / ADAPTER_DIR)]
+        else:
+            paths = export_merged(model, self.cfg, self.state_dict(), run_dir, self.ft["export"])
         for p in paths:
             self.log("info", f"merged weights written to {p}")
         return paths
@@ -493,7 +520,7 @@ def merged_config(cfg: dict, task_state: dict) -> dict:
     out = strip_private(cfg)
     out.pop("finetune", None)
     out.update(name=f"{cfg.get('name', 'finetune')}-merged", arch=base["arch"], task="lm", model=dict(base["model"]))
-    out.setdefault("data", {})["tokenizer"] = task_state["tokenizer"].get("kind", "char")
+    out.setdefault("data", {})["tokenizer"] = tokenizer_spec(task_state["tokenizer"], task_state["base"])
     return out
 
 
@@ -514,11 +541,16 @@ def export_merged(model, cfg: dict, task_state: dict, out_dir, export: str = "ck
                                  "base": task_state["base"].get("path")}}
         paths.append(str(ckpt_io.save(target, state)))
     if export in ("hf", "both"):
-        if task_state["base"]["arch"] != "gpt":
-            raise ConfigError(f"finetune.export={export}: only gpt models save in GPT-2's Hugging Face layout")
+        if task_state["base"]["arch"] not in ("gpt", "llama"):
+            raise ConfigError(f"finetune.export={export}: only gpt and llama models save in a Hugging Face layout")
         paths.append(str(hf.save_hf(merged, Path(hf_dir) if hf_dir else out_dir / MERGED_HF,
                                     task_state["tokenizer"])))
     return paths
+
+
+def export_adapter(model, task_state: dict, out_dir) -> str:
+    """The adapters alone in PEFT's layout (trainers/hf.py save_peft), naming the base they belong to."""
+    return str(hf.save_peft(model, out_dir, task_state["base"].get("path") or ""))
 
 
 def model_from_checkpoint(ckpt: dict, device=torch.device("cpu")):
@@ -530,7 +562,7 @@ def model_from_checkpoint(ckpt: dict, device=torch.device("cpu")):
                           "qlora preset")
     try:
         ft = {**DEFAULTS, **(ts.get("finetune") or cfg.get("finetune") or {})}
-        base = {**ts["base"], "weights": None}
+        base = {**ts["base"], "kind": "checkpoint", "weights": None}  # every weight is in the checkpoint
         with torch.device("cpu"):
             model = build_base(base)
         model = apply_method(model, ft, device, arch=base["arch"])
