@@ -500,3 +500,30 @@ def test_the_picker_sums_up_a_presets_estimates_in_one_line_marking_what_does_no
         {"shape": "Llama 2 7B", "method": "qlora", "est_bytes": 6 * 2**30},
         {"shape": "Llama 3.1 8B", "method": "qlora", "est_bytes": 13 * 2**30}]}
     assert finetune_summary(info) == "Llama 2 7B: qlora 6.0 GiB · Llama 3.1 8B: qlora 13.0 GiB (too big)"
+
+
+def test_qlora_of_a_sharded_llama_base_on_alpaca_data_learns_the_answers_with_the_bases_chat_template(
+        llama_base, tmp_path):
+    """The whole path of the issue at once: a Hugging Face Llama base (sharded safetensors, tokenizer.json, a
+    chat template in tokenizer_config.json), quantised to NF4 as it streams in, QLoRA on Alpaca records
+    rendered with the base's template, loss on the answers only, answers to held-out prompts as samples."""
+    import shutil
+
+    from tests.test_instruct import write_alpaca
+
+    base = tmp_path / "base"
+    shutil.copytree(llama_base, base)
+    template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant: {% endif %}")
+    (base / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "</s>"}))
+    data = write_alpaca(tmp_path / "alpaca.jsonl", n=160)
+    log = tmp_path / "run" / "events.jsonl"
+    assert train_in_process("qlora", f"finetune.base={base}", f"data.path={data}", "data.sample_prompts=2",
+                            *FEW_STEPS, log=log) == 0
+    start = events_of(log, "run_start")[0]
+    assert start["dataset"]["template"] == str(base / "tokenizer_config.json")
+    evals = events_of(log, "eval")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.3, [e["val_loss"] for e in evals]
+    samples = [s for s in events_of(log, "sample") if s.get("prompt")]
+    assert samples and all(s["text"] is not None for s in samples)
+    assert events_of(log, "run_end")[-1]["status"] == "completed"

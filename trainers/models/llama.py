@@ -235,5 +235,5 @@ class Model(LanguageModelBase):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None):
-        """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, targets -1 ignored."""
+        """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, negative targets (-100 on prompts) ignored."""
         return head_and_loss(self.hidden(idx), self.lm_head, targets, fused=self.config.kernels == "triton")
