@@ -342,7 +342,7 @@ class RunScreen(ChartKeys, CockpitScreen):
         self.query_one(SamplesPane).move_diff_right(delta)
 
     def action_save_sample(self):
-        self.query_one(SamplesPane).save_shown(Path(str(self.source.path)).parent)
+        self.query_one(SamplesPane).save_shown(self.source.run_dir)
 
     def action_copy_sample(self):
         self.query_one(SamplesPane).copy_shown()
