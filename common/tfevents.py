@@ -18,7 +18,9 @@ intact record.
 The mapping (docs/tensorboard.md): scalars known by their common tag names become the `step` event's loss,
 lr, grad_norm and throughput, or the `eval` event's val_loss (SCALAR_FIELDS); every other scalar becomes an
 eval metric under its own tag, so that it is charted in the metrics grid. The scalars of one step travel
-together: a step's events are made once the records of a later step arrive, or once the file stops growing.
+together: a step's events are made once the records of a later step arrive, or once every byte written so
+far is read (scalars of a step that come later still, the writer flushing mid-step, are shown with the
+earlier ones again: the reducer replaces the point).
 Text summaries become text samples, image summaries image samples (their tag as the prompt), log messages
 log events; histograms, audio, graphs and hparams have no place in the run screen and are passed over. A
 run_start is made up (run id = the directory's name, preset "tensorboard"); the files record no end, so once
@@ -166,17 +168,18 @@ class _RecordFile:
         self.skip = 0           # bytes still to pass over of an oversized record
         self.lost = False       # after a damaged length: looking for the next intact record
 
-    def read(self, max_bytes: int) -> tuple[list[bytes], bool]:
-        """(the records completed by new bytes, whether any new bytes came)."""
+    def read(self, max_bytes: int) -> tuple[list[bytes], bool, bool]:
+        """(the records completed by new bytes, whether any new bytes came, whether every byte the file had
+        is read)."""
         try:
             st = self.path.stat()
         except OSError:
-            return [], False
+            return [], False, True
         if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.pos):
             self.pos, self.buf, self.skip, self.lost = 0, b"", 0, False   # rewritten: start over
         self.inode = st.st_ino
         if st.st_size <= self.pos:
-            return [], False
+            return [], False, True
         out = []
         with open(self.path, "rb") as f:
             f.seek(self.pos)
@@ -188,7 +191,7 @@ class _RecordFile:
                 self.pos += len(data)
                 left -= len(data)
                 out.extend(self._feed(data))
-        return out, True
+        return out, True, self.pos >= st.st_size
 
     def _feed(self, data: bytes) -> list[bytes]:
         if self.skip:
@@ -354,7 +357,9 @@ class _Mapper:
             self.group = _Group(ev.step)
         g = self.group
         if t is not None:
-            g.time = self.last_time = t
+            self.last_time = t
+            if g.time is None:   # a step's events carry the time of its first record
+                g.time = t
         if what == "log_message":
             g.others.append({"type": "log", "time": t, "level": LOG_LEVELS.get(ev.log_message.level, "info"),
                              "message": ev.log_message.message, "step": ev.step if ev.step >= 0 else None})
@@ -425,6 +430,7 @@ class _Mapper:
         new = set(g.scalars)
         if self.last is not None and self.last.step == g.step:  # more of a step already shown: shown again whole
             g.scalars = {**self.last.scalars, **g.scalars}
+            g.time = self.last.time if self.last.time is not None else g.time
         self.last = g
         if g.step < 0:  # nothing of ours has a negative step
             self.stats.skip("negative step")
@@ -490,21 +496,21 @@ class TfEventsFollower:
         return [self.path] if self.path.is_file() else event_files(self.dir)
 
     def poll(self, max_bytes: int = 64 << 20) -> list:
-        out, grew = [], False
+        out, grew, caught_up = [], False, True
         for p in self._paths():
             rf = self.files.get(p)
             if rf is None:
                 rf = self.files[p] = _RecordFile(p, self.stats)
-            records, new = rf.read(max_bytes)
-            grew = grew or new
+            records, new, whole = rf.read(max_bytes)
+            grew, caught_up = grew or new, caught_up and whole
             for data in records:
                 out += self.mapper.record(data)
-        if not grew:   # the writer is between writes: the step held back is complete
+        if caught_up:   # every byte written so far is read: the step held back is complete
             out += self.mapper.flush()
-            self._noted(out)
-            if not self.ended and self.files and not self.writer_alive():
-                out += self._end()
-        return self._noted(out)
+        self._noted(out)
+        if not grew and not self.ended and self.files and not self.writer_alive():
+            out += self._end()
+        return out
 
     def finish(self) -> list:
         """Everything left, the writer being gone: the step held back and the run's end."""
