@@ -279,6 +279,31 @@ def test_the_runs_browser_lists_tensorboard_runs_beside_cockpit_runs(tmp_path):
         live.close()
 
 
+async def test_the_browser_opens_a_tensorboard_run_and_will_not_resume_or_relaunch_it(tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(FIXTURES / "tui" / "nanogpt-tiny", root / "nanogpt-tiny")
+    as_if_written_long_ago(shutil.copytree(TB_FIXTURE, root / "hf-trainer"))
+    app = CockpitApp(start="runs", runs_dir=str(root))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunsScreen" and app.screen.loaded, "the index")
+        screen = app.screen
+        row = [r.name for r in screen.shown].index("hf-trainer")
+        screen.query_one("#runs-table").move_cursor(row=row)
+        await pilot.pause(0.05)
+        for key in ("r", "l"):
+            await pilot.press(key)
+            await pilot.pause(0.05)
+            assert app.screen is screen
+            said = [n.message for n in app._notifications]
+            assert sum("hf-trainer: a TensorBoard run, logged by another trainer" in m for m in said) == \
+                ("r", "l").index(key) + 1
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunScreen" and app.screen.loaded, "the run")
+        run = app.screen
+        assert (run.state.preset, run.state.status, run.state.step) == ("tensorboard", "completed", 300)
+        assert run.source.run_dir == root / "hf-trainer"
+
+
 # --- damaged files -------------------------------------------------------------------------------------------
 
 def test_a_damaged_record_is_skipped_and_counted(tmp_path, capsys):
