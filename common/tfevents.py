@@ -347,7 +347,8 @@ class _Mapper:
         if what not in ("summary", "log_message"):
             return []     # file_version, graphs, session logs, run metadata: nothing to show
         t = _time(ev.wall_time)
-        if what == "summary" and all(v.metadata.plugin_data.plugin_name == "hparams" for v in ev.summary.value):
+        if not self.started and what == "summary" and all(
+                v.metadata.plugin_data.plugin_name == "hparams" for v in ev.summary.value):
             self.hparams = self.hparams or self._hparams(ev)   # the config, for the run_start still to come
             return []
         out = [] if self.started else [self.start(t, self.hparams)]

@@ -251,8 +251,11 @@ async def test_a_growing_tensorboard_run_is_watched_live(tmp_path):
 def test_a_finished_run_from_another_machine_reads_as_completed_once_its_files_are_quiet(tmp_path):
     run = tmp_path / "elsewhere"
     shutil.copytree(TB_FIXTURE, run)   # its file names a host that is not this machine
+    for f in run.iterdir():
+        os.utime(f)                     # written a moment ago
     follower = tfevents.TfEventsFollower(run)
-    assert follower.writer_alive()      # just copied: written a moment ago
+    assert follower.writer_alive()
+    assert tfevents.load_state(run).status == "running"
     as_if_written_long_ago(run)
     s = tfevents.load_state(run)
     assert (s.status, s.step, s.end.synthetic) == ("completed", 300, True)
