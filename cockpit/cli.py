@@ -282,11 +282,11 @@ def replay(argv: list[str]) -> int:
 
     from cockpit.report import report
     from common import tfevents
-    from common.reader import LogError, ReadStats, check_log
+    from common.reader import LogError, ReadStats
     from common.state import load_state
 
     color = None if a.color == "auto" else a.color == "always"
-    paths = [tfevents.check_run(f) if tfevents.tensorboard_run(f) else check_log(f) for f in a.replay]
+    paths = [tfevents.check_source(f) for f in a.replay]
     loaded = []
     for path in paths:
         stats = ReadStats()
@@ -335,13 +335,9 @@ def watch_arguments(p: Parser) -> None:
 
 def watch(parser: Parser, argv: list[str]) -> int:
     a = parser.parse_args(argv)
-    from common import tfevents
-    from common.reader import check_log
+    from common.tfevents import check_source
 
-    if tfevents.tensorboard_run(a.file):
-        tfevents.check_run(a.file)
-    else:
-        check_log(a.file, empty_ok=True)  # a log just created by a starting trainer: its events are on their way
+    check_source(a.file, empty_ok=True)  # a log just created by a starting trainer: its events are on their way
     return tui(watch=a.file)
 
 

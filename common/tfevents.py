@@ -44,7 +44,7 @@ from common import events as E
 from common.cli import BadInput
 from common.paths import LOG_NAME
 from common.procs import trainer_alive
-from common.reader import LogError, ReadStats
+from common.reader import LogError, ReadStats, check_log
 from common.state import RunState, bulk
 
 EXTRA = 'pip install -e ".[tensorboard]"'
@@ -58,7 +58,7 @@ CHUNK = 4 << 20
 # Scalar tags -> the field of our events they fill (compared in lower case). The exporter writes the first
 # of each (cockpit export --tensorboard), so an exported run reads back the same.
 SCALAR_FIELDS = {
-    "loss": ("train/loss", "loss", "train_loss", "loss/train", "training_loss", "train/train_loss_step",
+    "loss": ("train/loss", "loss", "train_loss", "loss/train", "training_loss", "train_loss_step",
              "loss_metrics/global_avg_loss"),
     "val_loss": ("eval/loss", "eval_loss", "val/loss", "val_loss", "loss/val", "loss/eval", "loss/validation",
                  "validation/loss", "valid/loss"),
@@ -147,6 +147,30 @@ def check_run(path: str | Path) -> Path:
             raise LogError(f"{f}: cannot read (permission denied); check permissions")
     event_pb2()
     return p
+
+
+def check_source(path: str | Path, empty_ok: bool = False) -> Path:
+    """What `cockpit --replay` and `watch` read at `path`: a TensorBoard run (check_run) or a cockpit log
+    (common/reader.py check_log); a directory whose subdirectories are TensorBoard runs is refused with
+    their names."""
+    if tensorboard_run(path) is not None:
+        return check_run(path)
+    p = Path(path)
+    if p.is_dir() and not (p / LOG_NAME).exists():
+        below = sorted(d.name for d in _subdirectories(p) if event_files(d))
+        if below:
+            shown = ", ".join(below[:5]) + (f" and {len(below) - 5} more" if len(below) > 5 else "")
+            raise LogError(f"{path}: holds TensorBoard runs in its subdirectories ({shown}); pass one of them "
+                           f"(`cockpit runs --dir {path}` lists them)")
+    return check_log(path, empty_ok)
+
+
+def _subdirectories(p: Path) -> list[Path]:
+    try:
+        with os.scandir(p) as it:
+            return [Path(e.path) for e in it if e.is_dir()]
+    except OSError:
+        return []
 
 
 def run_dir(path: Path) -> Path:
@@ -433,9 +457,6 @@ class _Mapper:
             g.scalars = {**self.last.scalars, **g.scalars}
             g.time = self.last.time if self.last.time is not None else g.time
         self.last = g
-        if g.step < 0:  # nothing of ours has a negative step
-            self.stats.skip("negative step")
-            return []
         train: dict = {}
         evals: dict = {"metrics": {}}
         for tag, value in g.scalars.items():
@@ -458,7 +479,7 @@ class _Mapper:
             out.append({"type": "eval", "time": g.time, "step": g.step, **evals})
         out += g.others
         g.others = []
-        return [E.convert(ev) for ev in out]
+        return [E.convert(ev) for ev in out]   # a negative step makes them Invalid: the reducer counts them
 
     def end(self, step: int) -> E.RunEnd:
         return E.RunEnd(time=self.last_time, status="completed", step=step, synthetic=True)

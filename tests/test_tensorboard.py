@@ -203,6 +203,17 @@ def test_a_hugging_face_style_run_replays_with_its_scalars_and_samples(tmp_path,
     assert s.lrs == pytest.approx([1e-3 * (1 - st / 1000) for st in s.train.steps])
 
 
+def test_a_directory_of_tensorboard_runs_is_refused_with_their_names(tmp_path, capsys):
+    root = tmp_path / "runs"     # as Hugging Face's Trainer fills output_dir/runs
+    for name in ("Nov29_10-00-00_host", "Nov29_11-00-00_host"):
+        shutil.copytree(TB_FIXTURE, root / name)
+    for argv in (["--replay", str(root)], ["watch", str(root)]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"cockpit: error: {root}: holds TensorBoard runs in its subdirectories (Nov29_10-00-00_host, "
+            f"Nov29_11-00-00_host); pass one of them (`cockpit runs --dir {root}` lists them)\n")
+
+
 def test_replaying_a_tensorboard_run_never_imports_torch(tmp_path):
     run = tmp_path / "hf-trainer"
     shutil.copytree(TB_FIXTURE, run)
