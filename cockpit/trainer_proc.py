@@ -27,6 +27,7 @@ class LogSource:
 
     launched = False
     ends_itself = False   # a log without run_end is settled by its trainer's pid (common/state.py settle)
+    stoppable = True      # `x` sends its trainer SIGTERM
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -76,6 +77,7 @@ class TensorBoardSource(LogSource):
     make (the files record none)."""
 
     ends_itself = True
+    stoppable = False
 
     def __init__(self, path: str | Path):
         from common.tfevents import TfEventsFollower, run_dir
@@ -107,6 +109,7 @@ class TrainerProcess:
     dropped SSH connection reaches it; it keeps running (headless, writing its log) after the UI exits."""
 
     launched = True
+    stoppable = True
 
     def __init__(self, preset: str, overrides: list[str], log: str | Path, resume: str | None = None,
                  nproc: int = 1, cwd: str | Path | None = None, env: dict | None = None):

@@ -255,6 +255,9 @@ async def test_a_growing_tensorboard_run_is_watched_live(tmp_path):
             await wait_for(pilot, lambda: "text sample 1/1 @ step 100" in str(pane.query_one("#sample-heading")
                                                                                 .render()), "the text sample")
             assert "a cat sat" in shown_lines(pane.query_one("#sample-body"))[0]
+            await pilot.press("x", "p")   # its trainer is not the cockpit's: no stop, no pause offered
+            await pilot.pause(0.1)
+            assert app.screen is screen and screen.state.status == "running"
     finally:
         writer.close()
 
