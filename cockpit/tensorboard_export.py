@@ -11,7 +11,8 @@ tensorboard extra, imported only here):
     the run's identity and config (dotted keys)                          as hparams, in the same file
 
 The tags are the first names common/tfevents.py knows each field by, so the run reads back into the cockpit
-the same (`cockpit --replay OUT`). Wall times are the run's own: the time of each step as the log has it.
+the same (`cockpit --replay OUT`). Wall times are the run's own: its start plus the seconds it had trained
+by each point (a sample: its event's time).
 """
 from __future__ import annotations
 
