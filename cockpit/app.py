@@ -113,9 +113,9 @@ class CockpitApp(App):
     def open_log(self, path: str | Path):
         """The run screen on an existing log: a finished run replays, a live one is tailed."""
         from cockpit.screens.run import RunScreen
-        from cockpit.trainer_proc import LogSource
+        from cockpit.trainer_proc import open_source
 
-        self.push_screen(RunScreen(LogSource(path)))
+        self.push_screen(RunScreen(open_source(path)))
 
     def open_runs(self):
         from cockpit.screens.runs import RunsScreen
@@ -163,8 +163,8 @@ class CockpitApp(App):
         from datetime import datetime
 
         if path is None:
-            log = getattr(getattr(self.screen, "source", None), "path", None)
-            path = str(Path(str(log)).parent) if log is not None else "."
+            run_dir = getattr(getattr(self.screen, "source", None), "run_dir", None)
+            path = str(run_dir) if run_dir is not None else "."
         name = filename or f"cockpit-{datetime.now():%Y%m%d-%H%M%S}.svg"
         try:
             saved = self.save_screenshot(name, path)

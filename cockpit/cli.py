@@ -5,11 +5,12 @@ until a subcommand needs it, and a subcommand's module only when that subcommand
     cockpit PRESET [k=v ...]              TUI, launching PRESET at once
     cockpit train PRESET [k=v ...] [--log FILE] [--headless] [--nproc N] [--resume RUN_DIR|CKPT] [--rdzv ...]
     cockpit --replay FILE [FILE ...]      headless report of recorded runs (no TUI, no TTY needed)
-    cockpit watch FILE                    TUI on a log that is still growing, or finished
+    cockpit watch FILE                    TUI on a log that is still growing, or finished (or a TensorBoard run)
     cockpit presets [--json] [--refresh]  list presets
     cockpit kernels [--json] [--only NAME[,NAME]] ...   PyTorch vs Triton comparison
     cockpit runs [--json] [--dir DIR] [--sort KEY] [--reverse] [--filter QUERY]   the runs browser
     cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR] [--peft DIR]   merge a LoRA / QLoRA fine-tune
+    cockpit export RUN_DIR --tensorboard OUT   the run as TensorBoard event files (`tensorboard --logdir OUT`)
     cockpit data prepare|train-tokenizer|inspect ...   tokenise corpora into shards, train a BPE, inspect
 
 Exit codes: 0 success, 1 run failed (or output that could not be written: a full disk, an encoding that cannot
@@ -258,7 +259,8 @@ def replay_parser() -> Parser:
                description="A headless report of a recorded run (no UI, no terminal needed); of two or more "
                            "runs, one comparison.")
     p.add_argument("--replay", nargs="*", default=[], metavar="FILE",
-                   help="event logs (events.jsonl) or run directories")
+                   help="event logs (events.jsonl) or run directories; or TensorBoard runs (a directory of "
+                        "event files, or one), with the tensorboard extra")
     p.add_argument("--images", action="store_true", help="save image samples as PNG beside the log")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto", metavar="WHEN",
                    help="colour codes: auto (on a terminal only), always or never")
@@ -279,15 +281,16 @@ def replay(argv: list[str]) -> int:
     from pathlib import Path
 
     from cockpit.report import report
-    from common.reader import LogError, ReadStats, check_log
+    from common import tfevents
+    from common.reader import LogError, ReadStats
     from common.state import load_state
 
     color = None if a.color == "auto" else a.color == "always"
-    paths = [check_log(f) for f in a.replay]
+    paths = [tfevents.check_source(f) for f in a.replay]
     loaded = []
     for path in paths:
         stats = ReadStats()
-        state = load_state(path, stats)
+        state = (tfevents.load_state if tfevents.tensorboard_run(path) else load_state)(path, stats)
         loaded.append((str(path), state, stats))
         if stats.events - state.bad_events <= 0:  # lines, none of them a usable event: not a run's log
             why = "; ".join(filter(None, [stats.summary(), state.bad_events and
@@ -300,7 +303,7 @@ def replay(argv: list[str]) -> int:
         sys.stdout.write(compare_report(loaded, color=color, x_axis=a.x, smoothing=a.smooth))
         return 0
     path, state, stats = loaded[0]
-    images_dir = Path(path).parent if a.images else None
+    images_dir = tfevents.run_dir(Path(path)) if a.images else None
     sys.stdout.write(report(path, state, stats, color=color, images_dir=images_dir, x_axis=a.x,
                             smoothing=a.smooth))
     sys.stdout.flush()
@@ -326,14 +329,15 @@ def presets(parser: Parser, argv: list[str]) -> int:
 
 
 def watch_arguments(p: Parser) -> None:
-    p.add_argument("file", metavar="FILE", help="a run's event log (events.jsonl) or its run directory")
+    p.add_argument("file", metavar="FILE", help="a run's event log (events.jsonl) or its run directory; or a "
+                                                "TensorBoard run (a directory of event files, or one)")
 
 
 def watch(parser: Parser, argv: list[str]) -> int:
     a = parser.parse_args(argv)
-    from common.reader import check_log
+    from common.tfevents import check_source
 
-    check_log(a.file, empty_ok=True)  # a log just created by a starting trainer: its events are on their way
+    check_source(a.file, empty_ok=True)  # a log just created by a starting trainer: its events are on their way
     return tui(watch=a.file)
 
 
@@ -373,6 +377,18 @@ def export_merged(parser: Parser, argv: list[str]) -> int:
     return export_main(argv, parser)
 
 
+def export_arguments(p: Parser) -> None:
+    from cockpit.tensorboard_export import add_arguments
+
+    add_arguments(p)
+
+
+def export(parser: Parser, argv: list[str]) -> int:
+    from cockpit.tensorboard_export import main as export_main
+
+    return export_main(argv, parser)
+
+
 def data_arguments(p: Parser) -> None:
     from trainers.dataprep import add_arguments
 
@@ -393,6 +409,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {  # summaries fit one line of `cockpit --h
     "runs": Subcommand("browse past runs, or list them as a table or JSON", runs_arguments, runs),
     "export-merged": Subcommand("merge a LoRA / QLoRA fine-tune into its base weights", export_merged_arguments,
                                 export_merged),
+    "export": Subcommand("write a run as TensorBoard event files (--tensorboard OUT)", export_arguments, export),
     "data": Subcommand("tokenise corpora into shards, train a tokenizer, inspect", data_arguments, data),
 }
 

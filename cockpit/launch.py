@@ -29,12 +29,17 @@ def torchrun_argv(nproc: int, trainer_args: list[str], rdzv: list[str] | None = 
 RESUMABLE = ("stopped", "killed", "failed")  # a completed run has nothing left; a running one is still going
 
 
+TENSORBOARD_RUN = "{name}: a TensorBoard run, logged by another trainer; the cockpit resumes and relaunches its own runs"
+
+
 def resume_refusal(run) -> str | None:
     """Why `run` (a RunInfo) cannot be resumed from its directory, in one line for the user; None when it can:
     it ended stopped, killed or failed and its checkpoint is there."""
     from common.paths import CKPT_NAME
 
     name = run.run_id or run.name
+    if run.tensorboard:
+        return TENSORBOARD_RUN.format(name=name)
     if run.status not in RESUMABLE:
         hint = ("; l starts a new run with its config" if run.status == "completed" else
                 "; stop it first" if run.status == "running" else "")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import textwrap
 from pathlib import Path
 
 from cockpit.ansi import use_color
@@ -39,6 +40,9 @@ def summary_lines(s: RunState, path: str, stats: ReadStats | None) -> list[str]:
         + (f" @ {s.best_val_step}" if s.best_val_step is not None else "") + f"  final val {fmt_loss(final_val)}",
         f"speed    {fmt_rate(s.mean_throughput())} {unit}/s  wall {fmt_duration(s.wall_time())}",
     ]
+    metrics = metrics_line(s)
+    if metrics:
+        out += textwrap.wrap(metrics, 120, initial_indent="metrics  ", subsequent_indent=" " * 9)
     if s.resumes:
         out.append(f"resumed  from step {', '.join(map(str, s.resumes))}")
     if s.status == "killed":
@@ -55,6 +59,14 @@ def summary_lines(s: RunState, path: str, stats: ReadStats | None) -> list[str]:
     for n in notes:
         out.append(f"note     {n}")
     return out
+
+
+def metrics_line(s: RunState) -> str:
+    """The latest value of every metric the run charts (lr, grad norm, throughput, each eval metric), in the
+    metrics grid's order."""
+    from cockpit.metrics import fmt_value, run_series
+
+    return "  ".join(f"{x.title} {fmt_value(x.last(), x.key, x.unit)}" for x in run_series(s))
 
 
 def memory_lines(s: RunState) -> list[str]:

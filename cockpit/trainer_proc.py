@@ -26,12 +26,19 @@ class LogSource:
     log's run_start (the trainer treats SIGTERM as stop: checkpoint, then run_end stopped)."""
 
     launched = False
+    ends_itself = False   # a log without run_end is settled by its trainer's pid (common/state.py settle)
+    stoppable = True      # `x` sends its trainer SIGTERM
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.follower = Follower(self.path)
         self.out_path = self.path.parent / OUT_NAME
         self.output = OutputTail(self.out_path)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run's files are (screenshots and saved samples go there)."""
+        return self.path.parent
 
     def poll(self) -> list:
         return self.follower.poll()
@@ -64,6 +71,37 @@ class LogSource:
         pass
 
 
+class TensorBoardSource(LogSource):
+    """Events of a TensorBoard run (a directory of event files, or one file) written by any trainer, mapped
+    onto ours by common/tfevents.py. Its trainer takes no commands from here; its end is the follower's to
+    make (the files record none)."""
+
+    ends_itself = True
+    stoppable = False
+
+    def __init__(self, path: str | Path):
+        from common.tfevents import TfEventsFollower, run_dir
+
+        self.path = Path(path)
+        self.follower = TfEventsFollower(self.path)
+        self.out_path = run_dir(self.path) / OUT_NAME   # never written: a TensorBoard run has no trainer.out
+        self.output = OutputTail(self.out_path)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.follower.dir
+
+    def send(self, cmd: str, pid: int | None = None, started: float | None = None) -> str | None:
+        return f"`{cmd}` needs a trainer this cockpit launched; a TensorBoard run is only watched"
+
+
+def open_source(path: str | Path) -> LogSource:
+    """The source of a run on disk: a TensorBoard run (common/tfevents.py), else a cockpit log."""
+    from common.tfevents import tensorboard_run
+
+    return TensorBoardSource(path) if tensorboard_run(path) is not None else LogSource(path)
+
+
 class TrainerProcess:
     """One trainer launched by the cockpit: `python -m trainers PRESET ... --log LOG --commands`.
 
@@ -71,6 +109,7 @@ class TrainerProcess:
     dropped SSH connection reaches it; it keeps running (headless, writing its log) after the UI exits."""
 
     launched = True
+    stoppable = True
 
     def __init__(self, preset: str, overrides: list[str], log: str | Path, resume: str | None = None,
                  nproc: int = 1, cwd: str | Path | None = None, env: dict | None = None):
@@ -80,6 +119,7 @@ class TrainerProcess:
         self.output = OutputTail(self.out_path)
         self.follower = Follower(self.path)
         self.cwd, self.env = cwd, env
+        self.run_dir = self.path.parent
         self.proc: subprocess.Popen | None = None
         self._stdin_fd: int | None = None
         self._pending = b""

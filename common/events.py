@@ -241,7 +241,7 @@ class Step(Event, tag="step", kw_only=True, gc=False):
 
 class Eval(Event, tag="eval", kw_only=True, gc=False):
     step: Count
-    val_loss: float
+    val_loss: Optional[float] = None   # absent: the eval measured other metrics only (a TensorBoard run's scalars)
     metrics: Metrics = {}
     experts: Optional[Experts] = None
     method: Optional[Name] = None

@@ -230,7 +230,7 @@ class RunState:
         if tp is not None:
             return tp
         i, units, times = self._segment(), self.train.units, self.train.times
-        if len(times) - i >= 2 and times[-1] > times[i]:
+        if len(times) - i >= 2 and times[-1] > times[i] and units[-1] > units[i]:  # a log without tokens: none
             return (units[-1] - units[i]) / (times[-1] - times[i])
         return self.throughput
 
@@ -365,9 +365,10 @@ def _eval(s: RunState, ev: E.Eval):
     step, val = ev.step, ev.val_loss
     units = s.train.units[-1] if s.train.units else 0.0
     t = s.train.times[-1] if s.train.times else 0.0
-    if s.val.steps and step <= s.val.steps[-1]:
-        _truncate_evals(s, step)
-    s.val.append(step, val, units, t)
+    if val is not None:  # None: an eval of other metrics only
+        if s.val.steps and step <= s.val.steps[-1]:
+            _truncate_evals(s, step)
+        s.val.append(step, val, units, t)
     for name, value in ev.metrics.items():
         v = number(value)
         if v is None:
@@ -381,7 +382,7 @@ def _eval(s: RunState, ev: E.Eval):
         if curve.steps and step <= curve.steps[-1]:
             curve.truncate_from(step)
         curve.append(step, v, units, t)
-    if math.isfinite(val) and (s.best_val is None or val < s.best_val):
+    if val is not None and math.isfinite(val) and (s.best_val is None or val < s.best_val):
         s.best_val, s.best_val_step = val, step
     s.last_eval = ev
     if ev.experts is not None:

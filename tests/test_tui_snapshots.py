@@ -4,6 +4,7 @@ real tiny runs (tests/fixtures/tui), fixed preset facts, no clocks, no live syst
 Update after an intended change: pytest tests/test_tui_snapshots.py --snapshot-update (then look at them)."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from cockpit.app import CockpitApp
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures" / "tui"
 RUN_FIXTURES = HERE / "fixtures" / "runs"
+TB_FIXTURE = HERE / "fixtures" / "tensorboard" / "hf-trainer"
+TB_WRITTEN = 1_700_000_300     # the fixture's files' modification time: long before any test runs
 
 # Fixed preset facts (no measurement subprocess): one preset does not fit the 12 GB budget (red).
 PRESETS = [
@@ -110,6 +113,21 @@ def test_sample_diff_snapshot(snap_compare):
         await settle(pilot, loaded_run(app))
         await pilot.press("d", "e", "m")         # sample diff, EMA 0.6, markers off
         await pilot.pause(0.3)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
+def test_run_screen_snapshot_of_a_tensorboard_run(snap_compare, tmp_path):
+    """A Hugging Face Trainer-style TensorBoard run (tests/fixtures/tensorboard/make_fixture.py): its loss and
+    eval loss charted, lr, grad norm, eval accuracy and the other scalars in the metrics grid, its text sample
+    shown; its file written long ago (its writer gone), so the run reads as completed."""
+    run = tmp_path / TB_FIXTURE.name
+    shutil.copytree(TB_FIXTURE, run)
+    for f in run.iterdir():
+        os.utime(f, (TB_WRITTEN, TB_WRITTEN))
+    app = CockpitApp(watch=str(run))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
     assert snap_compare(app, terminal_size=(120, 40), run_before=before)
 
 

@@ -13,6 +13,9 @@ Status: completed / stopped / failed from run_end; without one, `running` while 
 run_start is alive (common/procs.py) and `killed` once it is gone; `empty` for a log with no run_start yet,
 `unreadable` for one that cannot be opened. Folded states are cached by (inode, size, mtime): re-indexing
 an unchanged runs directory only re-checks which trainers are alive.
+
+A directory of TensorBoard event files is a run too (common/tfevents.py): its files are followed, each pass
+reading only what they gained since the last.
 """
 from __future__ import annotations
 
@@ -23,10 +26,12 @@ from pathlib import Path
 
 from cockpit.runs.query import sort_runs
 from common import events as E
+from common import tfevents
+from common.cli import BadInput
 from common.paths import LOG_NAME, runs_root
 from common.procs import trainer_alive
 from common.reader import ReadStats, decode_line, last_event, read_tail, scan
-from common.state import RunState
+from common.state import RunState, fold_available
 
 TAIL_BYTES = 64 << 10      # how much of a long log's end is read
 WHOLE_BYTES = 128 << 10    # logs up to this size are read whole
@@ -56,10 +61,12 @@ class RunInfo:
     last_time: float | None = None   # unix time of the last event
     error: str | None = None         # first line of run_end's error, or why the log is unreadable
     size: int = 0                    # bytes of the log
+    tensorboard: bool = False        # a directory of TensorBoard event files (common/tfevents.py)
 
     @property
     def log(self) -> Path:
-        return self.path / LOG_NAME
+        """What `cockpit watch` and `--replay` take: the log, or a TensorBoard run's directory."""
+        return self.path if self.tensorboard else self.path / LOG_NAME
 
     @property
     def name(self) -> str:
@@ -134,8 +141,11 @@ _CACHE: dict[str, tuple[int, int, int, _Digest]] = {}
 
 
 def read_run(log: str | Path) -> RunInfo:
-    """The index entry of one run from its log (`runs/<run>/events.jsonl`, or the run directory)."""
+    """The index entry of one run from its log (`runs/<run>/events.jsonl`, or the run directory; or a
+    directory of TensorBoard event files)."""
     log = Path(log)
+    if log.is_dir() and tfevents.tensorboard_run(log) is not None:
+        return read_tensorboard_run(log)
     if log.is_dir():
         log = log / LOG_NAME
     info = RunInfo(path=log.parent)
@@ -154,6 +164,29 @@ def read_run(log: str | Path) -> RunInfo:
         info.status, info.error = "unreadable", f"{e.strerror or e}"
         return info
     return _info_from(info, d.state)
+
+
+_FOLLOWED: dict[str, tuple[tfevents.TfEventsFollower, RunState]] = {}
+
+
+def read_tensorboard_run(directory: Path) -> RunInfo:
+    """The index entry of a TensorBoard run: its files are followed from where the last pass stopped (a pass
+    over an unchanged run reads nothing; its end is the follower's to tell, from its writer's process)."""
+    info = RunInfo(path=directory, tensorboard=True)
+    key = str(directory)
+    try:
+        info.size = sum(p.stat().st_size for p in tfevents.event_files(directory))
+        if key not in _FOLLOWED:
+            _FOLLOWED[key] = (tfevents.TfEventsFollower(directory), RunState())
+        follower, state = _FOLLOWED[key]
+        fold_available(follower.poll, state)
+    except (OSError, BadInput) as e:  # BadInput: the tensorboard extra is missing
+        info.status, info.error = "unreadable", str(e.strerror if isinstance(e, OSError) else e)
+        return info
+    info = _info_from(info, state)
+    if state.counts.get("run_start") and state.end is None:
+        info.status = "running"   # no end yet: the follower saw its writer alive
+    return info
 
 
 def _info_from(info: RunInfo, s: RunState) -> RunInfo:
@@ -181,7 +214,9 @@ def _info_from(info: RunInfo, s: RunState) -> RunInfo:
 # --- the index -----------------------------------------------------------------------------------------
 
 def find_logs(root: str | Path) -> list[Path]:
-    """`<root>/*/events.jsonl`, one level deep. A missing root has no runs."""
+    """`<root>/*/events.jsonl`, one level deep, and `<root>/*/` holding TensorBoard event files (Hugging Face's
+    Trainer logs into output_dir/runs/<date>_<host>/: `cockpit runs --dir output_dir/runs`). A missing root
+    has no runs."""
     out = []
     try:
         entries = list(os.scandir(root))
@@ -193,6 +228,8 @@ def find_logs(root: str | Path) -> list[Path]:
                 log = Path(e.path) / LOG_NAME
                 if log.is_file():
                     out.append(log)
+                elif tfevents.event_files(e.path):   # a TensorBoard run: the directory stands for its log
+                    out.append(Path(e.path))
         except OSError:
             continue
     return out
@@ -207,3 +244,4 @@ def index_runs(root: str | Path | None = None) -> list[RunInfo]:
 def forget(log: str | Path) -> None:
     """Drop a log's cached digest (its run directory was deleted)."""
     _CACHE.pop(str(log), None)
+    _FOLLOWED.pop(str(log), None)

@@ -63,13 +63,13 @@ class CompareScreen(ChartKeys, CockpitScreen):
 
     @work(thread=True, exclusive=True, group="compare-load")
     def load(self):
-        from cockpit.trainer_proc import LogSource
+        from cockpit.trainer_proc import open_source
         from common.state import fold_available
 
         loaded = []
         try:
             for path in self.logs:
-                src = LogSource(path)
+                src = open_source(path)
                 loaded.append((src, fold_available(src.poll)))
         except Exception as e:  # noqa: BLE001
             self.post_message(RunsLoaded(loaded, f"{type(e).__name__}: {e}"))
@@ -84,8 +84,9 @@ class CompareScreen(ChartKeys, CockpitScreen):
             self.notify(f"reading a log failed: {msg.error}", severity="error", markup=False)
         self.sources = [src for src, _ in msg.runs]
         self.states = [st for _, st in msg.runs]
-        for s in self.states:
-            settle(s)
+        for src, s in msg.runs:
+            if not src.ends_itself:
+                settle(s)
         self.labels = unique_labels(self.states, [str(src.path) for src in self.sources])
         self.loaded = True
         self.redraw()

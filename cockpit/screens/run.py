@@ -287,8 +287,11 @@ class RunScreen(ChartKeys, CockpitScreen):
 
     def check_action(self, action: str, parameters) -> bool | None:
         """Pause, sample and checkpoint go down the stdin of a trainer this cockpit launched: on a watched
-        run they cannot work, so the footer does not offer them (x works: it sends SIGTERM)."""
+        run they cannot work, so the footer does not offer them (x works: it sends SIGTERM, except to the
+        trainer of a TensorBoard run, which the cockpit never signals)."""
         if action in ("pause", "sample", "checkpoint") and not self.source.launched:
+            return False
+        if action == "stop" and not self.source.stoppable:
             return False
         return True
 
@@ -342,7 +345,7 @@ class RunScreen(ChartKeys, CockpitScreen):
         self.query_one(SamplesPane).move_diff_right(delta)
 
     def action_save_sample(self):
-        self.query_one(SamplesPane).save_shown(Path(str(self.source.path)).parent)
+        self.query_one(SamplesPane).save_shown(self.source.run_dir)
 
     def action_copy_sample(self):
         self.query_one(SamplesPane).copy_shown()

@@ -252,11 +252,14 @@ class RunsScreen(CockpitScreen):
     def action_relaunch(self):
         """A new run of the highlighted run's preset with its config (the overrides that make the preset as it
         loads now into that config), launched as the picker launches one."""
-        from cockpit.launch import relaunch_overrides
+        from cockpit.launch import TENSORBOARD_RUN, relaunch_overrides
         from common.cli import BadInput
 
         r = self.highlighted()
         if r is None:
+            return
+        if r.tensorboard:
+            self.notify(TENSORBOARD_RUN.format(name=r.run_id or r.name), severity="warning", markup=False)
             return
         if not r.preset or not r.config:
             self.notify(f"{r.run_id or r.name}: its log holds no preset and config to relaunch it with "

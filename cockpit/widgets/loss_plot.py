@@ -44,8 +44,9 @@ def cycle(seq, current):
 
 
 def run_title(s) -> str:
-    """`nanogpt · gpt · 0.81M params · shakespeare.txt (1.1M tokens) · cpu (cpu profile)`."""
-    parts = [s.preset or "run", s.arch or "?"]
+    """`nanogpt · gpt · 0.81M params · shakespeare.txt (1.1M tokens) · cpu (cpu profile)`; a run that names no
+    architecture (a TensorBoard run) is named by its run id instead."""
+    parts = [s.preset or "run", s.arch or s.run_id or "?"]
     if s.n_params is not None:
         parts.append(f"{fmt_count(s.n_params)} params")
     tokens = (s.dataset or {}).get("tokens")
