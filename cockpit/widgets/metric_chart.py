@@ -11,6 +11,7 @@ from textual.widget import Widget
 from cockpit.metrics import Series, fmt_value, short_number
 from cockpit.series import downsample_minmax
 from cockpit.widgets.braille import braille_rows, value_range
+from cockpit.widgets.render_cost import RenderCost
 from cockpit.series import nice_ticks
 from cockpit.widgets.run_pane import set_if_changed
 
@@ -18,7 +19,7 @@ LINE_STYLE = "cyan"
 FLOOR_PERCENTILE = {"throughput": 5.0}   # the first step's warm-up is slow: it must not flatten the rest
 
 
-class MetricChart(Widget, can_focus=True):
+class MetricChart(RenderCost, Widget, can_focus=True):
     DEFAULT_CSS = """
     MetricChart { height: 1fr; width: 1fr; border: round $secondary; padding: 0 0; }
     MetricChart:focus { border: round $accent; }
@@ -43,6 +44,7 @@ class MetricChart(Widget, can_focus=True):
         w, h = self.size.width, self.size.height
         if s is None or w <= 0 or h <= 0:
             return Text("no values yet", style="dim")
+        self.rendered()
         ys = np.asarray(s.values, dtype=np.float64)
         xs = np.asarray(s.steps, dtype=np.float64)[: ys.size]
         yr = value_range(ys, self.log_y, FLOOR_PERCENTILE.get(s.key, 0.0))

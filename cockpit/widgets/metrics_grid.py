@@ -4,7 +4,8 @@ every eval metric: accuracy, balance loss, dropped tokens, zero weights ...), as
 Cells share the x axis (the run's steps) so a spike reads across the grid. The grid lays itself out from its
 size: a column per MIN_CELL_W characters, a row per CELL_H lines; metrics that do not fit are counted in the
 border (`g` chooses which are shown, `z` enlarges the focused one). Its charts are braille drawn with numpy
-(widgets/braille.py), cheap enough to redraw with the status line.
+(widgets/braille.py), about 0.4 ms each; beside a CPU trainer they are paced with the loss chart (a heavy
+pane: the screen redraws them together, at most 2 s apart), so the grid and the chart always agree.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class MetricsGrid(Grid):
     MetricsGrid { grid-gutter: 0 0; height: 1fr; }
     MetricsGrid > #metrics-empty { color: $text-muted; padding: 0 1; column-span: 1; }
     """
-    pane, heavy = "metrics", False
+    pane, heavy = "metrics", True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -93,6 +94,12 @@ class MetricsGrid(Grid):
                 chart.show(by_key[key], x_range)
         more = len(series) - len(self.shown)
         self.border_subtitle = f"+{more} more · g chooses" if more > 0 else ""
+
+    @property
+    def render_seconds(self) -> float | None:
+        """What one redraw of the shown charts costs together (None until one was measured)."""
+        costs = [c.render_seconds for c in self.charts.values() if c.display and c.render_seconds is not None]
+        return sum(costs) if costs else None
 
     def chart(self, key: str) -> MetricChart | None:
         return self.charts.get(key)
