@@ -96,7 +96,7 @@ async def test_the_run_screen_charts_every_metric_that_fits_and_counts_the_rest(
             assert any(ch != " " and ord(ch) >= 0x2800 for ch in c.render().plain)
         hidden = len(grid.available) - len(shown)
         if hidden:
-            assert f"+{hidden} more" in str(grid.border_subtitle)
+            assert f"+{hidden} more · g" in str(shown[-1].border_subtitle)
 
 
 async def test_g_chooses_the_metrics_shown_and_z_enlarges_one():

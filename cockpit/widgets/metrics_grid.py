@@ -2,8 +2,8 @@
 every eval metric: accuracy, balance loss, dropped tokens, zero weights ...), as many as fit.
 
 Cells share the x axis (the run's steps) so a spike reads across the grid. The grid lays itself out from its
-size: a column per MIN_CELL_W characters, a row per CELL_H lines; metrics that do not fit are counted in the
-border (`g` chooses which are shown, `z` enlarges the focused one). Its charts are braille drawn with numpy
+size: a column per MIN_CELL_W characters, a row per CELL_H lines; metrics that do not fit are counted under
+the last chart (`g` chooses which are shown, `z` enlarges the focused one). Its charts are braille drawn with numpy
 (widgets/braille.py), about 0.4 ms each; beside a CPU trainer they are paced with the loss chart (a heavy
 pane: the screen redraws them together, at most 2 s apart), so the grid and the chart always agree.
 """
@@ -14,6 +14,7 @@ from textual.widgets import Static
 
 from cockpit.metrics import run_series
 from cockpit.widgets.metric_chart import MetricChart
+from cockpit.widgets.run_pane import set_if_changed
 
 MIN_CELL_W = 26   # characters: a gutter of 6 and a plot of about 18 columns
 CELL_H = 6        # lines: the border's 2 and 4 rows of 4 dots each
@@ -44,6 +45,7 @@ class MetricsGrid(Grid):
         self.available: list[tuple[str, str]] = []   # (key, title) of every metric the run has, in order
         self.charts: dict[str, MetricChart] = {}
         self.shown: list[str] = []
+        self.more_note = ""                # "+3 more · g": metrics that did not fit, under the last chart
 
     @staticmethod
     def signature(s, note=None) -> tuple:
@@ -93,7 +95,9 @@ class MetricsGrid(Grid):
             if visible:
                 chart.show(by_key[key], x_range)
         more = len(series) - len(self.shown)
-        self.border_subtitle = f"+{more} more · g chooses" if more > 0 else ""
+        self.more_note = f"+{more} more · g" if more > 0 else ""
+        for key, chart in self.charts.items():  # the grid has no border: the last chart shown carries the note
+            set_if_changed(chart, "border_subtitle", self.more_note if self.shown and key == self.shown[-1] else "")
 
     @property
     def render_seconds(self) -> float | None:
