@@ -2,6 +2,7 @@
 words are shown, and the status line says how far the run is and how long it has left (pauses left out)."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -298,3 +299,39 @@ async def test_a_tall_samples_pane_shows_the_earlier_samples_of_the_prompt_under
         await pilot.press("left_square_bracket")        # browsing shows one sample alone
         await pilot.pause(0.2)
         assert "· step" not in str(pane.query_one("#sample-body", Static).render())
+
+
+async def test_a_metric_that_appears_later_takes_its_place_in_the_grid_and_z_follows_a_live_run(tmp_path):
+    """Live: lr, grad norm and throughput come first; the held-out accuracy of the first eval then leads the
+    grid (the grid lays charts out in DOM order, so it must be moved there); an enlarged chart keeps showing
+    while the run goes on."""
+    from tests.test_tui_snapshots import loaded_run, settle
+
+    from cockpit.app import CockpitApp
+
+    s = run_with(steps=20)
+    log = tmp_path / "events.jsonl"
+    lines = ['{"v":1,"type":"run_start","time":1000.0,"run_id":"r","preset":"mingpt-sort","arch":"mingpt",'
+             '"max_steps":200,"pid":%d}' % os.getpid()]
+    lines += ['{"v":1,"type":"step","time":%f,"step":%d,"loss":%f,"lr":0.001,"grad_norm":1.5,"tokens":%d,'
+              '"throughput":512.0,"elapsed":%f}' % (1000 + i, i, 3.0 / i, 512 * i, float(i)) for i in range(1, 21)]
+    log.write_text("\n".join(lines) + "\n")
+    app = CockpitApp(watch=str(log))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, loaded_run(app))
+        grid = app.screen.query_one(MetricsGrid)
+        assert grid.shown[:3] == ["grad_norm", "throughput", "lr"]
+        with log.open("a") as f:
+            f.write('{"v":1,"type":"eval","time":1021.0,"step":20,"val_loss":0.5,"metrics":{"accuracy":0.4}}\n')
+        await pilot.pause(1.5)
+        order = [c.key for c in grid.children if isinstance(c, MetricChart) and c.display]
+        assert order[0] == "accuracy" and grid.shown[0] == "accuracy"
+        await pilot.press("z")
+        await pilot.pause(0.3)
+        big = app.screen.maximized
+        with log.open("a") as f:
+            f.write('{"v":1,"type":"step","time":1022.0,"step":21,"loss":0.1,"lr":0.001,"grad_norm":1.5,'
+                    '"tokens":10752,"throughput":512.0,"elapsed":21.0}\n')
+        await pilot.pause(1.5)
+        assert app.screen.maximized is big and big.display and big.size.height > 20
+        assert any(0x2800 < ord(ch) <= 0x28FF for ch in big.render().plain)

@@ -77,6 +77,14 @@ class MetricsGrid(Grid):
                 chart = MetricChart(x.key, id=f"metric-{len(self.charts)}")
                 self.charts[x.key] = chart
                 self.mount(chart)
+        big = self.screen.maximized if self.is_attached else None
+        if big is not None and big in self.charts.values():
+            # one chart fills the screen (z): the grid is not laid out now, only that chart follows the run
+            by_key = {x.key: x for x in series}
+            if big.key in by_key:
+                big.show(by_key[big.key], _x_range(s))
+            return
+        self._order([x.key for x in wanted])
         empty = self.query_one("#metrics-empty", Static)
         empty.display = not wanted
         if not wanted:
@@ -98,6 +106,20 @@ class MetricsGrid(Grid):
         self.more_note = f"+{more} more · g" if more > 0 else ""
         for key, chart in self.charts.items():  # the grid has no border: the last chart shown carries the note
             set_if_changed(chart, "border_subtitle", self.more_note if self.shown and key == self.shown[-1] else "")
+
+    def _order(self, keys: list[str]):
+        """The grid places its children in DOM order: keep the charts in the series' order (a metric that
+        appears later, an accuracy at the first eval, may belong before charts mounted earlier)."""
+        charts = [self.charts[k] for k in keys if k in self.charts]
+        if not charts or not all(c.is_attached for c in charts):
+            return
+        current = [c for c in self.children if isinstance(c, MetricChart) and c in charts]
+        if current == charts:
+            return
+        if charts[0] is not current[0]:
+            self.move_child(charts[0], before=current[0])
+        for previous, chart in zip(charts, charts[1:]):
+            self.move_child(chart, after=previous)
 
     @property
     def render_seconds(self) -> float | None:
