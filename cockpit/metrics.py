@@ -54,7 +54,9 @@ def run_series(s) -> list[Series]:
                 Series("throughput", unit, steps, s.rates, unit),
                 Series("lr", title_of("lr"), steps, s.lrs)]
     evals = [Series(name, title_of(name), curve.steps, curve.values) for name, curve in s.metrics.items()]
-    constant = [x for x in evals if len(x.values) > 1 and len(set(x.values)) == 1]
+    # a count that never changes (a held-out set's size) says the least; an accuracy that holds still
+    # (sorting learnt: 100% at every eval) is still what the run is for
+    constant = [x for x in evals if len(x.values) > 1 and len(set(x.values)) == 1 and "accuracy" not in x.key]
     primary = [x for x in evals if x not in constant and x.key not in SECONDARY]
     primary.sort(key=lambda x: "accuracy" not in x.key)  # an accuracy is what a run of it is for
     secondary = [x for x in evals if x not in constant and x.key in SECONDARY]

@@ -45,6 +45,9 @@ def test_every_metric_the_run_logs_becomes_a_series_the_runs_own_eval_metrics_fi
     acc = next(x for x in run_series(s) if x.key == "accuracy")
     assert acc.steps == [25, 50, 75, 100] and acc.last() == 1.0
     assert fmt_value(0.975, "accuracy") == "97.5%"
+    s.apply({"type": "eval", "time": 2000.0, "step": 101, "val_loss": 0.1, "metrics": {"accuracy": 1.0}})
+    s.metrics["accuracy"].values[:] = [1.0] * len(s.metrics["accuracy"].values)   # learnt: 100% at every eval
+    assert [x.key for x in run_series(s)][0] == "accuracy"
     assert fmt_value(3e-4, "lr") == "3.00e-04"
 
 
@@ -329,6 +332,8 @@ async def test_a_metric_that_appears_later_takes_its_place_in_the_grid_and_z_fol
         await pilot.press("z")
         await pilot.pause(0.3)
         big = app.screen.maximized
+        ticks = big.render().plain.splitlines()[-1]
+        assert "20" in ticks and not any(0x2800 <= ord(ch) <= 0x28FF for ch in ticks), ticks  # a row of step ticks
         with log.open("a") as f:
             f.write('{"v":1,"type":"step","time":1022.0,"step":21,"loss":0.1,"lr":0.001,"grad_norm":1.5,'
                     '"tokens":10752,"throughput":512.0,"elapsed":21.0}\n')

@@ -52,7 +52,7 @@ class MetricChart(RenderCost, Widget, can_focus=True):
             return Text("no finite values" + (" above 0 (log-y)" if self.log_y else ""), style="dim")
         hi_label, lo_label = short_number(yr[1]), short_number(yr[0])
         gutter = max(len(hi_label), len(lo_label)) + 1 if h >= 2 and w >= 16 else 0
-        rows_h = h - 1 if self.x_axis and h >= 4 else h
+        rows_h = h - 1 if (self.x_axis and h >= 4) or h >= 10 else h   # a tall chart (z) gets step ticks
         plot_w = max(1, w - gutter)
         xs, ys = downsample_minmax(xs, ys, plot_w)
         rows = braille_rows(xs, ys, plot_w, rows_h, self.x_range, yr, self.log_y)
