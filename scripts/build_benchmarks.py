@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["nanogpt", "sequence", "fidelity", "speed", "data", "diffusion", "finetune", "kernels", "gpu_compile",
+ORDER = ["nanogpt", "speedrun", "sequence", "fidelity", "speed", "data", "diffusion", "finetune", "kernels", "gpu_compile",
          "reliability"]
 HEADER = """# Benchmarks
 

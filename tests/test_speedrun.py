@@ -238,3 +238,24 @@ def test_speedrun_preset_trains_with_muon_and_resumes_with_identical_losses(tmp_
     got = {e["step"]: e["loss"] for e in events_of(part, "step") if e["step"] > 9}
     assert sorted(got) == list(range(10, 17))
     assert all(abs(got[s] - want[s]) <= 1e-6 for s in got), (got, want)
+
+
+def test_the_ablation_adds_one_change_per_row_from_nanogpts_model_to_the_presets_defaults():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from bench_speedrun import LEFT_OUT, ablation_rows
+
+    def loaded(overrides):
+        cfg = config.load("speedrun", ["profile=cpu", *overrides], has_cuda=False)
+        return {**{f"model.{k}": v for k, v in cfg["model"].items()}, **{f"train.{k}": v for k, v in cfg["train"].items()}}
+
+    rows = [loaded(o) for _, o in ablation_rows()[:-len(LEFT_OUT)]]
+    assert all(not v for k, v in rows[0].items() if k.split(".")[1] in ALL_OFF)  # nanoGPT's model
+    assert rows[0]["train.optimizer"] == "adamw" and rows[0]["train.schedule"] == "cosine"
+    assert rows[-1] == loaded([])  # the last row is the preset's CPU defaults
+    for before, after in zip(rows, rows[1:]):
+        changed_keys = {k for k in after if after[k] != before[k]}
+        assert len({k.split(".")[1] for k in changed_keys} - {"beta1", "beta2", "weight_decay", "grad_clip"}) <= 1
+        assert changed_keys
