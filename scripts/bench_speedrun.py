@@ -1,7 +1,7 @@
 """Speedrun: time to val loss 1.89 on ../shared/data/tinyshakespeare.txt, and what each trick buys.
 
     python scripts/bench_speedrun.py [--data PATH] [--mode ttq|ablation|both] [--seeds 1337 1338 1339]
-                                     [--jobs N] [--out FILE]
+                                     [--jobs N] [--rows I ...] [--out FILE]
 
 ttq:      nanoGPT's CPU configuration (scripts/nanogpt_baseline.py, as scripts/bench_nanogpt.py runs it)
           against the speedrun preset's CPU defaults (`python -m trainers speedrun data.path=...`), one
@@ -114,7 +114,8 @@ def ablation(a, out_dir: Path) -> list[str]:
 
     # --jobs N: N rows at a time (steps to target do not depend on it; seconds do, and the load column says so)
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        rows = list(pool.map(lambda args: one(*args), [(i, *row) for i, row in enumerate(ablation_rows())]))
+        todo = [(i, *row) for i, row in enumerate(ablation_rows()) if a.rows is None or i in a.rows]
+        rows = list(pool.map(lambda args: one(*args), todo))
     if a.jobs > 1:
         lines[0] += f" Rows ran {a.jobs} at a time (--jobs {a.jobs}): their seconds are not comparable to the ttq table's."
     return lines + rows + [""]
@@ -128,6 +129,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speedrun.md"))
     ap.add_argument("--target", type=float, default=1.89)
     ap.add_argument("--jobs", type=int, default=1, help="ablation rows trained at a time")
+    ap.add_argument("--rows", type=int, nargs="+", help="only these ablation rows (0: nanoGPT's recipe)")
     a = ap.parse_args()
     if not Path(a.data).is_file():
         print(f"cockpit: error: {a.data}: tinyshakespeare not found; pass --data PATH", file=sys.stderr)

@@ -255,11 +255,11 @@ class Model(LanguageModelBase):
 
     def hidden(self, idx):
         """Final hidden states (B, T, n_embd) after ln_f."""
-        B, T = idx.shape
+        T = idx.size(1)
         cfg = self.config
         assert T <= cfg.block_size, f"sequence of {T} tokens exceeds block_size {cfg.block_size}"
         tr = self.transformer
-        x = tr.wte(idx)
+        x = tr.wte(idx)  # (B, T, C)
         if "wpe" in tr:
             x = x + tr.wpe(torch.arange(0, T, dtype=torch.long, device=idx.device))
         if "ln_0" in tr:
@@ -271,18 +271,18 @@ class Model(LanguageModelBase):
             return tr.ln_f(x)
         ve = [None] * L
         if cfg.value_embeds:  # tables 0..n-1 on the first n layers, and again on the last n
-            tables = [emb(idx) for emb in self.value_embeds]
+            tables = [emb(idx) for emb in self.value_embeds]  # each (B, T, C), split into heads in attention
             n = len(tables)
             ve[:n], ve[L - n:] = tables, tables
         x0 = x if cfg.skips else None
-        n_enc = L // 2 if cfg.skips else L
+        n_enc = L // 2  # with skips: blocks [0, n_enc) are the encoder, the rest the decoder
         kept = []
         for i, block in enumerate(blocks):
             if cfg.skips and i >= n_enc and kept:  # U-net: the decoder takes the encoder's outputs in reverse
                 x = x + self.skip_weights[i - n_enc] * kept.pop()
             x = through_blocks([block], x, x0, ve[i],
                                checkpointed=cfg.activation_checkpointing and self.training)
-            if i < n_enc:
+            if cfg.skips and i < n_enc:
                 kept.append(x)
         return tr.ln_f(x)
 
