@@ -135,10 +135,12 @@ def main() -> int:
         print(f"cockpit: error: {a.data}: tinyshakespeare not found; pass --data PATH", file=sys.stderr)
         return 2
     out_dir = ROOT / "runs" / f"bench-speedrun-{time.strftime('%Y%m%d-%H%M%S')}"
+    rows = " ".join(map(str, a.rows or []))
     lines = [f"## Speedrun: time to quality and what each trick buys ({time.strftime('%Y-%m-%d %H:%M')}, CPU "
              f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch "
              f"{__import__('torch').__version__}, load average {load_avg():.1f} at start)", "",
-             f"`python scripts/bench_speedrun.py --mode {a.mode} --seeds {' '.join(map(str, a.seeds))}`; nanoGPT = "
+             f"`python scripts/bench_speedrun.py --mode {a.mode} --seeds {' '.join(map(str, a.seeds))}"
+             f"{f' --jobs {a.jobs}' if a.jobs > 1 else ''}{f' --rows {rows}' if a.rows else ''}`; nanoGPT = "
              "scripts/nanogpt_baseline.py (nanoGPT's loop restated), run here in the same benchmark. The load "
              "average (1 min) before each run says how much the 2 cores were shared.", ""]
     if a.mode in ("ttq", "both"):
