@@ -32,10 +32,10 @@ NANOGPT_CPU = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.b
                "train.eval_interval=250", "train.eval_iters=20", "train.beta2=0.99"]
 
 
-def run_cockpit(overrides: list[str], log: Path) -> dict:
+def run_cockpit(overrides: list[str], log: Path, preset: str = "nanogpt") -> dict:
     """Train with cockpit; evals as (step, val_loss, seconds since launch), best val, wall."""
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "trainers", "nanogpt", *overrides, "--log", str(log)], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "trainers", preset, *overrides, "--log", str(log)], cwd=ROOT,
                    check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - t0
     ev = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import events_of, train_in_process
 
-PRESETS = ["bitnet", "mamba", "rwkv", "retnet", "moe", "gpt2-124m", "llama"]
+PRESETS = ["bitnet", "mamba", "rwkv", "retnet", "moe", "gpt2-124m", "llama", "speedrun"]
 FEW_STEPS = ("profile=cpu", "train.max_steps=16", "train.batch_size=8", "train.warmup_steps=2",
              "train.log_interval=1", "train.eval_interval=16", "train.eval_iters=2", "train.sample_tokens=24",
              "train.system_interval=0.2", "train.checkpoint_interval=0")

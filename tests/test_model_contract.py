@@ -13,7 +13,7 @@ from trainers import config, models
 from trainers.config import ConfigError
 from trainers.models.contract import Denoiser, LanguageModel, LanguageModelBase
 
-LANGUAGE_MODELS = {"bitnet", "gpt", "llama", "mamba", "mingpt", "moe", "retnet", "rwkv"}
+LANGUAGE_MODELS = {"bitnet", "gpt", "llama", "mamba", "mingpt", "moe", "retnet", "rwkv", "speedrun"}
 
 
 @pytest.mark.parametrize("arch", models.arch_names())
@@ -88,4 +88,4 @@ def test_an_arch_of_the_wrong_kind_for_the_task_is_bad_input_naming_the_archs_th
     with pytest.raises(ConfigError) as e:
         load_task(cfg, torch.device("cpu")).build_model()
     assert str(e.value) == ("arch unet (trainers/models/unet.py) is a Denoiser; this task needs a LanguageModel "
-                            "(trainers/models/contract.py): use one of bitnet, gpt, llama, mamba, mingpt, moe, retnet, rwkv")
+                            "(trainers/models/contract.py): use one of bitnet, gpt, llama, mamba, mingpt, moe, retnet, rwkv, speedrun")

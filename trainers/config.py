@@ -63,6 +63,11 @@ COMMON: dict[str, tuple] = {
     "train.min_lr": (float, 1e-4, (0.0, 10.0), None),
     "train.warmup_steps": (int, 100, (0, 10**9), None),
     "train.lr_decay_steps": (int, 0, (0, 10**9), None),
+    "train.schedule": (str, "cosine", None, ("cosine", "wsd")),  # wsd: warm-up, stable, then linear cool-down
+    "train.cooldown_frac": (float, 0.4, (0.0, 1.0), None),      # wsd: the share of the steps that cool down
+    "train.optimizer": (str, "adamw", None, ("adamw", "muon")),  # muon: Muon + AdamW (trainers/optim.py)
+    "train.muon_lr": (float, 0.05, (0.0, 10.0), None),
+    "train.muon_momentum": (float, 0.95, (0.0, 0.99999), None),
     "train.weight_decay": (float, 0.1, (0.0, 10.0), None),
     "train.beta1": (float, 0.9, (0.0, 0.99999), None),
     "train.beta2": (float, 0.99, (0.0, 0.99999), None),

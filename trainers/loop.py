@@ -1,6 +1,7 @@
 """The training loop, the same for every preset: the task supplies data, model, loss, eval and samples.
 
-AdamW, linear warm-up then cosine decay to min_lr, gradient accumulation and clipping, bf16 autocast on
+AdamW (or Muon + AdamW, train.optimizer), linear warm-up then cosine decay to min_lr (or warmup-stable-decay,
+train.schedule), gradient accumulation and clipping, bf16 autocast on
 CUDA, torch.compile of the training steps (train.compile), eval on a held-out split, samples at each eval
 and at the end, measured activation memory, atomic checkpoints with exact resume, NaN/inf detection, stdin
 commands (pause/resume/stop/sample/checkpoint) and SIGINT/SIGTERM meaning stop (trainers/controls.py).
@@ -43,12 +44,18 @@ OOM_HINT = ("try a smaller train.batch_size (with train.grad_accum to keep the t
 
 
 def lr_at(step: int, t: dict) -> float:
-    """Linear warm-up for warmup_steps, then cosine decay from lr to min_lr (nanoGPT's get_lr)."""
+    """Linear warm-up for warmup_steps, then (train.schedule) cosine decay from lr to min_lr (nanoGPT's
+    get_lr), or wsd: warm-up, stable at lr, then a linear cool-down to min_lr over the last cooldown_frac of
+    the steps (the GPT-2 speedrun's trapezoid: lr x w + min_lr x (1 - w), w = min(1, steps left / cooldown))."""
     decay_steps = t["lr_decay_steps"] or t["max_steps"]
     if step < t["warmup_steps"]:
         return t["lr"] * (step + 1) / (t["warmup_steps"] + 1)
     if step > decay_steps:
         return t["min_lr"]
+    if t.get("schedule", "cosine") == "wsd":
+        left = 1.0 - step / decay_steps
+        w = min(1.0, left / t["cooldown_frac"]) if t["cooldown_frac"] > 0 else 1.0
+        return t["min_lr"] + w * (t["lr"] - t["min_lr"])
     ratio = (step - t["warmup_steps"]) / max(1, decay_steps - t["warmup_steps"])
     coeff = 0.5 * (1.0 + math.cos(math.pi * min(1.0, ratio)))
     return t["min_lr"] + coeff * (t["lr"] - t["min_lr"])

@@ -87,7 +87,7 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(A))                     # (d_inner, d_state)
         self.D = nn.Parameter(torch.ones(d_inner))                  # skip connection
         # mamba_simple.py marks both `_no_weight_decay`: decaying A_log pulls every A_n towards -1 (a third of
-        # log A over a run with weight_decay 0.1), erasing the S4D spread of time scales (trainers/tasks param_groups)
+        # log A over a run with weight_decay 0.1), erasing the S4D spread of time scales (optim.py param_groups)
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         # Δ initialisation (mamba_simple.py): softplus(bias) log-uniform in [dt_min, dt_max], floored at

@@ -23,7 +23,7 @@ Training recipe of RWKV-LM (RWKV-v5/src/model.py, the x060 code, and rwkv_v6_dem
   - optimizer groups (`configure_optimizers`): no weight decay on the LoRA matrices (maa_A/B, decay_A/B: the
     reference decays only `.weight` matrices) nor on the 1-D mixing, decay and bonus vectors, and the decay d
     (`time_decay`) learns at 2x the schedule's lr (its lr_2x group); marked on the parameters for
-    trainers/tasks param_groups (`_no_weight_decay`, `_lr_scale`).
+    trainers/optim.py param_groups (`_no_weight_decay`, `_lr_scale`).
 
 The WKV recurrence's PyTorch forms live with its fused kernel in kernels/wkv.py: training runs the chunked
 parallel form (`wkv_chunked`, exact in fp32 however strong the decay), generation one step at a time

@@ -20,6 +20,7 @@ import torch
 from kernels import integrate
 from trainers.config import ConfigError
 from trainers.models import check_model
+from trainers.optim import muon_with_adamw, param_groups
 
 
 class Task(ABC):
@@ -79,11 +80,13 @@ class Task(ABC):
 
     def configure_optimizer(self, model) -> torch.optim.Optimizer:
         """AdamW over `param_groups`: nanoGPT's grouping (weight decay on matrices, none on biases and norms),
-        with the exceptions a model marks on its parameters."""
+        with the exceptions a model marks on its parameters; train.optimizer=muon: trainers/optim.py."""
         t = self.cfg["train"]
-        groups = param_groups(model.parameters(), t["weight_decay"], t["lr"])
         # the fused kernel updates every tensor in one pass: on the CPU profile ~2.5 ms of a ~75 ms step
         kw = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
+        if t.get("optimizer", "adamw") == "muon":  # Muon on the hidden matrices, AdamW on the rest
+            return muon_with_adamw(model, t, fused=bool(kw))
+        groups = param_groups(model.parameters(), t["weight_decay"], t["lr"])
         return torch.optim.AdamW(groups, lr=t["lr"], betas=(t["beta1"], t["beta2"]), **kw)
 
     def on_step(self, model, optimizer, step: int, lr: float) -> float:
@@ -130,36 +133,6 @@ class Task(ABC):
     def on_end(self, model, run_dir: Path, status: str = "completed") -> list[str]:
         """When the run ends (rank 0, with a log): write any files it leaves besides ckpt.pt; their paths."""
         return []
-
-
-# What a model marks on a parameter for the optimizer (read by param_groups):
-NO_WEIGHT_DECAY = "_no_weight_decay"  # True: never decayed, whatever its shape (mamba_simple.py's attribute)
-LR_SCALE = "_lr_scale"                # a float: this parameter's lr is the schedule's times it (RWKV-LM's lr_2x)
-
-
-def param_groups(params, weight_decay: float, lr: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on tensors of 2 or more dimensions (nanoGPT), none on biases and
-    norm gains, and none on a parameter marked `p._no_weight_decay = True` (Mamba's A_log and D, RWKV's LoRA
-    matrices, minGPT's embeddings); a parameter marked `p._lr_scale = s` goes to a group whose `lr_scale` the
-    loop multiplies into the schedule's lr (trainers/loop.py train_step). Groups: [decayed, not decayed] at
-    scale 1 (the two groups every checkpoint had before any marks existed), then one per (scale, decay);
-    empty groups are left out. Frozen parameters (requires_grad False) are not optimised."""
-    buckets: dict[tuple[float, bool], list] = {}
-    for p in params:
-        if not p.requires_grad:
-            continue
-        decays = p.dim() >= 2 and not getattr(p, NO_WEIGHT_DECAY, False)
-        buckets.setdefault((float(getattr(p, LR_SCALE, 1.0)), decays), []).append(p)
-    keys = [(1.0, True), (1.0, False)] + sorted(k for k in buckets if k[0] != 1.0)
-    groups = []
-    for scale, decays in keys:
-        if not buckets.get((scale, decays)):
-            continue
-        group = {"params": buckets[(scale, decays)], "weight_decay": weight_decay if decays else 0.0}
-        if scale != 1.0:
-            group.update(lr_scale=scale, lr=lr * scale)
-        groups.append(group)
-    return groups
 
 
 def take_rows(batch, start: int, stop: int):

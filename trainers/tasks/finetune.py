@@ -44,7 +44,7 @@ from trainers import hf, instruct, lora, quant
 from trainers.config import ConfigError, check_resolved, check_section_keys, coerce, open_regular, strip_private
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
-from trainers.tasks import param_groups
+from trainers.optim import param_groups
 from trainers.tasks.lm import Task as LMTask
 from trainers.tokenizer import describe
 
