@@ -12,7 +12,7 @@ activations are added back as the recomputation's peak.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from common.fmt import fmt_bytes
 
@@ -129,10 +129,11 @@ def make_plan(static: dict[str, int], costs: dict[str, Callable[[int], int] | No
 
 def plan_lines(plan: dict, unit: str = "rows") -> list[str]:
     """The plan as text: the fixed memory, each mode's micro-batch and accumulation, then the notes."""
-    lines = [f"budget {plan['vram_gb']:g} GB x {USABLE_FRACTION:g} usable = {fmt_bytes(plan['budget'])}; "
-             f"{plan['rows']} {unit} per optimizer step",
-             f"weights {fmt_bytes(plan['weights'])} + grads {fmt_bytes(plan['grads'])} + optimizer "
-             f"{fmt_bytes(plan['optimizer'])} = {fmt_bytes(sum(plan[k] for k in STATIC))}"]
+    budget = (f"budget {plan['vram_gb']:g} GB x {USABLE_FRACTION:g} usable = {fmt_bytes(plan['budget'])}; "
+              f"{plan['rows']} {unit} per optimizer step")
+    fixed = (f"weights {fmt_bytes(plan['weights'])} + grads {fmt_bytes(plan['grads'])} + optimizer "
+             f"{fmt_bytes(plan['optimizer'])} = {fmt_bytes(sum(plan[k] for k in STATIC))}")
+    lines = [budget, fixed]
     for mode, label in (("off", "without checkpointing"), ("on", "with checkpointing")):
         m = plan["modes"].get(mode)
         if m is None:

@@ -11,7 +11,13 @@ import json
 import pytest
 import torch
 
-from common.plan import largest_fit, make_plan, plan_from_facts, split_rows, usable_bytes
+from common.plan import (
+    largest_fit,
+    make_plan,
+    plan_from_facts,
+    split_rows,
+    usable_bytes,
+)
 from tests.conftest import events_of, train_in_process
 from trainers import config
 from trainers.memory import ActivationProbe
@@ -148,13 +154,15 @@ def test_cockpit_plan_prints_the_plan_and_its_json(capsys):
 def test_paper_size_builds_on_the_meta_device_with_its_stated_parameters(preset):
     est = Estimator(full_cfg(preset, "profile=paper"))
     assert abs(est.n_params - PAPER_SIZES[preset]) <= 0.05 * PAPER_SIZES[preset], est.n_params
-    assert est.plan(12.0)["chosen"] is not None  # and it fits the 12 GB card it is meant for
+    one_row = est.cost(est.offers_checkpointing)(1)
+    assert one_row <= usable_bytes(12.0)  # and it fits the 12 GB card it is meant for
 
 
 @pytest.mark.parametrize("preset", sorted(PAPER_SIZES))
 def test_paper_size_trains_two_steps_on_cpu(preset, tmp_path):
     """The full published shape, trained for 2 steps on the CPU; only the rows are cut (1 row, and 64 tokens
-    for the language models) so that each step takes seconds."""
+    for the language models) so that each step takes seconds. The model's initialisation, AdamW over every
+    weight and the checkpoint the run ends with still scale with the parameters: the 323M MoE is the slowest."""
     overrides = ["profile=paper", "device=cpu", "train.max_steps=2", "train.batch_size=1", "train.grad_accum=1",
                  "train.eval_iters=1", "train.eval_interval=1000", "train.sample_interval=0",
                  "train.memory_interval=0", "train.checkpoint_interval=0", "train.compile=false",
@@ -162,7 +170,7 @@ def test_paper_size_trains_two_steps_on_cpu(preset, tmp_path):
     if preset in ("dit", "unet"):
         overrides += ["sample.eval_samples=0", "sample.steps=1", "sample.rows=1", "sample.cols=1"]
     else:
-        overrides += ["model.block_size=64"]
+        overrides += ["model.block_size=64", "train.sample_tokens=1"]
     log = tmp_path / preset / "events.jsonl"
     assert train_in_process(preset, *overrides, log=log) == 0
     start = events_of(log, "run_start")[0]

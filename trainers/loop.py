@@ -97,7 +97,7 @@ class Trainer:
         if self.t["batch_size"] == AUTO:  # the fit planner sets batch_size, grad_accum, checkpointing in cfg
             from trainers.plan import apply_auto
 
-            self._log("info", apply_auto(cfg, self.task, self.device, self.amp_dtype))
+            self._log("info", apply_auto(cfg, self.task, self.device, self.amp_dtype, world_size))
         self.raw_model = self.task.build_model().to(self.device)  # weights: optimizer, eval, samples, checkpoints
         self.model = self.raw_model  # what training steps run: wrapped below for DDP and torch.compile
         self.optimizer = self.task.configure_optimizer(self.raw_model)

@@ -67,14 +67,17 @@ def run_dtype(cfg: dict):
     return torch.float32 if cfg["train"]["dtype"] == "float32" else torch.bfloat16
 
 
-def rows_per_step(cfg: dict) -> int:
-    """Rows (sequences, images) per optimizer step: batch_size x grad_accum, with train.batch_size=auto the
-    batch size the preset had (config.AUTO_FROM)."""
-    from trainers.config import AUTO, AUTO_FROM
+def preset_micro(cfg: dict) -> int:
+    """train.batch_size, or with train.batch_size=auto the batch size the preset had (config.AUTO_FROM)."""
+    from trainers.config import AUTO, AUTO_FROM, COMMON
 
     t = cfg["train"]
-    batch = cfg.get(AUTO_FROM, 16) if t["batch_size"] == AUTO else t["batch_size"]
-    return int(batch) * int(t["grad_accum"])
+    return int(cfg.get(AUTO_FROM, COMMON["train.batch_size"][1]) if t["batch_size"] == AUTO else t["batch_size"])
+
+
+def rows_per_step(cfg: dict) -> int:
+    """Rows (sequences, images) per optimizer step: batch_size x grad_accum (preset_micro)."""
+    return preset_micro(cfg) * int(cfg["train"]["grad_accum"])
 
 
 class Estimator:
@@ -161,14 +164,13 @@ class Estimator:
         base = sum(self.static.values())
         return lambda rows: base + self.activations(rows, checkpointing)
 
-    def plan(self, vram_gb: float) -> dict:
-        """The plan for `vram_gb` (common/plan.py make_plan), measured exactly at the micro-batches it tries."""
-        from trainers.config import AUTO, AUTO_FROM
-
+    def plan(self, vram_gb: float, world: int = 1) -> dict:
+        """The plan for `vram_gb` (common/plan.py make_plan), measured exactly at the micro-batches it tries.
+        world: DDP processes, each of which takes its share of the rows of a step on a card of its own."""
         t = self.cfg["train"]
-        micro = self.cfg.get(AUTO_FROM, 16) if t["batch_size"] == AUTO else t["batch_size"]
         plan = make_plan(self.static, {"off": self.cost(False), "on": self.cost(True)}, usable_bytes(vram_gb),
-                         rows_per_step(self.cfg), int(micro), vram_gb, checkpointing=t["activation_checkpointing"])
+                         max(1, rows_per_step(self.cfg) // world), preset_micro(self.cfg), vram_gb,
+                         checkpointing=t["activation_checkpointing"])
         plan.update(n_params=self.n_params, tokens_per_row=self.tokens_per_row,
                     dtype=str(self.dtype).replace("torch.", ""))
         return plan
@@ -178,22 +180,22 @@ class Estimator:
         per further row ([a1, per_row], from a micro-batch of 1 and the preset's own, or 2) for each mode
         the model offers."""
         acts = {}
-        t = self.cfg["train"]
-        b = t["batch_size"] if isinstance(t["batch_size"], int) and t["batch_size"] > 1 else 2
+        b = max(2, preset_micro(self.cfg))
         for mode, ckpt in (("off", False), ("on", True)):
             if ckpt and not self.offers_checkpointing:
                 continue
             a1, ab = self.activations(1, ckpt), self.activations(b, ckpt)
             acts[mode] = [a1, (ab - a1) // (b - 1)]
         return {**self.static, "activations": acts, "rows": rows_per_step(self.cfg),
-                "micro": self.cfg["train"]["batch_size"], "checkpointing": self.cfg["train"]["activation_checkpointing"],
+                "micro": preset_micro(self.cfg), "checkpointing": self.cfg["train"]["activation_checkpointing"],
                 "tokens_per_row": self.tokens_per_row}
 
 
-def apply_auto(cfg: dict, task, device, amp_dtype) -> str:
+def apply_auto(cfg: dict, task, device, amp_dtype, world: int = 1) -> str:
     """train.batch_size=auto: plan for the preset's vram_budget_gb (on a GPU, at most its memory) and set
     train.batch_size, train.grad_accum and train.activation_checkpointing in `cfg` (the task's own dict);
-    the line the trainer logs. ConfigError when nothing fits."""
+    the line the trainer logs. Under DDP each of the `world` processes plans its share of the rows of a
+    step. ConfigError when nothing fits."""
     import torch
 
     from trainers.config import ConfigError
@@ -205,7 +207,7 @@ def apply_auto(cfg: dict, task, device, amp_dtype) -> str:
         if total < vram:
             vram, where = total, f"this GPU's {total:.1f} GB"
     est = Estimator(cfg, task, dtype=amp_dtype or torch.float32)
-    plan = est.plan(vram)
+    plan = est.plan(vram, world)
     if plan["chosen"] is None:
         raise ConfigError(f"train.batch_size=auto: nothing fits {where}: {plan['notes'][0]}")
     m = plan["modes"][plan["chosen"]]
@@ -215,8 +217,9 @@ def apply_auto(cfg: dict, task, device, amp_dtype) -> str:
     t["activation_checkpointing"] = plan["chosen"] == "on"
     from common.fmt import fmt_bytes
 
+    share = f" on each of {world} processes" if world > 1 else ""
     return (f"train.batch_size=auto: micro-batch {m['micro']} x grad_accum {m['accum']} = {plan['rows']} "
-            f"{unit_of(plan)} per step (the preset's {was}), activation checkpointing "
+            f"{unit_of(plan)} per step{share} (the preset's {was}), activation checkpointing "
             f"{'on' if plan['chosen'] == 'on' else 'off'}; up to {m['fit']} fit {where} "
             f"({fmt_bytes(plan['budget'])} usable): weights {fmt_bytes(plan['weights'])}, grads "
             f"{fmt_bytes(plan['grads'])}, optimizer {fmt_bytes(plan['optimizer'])}, activations "
