@@ -7,6 +7,7 @@ until a subcommand needs it, and a subcommand's module only when that subcommand
     cockpit --replay FILE [FILE ...]      headless report of recorded runs (no TUI, no TTY needed)
     cockpit watch FILE                    TUI on a log that is still growing, or finished (or a TensorBoard run)
     cockpit presets [--json] [--refresh]  list presets
+    cockpit plan PRESET [k=v ...] [--vram GB] [--json]   the micro-batch that fits a card, and the memory
     cockpit kernels [--json] [--only NAME[,NAME]] ...   PyTorch vs Triton comparison
     cockpit runs [--json] [--dir DIR] [--sort KEY] [--reverse] [--filter QUERY]   the runs browser
     cockpit export-merged RUN_DIR|CKPT [--out FILE] [--hf DIR] [--peft DIR]   merge a LoRA / QLoRA fine-tune
@@ -328,6 +329,18 @@ def presets(parser: Parser, argv: list[str]) -> int:
     return 0
 
 
+def plan_arguments(p: Parser) -> None:
+    from trainers.plan import add_arguments
+
+    add_arguments(p)
+
+
+def plan(parser: Parser, argv: list[str]) -> int:
+    from trainers.plan import main as plan_main
+
+    return plan_main(argv, parser)
+
+
 def watch_arguments(p: Parser) -> None:
     p.add_argument("file", metavar="FILE", help="a run's event log (events.jsonl) or its run directory; or a "
                                                 "TensorBoard run (a directory of event files, or one)")
@@ -405,6 +418,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {  # summaries fit one line of `cockpit --h
     "train": Subcommand("run a preset: the UI on a terminal, else headless", train_arguments, train),
     "watch": Subcommand("the UI on an event log, growing or finished", watch_arguments, watch),
     "presets": Subcommand("list presets: architecture, params, est. VRAM, profile", presets_arguments, presets),
+    "plan": Subcommand("the micro-batch that fits a card, and where the memory goes", plan_arguments, plan),
     "kernels": Subcommand("fused Triton kernels vs their PyTorch references", kernels_arguments, kernels),
     "runs": Subcommand("browse past runs, or list them as a table or JSON", runs_arguments, runs),
     "export-merged": Subcommand("merge a LoRA / QLoRA fine-tune into its base weights", export_merged_arguments,

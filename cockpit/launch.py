@@ -67,9 +67,9 @@ def relaunch_overrides(preset: str, config: dict) -> tuple[list[str], list[str]]
     (its run_start's): its profile, then every key whose value differs. Also the keys that cannot be carried
     over (the preset no longer has them, or they hold more than one value). ConfigError when the preset does
     not load."""
-    from trainers.config import flatten, load, strip_private
+    from trainers.config import PROFILES, flatten, load, strip_private
 
-    profile = config.get("profile") if config.get("profile") in ("full", "cpu") else None
+    profile = config.get("profile") if config.get("profile") in PROFILES else None
     base = flatten(strip_private(load(preset, profile=profile)))
     overrides = [f"profile={profile}"] if profile else []
     left_out = []

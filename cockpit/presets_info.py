@@ -21,7 +21,7 @@ def _fingerprint() -> str:
     h = hashlib.sha1()
     root = Path(trainers.__file__).parent
     files = sorted(config.presets_dir().glob("*.yaml")) + sorted(root.glob("models/*.py")) + \
-        sorted(root.glob("tasks/*.py")) + [root / "inspect.py", root / "memory.py"]
+        sorted(root.glob("tasks/*.py")) + [root / "inspect.py", root / "memory.py", root / "plan.py"]
     for f in files:
         try:
             h.update(f.name.encode())

@@ -3,7 +3,8 @@
 A preset is a YAML file (presets/NAME.yaml, or any path in the same schema). Its keys are
 checked against a schema: the common keys below, plus the preset's own `model.*`, `data.*` and
 `finetune.*` keys (typed by their default values). `profiles.cpu` holds overrides applied when no
-CUDA device is present (or `profile=cpu`). `k=v` overrides use dotted keys typed by the schema. What the
+CUDA device is present (or `profile=cpu`); `profiles.paper`, where a preset has it, sizes the model as the
+paper it follows publishes its smallest configuration (selected by `profile=paper`). `k=v` overrides use dotted keys typed by the schema. What the
 model itself needs of its `model.*` keys (their types, n_embd divisible by n_head ...) is checked by its
 Config (trainers/models/__init__.py make_config), before the trainer creates anything.
 
@@ -49,7 +50,7 @@ COMMON: dict[str, tuple] = {
     "task": (str, "lm", None, ("lm", "sort", "diffusion", "finetune")),
     "description": (str, "", None, None),
     "device": (str, "auto", None, ("auto", "cpu", "cuda")),
-    "profile": (str, "auto", None, ("auto", "full", "cpu")),
+    "profile": (str, "auto", None, ("auto", "full", "cpu", "paper")),
     "kernels": (str, "torch", None, ("torch", "triton")),
     "vram_budget_gb": (float, 12.0, (0.1, 4096.0), None),
     "data.path": (str, "", None, None),
@@ -57,7 +58,7 @@ COMMON: dict[str, tuple] = {
     "data.val_fraction": (float, 0.1, (0.001, 0.5), None),
     "data.order": (str, "random", None, ("random", "sequential")),
     "train.max_steps": (int, 1000, (1, 10**9), None),
-    "train.batch_size": (int, 16, (1, 1 << 20), None),
+    "train.batch_size": (int, 16, (1, 1 << 20), None),  # or `auto`: the fit planner's micro-batch (AUTO)
     "train.grad_accum": (int, 1, (1, 1 << 16), None),
     "train.lr": (float, 1e-3, (0.0, 10.0), None),
     "train.min_lr": (float, 1e-4, (0.0, 10.0), None),
@@ -86,6 +87,13 @@ COMMON: dict[str, tuple] = {
     "train.compile": (bool, None, None, None),  # torch.compile the model; unset: on for CUDA, off on CPU
     "train.system_interval": (float, 2.0, (0.1, 3600.0), None),
 }
+
+# train.batch_size=auto: the trainer plans the micro-batch and grad accumulation that fit the VRAM budget while
+# keeping the token batch of the batch size the preset had (trainers/plan.py); load() keeps that batch size in
+# cfg[AUTO_FROM].
+AUTO = "auto"
+AUTO_FROM = "_batch_size_before_auto"
+PROFILES = ("cpu", "full", "paper")
 
 # Sections whose keys each preset declares itself (typed by the preset's values).
 OPEN_SECTIONS = ("model", "data", "finetune", "sample")
@@ -348,6 +356,8 @@ def _schema_for(flat_preset: dict[str, Any]) -> dict[str, tuple]:
 
 def _check_value(key: str, value: Any, spec: tuple, source: str) -> Any:
     typ, _default, rng, choices = spec
+    if key == "train.batch_size" and isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
     value = coerce(key, value, typ, source)
     if key == "name" and value and name_problem(value):  # it names run directories (common/paths.py)
         raise ConfigError(f"{source}: name={value!r} {name_problem(value)}; a name is {NAME_RULE}, e.g. "
@@ -427,8 +437,8 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
             raise ConfigError(f"{source}: {key}={v!r} must be a single value: a number, true/false or a string")
         cfg[key] = _check_value(key, v, schema[key], source)
     for pname, pvals in profiles.items():
-        if pname not in ("cpu", "full"):
-            raise ConfigError(f"{source}: unknown profile {pname!r}; profiles are `cpu` (and optional `full`)")
+        if pname not in PROFILES:
+            raise ConfigError(f"{source}: unknown profile {pname!r}; profiles are `cpu`, `full` and `paper`")
         for key, v in flatten(pvals or {}).items():
             if key not in schema:
                 raise _unknown(key, known, f"{source} profiles.{pname}")
@@ -454,9 +464,13 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
     resolved = cfg["profile"]
     if resolved == "auto":
         resolved = "full" if has_cuda else "cpu"
+    if resolved == "paper" and "paper" not in profiles:
+        raise ConfigError(f"{source}: profile=paper, but this preset has no `profiles.paper` (a published-scale "
+                          f"size); use profile=full or a preset that has one (`cockpit presets`)")
     if resolved in profiles:
         for key, v in flatten(profiles[resolved] or {}).items():
             cfg[key] = _check_value(key, v, schema[key], f"{source} profiles.{resolved}")
+    sized_batch = cfg["train.batch_size"]
     for key, v in overrides.items():
         if key not in schema:
             raise _unknown(key, known, "override")
@@ -470,6 +484,8 @@ def load(preset: str, overrides: list[str] | dict[str, str] | None = None, *, pr
         cfg["name"] = safe_name(path.stem)
     out = unflatten(cfg)
     out["_has_profiles"] = sorted(profiles)
+    if cfg["train.batch_size"] == AUTO:
+        out[AUTO_FROM] = sized_batch if sized_batch != AUTO else COMMON["train.batch_size"][1]
     return out
 
 
@@ -537,4 +553,7 @@ def override_resolved(cfg: dict, overrides: dict[str, str] | list[str]) -> dict:
     for k, v in cfg.items():
         if k.startswith("_"):
             out[k] = v
+    if flat.get("train.batch_size") == AUTO and AUTO_FROM not in out:
+        before = flatten(strip_private(cfg)).get("train.batch_size")
+        out[AUTO_FROM] = before if isinstance(before, int) else COMMON["train.batch_size"][1]
     return out

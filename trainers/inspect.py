@@ -1,11 +1,8 @@
 """Preset facts for `cockpit presets` and the picker: parameters and a full-size VRAM estimate.
 
-Each preset's full-size model is built on the meta device (no memory, no time) and one training step's
-forward and backward run there under the activation probe, so the activation bytes come from the real
-graph rather than a formula. The VRAM figure is still an estimate (labelled so): fp32 weights + grads +
-AdamW state (2 x fp32) + the activations of one micro-batch as a CUDA GPU would save them: in bf16 (the
-presets' autocast dtype) and with flash attention, which keeps q, k, v, the output and the row
-log-sum-exp instead of the T x T attention matrix.
+Each preset's full-size model is built on the meta device and measured by the fit planner's Estimator (trainers/plan.py): fp32 weights + grads + AdamW
+state (2 x fp32) + the activations of one micro-batch as a CUDA GPU would save them (bf16, flash attention).
+The VRAM figure is an estimate, labelled so. `plan_facts` are what the picker plans a budget from.
 
     python -m trainers.inspect [--json] [NAME ...]
 """
@@ -16,36 +13,18 @@ import sys
 import time
 
 
-class _FlashLikeSDPA:
-    """Stands in for F.scaled_dot_product_attention on the meta device, saving what flash attention saves."""
+def _measure(cfg: dict) -> dict:
+    """n_params, the estimate at the preset's own micro-batch and the fit planner's facts, of one config."""
+    from trainers.plan import Estimator
 
-    def __enter__(self):
-        import torch
-        import torch.nn.functional as F
-
-        class Flash(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, q, k, v):
-                out = torch.empty_like(q)
-                lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-                ctx.save_for_backward(q, k, v, out, lse)
-                return out
-
-            @staticmethod
-            def backward(ctx, g):
-                q, k, v, _, _ = ctx.saved_tensors
-                return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-        self.F, self.real = F, F.scaled_dot_product_attention
-
-        def sdpa(q, k, v, *args, **kwargs):
-            return Flash.apply(q, k, v) if q.device.type == "meta" else self.real(q, k, v, *args, **kwargs)
-        F.scaled_dot_product_attention = sdpa
-        return self
-
-    def __exit__(self, *exc):
-        self.F.scaled_dot_product_attention = self.real
-        return False
+    cfg["device"] = "cpu"  # data stays on the CPU; the model and batch go to the meta device
+    est = Estimator(cfg)
+    t = cfg["train"]
+    acts = est.activations(t["batch_size"], t["activation_checkpointing"] and est.offers_checkpointing)
+    breakdown = {**est.static, "activations": acts}
+    return {"n_params": est.n_params, "trainable_params": est.trainable, "est_vram_bytes": sum(breakdown.values()),
+            "est_breakdown": breakdown, "full_batch": t["batch_size"], "grad_accum": t["grad_accum"],
+            "plan_facts": est.facts()}
 
 
 # The Llama shapes the fine-tune presets are estimated for: the published config.json of each model.
@@ -68,9 +47,9 @@ def estimate_finetune(shape: dict, method: str, cfg: dict) -> dict:
     train.activation_checkpointing), measured on the meta device as a CUDA run would hold it: the frozen base
     as the finetune task keeps it (float32; QLoRA: its linear layers NF4 + double quantisation, computed in
     bf16), the float32 adapters with their gradients and optimizer moments, and the activations one
-    micro-batch saves in bf16 with flash attention (_FlashLikeSDPA). The blocks are all alike, so a model of
-    one block and one of two are measured and every figure is extrapolated to the shape's n_layer (exactly:
-    each is a + b * n_layer)."""
+    micro-batch saves in bf16 with flash attention (trainers/plan.py FlashLikeSDPA). The blocks are all alike,
+    so a model of one block and one of two are measured and every figure is extrapolated to the shape's
+    n_layer (exactly: each is a + b * n_layer)."""
     from trainers.tasks.finetune import finetune_settings, optimizer_name
 
     ft = {**finetune_settings(cfg), "method": method}
@@ -100,6 +79,7 @@ def _measure_finetune(shape: dict, ft: dict, train: dict, seq: int) -> dict:
     from trainers import lora, quant
     from trainers.memory import ActivationProbe
     from trainers.models import build_model
+    from trainers.plan import FlashLikeSDPA
 
     meta = torch.device("meta")
     with meta:
@@ -120,7 +100,7 @@ def _measure_finetune(shape: dict, ft: dict, train: dict, seq: int) -> dict:
     x = torch.zeros(train["batch_size"], seq, dtype=torch.long, device=meta)
     probe = ActivationProbe(model)
     model.train()
-    with _FlashLikeSDPA():  # backward too: activation checkpointing recomputes the forward there
+    with FlashLikeSDPA():  # backward too: activation checkpointing recomputes the forward there
         with probe.capture():
             _, loss = model(x, x)
         loss.float().backward()
@@ -140,7 +120,6 @@ def inspect_preset(name: str) -> dict:
     import torch
 
     from trainers import config
-    from trainers.memory import ActivationProbe
     from trainers.tasks import load_task
 
     here = config.load(name)
@@ -149,35 +128,12 @@ def inspect_preset(name: str) -> dict:
             "has_cpu_profile": "cpu" in here["_has_profiles"]}
     try:
         cfg = config.load(name, profile="full", has_cuda=True)
-        cfg["device"] = "cpu"  # data stays on the CPU; the model and batch go to the meta device
-        task = load_task(cfg, torch.device("cpu"))
-        with torch.device("meta"):
-            model = task.build_model()
-        params = {id(p): p for p in model.parameters()}.values()
-        n_params = sum(p.numel() for p in params)
-        trainable = sum(p.numel() for p in params if p.requires_grad)
-        weight_bytes = sum(p.numel() * p.element_size() for p in params)  # fp32 master weights
-        weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())  # e.g. EMA copies
-        batch = task.get_batch("train", 0)
-        batch = tuple(b.to("meta") if torch.is_tensor(b) else b for b in batch) if isinstance(batch, (tuple, list)) \
-            else batch.to("meta")
-        if cfg["train"]["dtype"] in ("auto", "bfloat16", "float16"):
-            model.to(torch.bfloat16)  # autocast saves bf16 activations; fp32 weights are counted below
-        probe = ActivationProbe(model)
-        model.train()
-        with _FlashLikeSDPA():  # backward too: activation checkpointing recomputes the forward there
-            with probe.capture():
-                loss = task.loss(model, batch)
-            loss.float().backward()
-        est = {"weights": weight_bytes, "grads": trainable * 4, "optimizer": trainable * 8,
-               "activations": probe.total}
-        info.update(n_params=n_params, trainable_params=trainable, est_vram_bytes=sum(est.values()),
-                    est_breakdown=est, full_batch=cfg["train"]["batch_size"],
-                    grad_accum=cfg["train"]["grad_accum"])
+        info.update(_measure(cfg))
         if cfg["task"] == "finetune":
             info["finetune_estimates"] = finetune_estimates(cfg)
     except Exception as e:  # noqa: BLE001 — a preset that cannot be estimated still lists, with the reason
         info.update(n_params=None, est_vram_bytes=None, error=f"{type(e).__name__}: {e}"[:300])
+    info["has_paper_profile"] = "paper" in here["_has_profiles"]  # `cockpit plan NAME profile=paper` sizes it
     if here["profile"] != "full":  # what a run here trains (the CPU profile's smaller model), counted too
         try:
             here_task = load_task(here, torch.device("cpu"))  # its data on the CPU, as for the full size

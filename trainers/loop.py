@@ -30,7 +30,7 @@ from common.cli import BadInput
 from common.paths import ENV_ROOT, default_log_path, runs_root
 from trainers import checkpoint as ckpt_io
 from trainers.checkpoint import is_out_of_memory
-from trainers.config import ConfigError, flatten, strip_private
+from trainers.config import AUTO, ConfigError, flatten, strip_private
 from trainers.controls import STOPPED_EXIT, Controls
 from trainers.events import EventWriter, RunLock
 from trainers.memory import ActivationProbe, param_bytes_by_layer, totals
@@ -101,6 +101,10 @@ class Trainer:
             self._log("info" if b != "torch" else "warning", integrate.describe())  # one line, fused or not
         # Build everything that can fail on bad input before the log file exists.
         self.task = load_task(cfg, self.device, self._log, self.amp_dtype)
+        if self.t["batch_size"] == AUTO:  # the fit planner sets batch_size, grad_accum, checkpointing in cfg
+            from trainers.plan import apply_auto
+
+            self._log("info", apply_auto(cfg, self.task, self.device, self.amp_dtype, world_size))
         self.raw_model = self.task.build_model().to(self.device)  # weights: optimizer, eval, samples, checkpoints
         self.model = self.raw_model  # what training steps run: wrapped below for DDP and torch.compile
         self.optimizer = self.task.configure_optimizer(self.raw_model)

@@ -31,6 +31,7 @@ class ActivationProbe:
         self.layers: dict[str, int] = {}
         self.order: list[str] = []
         self.seen: set[tuple[int, int]] = set()
+        self.held: list[torch.Tensor] = []  # meta tensors already counted, kept alive so their ids stay theirs
         self.total = 0
         self.param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters() if p.device.type != "meta"}
         self.param_ids = {id(p) for p in model.parameters()}
@@ -40,6 +41,8 @@ class ActivationProbe:
             if id(t) in self.param_ids or (t._base is not None and id(t._base) in self.param_ids):
                 return t
             key, nbytes = (id(t), 0), t.numel() * t.element_size()
+            if key not in self.seen:  # a graph thrown away (a .detach()) frees its tensors, and id() is reused
+                self.held.append(t)
         else:
             try:
                 storage = t.untyped_storage()

@@ -1,6 +1,7 @@
 """The preset picker: every preset with its architecture, parameters, estimated VRAM at full size against
 the VRAM budget (red when it would not fit), the profile that would run here, and the highlighted preset's
-description. Arrow keys or j/k move, `/` filters, Enter launches, `e` edits overrides, `r` opens the runs
+description with the fit planner's plan for the budget at full size (common/plan.py, from the cached
+facts), and whether it has a published-scale size (profile=paper, set through `e`). Arrow keys or j/k move, `/` filters, Enter launches, `e` edits overrides, `r` opens the runs
 browser, `?` lists every binding.
 
 The YAML facts (name, arch, description) show at once; parameters and VRAM are measured by
@@ -20,6 +21,7 @@ from cockpit.presets_info import finetune_summary, merge_infos, preset_stubs, pr
 from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.preset_table import PresetTable
 from common.fmt import fmt_bytes, fmt_count
+from common.plan import plan_from_facts, plan_summary
 
 COLUMNS = ("preset", "arch", "params full · here", "est. VRAM / budget", "profile here")
 
@@ -57,6 +59,16 @@ def preset_cells(info: dict, measuring: bool = False) -> list[str]:
         vram = f"{'n/a' if info.get('error') and not measuring else pending} / {budget}"
     return [str(info.get("name")), str(info.get("arch", "?")), params, vram,
             str(info.get("profile_here", pending))]
+
+
+def plan_text(facts, vram_gb: float) -> str | None:
+    """The fit planner's one line for `vram_gb` from a preset's cached facts; None without (usable) facts."""
+    if not isinstance(facts, dict):
+        return None
+    try:
+        return plan_summary(plan_from_facts(facts, vram_gb))
+    except (KeyError, TypeError, ValueError, IndexError):  # facts from another version of the cache
+        return None
 
 
 class PickerScreen(CockpitScreen):
@@ -167,6 +179,12 @@ class PickerScreen(CockpitScreen):
         if fits is False:
             body.append(f"\nDoes not fit the {float(info.get('vram_budget_gb', 12)):g} GB budget at full size "
                         "(estimate); the cpu profile or smaller overrides still run.", style="red")
+        budget = float(info.get("vram_budget_gb", 12))
+        line = plan_text(info.get("plan_facts"), budget)
+        if line:
+            body.append(f"\nplan at full size: {line} (estimate; `cockpit plan {info['name']}` for the details)")
+        if info.get("has_paper_profile"):
+            body.append("\npublished-scale size: e, then profile=paper", style="dim")
         if info.get("finetune_estimates"):
             body.append(f"\nLlama bases, est. VRAM: {finetune_summary(info)}", style="dim")
         if info.get("error") and not self.measuring:

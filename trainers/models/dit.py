@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from trainers.diffusion import SCHEDULES, timestep_embedding
-from trainers.models.contract import at_least, divisible, fraction, one_of, require
+from trainers.models.contract import at_least, divisible, fraction, one_of, require, through_blocks
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Config:
     n_embd: int = 384
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    activation_checkpointing: bool = False  # recompute each block in backward (train.activation_checkpointing)
     # The DDPM process this network is trained for (read by the diffusion task, stored with checkpoints):
     num_timesteps: int = 1000
     schedule: str = "linear"        # linear | cosine beta schedule
@@ -178,7 +179,6 @@ class Model(nn.Module):
         p = self.config.patch_size
         h = rearrange(self.patch_embed(x), "b d gh gw -> b (gh gw) d") + self.pos_embed  # (B, N, D)
         c = self.t_embedder(t) + self.y_embedder(y)                                      # (B, D)
-        for block in self.blocks:
-            h = block(h, c)
+        h = through_blocks(self.blocks, h, c, checkpointed=self.config.activation_checkpointing and self.training)
         h = self.final_layer(h, c)                                                       # (B, N, p*p*C)
         return rearrange(h, "b (gh gw) (p1 p2 c) -> b c (gh p1) (gw p2)", gh=self.grid, p1=p, p2=p)

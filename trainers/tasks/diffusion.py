@@ -120,7 +120,8 @@ class Task(BaseTask):
     def build_model(self):
         net = build_model(self.cfg["arch"], self.cfg["model"], contract=self.contract, image_size=self.data.size,
                           in_channels=self.data.channels, num_classes=self.data.num_classes,
-                          kernels=self.cfg.get("kernels", "torch"))
+                          kernels=self.cfg.get("kernels", "torch"),
+                          activation_checkpointing=self.cfg["train"]["activation_checkpointing"])
         return DiffusionModel(net, float(self.opts["ema_decay"]))
 
     def on_step(self, model, optimizer, step, lr):
