@@ -23,6 +23,7 @@ import torch
 from trainers.config import ConfigError, check_section_keys, coerce
 from trainers.diffusion import Diffusion, DiffusionModel
 from trainers.images import image_source, load_images, to_uint8
+from trainers.internals import array
 from trainers.models import build_model, make_config
 from trainers.models.contract import Denoiser
 from trainers.tasks import Task as BaseTask
@@ -224,6 +225,24 @@ class Task(BaseTask):
                           "pad": GRID_PAD},
                  "sampler": self.sampler_name(), "guidance": float(self.opts["guidance"]),
                  "prompt": f"{self.sampler_name()}, guidance {float(self.opts['guidance']):g}, EMA weights"}]
+
+    PROBE_IMAGES = 8     # fixed held-out images, noise and classes of the internals probe
+    PROBE_BUCKETS = 10   # equal ranges of timesteps the probe's loss is measured in
+
+    @torch.no_grad()
+    def internals(self, model, step):
+        """The loss on fixed held-out images, noise and classes, with every image at the middle timestep of each
+        of PROBE_BUCKETS equal ranges of t: which noise levels the network has learned (the loss is highest
+        near t = 0, where the noise is hard to tell from the image, and falls as t grows)."""
+        g = self.generator("probe", 0)
+        x0, y, _, noise = self._draw("val", g, self.PROBE_IMAGES, drop_labels=False)
+        T, n = self.diffusion.T, self.PROBE_BUCKETS
+        losses = []
+        for b in range(n):
+            t = torch.full((len(x0),), int((b + 0.5) * T / n), dtype=torch.long, device=x0.device)
+            losses.append(self.diffusion.loss(model.net, x0, t, noise, y).item())
+        return {"probe": f"{len(x0)} held-out images, fixed noise and classes, at {n} timesteps",
+                "arrays": [array("loss_by_t", losses, ["bucket"], lo=0, hi=T, digits=5)]}
 
     def state_dict(self):
         return {"classes": self.data.class_names, "image_size": self.data.size, "channels": self.data.channels,
