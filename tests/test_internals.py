@@ -302,3 +302,96 @@ def test_the_reducer_keeps_the_newest_probes_and_a_resume_drops_the_later_ones()
     assert s.internals[-1].step == 30
     s.apply(internals(20))                                   # a step probed again replaces the later probes
     assert s.internals[-1].step == 20 and all(p.step < 20 for p in list(s.internals)[:-1])
+
+
+# --- the cockpit: the internals view and the replay ----------------------------------------------------------
+
+def test_replay_prints_the_most_recent_probe_as_text_heatmaps():
+    r = cockpit("--replay", str(FIXTURES / "mingpt-sort-internals" / "events.jsonl"), "--color", "never")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    out = r.stdout
+    assert "internals at step 600 · arch mingpt" in out and "11 probes recorded" in out
+    for title in ("── attention", "── logit lens", "── gradients & updates"):
+        assert title in out
+    assert out.count("L2 H") == 3                           # a small multiple per head of the last layer
+    maps = out.split("── attention", 1)[1].split("── logit lens", 1)[0].splitlines()
+    assert any(line.startswith("0 @@") for line in maps)    # the first token can only read itself: weight 1
+    assert "0 0 0 1 0 2 0 0 0 0 1" in out                   # the probe's tokens on the key axis
+
+
+def test_replay_in_colour_draws_half_block_heatmaps():
+    r = cockpit("--replay", str(FIXTURES / "mamba-internals" / "events.jsonl"), "--color", "always")
+    assert r.returncode == 0
+    assert "── selectivity" in r.stdout and "\x1b[" in r.stdout and "Δ_t per probe token" in r.stdout
+
+
+def test_every_view_draws_each_architectures_event_without_colour_and_in_colour(runs):
+    from cockpit.internals import draw_view, views_of
+
+    for preset in RUNS:
+        evs, _, _ = runs(preset)
+        ev = E.convert(evs[-1])
+        titles = [v.title for v in views_of(ev)]
+        assert len(titles) >= 2 and titles[-1] == "gradients & updates", (preset, titles)
+        for view in views_of(ev):
+            for color in (False, True):
+                lines = draw_view(view, ev, 100, color)
+                assert lines and not any("cannot draw" in line.plain for line in lines), (preset, view.title)
+
+
+def test_accepted_hostile_values_draw_in_every_view():
+    """Values the protocol lets through (NaN, ±inf, 1e308, empty labels, one-entry axes) draw as text."""
+    from cockpit.internals import VIEWS, draw_view
+
+    weird = [math.nan, math.inf, -math.inf, 1e308, -1e308, 0.0, 5e-324]
+    arrays = []
+    for view in VIEWS:
+        for name in view.arrays:
+            shape = {"attention": [1, 1, 2, 2], "retention": [1, 1, 2, 2], "logit_lens": [1, 4], "expert": [1, 7],
+                     "router_entropy": [1, 7], "expert_load": [1, 7], "delta": [1, 7], "exp_delta_A": [1, 7],
+                     "A": [1, 7], "decay": [1, 1, 5], "token_shift": [1, 5]}.get(name, [7])
+            n = math.prod(shape)
+            arrays.append({"name": name, "shape": shape, "data": (weird * n)[:n], "labels": [""] * shape[0],
+                           "cells": [""] * n, "lo": -1e308, "hi": 1e308})
+    ev = E.convert({"type": "internals", "step": 1, "arrays": arrays, "tokens": [""] * 7})
+    assert isinstance(ev, E.Internals)
+    for view in VIEWS:
+        for color in (False, True):
+            assert draw_view(view, ev, 40, color)
+
+
+async def test_the_internals_screen_steps_through_probes_and_views_and_goes_back():
+    from cockpit.app import CockpitApp
+    from cockpit.screens.internals import InternalsScreen
+    from cockpit.screens.run import RunScreen
+
+    app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-internals" / "events.jsonl"))
+    async with app.run_test(size=(120, 48)) as pilot:
+        for _ in range(200):
+            if isinstance(app.screen, RunScreen) and app.screen.loaded:
+                break
+            await pilot.pause(0.05)
+        await pilot.press("i")
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert isinstance(screen, InternalsScreen)
+
+        def head() -> str:
+            return str(screen.query_one("#internals-head").render())
+
+        def body() -> str:
+            return str(screen.query_one("#internals-view").render())
+        assert "probe 11/11" in head() and "step 600" in head() and "L2 H2" in body()
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        await pilot.pause(0.1)
+        assert "probe 9/11" in head() and "step 480" in head()
+        await pilot.press("right")
+        await pilot.pause(0.1)
+        assert "read at" in body()                         # the logit lens
+        assert "what each layer would predict" in str(screen.query_one("#internals-caption").render())
+        await pilot.press("right_square_bracket", "right_square_bracket", "right_square_bracket")
+        await pilot.pause(0.1)
+        assert "probe 11/11" in head() and "read at" in body()   # the view is kept while stepping
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, RunScreen)
