@@ -8,8 +8,9 @@ Each preset's trainer is built in this process (trainers/loop.py Trainer, exactl
 and its training steps are driven as the loop drives them. A plain step (forward, backward, clipping,
 optimizer step) is timed --steps times; a probe (UpdateWatch's gradient norms and weight copy before the
 update, then its update ratios, the task's probe forward in eval mode and the event written to the log:
-Trainer.internals_event) --probes times, each after a real training step. Medians of each; the share is
-probe / (interval x step). Thread count: torch's default for this machine, whatever the load.
+Trainer.internals_event) --probes times, each after a real training step, the two kinds interleaved so that
+a shared machine's drifting load weighs on both alike. Medians of each; the share is probe / (interval x
+step). Thread count: torch's default for this machine, whatever the load (given with the results).
 """
 from __future__ import annotations
 
@@ -62,10 +63,11 @@ def measure(preset: str, steps: int, probes: int, run_dir: Path) -> dict:
             return (t2 - t1) + (time.perf_counter() - t3)
 
         one_step(False)  # warm-up: first-call allocations and lazy initialisation
-        for _ in range(steps):
-            plain.append(one_step(False))
-        for _ in range(probes):
-            probe.append(one_step(True))
+        for i in range(max(steps, probes)):  # interleaved: a shared machine's load drifts over both alike
+            if i < steps:
+                plain.append(one_step(False))
+            if i < probes:
+                probe.append(one_step(True))
         step_s = statistics.median(plain)
         probe_s = statistics.median(probe)
         return {"preset": preset, "arch": cfg["arch"], "interval": interval, "step_ms": step_s * 1e3,
@@ -115,8 +117,8 @@ def main(argv=None):
 The cost of the `internals` events (gradient norms, update ratios and the model's own arrays on its fixed
 probe, trainers/internals.py) at each preset's CPU profile and default `train.internals_interval`: the time
 one probe adds, as a share of the steps between two probes (goal ≤ 2%). Measured by
-`scripts/bench_internals.py` (plain steps: median of {a.steps}; probes: median of {a.probes}, each timed from the
-weight copy before the update to the event written).
+`scripts/bench_internals.py` (plain steps: median of {a.steps}; probes: median of {a.probes}, interleaved with
+them, each timed from the weight copy before the update to the event written).
 
 Machine: {machine}.
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["nanogpt", "sequence", "fidelity", "speed", "data", "diffusion", "finetune", "kernels", "gpu_compile",
-         "reliability"]
+         "reliability", "internals"]
 HEADER = """# Benchmarks
 
 Every figure below was measured by a script in `scripts/` on the machine and date it names, and is

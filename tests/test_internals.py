@@ -73,9 +73,10 @@ def test_every_architecture_writes_internals_at_the_first_step_and_each_interval
     assert last["arch"] == model_arch(preset)
     grad = arr(last, "grad_norm")
     assert (grad >= 0).all() and grad.sum() > 0
+    from trainers.internals import RATIO_FLOOR
+
     ratios = arr(last, "update_ratio")
-    finite = ratios[torch.isfinite(ratios)]
-    assert len(finite) and (finite < 1).all() and (finite > -12).all()  # updates are a small share of weights
+    assert torch.isfinite(ratios).all() and (ratios < 1).all() and (ratios >= RATIO_FLOOR - 1e-3).all()
     assert len(json.dumps(last)) < 120_000  # a few tens of KiB at most
 
 
@@ -217,7 +218,7 @@ def test_bitnet_weight_histogram_covers_every_weight_and_flips_are_shares(runs):
     first, last = evs[0], evs[-1]
     hist = next(a for a in last["arrays"] if a["name"] == "w_over_gamma")
     assert sum(hist["data"]) == pytest.approx(1.0, abs=1e-3) and hist["lo"] == -hist["hi"]
-    assert all(math.isnan(x) for x in arr(first, "flip_share"))   # nothing to compare with at the first probe
+    assert "flip_share" not in {a["name"] for a in first["arrays"]}  # nothing to compare with at the first probe
     flips = arr(last, "flip_share")
     assert ((flips >= 0) & (flips <= 1)).all() and flips.sum() > 0
 

@@ -5,7 +5,8 @@ Every `train.internals_interval` steps the loop (trainers/loop.py) measures, aro
     grad_norm      each layer's gradient norm (after clipping: what the optimizer was given)
     update_ratio   log10(‖ΔW‖ / ‖W‖) of each parameter tensor, ΔW the optimizer's update (lr times its step,
                    weight decay included) and W the weights before it; near -3 when the learning rate is right
-                   (much higher: the weights churn; much lower: they hardly move)
+                   (much higher: the weights churn; much lower: they hardly move); never below float32's
+                   resolution (RATIO_FLOOR, about -6.9: a smaller update leaves the weights as they were)
 with UpdateWatch, then asks the task for the model's own arrays on a fixed probe input (Task.internals), which
 the model computes in its own file (`Model.internals`, next to the code it explains) with the helpers here:
 causal attention maps, pooled to fit the event, and the logit lens.
@@ -134,13 +135,17 @@ def layer_of(name: str) -> str:
     return parts[-2] if len(parts) > 1 else parts[0]
 
 
-def _log_ratio(num: float, den: float) -> float:
-    """log10(num / den); -inf for no update, NaN for weights that are all zero (the ratio has no meaning)."""
-    if den <= 0:
-        return math.nan
-    if num <= 0:
-        return -math.inf
-    return math.log10(num / den)
+# An update smaller than float32's resolution of the weights leaves them unchanged: the ratio's floor.
+RATIO_FLOOR = math.log10(torch.finfo(torch.float32).eps)
+
+
+def _log_ratio(update: float, before: float, after: float) -> float:
+    """log10(‖ΔW‖ / ‖W‖), W the weights before the update, or after it for weights that were all zero (a
+    zero-initialised bias: its first update is all of it, ratio 1); never below RATIO_FLOOR."""
+    weights = before if before > 0 else after
+    if update <= 0 or weights <= 0:
+        return RATIO_FLOOR
+    return max(math.log10(update / weights), RATIO_FLOOR)
 
 
 class UpdateWatch:
@@ -160,21 +165,19 @@ class UpdateWatch:
     def arrays(self) -> list[dict]:
         layers = list(self.grad_sq)
         grad = array("grad_norm", [math.sqrt(self.grad_sq[k]) for k in layers], ["layer"], labels=layers)
-        names, upd, w = [], [], []
+        names, norms = [], []   # (‖ΔW‖, ‖W before‖, ‖W after‖) of each tensor
         for (n, p), old in zip(self.params, self.before):
+            new = p.detach().float()
             names.append(n)
-            upd.append(float((p.detach().float() - old).norm()))
-            w.append(float(old.norm()))
+            norms.append((float((new - old).norm()), float(old.norm()), float(new.norm())))
         if len(names) > MAX_TENSORS:  # per layer: the norms of all its tensors together
-            up_sq: dict[str, float] = {}
-            w_sq: dict[str, float] = {}
-            for n, u, x in zip(names, upd, w):
-                k = layer_of(n)
-                up_sq[k] = up_sq.get(k, 0.0) + u * u
-                w_sq[k] = w_sq.get(k, 0.0) + x * x
-            names = list(up_sq)
-            upd = [math.sqrt(up_sq[k]) for k in names]
-            w = [math.sqrt(w_sq[k]) for k in names]
-        ratio = array("update_ratio", [_log_ratio(u, x) for u, x in zip(upd, w)], ["param"],
+            sq: dict[str, list[float]] = {}
+            for n, norm in zip(names, norms):
+                acc = sq.setdefault(layer_of(n), [0.0, 0.0, 0.0])
+                for i, x in enumerate(norm):
+                    acc[i] += x * x
+            names = list(sq)
+            norms = [tuple(math.sqrt(x) for x in sq[k]) for k in names]
+        ratio = array("update_ratio", [_log_ratio(*norm) for norm in norms], ["param"],
                       labels=[n[-120:] for n in names], digits=3)
         return [grad, ratio]

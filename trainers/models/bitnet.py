@@ -189,7 +189,7 @@ class Model(LanguageModelBase):
         """On a probe idx (1, T): attention maps and the logit lens (trainers/internals.py); and the ternary
         weights: the histogram of every BitLinear's latent W/γ (`w_over_gamma`, share of weights per bin; |W/γ|
         < 0.5 rounds to 0, beyond to ±1, so mass piling at ±0.5 is weights about to flip), and the share of each
-        BitLinear's ternary weights that changed since the previous probe (`flip_share`; NaN at the first)."""
+        BitLinear's ternary weights that changed since the previous probe (`flip_share`, from the second probe on)."""
         x = self.wte(idx)
         maps, residuals = [], []
         for block in self.blocks:
@@ -206,15 +206,17 @@ class Model(LanguageModelBase):
                 w_int, gamma = weight_quant(w)
                 ratios.append((w / gamma).flatten())
                 before = seen.get(name)
-                flips.append(float((w_int != before).float().mean()) if before is not None else math.nan)
+                if before is not None:
+                    flips.append(float((w_int != before).float().mean()))
+                    names.append(name)
                 seen[name] = w_int.to(torch.int8)
-                names.append(name)
         r = torch.cat(ratios).clamp(-self.W_RANGE, self.W_RANGE)
         hist = torch.histc(r, bins=self.W_BINS, min=-self.W_RANGE, max=self.W_RANGE) / r.numel()
-        return [attention_arrays(maps),
-                logit_lens(residuals, lambda h: self.lm_head(self.norm_f(h)), decode),
-                array("w_over_gamma", hist, ["bin"], lo=-self.W_RANGE, hi=self.W_RANGE, digits=5),
-                array("flip_share", flips, ["layer"], labels=names, digits=5)]
+        out = [attention_arrays(maps), logit_lens(residuals, lambda h: self.lm_head(self.norm_f(h)), decode),
+               array("w_over_gamma", hist, ["bin"], lo=-self.W_RANGE, hi=self.W_RANGE, digits=5)]
+        if flips:  # from the second probe on
+            out.append(array("flip_share", flips, ["layer"], labels=names, digits=5))
+        return out
 
     def metrics(self) -> dict:
         """Fraction of ternary weights that are 0 (the paper's "feature filtering"), over all BitLinears."""
