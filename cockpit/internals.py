@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from rich.style import Style
 from rich.text import Text

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -66,7 +64,7 @@ def arr(ev: dict, name: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("preset", list(RUNS))
 def test_every_architecture_writes_internals_at_the_first_step_and_each_interval(preset, runs):
-    evs, model, _ = runs(preset)
+    evs, _, _ = runs(preset)
     assert [e["step"] for e in evs] == [1, 2]
     last = evs[-1]
     assert E.convert(last).__class__ is E.Internals
@@ -123,7 +121,7 @@ def test_parameters_are_grouped_into_their_layers():
 
 @pytest.mark.parametrize("preset", ["nanogpt", "mingpt-sort", "moe", "bitnet", "lora"])
 def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(preset, runs):
-    evs, model, task = runs(preset)
+    evs, _, task = runs(preset)
     att = arr(evs[-1], "attention")                          # (layer, head, query, key)
     L, H, T, _ = att.shape
     assert T == len(evs[-1]["tokens"]) == task.probe().size(1)
@@ -135,7 +133,7 @@ def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(preset, runs)
 def test_the_logit_lens_last_layer_is_the_models_own_next_token(preset, runs):
     evs, model, task = runs(preset)
     lens = next(a for a in evs[-1]["arrays"] if a["name"] == "logit_lens")
-    L, P = lens["shape"]
+    _, P = lens["shape"]
     with torch.no_grad():
         logits, _ = model(task.probe(), torch.zeros_like(task.probe()))
     top = logits[0, -P:].argmax(-1).tolist()
@@ -214,7 +212,7 @@ def test_retnet_maps_are_the_scores_times_the_decay_mask_and_give_its_retention(
 
 
 def test_bitnet_weight_histogram_covers_every_weight_and_flips_are_shares(runs):
-    evs, model, _ = runs("bitnet")
+    evs, _, _ = runs("bitnet")
     first, last = evs[0], evs[-1]
     hist = next(a for a in last["arrays"] if a["name"] == "w_over_gamma")
     assert sum(hist["data"]) == pytest.approx(1.0, abs=1e-3) and hist["lo"] == -hist["hi"]
@@ -229,6 +227,14 @@ def test_diffusion_loss_by_timestep_bucket(preset, runs):
     loss = next(a for a in evs[-1]["arrays"] if a["name"] == "loss_by_t")
     assert loss["shape"] == [task.PROBE_BUCKETS] and (loss["lo"], loss["hi"]) == (0, task.diffusion.T)
     assert all(0 < x < 10 for x in loss["data"])
+    g = task.generator("probe", 0)                                       # the probe, drawn again
+    x0, y, _, noise = task._draw("val", g, task.PROBE_IMAGES, drop_labels=False)
+    T, n = task.diffusion.T, task.PROBE_BUCKETS
+    for b in (0, n // 2, n - 1):                                          # each bucket: the loss at its middle t
+        t = torch.full((len(x0),), int((b + 0.5) * T / n))
+        with torch.no_grad():
+            assert loss["data"][b] == pytest.approx(task.diffusion.loss(model.net, x0, t, noise, y).item(),
+                                                    rel=1e-3, abs=1e-5)
 
 
 def test_attention_maps_too_large_for_an_event_are_pooled_keeping_rows_and_causality():
