@@ -19,7 +19,8 @@ from rich.text import Text
 from common.events import Internals
 
 RAMP = " .:-=+*#%@"                      # glyphs from low to high, for text without colour
-SPARK = " ▁▂▃▄▅▆▇█"
+SPARK = " ▁▂▃▄▅▆▇█"                      # a column filling up, by eighths
+EIGHTHS = " ▏▎▍▌▋▊▉"                     # a bar's last cell, by eighths
 SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))  # viridis
 DIVERGING = ((33, 102, 172), (247, 247, 247), (178, 24, 43))                             # blue, white, red
 CATEGORIES = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -183,7 +184,7 @@ def bars(values: list[float], labels: list[str], width: int, fmt: str = "{:.3g}"
         line = Text.assemble((label[-name_w:].rjust(name_w) + " ", DIM))
         if finite(x):
             n = max(x, 0.0) / top * width
-            line.append("█" * int(n) + (SPARK[round((n - int(n)) * 8)] if n < width else ""), style)
+            line.append("█" * int(n) + (EIGHTHS[min(int((n - int(n)) * 8), 7)] if n < width else ""), style)
             line.append(" " + fmt.format(x))
         else:
             line.append("-", DIM)
@@ -238,6 +239,7 @@ def draw_maps(ev: Internals, width: int, color: bool, name: str = "attention") -
     cw = 2 if min(H, 4) * (2 * S + 6) <= width else 1    # square cells when a row of heads still fits
     map_w = cw * S + 4
     per_row = max(1, min(H, (width + 2) // (map_w + 2)))
+    per_row = -(-H // -(-H // per_row))                    # as even as the rows can be: 4 heads as 2 + 2, not 3 + 1
     out: list[Text] = []
     for layer in range(L):
         for h0 in range(0, H, per_row):
@@ -274,7 +276,7 @@ def draw_lens(ev: Internals, width: int, color: bool) -> list[Text]:
     head = Text.assemble(("read at".ljust(9), DIM))
     for p in range(P):
         tok = toks[len(toks) - P + p] if len(toks) >= P else "?"
-        head.append(f"'{tok}'"[:cell_w].ljust(cell_w + 1), "bold")
+        head.append(f"'{tok.replace(' ', '␣')}'"[:cell_w].ljust(cell_w + 1), "bold")
     out = [head]
     scale = Scale(0.0, 1.0)
     labels = a.get("labels") or [f"layer {i}" for i in range(L)]
