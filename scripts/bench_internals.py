@@ -90,28 +90,9 @@ def table(rows: list[dict], failed: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    from trainers.config import preset_names
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="*", default=preset_names())
-    ap.add_argument("--steps", type=int, default=8, help="plain steps timed per preset")
-    ap.add_argument("--probes", type=int, default=4, help="probes timed per preset")
-    ap.add_argument("--out", default=str(DEFAULT_OUT))
-    a = ap.parse_args(argv)
-    machine = machine_line()
-    rows, failed = [], {}
-    for preset in a.presets:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                r = measure(preset, a.steps, a.probes, Path(tmp))
-            except Exception as e:  # noqa: BLE001 — one preset that cannot build here is a row, not the end
-                failed[preset] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-                print(f"{preset}: {failed[preset]}", flush=True)
-                continue
-        rows.append(r)
-        print(f"{preset}: step {r['step_ms']:.1f} ms, probe {r['probe_ms']:.1f} ms, every {r['interval']} steps: "
-              f"{100 * r['share']:.2f}%", flush=True)
+def write(out: Path, a, machine: str, rows: list[dict], failed: dict[str, str], done: bool) -> None:
+    """The results page, rewritten after each preset (a long run that is cut short keeps what it measured)."""
+    pending = "" if done else "\n(measuring: the presets not listed yet are still to come)\n"
     body = f"""# Internals
 
 The cost of the `internals` events (gradient norms, update ratios and the model's own arrays on its fixed
@@ -123,10 +104,34 @@ them, each timed from the weight copy before the update to the event written).
 Machine: {machine}.
 
 {table(rows, failed)}
-"""
-    out = Path(a.out)
+{pending}"""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(body)
+
+
+def main(argv=None):
+    from trainers.config import preset_names
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="*", default=preset_names())
+    ap.add_argument("--steps", type=int, default=8, help="plain steps timed per preset")
+    ap.add_argument("--probes", type=int, default=4, help="probes timed per preset")
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    a = ap.parse_args(argv)
+    machine, out = machine_line(), Path(a.out)
+    rows, failed = [], {}
+    for preset in a.presets:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                r = measure(preset, a.steps, a.probes, Path(tmp))
+            except Exception as e:  # noqa: BLE001 — one preset that cannot build here is a row, not the end
+                failed[preset] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                print(f"{preset}: {failed[preset]}", flush=True)
+            else:
+                rows.append(r)
+                print(f"{preset}: step {r['step_ms']:.1f} ms, probe {r['probe_ms']:.1f} ms, every {r['interval']} "
+                      f"steps: {100 * r['share']:.2f}%", flush=True)
+        write(out, a, machine, rows, failed, done=len(rows) + len(failed) == len(a.presets))
     print(f"wrote {out}")
     return 0 if rows and all(r["share"] <= GOAL for r in rows) else 1
 
