@@ -138,6 +138,17 @@ def test_internals_view_snapshot_of_mamba_selectivity_one_probe_back(snap_compar
     assert snap_compare(app, terminal_size=(120, 40), run_before=before)
 
 
+def test_internals_view_snapshot_of_dit_loss_by_timestep(snap_compare):
+    """A diffusion model: DiT's loss on fixed images, noise and classes by timestep bucket."""
+    app = CockpitApp(watch=str(FIXTURES / "dit-internals" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+        await pilot.press("i")
+        await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+    assert snap_compare(app, terminal_size=(100, 30), run_before=before)
+
+
 @pytest.fixture
 def runs_here(tmp_path, monkeypatch):
     """A `runs/` directory of fixture runs in the current directory, shown as `runs/` (no tmp path in the
