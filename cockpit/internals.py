@@ -452,6 +452,29 @@ def draw_loss_by_t(ev: Internals, width: int, color: bool) -> list[Text]:
     return [Text("loss on the fixed probe, by timestep", "bold")] + bars(a["data"], labels, width, "{:.4f}")
 
 
+def draw_adapters(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = []
+    sv = ev.array("lora_sv")
+    if sv is not None and len(sv["shape"]) == 2:
+        L, K = sv["shape"]
+        labels = sv.get("labels") or [str(i) for i in range(L)]
+        name_w = min(max(len(x) for x in labels), 40)
+        out.append(Text("singular values of ΔW = B·A per adapted layer, largest first (each row scaled to its own)",
+                        "bold"))
+        for layer in range(L):
+            vals = sv["data"][layer * K:(layer + 1) * K]
+            top = max((v for v in vals if finite(v)), default=0.0) or 1.0
+            spark = "".join(SPARK[min(max(round(v / top * 8), 0), 8)] if finite(v) else "?" for v in vals)
+            out.append(Text.assemble((labels[layer][-name_w:].rjust(name_w) + " ", DIM), (spark, "cyan"),
+                                     (f" σ1 {vals[0]:.3g}" if vals and finite(vals[0]) else "", DIM)))
+    ov = ev.array("lora_overlap")
+    if ov is not None:
+        out += [Text(""), Text("share of ΔW inside W0's top singular directions (as many as the adapter's rank)",
+                               "bold")]
+        out += bars(ov["data"], ov.get("labels") or [str(i) for i in range(len(ov["data"]))], width, "{:.1%}")
+    return out
+
+
 def draw_updates(ev: Internals, width: int, color: bool) -> list[Text]:
     out = []
     g = ev.array("grad_norm")
@@ -501,6 +524,8 @@ VIEWS = (
          "ternary value; flips should fall as training settles", draw_ternary),
     View("loss by timestep", ("loss_by_t",), "the noise levels the network has learned: the loss is highest at small "
          "t, where the noise is hard to tell from the image", draw_loss_by_t),
+    View("adapters", ("lora_sv", "lora_overlap"), "ΔW has at most rank r: the singular values past it stay 0; a "
+         "small share inside W0's top directions means the adapter amplifies what W0 did not emphasise", draw_adapters),
     View("gradients & updates", ("grad_norm", "update_ratio"), "update ratios near -3 mean a good learning rate; "
          "far above, the weights churn; far below, they hardly move", draw_updates),
 )

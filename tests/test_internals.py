@@ -27,7 +27,7 @@ RUNS = {  # preset: the tiny model it trains here
     "rwkv": (*LM_TINY, "model.head_size=16", "model.mix_lora=4", "model.decay_lora=4", "model.wkv_chunk=8"),
     "retnet": (*LM_TINY, "model.n_head=2", "model.chunk_size=8"),
     "bitnet": (*LM_TINY, "model.n_head=2"),
-    "lora": (*LM_TINY, "model.n_head=2"),
+    "lora": (*LM_TINY, "model.n_head=2", "finetune.rank=4"),
     "dit": ("model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sample.rows=1", "sample.steps=2",
             "sample.eval_samples=0"),
     "unet": ("model.base_channels=8", "sample.rows=1", "sample.steps=2", "sample.eval_samples=0"),
@@ -219,6 +219,27 @@ def test_bitnet_weight_histogram_covers_every_weight_and_flips_are_shares(runs):
     assert "flip_share" not in {a["name"] for a in first["arrays"]}  # nothing to compare with at the first probe
     flips = arr(last, "flip_share")
     assert ((flips >= 0) & (flips <= 1)).all() and flips.sum() > 0
+
+
+def test_lora_delta_w_has_rank_at_most_r_and_its_spectrum_is_the_adapters(runs):
+    import re
+
+    from trainers.lora import LoRALinear
+
+    evs, model, _ = runs("lora")
+    sv = next(a for a in evs[-1]["arrays"] if a["name"] == "lora_sv")
+    overlap = arr(evs[-1], "lora_overlap")
+    adapted = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    L, K = sv["shape"]
+    assert L == len(adapted) and ((overlap >= 0) & (overlap <= 1)).all()
+    for i, label in enumerate(sv["labels"]):
+        name, rank = re.fullmatch(r"(.+) \(rank (\d+)\)", label).groups()
+        values = torch.tensor(sv["data"][i * K:(i + 1) * K])
+        assert int(rank) == adapted[name].stacked_A().size(0) < K
+        assert values[0] > 0 and (values[int(rank):] <= 1e-4 * values[0]).all()    # rank(B·A) <= r
+        with torch.no_grad():
+            expected = torch.linalg.svdvals(adapted[name].delta_weight())[:K]
+        assert values == pytest.approx(expected, rel=1e-3, abs=1e-6 * float(values[0]))
 
 
 @pytest.mark.parametrize("preset", ["dit", "unet"])
