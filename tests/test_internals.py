@@ -420,6 +420,11 @@ async def test_the_internals_screen_steps_through_probes_and_views_and_goes_back
         await pilot.press("right_square_bracket", "right_square_bracket", "right_square_bracket")
         await pilot.pause(0.1)
         assert "probe 11/11" in head() and "read at" in body()   # the view is kept while stepping
+        run_screen = app.screen_stack[-2]
+        newest = E.convert({**E.as_dict(run_screen.state.internals[-1]), "step": 660})
+        run_screen.state.apply(newest)                      # a live run's next probe arrives
+        await pilot.pause(1.5)
+        assert "probe 12/12" in head() and "step 660" in head()   # followed, since the newest was shown
         await pilot.press("escape")
         await pilot.pause(0.1)
         assert isinstance(app.screen, RunScreen)
