@@ -189,6 +189,22 @@ def _ansi(images, img) -> str:
     return cap.get().rstrip("\n")
 
 
+def internals_text(s: RunState, width: int, color: bool) -> str:
+    """The most recent internals probe, every view of it as text heatmaps, bars and number lines
+    (cockpit/internals.py)."""
+    from rich.console import Console
+
+    from cockpit.internals import report_lines
+
+    console = Console(force_terminal=color, color_system="truecolor" if color else None, width=width,
+                      no_color=not color, highlight=False)
+    with console.capture() as cap:
+        for line in report_lines(s.internals[-1], width, color):
+            console.print(line, overflow="crop", no_wrap=True)
+    note = f"({len(s.internals)} probes recorded; the internals view, `i` on the run screen, steps through them)"
+    return cap.get().rstrip("\n") + "\n" + note
+
+
 def kernel_lines(s: RunState) -> list[str]:
     if not s.kernels:
         return []
@@ -213,6 +229,8 @@ def report(path: str, state: RunState, stats: ReadStats | None, *, color: bool |
         parts += ["\n".join(experts_lines(state)), ""]
     if state.kernels:
         parts += ["\n".join(kernel_lines(state)), ""]
+    if state.internals:
+        parts += [internals_text(state, width, color), ""]
     parts.append("\n".join(system_lines(state)))
     if state.error:
         parts += ["", "error:", state.error.rstrip()]

@@ -31,7 +31,7 @@ import base64
 import math
 import numbers
 import sys
-from typing import Annotated, Any, ClassVar, Literal, Optional, TypedDict, Union
+from typing import Annotated, Any, ClassVar, Literal, NotRequired, Optional, TypedDict, Union
 
 import msgspec
 
@@ -149,6 +149,24 @@ class Grid(TypedDict, total=False):
 
 Metrics = dict[str, Union[float, Int64, bool, str, None]]
 
+# An internals event holds a few small arrays (a probe's attention maps, per-layer norms): bounded so that no log
+# can make a reader build a huge one. The trainer keeps well under these (trainers/internals.py).
+MAX_INTERNALS_VALUES = 1 << 16   # numbers in one internals event, all its arrays together
+MAX_INTERNALS_ARRAYS = 64
+MAX_ARRAY_DIMS = 4
+MAX_PROBE_TOKENS = 256
+
+
+class Array(TypedDict):
+    name: Name
+    shape: Annotated[list[Positive], msgspec.Meta(min_length=1, max_length=MAX_ARRAY_DIMS)]
+    data: Annotated[list[float], msgspec.Meta(max_length=MAX_INTERNALS_VALUES)]  # row-major
+    dims: NotRequired[list[Name]]      # what each axis is: layer, head, query, key, token, bin, ...
+    labels: NotRequired[list[Name]]    # a label per entry of the first axis (a layer's or a tensor's name)
+    cells: NotRequired[list[Name]]     # a label per value (the logit lens's tokens)
+    lo: NotRequired[Finite]            # the range the last axis spans (a histogram's bins, timestep buckets)
+    hi: NotRequired[Finite]
+
 
 def _check_image(img: Image) -> None:
     """The payload is base64 of exactly h*w*c bytes (a few kilobytes: image samples are rare events)."""
@@ -161,6 +179,26 @@ def _check_image(img: Image) -> None:
         raise ValueError("image payload is not base64") from None
     if size != h * w * c:
         raise ValueError(f"image payload holds {size} bytes, not h*w*c = {h * w * c}")
+
+
+def _check_arrays(arrays: list[Array]) -> None:
+    """Each array's data fills its shape exactly, its labels match its axes, and all of them together hold at
+    most MAX_INTERNALS_VALUES numbers."""
+    total = 0
+    for a in arrays:
+        name, shape, n = a["name"], a["shape"], len(a["data"])
+        size = math.prod(shape)
+        if size != n:
+            raise ValueError(f"internals array {name!r} holds {n} values, not the {size} of its shape {shape}")
+        total += n
+        if total > MAX_INTERNALS_VALUES:
+            raise ValueError(f"internals arrays hold more than {MAX_INTERNALS_VALUES} values")
+        if "dims" in a and len(a["dims"]) != len(shape):
+            raise ValueError(f"internals array {name!r} names {len(a['dims'])} axes of {len(shape)}")
+        if "labels" in a and len(a["labels"]) != shape[0]:
+            raise ValueError(f"internals array {name!r} has {len(a['labels'])} labels for {shape[0]} entries")
+        if "cells" in a and len(a["cells"]) != n:
+            raise ValueError(f"internals array {name!r} has {len(a['cells'])} cell labels for {n} values")
 
 
 _NON_FINITE = frozenset(("nan", "inf", "-inf"))
@@ -342,6 +380,22 @@ class Kernel(Event, tag="kernel", kw_only=True, gc=False):
         _printable_fields(self, ("note", "error", "compile_error"))
 
 
+class Internals(Event, tag="internals", kw_only=True, gc=False):
+    step: Count
+    arrays: Annotated[list[Array], msgspec.Meta(max_length=MAX_INTERNALS_ARRAYS)]
+    arch: Optional[Name] = None
+    probe: Optional[str] = None
+    tokens: Optional[Annotated[list[Name], msgspec.Meta(max_length=MAX_PROBE_TOKENS)]] = None
+
+    def __post_init__(self):
+        _check_arrays(self.arrays)
+        _printable_fields(self, ("probe",))
+
+    def array(self, name: str) -> Optional[Array]:
+        """The array called `name`, or None."""
+        return next((a for a in self.arrays if a["name"] == name), None)
+
+
 class Log(Event, tag="log", kw_only=True, gc=False):
     level: Name = "info"
     message: str
@@ -371,7 +425,7 @@ class RunEnd(Event, tag="run_end", kw_only=True, gc=False):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls
-    for cls in (RunStart, Step, Eval, Sample, Memory, System, Checkpoint, Kernel, Log, RunEnd)
+    for cls in (RunStart, Step, Eval, Sample, Memory, System, Checkpoint, Kernel, Internals, Log, RunEnd)
 }
 for _kind, _cls in EVENT_TYPES.items():
     _cls.type = _kind

@@ -28,6 +28,7 @@ THERMAL_THROTTLE = ("hw_thermal", "sw_thermal", "hw_slowdown", "hw_power_brake")
 MAX_UNKNOWN_TYPES = 20        # unknown event types counted by name; more are counted together as OTHER_TYPES
 OTHER_TYPES = "(other types)"
 MAX_METRICS = 32              # eval metrics charted by name; a log inventing more has the rest counted, not kept
+MAX_INTERNALS = 40            # internals probes kept (the newest): the internals view steps through them
 
 
 def number(x) -> float | None:
@@ -126,6 +127,7 @@ class RunState:
     throttle_steps: list = field(default_factory=list)
     checkpoints: list = field(default_factory=list)      # (step, path)
     kernels: dict = field(default_factory=dict)          # (name, shape, dtype) -> Kernel event
+    internals: deque = field(default_factory=lambda: deque(maxlen=MAX_INTERNALS))  # Internals events, oldest first
     logs: deque = field(default_factory=lambda: deque(maxlen=500))
     skipped_steps: list = field(default_factory=list)    # steps whose update was skipped (non-finite)
     resumes: list = field(default_factory=list)          # steps a resume continued from
@@ -272,6 +274,8 @@ def _run_start(s: RunState, ev: E.RunStart):
         _truncate_evals(s, resumed + 1)
         s.end = None
         s.error = None
+        while s.internals and s.internals[-1].step > resumed:  # the resumed trainer probes those steps again
+            s.internals.pop()
     s.segment_start = len(s.train)
     s.paused_since = None  # a new trainer process starts unpaused
     for name in ("run_id", "preset", "arch", "task", "n_params", "device", "profile", "pid", "unit", "dataset"):
@@ -423,6 +427,12 @@ def _kernel(s: RunState, ev: E.Kernel):
     s.kernels[(ev.name, str(ev.shape), str(ev.dtype))] = ev
 
 
+def _internals(s: RunState, ev: E.Internals):
+    while s.internals and s.internals[-1].step >= ev.step:  # a step probed again replaces the later probes
+        s.internals.pop()
+    s.internals.append(ev)
+
+
 def _log(s: RunState, ev: E.Log):
     s.logs.append((ev.level, ev.message))
     if ev.state is not None and s.end is None:
@@ -451,7 +461,8 @@ def _run_end(s: RunState, ev: E.RunEnd):
 _HANDLERS = {cls: (kind, handler) for kind, cls, handler in (
     ("run_start", E.RunStart, _run_start), ("eval", E.Eval, _eval),
     ("sample", E.Sample, _sample), ("memory", E.Memory, _memory), ("system", E.System, _system),
-    ("checkpoint", E.Checkpoint, _checkpoint), ("kernel", E.Kernel, _kernel), ("log", E.Log, _log),
+    ("checkpoint", E.Checkpoint, _checkpoint), ("kernel", E.Kernel, _kernel), ("internals", E.Internals, _internals),
+    ("log", E.Log, _log),
     ("run_end", E.RunEnd, _run_end))}
 
 

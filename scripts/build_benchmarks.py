@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["nanogpt", "llama", "speedrun", "sequence", "plan", "fidelity", "speed", "data", "diffusion", "finetune",
-         "kernels", "gpu_compile", "reliability"]
+         "kernels", "gpu_compile", "reliability", "internals"]
 HEADER = """# Benchmarks
 
 Every figure below was measured by a script in `scripts/` on the machine and date it names, and is

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "events.md"
 FIXTURES = [p for p in (ROOT / "tests" / "fixtures").rglob("events.jsonl")]
 NESTED = (E.Layer, E.MemoryTotals, E.MethodMemory, E.MemorySnapshot, E.Gpu, E.Cpu, E.Rank, E.Experts, E.Image,
-          E.Grid)
+          E.Grid, E.Array)
 
 
 def render(t) -> str:
@@ -126,6 +126,11 @@ def every_kind_of_event() -> list[tuple[str, dict]]:
         ("checkpoint", {"step": 1, "path": "ckpt.pt", "reason": "interval"}),
         ("kernel", {"name": "rmsnorm", "shape": [4, 8], "dtype": "float32", "ok": True, "max_abs_err": 1e-7,
                     "torch_ms": 1.0, "triton_ms": 0.5, "speedup": 2.0}),
+        ("internals", {"step": 1, "arch": "gpt", "probe": "held-out text window", "tokens": ["a", "⏎"],
+                       "arrays": [{"name": "attention", "shape": [1, 1, 2, 2], "data": [1.0, 0.0, 0.25, 0.75],
+                                   "dims": ["layer", "head", "query", "key"], "labels": ["h.0"]},
+                                  {"name": "loss_by_t", "shape": [2], "data": [0.5, 0.25], "lo": 0.0, "hi": 1000.0,
+                                   "cells": ["a", "b"]}]}),
         ("log", {"level": "info", "message": "paused at step 1", "state": "paused"}),
         ("run_end", {"status": "completed", "step": 1, "metrics": {"best_val_loss": 2.4, "unit": "tokens"},
                      "error": None, "exit_code": 0}),

@@ -131,6 +131,42 @@ def test_run_screen_snapshot_of_a_tensorboard_run(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=(120, 40), run_before=before)
 
 
+def test_internals_view_snapshot_of_mingpt_sort_attention(snap_compare):
+    """`i`: the attention maps of minGPT sorting digits (three layers of three heads over the held-out list and
+    its sorted answer), the probe at step 600 of 10."""
+    app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-internals" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+        await pilot.press("i")
+        await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+    assert snap_compare(app, terminal_size=(120, 48), run_before=before)
+
+
+def test_internals_view_snapshot_of_mamba_selectivity_one_probe_back(snap_compare):
+    """A recurrent model: Mamba's Δ over the probe text, one probe older than the newest (`[`)."""
+    app = CockpitApp(watch=str(FIXTURES / "mamba-internals" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+        await pilot.press("i")
+        await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+        await pilot.press("left_square_bracket")
+        await pilot.pause(0.3)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
+def test_internals_view_snapshot_of_dit_loss_by_timestep(snap_compare):
+    """A diffusion model: DiT's loss on fixed images, noise and classes by timestep bucket."""
+    app = CockpitApp(watch=str(FIXTURES / "dit-internals" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+        await pilot.press("i")
+        await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+    assert snap_compare(app, terminal_size=(100, 30), run_before=before)
+
+
 @pytest.fixture
 def runs_here(tmp_path, monkeypatch):
     """A `runs/` directory of fixture runs in the current directory, shown as `runs/` (no tmp path in the

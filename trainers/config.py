@@ -79,6 +79,7 @@ COMMON: dict[str, tuple] = {
     "train.sample_interval": (int, 500, (0, 10**9), None),
     "train.sample_tokens": (int, 200, (1, 100_000), None),
     "train.memory_interval": (int, 500, (0, 10**9), None),
+    "train.internals_interval": (int, 50, (0, 10**9), None),  # internals events (trainers/internals.py); 0: off
     "train.checkpoint_interval": (int, 1000, (0, 10**9), None),
     "train.seed": (int, 1337, (0, 2**63 - 1), None),
     "train.dtype": (str, "auto", None, ("auto", "float32", "bfloat16", "float16")),

@@ -33,6 +33,7 @@ from trainers.checkpoint import is_out_of_memory
 from trainers.config import AUTO, ConfigError, flatten, strip_private
 from trainers.controls import STOPPED_EXIT, Controls
 from trainers.events import EventWriter, RunLock
+from trainers.internals import UpdateWatch
 from trainers.memory import ActivationProbe, param_bytes_by_layer, totals
 from trainers.system import SystemSampler
 from trainers.tasks import load_task
@@ -327,6 +328,24 @@ class Trainer:
             self.best_val = val
         self.writer.emit("eval", step=self.step, val_loss=val, metrics=res.pop("metrics", {}), **res)
 
+    def internals_due(self, step: int) -> bool:
+        """Rank 0 probes the model's internals at the first step and every train.internals_interval steps."""
+        every = self.t["internals_interval"]
+        return self.is_main and every > 0 and (step % every == 0 or step == 1)
+
+    def internals_event(self, watch: UpdateWatch):
+        """The `internals` event of the step just taken: its gradients and update (watch), then the model's own
+        arrays on the task's fixed probe, computed without gradients in eval mode (trainers/internals.py)."""
+        arrays = watch.arrays()
+        self.raw_model.eval()
+        try:
+            with torch.no_grad():
+                probe = self.task.internals(self.raw_model, self.step)
+        finally:
+            self.raw_model.train()
+        self.writer.emit("internals", step=self.step, arch=self.cfg["arch"],
+                         arrays=arrays + probe.pop("arrays", []), **probe)
+
     def samples(self):
         if not self.is_main:
             return
@@ -487,11 +506,14 @@ class Trainer:
                     continue
                 where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else "; no checkpoint yet"
                 raise NonFinite(f"non-finite {what} at step {step} (loss={loss}, grad_norm={grad_norm}){where}")
+            watch = UpdateWatch(self.raw_model) if self.internals_due(step) else None
             self.optimizer.step()
             if probe is not None:  # before zero_grad, so grads and optimizer state are counted
                 self.memory_event(probe, step - 1)
             self.optimizer.zero_grad(set_to_none=True)
             self.step = step
+            if watch is not None:
+                self.internals_event(watch)
             self.units += units
             if self.writer.failed is not None:
                 raise LogWriteFailed(self._log_failure())

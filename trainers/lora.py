@@ -160,6 +160,30 @@ class LoRALinear(nn.Module):
 
         return dense_weight(self.base).float() + self.delta_weight()
 
+    @torch.no_grad()
+    def top_directions(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """W0's top-k left and right singular vectors, (out, k) and (in, k): the directions the frozen weights
+        emphasise most (W0 never changes: computed once, kept)."""
+        cached = getattr(self, "_w0_top", None)
+        if cached is None or cached[0].size(1) != k:
+            from trainers.quant import dense_weight
+
+            U, _, Vh = torch.linalg.svd(dense_weight(self.base).float(), full_matrices=False)
+            cached = self._w0_top = (U[:, :k], Vh[:k].t())
+        return cached
+
+    @torch.no_grad()
+    def spectrum(self, k: int) -> tuple[torch.Tensor, float]:
+        """ΔW's top-k singular values (at most n*r of them are non-zero: ΔW = B A has rank <= n*r), and the
+        share of ΔW's energy ‖U0ᵀ ΔW V0‖² / ‖ΔW‖² inside W0's top-(n*r) singular directions: LoRA's section 7
+        finds it small, ΔW amplifying directions W0 does not emphasise."""
+        dW = self.delta_weight()
+        nr = self.stacked_A().size(0)
+        U0, V0 = self.top_directions(nr)
+        total = float(dW.pow(2).sum())
+        inside = float((U0.t() @ dW @ V0).pow(2).sum())
+        return torch.linalg.svdvals(dW)[:k], (inside / total if total > 0 else 0.0)
+
     def extra_repr(self) -> str:
         a = next(iter(self.lora.values()))
         return f"adapters={list(self.slices)}, rank={a.rank}, alpha={a.alpha}"
@@ -271,3 +295,25 @@ def count_params(model: nn.Module) -> dict[str, int]:
         trainable += n if p.requires_grad else 0
         adapters += n if is_lora_param(name) else 0
     return {"total": total, "trainable": trainable, "adapters": adapters}
+
+
+@torch.no_grad()
+def adapter_internals(model: nn.Module) -> list[dict]:
+    """The internals arrays of a model's LoRA adapters (trainers/internals.py): per adapted layer, the top
+    singular values of its ΔW (`lora_sv`: twice as many as its adapters' ranks add up to, so that the zeros
+    beyond rank n*r show) and the share of ΔW inside W0's top singular directions (`lora_overlap`)."""
+    from trainers.internals import array
+
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if not layers:
+        return []
+    k = min(min(min(m.out_features, m.in_features) for _, m in layers),
+            2 * max(m.stacked_A().size(0) for _, m in layers))
+    svs, overlaps, names = [], [], []
+    for name, m in layers:
+        sv, overlap = m.spectrum(k)
+        svs.append(sv)
+        overlaps.append(overlap)
+        names.append(f"{name} (rank {m.stacked_A().size(0)})")
+    return [array("lora_sv", torch.stack(svs), ["layer", "singular value"], labels=names),
+            array("lora_overlap", overlaps, ["layer"], labels=names, digits=4)]

@@ -69,6 +69,7 @@ class RunScreen(ChartKeys, CockpitScreen):
         Binding("g", "choose_metrics", "Metrics shown"),
         Binding("z", "enlarge", "Enlarge chart"),
         Binding("k", "kernels", "Kernels"),
+        Binding("i", "internals", "Internals"),
         Binding("e", "smoothing", "EMA"),
         Binding("left_square_bracket", "older", "Older sample", key_display="["),
         Binding("right_square_bracket", "newer", "Newer sample", key_display="]"),
@@ -328,6 +329,11 @@ class RunScreen(ChartKeys, CockpitScreen):
         from cockpit.screens.kernels import KernelsScreen
 
         self.app.push_screen(KernelsScreen([as_dict(ev) for ev in self.state.kernels.values()]))
+
+    def action_internals(self):
+        from cockpit.screens.internals import InternalsScreen
+
+        self.app.push_screen(InternalsScreen(lambda: self.state))
 
     # --- view keys (the chart's: ChartKeys) -----------------------------------------------------------
     def action_older(self):

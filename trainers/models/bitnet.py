@@ -35,6 +35,7 @@ from kernels import integrate
 from kernels.bitlinear import activation_quant, bitlinear_ref, weight_quant
 from kernels.integrate import RMSNorm
 from kernels.rope import rope_pairs
+from trainers.internals import array, attention_arrays, causal_attention, logit_lens
 from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, head_and_loss, through_blocks
 
 
@@ -112,6 +113,13 @@ class Attention(nn.Module):
                                            is_causal=True)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
+    def attention_map(self, x):
+        """x (B, T, C) -> the weights (B, nh, T, T) SDPA applies above, from the same rotated q and k."""
+        B, T, C = x.shape
+        q, k, _ = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        pos = torch.arange(T, device=x.device)
+        return causal_attention(self.rope(q, pos), self.rope(k, pos))
+
 
 class SwiGLU(nn.Module):
     """FFN(x) = W_2 (SiLU(W_1 x) ⊙ W_3 x) (Shazeer 2020), with W_1 and W_3 in one BitLinear."""
@@ -172,6 +180,43 @@ class Model(LanguageModelBase):
             peak = group.setdefault("bitnet_peak_weight_decay", group["weight_decay"])
             group["weight_decay"] = peak * 0.5 * (1 + math.cos(math.pi * step / half)) if step < half else 0.0
         return lr if step < half else lr * self.config.stage2_lr_scale
+
+    W_RANGE = 2.0   # the histogram of W/γ spans ±W_RANGE (the rounding thresholds are at ±0.5)
+    W_BINS = 40
+
+    @torch.no_grad()
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): attention maps and the logit lens (trainers/internals.py); and the ternary
+        weights: the histogram of every BitLinear's latent W/γ (`w_over_gamma`, share of weights per bin; |W/γ|
+        < 0.5 rounds to 0, beyond to ±1, so mass piling at ±0.5 is weights about to flip), and the share of each
+        BitLinear's ternary weights that changed since the previous probe (`flip_share`, from the second probe on)."""
+        x = self.wte(idx)
+        maps, residuals = [], []
+        for block in self.blocks:
+            maps.append(block.attn.attention_map(x))
+            x = block(x)
+            residuals.append(x)
+        seen = getattr(self, "_probed_ternary", None)
+        if seen is None:
+            seen = self._probed_ternary = {}  # name -> the ternary weights at the previous probe (not saved)
+        ratios, flips, names = [], [], []
+        for name, module in self.named_modules():
+            if isinstance(module, BitLinear):
+                w = module.weight.detach().float()
+                w_int, gamma = weight_quant(w)
+                ratios.append((w / gamma).flatten())
+                before = seen.get(name)
+                if before is not None:
+                    flips.append(float((w_int != before).float().mean()))
+                    names.append(name)
+                seen[name] = w_int.to(torch.int8)
+        r = torch.cat(ratios).clamp(-self.W_RANGE, self.W_RANGE)
+        hist = torch.histc(r, bins=self.W_BINS, min=-self.W_RANGE, max=self.W_RANGE) / r.numel()
+        out = [attention_arrays(maps), logit_lens(residuals, lambda h: self.lm_head(self.norm_f(h)), decode),
+               array("w_over_gamma", hist, ["bin"], lo=-self.W_RANGE, hi=self.W_RANGE, digits=5)]
+        if flips:  # from the second probe on
+            out.append(array("flip_share", flips, ["layer"], labels=names, digits=5))
+        return out
 
     def metrics(self) -> dict:
         """Fraction of ternary weights that are 0 (the paper's "feature filtering"), over all BitLinears."""

@@ -22,6 +22,10 @@ LanguageModel (tasks lm, sort, finetune)
         on_step(optimizer, step, max_steps, lr) -> lr    before each optimizer step (BitNet's two stages)
         metrics() -> {name: number}                        added to each eval's metrics (BitNet, MoE)
         eval_fields() -> {field: value}                   extra fields of the eval event (MoE's `experts`)
+        internals(idx, decode) -> [Array]                 what the model does inside on a probe idx (1, T):
+                                                          the arrays of the `internals` event (attention maps,
+                                                          routing, decays ...; trainers/internals.py); decode
+                                                          turns token ids into their text
 
 Denoiser (task diffusion)
     forward(x, t, y) -> eps    x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) class ids (num_classes:
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -67,6 +72,8 @@ class LanguageModel(Protocol):
     def metrics(self) -> dict[str, float]: ...
 
     def eval_fields(self) -> dict[str, Any]: ...
+
+    def internals(self, idx: torch.Tensor, decode: Callable[[list[int]], list[str]]) -> list[dict]: ...
 
 
 class Denoiser(Protocol):
@@ -136,6 +143,9 @@ class LanguageModelBase(nn.Module):
 
     def eval_fields(self) -> dict[str, Any]:
         return {}
+
+    def internals(self, idx: torch.Tensor, decode: Callable[[list[int]], list[str]]) -> list[dict]:
+        return []
 
 
 class RecurrentLanguageModelBase(LanguageModelBase):

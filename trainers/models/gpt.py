@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.integrate import GELUTanh, LayerNorm
+from trainers.internals import attention_arrays, causal_attention, logit_lens
 from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, head_and_loss, through_blocks
 
 
@@ -71,6 +72,15 @@ class CausalSelfAttention(nn.Module):
                                            is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def attention_map(self, x):
+        """x (B, T, C) -> the weights softmax(QK^T / sqrt(d)) (B, nh, T, T) that SDPA applies above (which
+        never builds them), for the internals view."""
+        B, T, C = x.shape
+        q, k, _ = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        return causal_attention(q, k)
 
 
 class MLP(nn.Module):
@@ -141,3 +151,18 @@ class Model(LanguageModelBase):
         x = self.hidden(idx)
         return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton",
                              vocab=self.config.vocab_size)
+
+    @torch.no_grad()
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): every layer's attention maps per head, and the logit lens (each layer's
+        residual stream read out through ln_f and the head) at the last positions (trainers/internals.py)."""
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        maps, residuals = [], []
+        for block in self.transformer.h:
+            maps.append(block.attn.attention_map(block.ln_1(x)))
+            x = block(x)
+            residuals.append(x)
+        return [attention_arrays(maps),
+                logit_lens(residuals, lambda h: self.lm_head(self.transformer.ln_f(h)), decode,
+                           vocab=self.config.vocab_size)]

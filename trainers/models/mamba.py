@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from kernels import integrate
 from kernels.integrate import RMSNorm, fp32
 from kernels.selective_scan import selective_scan_chunked, selective_scan_step
+from trainers.internals import array
 from trainers.models.contract import (RecurrentLanguageModelBase, at_least, fraction, head_and_loss, require,
                                       through_blocks)
 
@@ -103,11 +104,15 @@ class MambaMixer(nn.Module):
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.softplus(self.dt_proj(dt)), B, C
 
-    def forward(self, u):
-        B_, L, _ = u.shape
+    def conv_branch(self, u):
+        """u (B, L, n_embd) -> x, the scan's input after the causal conv and SiLU, and the gate z (B, L, d_inner)."""
+        L = u.size(1)
         x, z = self.in_proj(u).chunk(2, dim=-1)                     # (B, L, d_inner) each
         x = self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)  # causal: drop the right padding
-        x = F.silu(x)
+        return F.silu(x), z
+
+    def forward(self, u):
+        x, z = self.conv_branch(u)
         delta, Bm, Cm = self.ssm_params(x)
         A = -torch.exp(self.A_log.float())
         with fp32(x):  # the scan runs in fp32 even under autocast: exp and long products are precision-sensitive
@@ -179,6 +184,28 @@ class Model(RecurrentLanguageModelBase):
         x = through_blocks(self.layers, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.norm_f(x)
         return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")
+
+    @torch.no_grad()
+    def internals(self, idx, decode):
+        """On a probe idx (1, T), each layer's selectivity: the step size Δ_t it takes at each token (averaged
+        over channels; a large Δ resets the state towards the token, a small one keeps the past), the share of
+        the state it keeps there, mean exp(Δ_t A), and the spread of its time scales, log10(-A_n) per state
+        n averaged over channels (the S4D initialisation's 1..d_state, drifting as it learns)."""
+        x = self.wte(idx)
+        deltas, kept, spectra = [], [], []
+        for layer in self.layers:
+            mixer = layer.mixer
+            xc, _ = mixer.conv_branch(layer.norm(x))
+            delta = mixer.ssm_params(xc)[0][0].float()                       # (T, d_inner), > 0 (softplus)
+            A = -torch.exp(mixer.A_log.float())                              # (d_inner, d_state)
+            deltas.append(delta.mean(-1))
+            kept.append(torch.exp(delta[:, :, None] * A).mean((1, 2)))       # (T,)
+            spectra.append(torch.log10(-A).mean(0))                          # (d_state,)
+            x = layer(x)
+        names = [f"layer {i}" for i in range(len(self.layers))]
+        return [array("delta", torch.stack(deltas), ["layer", "token"], labels=names),
+                array("exp_delta_A", torch.stack(kept), ["layer", "token"], labels=names, digits=4),
+                array("A", torch.stack(spectra), ["layer", "state"], labels=names, digits=3)]
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):

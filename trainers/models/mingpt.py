@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import integrate
+from trainers.internals import attention_arrays, causal_attention, logit_lens
 from trainers.models.contract import IGNORE, LanguageModelBase, at_least, divisible, fraction, ignored, sample_next
 
 
@@ -78,6 +79,14 @@ class CausalSelfAttention(nn.Module):
         att = self.attn_dropout(att)
         y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def attention_map(self, x):
+        """x (B, T, C) -> the attention weights `att` above, before dropout (B, nh, T, T): the internals view."""
+        B, T, C = x.size()
+        q, k, _ = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        return causal_attention(q, k)
 
 
 class Block(nn.Module):
@@ -139,6 +148,20 @@ class Model(LanguageModelBase):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), ignored(targets).view(-1), ignore_index=IGNORE)
         return logits, loss
+
+    @torch.no_grad()
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): every layer's attention maps per head (on the sort task, the heads that find
+        each next digit), and the logit lens at the last positions (trainers/internals.py)."""
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        maps, residuals = [], []
+        for block in self.transformer.h:
+            maps.append(block.attn.attention_map(block.ln_1(x)))
+            x = block(x)
+            residuals.append(x)
+        return [attention_arrays(maps),
+                logit_lens(residuals, lambda h: self.lm_head(self.transformer.ln_f(h)), decode)]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -52,6 +52,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
+from trainers.internals import array, attention_arrays, logit_lens
 from trainers.models.contract import LanguageModelBase, at_least, divisible, fraction, head_and_loss, require
 from trainers.models.gpt import MLP, CausalSelfAttention
 
@@ -237,6 +238,36 @@ class Model(LanguageModelBase):
         if loss is not None and self.training:
             loss = loss + self.config.aux_loss_coef * balance + self.config.z_loss_coef * z_loss
         return logits, loss
+
+    @torch.no_grad()
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): the attention maps and logit lens of a GPT (trainers/internals.py), and how
+        each MoE layer routes each probe token: its first-choice expert (`expert`), the entropy of the router's
+        distribution in nats (`router_entropy`: ln E for a router that cannot decide, 0 for a sure one), and the
+        token-choices each expert receives (`expert_load`, adding up to T x top_k per layer)."""
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)
+        maps, residuals, first, entropy, load, names = [], [], [], [], [], []
+        for i, block in enumerate(self.transformer.h):
+            maps.append(block.attn.attention_map(block.ln_1(x)))
+            if isinstance(block.mlp, MoE):
+                moe = block.mlp
+                h = block.ln_2(x + block.attn(block.ln_1(x)))[0]                       # (T, C), the router's input
+                p = F.softmax(moe.router_logits(h), dim=-1)                            # (T, E)
+                top_e = p.topk(moe.top_k, dim=-1).indices                              # (T, k), as forward picks
+                first.append(top_e[:, 0])
+                entropy.append(-(p * p.clamp_min(1e-30).log()).sum(-1))
+                load.append(torch.bincount(top_e.reshape(-1), minlength=moe.n_expert))
+                names.append(f"layer {i}")
+            x, _, _ = block(x)
+            residuals.append(x)
+        out = [attention_arrays(maps),
+               logit_lens(residuals, lambda h: self.lm_head(self.transformer.ln_f(h)), decode)]
+        if names:
+            out += [array("expert", torch.stack(first), ["layer", "token"], labels=names),
+                    array("router_entropy", torch.stack(entropy), ["layer", "token"], labels=names, digits=4),
+                    array("expert_load", torch.stack(load), ["layer", "expert"], labels=names)]
+        return out
 
     # --- expert statistics --------------------------------------------------------------------------
     def _reset_window(self):

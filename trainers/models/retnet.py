@@ -35,6 +35,7 @@ from kernels import integrate
 from kernels.integrate import LayerNorm, fp32, kernel_dtype
 from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
 from kernels.rope import rope_pairs
+from trainers.internals import array, fitted_maps
 from trainers.models.contract import (RecurrentLanguageModelBase, at_least, divisible, fraction, head_and_loss,
                                       through_blocks)
 
@@ -115,6 +116,16 @@ class MultiScaleRetention(nn.Module):
                 y, _ = retention_chunkwise(q, k, v, self.gamma, self.chunk)
         return self.output(x, y)
 
+    def retention_map(self, x):
+        """x (B, T, C) -> each head's retention scores (Q K^T ⊙ D) (B, H, T, T) of the parallel form (eq. 5),
+        D_nm = γ^(n-m) for n >= m, else 0: what each position takes from each earlier one, before the values."""
+        T = x.size(1)
+        q, k, _ = self.qkv(x, torch.arange(T, device=x.device))
+        n = torch.arange(T, device=x.device, dtype=torch.float32)
+        gap = n[:, None] - n[None, :]                                      # n - m
+        D = torch.where(gap >= 0, self.gamma.view(-1, 1, 1) ** gap.clamp_min(0), 0.0)  # (H, T, T)
+        return (q.float() @ k.float().transpose(-2, -1)) * D
+
     def step(self, x, state, n: int):
         """x (B, C) at position n with state (B, H, dk, dv)."""
         q, k, v = self.qkv(x.unsqueeze(1), torch.tensor([n], device=x.device))
@@ -183,6 +194,21 @@ class Model(RecurrentLanguageModelBase):
         x = through_blocks(self.blocks, x, form, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.ln_f(x)
         return head_and_loss(x, self.lm_head, targets, fused=self.config.kernels == "triton")
+
+    @torch.no_grad()
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): every layer's retention maps per head (`retention`, MultiScaleRetention.
+        retention_map; signed scores, fading with distance at each head's own rate) and the heads' decays γ."""
+        x = self.wte(idx)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.msr.retention_map(block.ln_1(x)))
+            x = block(x)
+        names = [f"layer {i}" for i in range(len(self.blocks))]
+        return [array("retention", fitted_maps(torch.cat(maps)), ["layer", "head", "query", "key"], labels=names,
+                      digits=4),
+                array("gamma", self.blocks[0].msr.gamma, ["head"], labels=[f"head {h}" for h in
+                                                                           range(self.config.n_head)])]
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.wkv import wkv_chunked, wkv_step
+from trainers.internals import array
 from trainers.models.contract import (RecurrentLanguageModelBase, at_least, divisible, fraction, head_and_loss,
                                       require, through_blocks)
 
@@ -235,6 +236,30 @@ class Model(RecurrentLanguageModelBase):
         x = through_blocks(self.blocks, x, checkpointed=self.config.activation_checkpointing and self.training)
         x = self.ln_out(x)
         return head_and_loss(x, self.head, targets, fused=self.config.kernels == "triton", l2wrap=self.config.l2wrap)
+
+    QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    @torch.no_grad()
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): the distribution of each head's data-dependent decay w_t = exp(-exp(.)) in (0, 1)
+        over the probe's tokens and the head's channels, by layer (`decay`: quantiles; a head near 1 keeps a long
+        memory, one near 0 only the last tokens), and the token-shift mixing μ of w, k, v, r, g per layer (the
+        share of the previous token each projection reads, averaged over channels, before its LoRA)."""
+        x = self.ln0(self.wte(idx))
+        T, H, K = idx.size(1), self.config.n_embd // self.config.head_size, self.config.head_size
+        q = torch.tensor(self.QUANTILES, device=idx.device)
+        decays, mixes = [], []
+        for block in self.blocks:
+            h = block.ln1(x)
+            log_w = block.att.project(h, token_shift(h))[-1][0].float()          # (T, C)
+            w = torch.exp(log_w).view(T, H, K).transpose(0, 1).reshape(H, T * K)  # per head
+            decays.append(torch.quantile(w, q, dim=1).t())                        # (H, 5)
+            mixes.append(block.att.maa_wkvrg.view(5, -1).mean(1))
+            x = block(x)
+        names = [f"layer {i}" for i in range(len(self.blocks))]
+        return [array("decay", torch.stack(decays), ["layer", "head", "quantile"], labels=names),
+                array("token_shift", torch.stack(mixes), ["layer", "mix"], labels=names,
+                      cells=[m for _ in names for m in ("w", "k", "v", "r", "g")], digits=3)]
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):

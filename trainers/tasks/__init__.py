@@ -115,6 +115,13 @@ class Task(ABC):
         """Sample event payloads: {"kind": "text", "text": ..., "prompt": ...} or images."""
         return []
 
+    def internals(self, model, step: int) -> dict:
+        """What the model does inside on the task's fixed probe input (called without gradients, in eval mode):
+        the `internals` event's fields besides step and arch, {"arrays": [...], "probe": ..., "tokens": [...]}
+        (trainers/internals.py). Without a probe: no arrays of the model's own (the loop still writes its
+        gradient and update arrays)."""
+        return {}
+
     def state_dict(self) -> dict:
         """What a checkpoint needs besides weights to rebuild this task (e.g. the tokenizer)."""
         return {}

@@ -23,6 +23,7 @@ import torch
 from trainers.config import ConfigError, check_section_keys, coerce
 from trainers.diffusion import Diffusion, DiffusionModel
 from trainers.images import image_source, load_images, to_uint8
+from trainers.internals import array
 from trainers.models import build_model, make_config
 from trainers.models.contract import Denoiser
 from trainers.tasks import Task as BaseTask
@@ -225,6 +226,24 @@ class Task(BaseTask):
                           "pad": GRID_PAD},
                  "sampler": self.sampler_name(), "guidance": float(self.opts["guidance"]),
                  "prompt": f"{self.sampler_name()}, guidance {float(self.opts['guidance']):g}, EMA weights"}]
+
+    PROBE_IMAGES = 8     # fixed held-out images, noise and classes of the internals probe
+    PROBE_BUCKETS = 10   # equal ranges of timesteps the probe's loss is measured in
+
+    @torch.no_grad()
+    def internals(self, model, step):
+        """The loss on fixed held-out images, noise and classes, with every image at the middle timestep of each
+        of PROBE_BUCKETS equal ranges of t: which noise levels the network has learned (the loss is highest
+        near t = 0, where the noise is hard to tell from the image, and falls as t grows)."""
+        g = self.generator("probe", 0)
+        x0, y, _, noise = self._draw("val", g, self.PROBE_IMAGES, drop_labels=False)
+        T, n, k = self.diffusion.T, self.PROBE_BUCKETS, len(x0)
+        t = ((torch.arange(n, device=x0.device) + 0.5) * T / n).long().repeat_interleave(k)   # (n·k,)
+        x0, noise, y = x0.repeat(n, 1, 1, 1), noise.repeat(n, 1, 1, 1), y.repeat(n)         # one forward for all
+        eps = model.net(self.diffusion.q_sample(x0, t, noise), t, y)
+        losses = (eps.float() - noise.float()).pow(2).mean(dim=(1, 2, 3)).view(n, k).mean(1)  # L_simple per bucket
+        return {"probe": f"{k} held-out images, fixed noise and classes, at {n} timesteps",
+                "arrays": [array("loss_by_t", losses, ["bucket"], lo=0, hi=T, digits=5)]}
 
     def state_dict(self):
         return {"classes": self.data.class_names, "image_size": self.data.size, "channels": self.data.channels,

@@ -460,6 +460,13 @@ class Task(LMTask):
         return self.cfg["train"]["lr"] if lr_schedule(self.ft) == "constant" else lr
 
     @torch.no_grad()
+    def internals(self, model, step):
+        """The language model's internals on the probe, and its adapters' ΔW (trainers/lora.py)."""
+        out = super().internals(model, step)
+        out["arrays"] = out.get("arrays", []) + lora.adapter_internals(model)
+        return out
+
+    @torch.no_grad()
     def evaluate(self, model, step, batch_size=None):
         out = super().evaluate(model, step, batch_size)
         counts = lora.count_params(model)

@@ -6,6 +6,7 @@ import torch
 
 from trainers import data as textdata
 from trainers.config import ConfigError
+from trainers.internals import PROBE_TOKENS, token_label
 from trainers.models import build_model
 from trainers.models.contract import LanguageModel
 from trainers.tasks import Task as BaseTask
@@ -42,6 +43,7 @@ class Task(BaseTask):
         self.data_gen = torch.Generator()
         self.pending = None  # the next training batch, already drawn
         self.position, self.epoch = 0, 0  # data.order=sequential: where the next training batch starts
+        self._probe = None  # the internals probe, drawn once
 
     def open_data(self, d: dict):
         """Set the tokenizer, the stream of batches and the dataset run_start records, from `data.*`."""
@@ -163,6 +165,25 @@ class Task(BaseTask):
             out = model.generate(idx, self.cfg["train"]["sample_tokens"], temperature=0.8, top_k=200, generator=g)
         text = self.tokenizer.decode(out[0, idx.size(1):].tolist())
         return [{"kind": "text", "text": text, "prompt": prompt}]
+
+    def probe(self) -> torch.Tensor:
+        """The internals probe (1, T): a window of the held-out split, T = PROBE_TOKENS (or the context, if
+        shorter), the same at every probe of the run; drawn from a generator of its own (the data stream's
+        batches are untouched)."""
+        if self._probe is None:
+            x, _ = self.stream.batch("val", 1, self.generator("probe", 0))
+            self._probe = x[:1, :min(PROBE_TOKENS, self.stream.block_size)].to(self.device)
+        return self._probe
+
+    def decode_each(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    @torch.no_grad()
+    def internals(self, model, step):
+        idx = self.probe()
+        return {"probe": f"a held-out window of {idx.size(1)} tokens",
+                "tokens": [token_label(t) for t in self.decode_each(idx[0].tolist())],
+                "arrays": model.internals(idx, self.decode_each) if hasattr(model, "internals") else []}
 
     def state_dict(self):
         return {"tokenizer": self.tokenizer.state_dict(), "data": self.data_state()}

@@ -117,6 +117,23 @@ class Task(BaseTask):
                 "metrics": {"accuracy": acc, "train_accuracy": self.accuracy(model, train_sub),
                             "held_out": len(self.test_inputs)}}
 
+    def probe(self) -> torch.Tensor:
+        """The internals probe (1, 2 * length - 1): a fixed held-out list, unsorted and holding as many different
+        digits as it can, followed by its sorted answer as the model reads it (input + output[:-1])."""
+        inputs = self.test_inputs.tolist()
+        most = min(self.num_digits, self.length)
+        seq = next((s for s in inputs if s != sorted(s) and len(set(s)) == most),
+                   next((s for s in inputs if s != sorted(s)), inputs[0]))
+        x, _ = self._pairs(torch.tensor([seq]))
+        return x.to(self.device)
+
+    @torch.no_grad()
+    def internals(self, model, step):
+        idx = self.probe()
+        digits = [str(i) for i in idx[0].tolist()]
+        return {"probe": f"the held-out list {' '.join(digits[:self.length])}, then its sorted answer",
+                "tokens": digits, "arrays": model.internals(idx, lambda ids: [str(i) for i in ids])}
+
     @torch.no_grad()
     def samples(self, model, step):
         g = self.generator("sample", step)

@@ -1,0 +1,575 @@
+"""Drawing an `internals` event (common/events.py): its arrays grouped into views, each a few lines of rich Text
+with a one-line caption that says what to look for. The internals screen (cockpit/screens/internals.py) shows
+one view at a time; `cockpit --replay` prints them all as text (cockpit/report.py). No Textual, no torch.
+
+Heatmaps are coloured half-block cells, two rows of values per line of text (▀: the upper value the
+foreground, the lower one the background), with the probe's tokens on the axes; without colour they are
+glyphs, one row per line, darker glyphs for larger values. Histograms, number lines and bars are text.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rich.style import Style
+from rich.text import Text
+
+from common.events import Internals
+
+RAMP = " .:-=+*#%@"                      # glyphs from low to high, for text without colour
+SPARK = " ▁▂▃▄▅▆▇█"                      # a column filling up, by eighths
+EIGHTHS = " ▏▎▍▌▋▊▉"                     # a bar's last cell, by eighths
+SEQUENTIAL = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))  # viridis
+DIVERGING = ((33, 102, 172), (247, 247, 247), (178, 24, 43))                             # blue, white, red
+CATEGORIES = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+              (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+MISSING = Style(color="grey30", bgcolor="grey11")
+DIM = Style(dim=True)
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def lerp_color(stops, t: float) -> str:
+    """The colour at t in [0, 1] along `stops`, as rich's rgb()."""
+    t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(t), len(stops) - 2)
+    f = t - i
+    r, g, b = (round(a + (c - a) * f) for a, c in zip(stops[i], stops[i + 1]))
+    return f"rgb({r},{g},{b})"
+
+
+@dataclass
+class Scale:
+    """Values to [0, 1]: linear from lo to hi, or symmetric about 0 (diverging)."""
+
+    lo: float
+    hi: float
+    stops: tuple = SEQUENTIAL
+
+    def t(self, x: float) -> float:
+        return 0.5 if self.hi <= self.lo else (x - self.lo) / (self.hi - self.lo)
+
+    def color(self, x) -> str | None:
+        return lerp_color(self.stops, self.t(x)) if finite(x) else None
+
+    def glyph(self, x) -> str:
+        if not finite(x):
+            return "?"
+        return RAMP[min(int(self.t(x) * len(RAMP)), len(RAMP) - 1)]
+
+
+def span(values, symmetric: bool = False) -> Scale:
+    vals = [v for v in values if finite(v)]
+    if not vals:
+        return Scale(0.0, 1.0)
+    if symmetric:
+        m = max(abs(v) for v in vals) or 1.0
+        return Scale(-m, m, DIVERGING)
+    return Scale(min(vals), max(vals))
+
+
+def first_char(label: str) -> str:
+    """One column's worth of a token: its first visible character (a space as ␣)."""
+    ch = (label or "?")[0]
+    return "␣" if ch == " " else ch
+
+
+def matrix(data: list, rows: int, cols: int, offset: int = 0) -> list[list[float]]:
+    return [data[offset + r * cols: offset + (r + 1) * cols] for r in range(rows)]
+
+
+# --- primitives ------------------------------------------------------------------------------------------------
+
+def heatmap(rows: list[list[float]], scale: Scale, color: bool, cw: int = 1) -> list[Text]:
+    """A matrix as lines of text: coloured half blocks (two rows a line), or one glyph per value; each value
+    `cw` characters wide (2 keeps a square cell square on most terminals' fonts)."""
+    lines = []
+    if not color:
+        for row in rows:
+            lines.append(Text("".join(scale.glyph(x) * cw for x in row)))
+        return lines
+    for i in range(0, len(rows), 2):
+        top, bottom = rows[i], rows[i + 1] if i + 1 < len(rows) else None
+        line = Text()
+        for j, x in enumerate(top):
+            fg = scale.color(x)
+            bg = scale.color(bottom[j]) if bottom is not None else None
+            if fg is None and (bottom is None or bg is None):
+                line.append("▀" * cw, MISSING)
+            else:
+                line.append("▀" * cw, Style(color=fg or "grey30", bgcolor=bg))
+        lines.append(line)
+    return lines
+
+
+def with_axes(cells: list[Text], row_labels: list[str], col_labels: list[str] | None, color: bool,
+              cw: int = 1) -> list[Text]:
+    """Heatmap lines with the row labels at their left (two a line in colour) and the column labels below."""
+    out = []
+    per_line = 2 if color else 1
+    for i, line in enumerate(cells):
+        labels = "".join(first_char(l) for l in row_labels[i * per_line:(i + 1) * per_line]).ljust(per_line)
+        out.append(Text.assemble((labels + " ", DIM)) + line)
+    if col_labels is not None:
+        out.append(Text(" " * (per_line + 1) + "".join(first_char(l).ljust(cw) for l in col_labels), DIM))
+    return out
+
+
+def side_by_side(blocks: list[list[Text]], gap: int = 2) -> list[Text]:
+    height = max(len(b) for b in blocks)
+    widths = [max((b_line.cell_len for b_line in b), default=0) for b in blocks]
+    out = []
+    for i in range(height):
+        line = Text()
+        for b, w in zip(blocks, widths):
+            part = b[i] if i < len(b) else Text("")
+            line.append_text(part)
+            line.append(" " * (w - part.cell_len + gap))
+        out.append(line)
+    return out
+
+
+def short_names(labels: list[str]) -> list[str]:
+    """Parameter names without the first component they all share (`transformer.`)."""
+    heads = {l.split(".", 1)[0] for l in labels}
+    if len(heads) == 1 and all("." in l for l in labels):
+        return [l.split(".", 1)[1] for l in labels]
+    return labels
+
+
+def number_line(values: list[float], labels: list[str], lo: float, hi: float, width: int, marks=(),
+                fmt: str = "{:.2f}") -> list[Text]:
+    """Each value a dot on a number line from lo to hi, with guide marks (e.g. the healthy -3 of update ratios)."""
+    labels = short_names(labels)
+    name_w = min(max((len(l) for l in labels), default=4), 28)
+    width = max(width - name_w - 10, 10)
+
+    def col(x):
+        return min(max(round((x - lo) / (hi - lo) * (width - 1)), 0), width - 1)
+
+    out = []
+    for label, x in zip(labels, values):
+        track = ["─"] * width
+        for m in marks:
+            track[col(m)] = "┼"
+        line = Text.assemble((label[-name_w:].rjust(name_w) + " ", DIM))
+        if finite(x):
+            track[col(x)] = "●"
+            line.append("".join(track))
+            line.append(" " + fmt.format(x))
+        else:
+            line.append("".join(track), DIM)
+            line.append("  -", DIM)
+        out.append(line)
+    axis = [" "] * width
+    for m in (lo, *marks, hi):
+        text = f"{m:g}"
+        c = min(col(m), width - len(text))
+        axis[c:c + len(text)] = text
+    out.append(Text.assemble((" " * (name_w + 1) + "".join(axis), DIM)))
+    return out
+
+
+def bars(values: list[float], labels: list[str], width: int, fmt: str = "{:.3g}", style: str = "cyan") -> list[Text]:
+    """Horizontal bars from 0 to the largest value."""
+    name_w = min(max((len(l) for l in labels), default=4), 28)
+    width = max(width - name_w - 12, 8)
+    top = max((v for v in values if finite(v)), default=0.0) or 1.0
+    out = []
+    for label, x in zip(labels, values):
+        line = Text.assemble((label[-name_w:].rjust(name_w) + " ", DIM))
+        if finite(x):
+            n = max(x, 0.0) / top * width
+            line.append("█" * int(n) + (EIGHTHS[min(int((n - int(n)) * 8), 7)] if n < width else ""), style)
+            line.append(" " + fmt.format(x))
+        else:
+            line.append("-", DIM)
+        out.append(line)
+    return out
+
+
+def token_strip(values: list[float], tokens: list[str], scale: Scale, color: bool,
+                categorical: bool = False) -> Text:
+    """The probe's tokens in a row, each on the colour of its value (or, without colour, a glyph beneath)."""
+    line = Text()
+    for x, tok in zip(values, tokens):
+        ch = first_char(tok) + (" " if color else "")
+        if not color:
+            line.append(str(int(x)) if categorical and finite(x) else scale.glyph(x))
+        elif categorical and finite(x):
+            rgb = CATEGORIES[int(x) % len(CATEGORIES)]
+            line.append(ch, Style(color="black", bgcolor=f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"))
+        else:
+            bg = scale.color(x)
+            line.append(ch, Style(color="black" if scale.t(x) > 0.5 else "white", bgcolor=bg) if bg else MISSING)
+    return line
+
+
+# --- views -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class View:
+    title: str
+    arrays: tuple[str, ...]      # the arrays it draws (the first present decides that the view is shown)
+    caption: str
+    draw: Callable[[Internals, int, bool], list[Text]]
+
+
+def _tokens(ev: Internals, n: int) -> list[str]:
+    """The probe's tokens as labels of an axis of n entries (bin numbers when the axis was pooled)."""
+    toks = ev.tokens or []
+    return toks if len(toks) == n else [str(i % 10) for i in range(n)]
+
+
+def draw_maps(ev: Internals, width: int, color: bool, name: str = "attention") -> list[Text]:
+    a = ev.array(name) or ev.array("retention")
+    name = a["name"]
+    shape = a["shape"]
+    if len(shape) < 2:
+        return draw_generic(name)(ev, width, color)
+    L, H, T, S = ([1, 1] + shape)[-4:]
+    data = a["data"]
+    scale = Scale(0.0, 1.0) if name == "attention" else span(data, symmetric=True)
+    toks = _tokens(ev, T)
+    gammas = (ev.array("gamma") or {}).get("data") or []
+    cw = 2 if min(H, 4) * (2 * S + 6) <= width else 1    # square cells when a row of heads still fits
+    map_w = cw * S + 4
+    per_row = max(1, min(H, (width + 2) // (map_w + 2)))
+    per_row = -(-H // -(-H // per_row))                    # as even as the rows can be: 4 heads as 2 + 2, not 3 + 1
+    out: list[Text] = []
+    for layer in range(L):
+        for h0 in range(0, H, per_row):
+            blocks, heads = [], range(h0, min(H, h0 + per_row))
+            for h in heads:
+                rows = matrix(data, T, S, (layer * H + h) * T * S)
+                title = f"L{layer} H{h}" + (f" γ={gammas[h]:.4g}" if h < len(gammas) and name == "retention" else "")
+                blocks.append([Text(title[:map_w], "bold")] + with_axes(heatmap(rows, scale, color, cw), toks,
+                                                                      _tokens(ev, S), color, cw))
+            out += side_by_side(blocks)
+        out.append(Text(""))
+    out.append(color_key(scale, color, "attention weight" if name == "attention" else "retention score"))
+    return out
+
+
+def color_key(scale: Scale, color: bool, what: str) -> Text:
+    key = Text.assemble((f"{what}: {scale.lo:.3g} ", DIM))
+    for i in range(16):
+        x = scale.lo + (scale.hi - scale.lo) * i / 15
+        if color:
+            key.append("█", Style(color=scale.color(x)))
+        else:
+            key.append(scale.glyph(x))
+    key.append(f" {scale.hi:.3g}", DIM)
+    return key
+
+
+def draw_lens(ev: Internals, width: int, color: bool) -> list[Text]:
+    a = ev.array("logit_lens")
+    L, P = a["shape"] if len(a["shape"]) == 2 else (1, a["shape"][0])
+    cells = a.get("cells") or ["?"] * len(a["data"])
+    toks = ev.tokens or []
+    cell_w = max(6, min(12, (width - 10) // max(P, 1) - 1))
+    head = Text.assemble(("read at".ljust(9), DIM))
+    for p in range(P):
+        tok = toks[len(toks) - P + p] if len(toks) >= P else "?"
+        head.append(f"'{tok.replace(' ', '␣')}'"[:cell_w].ljust(cell_w + 1), "bold")
+    out = [head]
+    scale = Scale(0.0, 1.0)
+    labels = a.get("labels") or [f"layer {i}" for i in range(L)]
+    for layer in range(L):
+        line = Text.assemble((labels[layer][:8].ljust(9), DIM))
+        for p in range(P):
+            i = layer * P + p
+            prob = a["data"][i]
+            word = (cells[i] or "?").replace(" ", "␣")
+            text = f"{word[:cell_w - 4]} {prob:.2f}"[-cell_w:] if finite(prob) else word
+            if color and finite(prob):
+                line.append(text.ljust(cell_w), Style(bgcolor=scale.color(prob),
+                                                      color="black" if prob > 0.5 else "white"))
+                line.append(" ")
+            else:
+                line.append(text.ljust(cell_w + 1))
+        out.append(line)
+    return out
+
+
+def _strip_rows(ev: Internals, name: str, color: bool, categorical: bool = False, log: bool = False) -> list[Text]:
+    """A (layer, token) array as one row of coloured tokens per layer, each row on its own scale (which tokens
+    stand out within a layer), its range at the end of the row."""
+    a = ev.array(name)
+    if a is None or len(a["shape"]) != 2:
+        return []
+    L, T = a["shape"]
+    data = a["data"]
+    toks = _tokens(ev, T)
+    labels = a.get("labels") or [f"layer {i}" for i in range(L)]
+    out = []
+    if not color:
+        out.append(Text(" " * 10 + "".join(first_char(t) for t in toks), DIM))
+    for layer in range(L):
+        row = data[layer * T:(layer + 1) * T]
+        shown = [math.log10(x) if finite(x) and x > 0 else math.nan for x in row] if log else row
+        scale = span(shown)
+        line = Text.assemble((labels[layer][:9].ljust(10), DIM)) + token_strip(shown, toks, scale, color, categorical)
+        if not categorical:
+            lo, hi = (10 ** scale.lo, 10 ** scale.hi) if log else (scale.lo, scale.hi)
+            line.append(f"  {lo:.3g} … {hi:.3g}", DIM)
+        out.append(line)
+    if not categorical:
+        out.append(Text(" " * 10 + "each layer on its own scale: " + ("dark low, bright high" if color else
+                                                                      f"'{RAMP[1]}' low … '{RAMP[-1]}' high")
+                        + (" (log scale)" if log else ""), DIM))
+    return out
+
+
+def draw_experts(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = [Text("first-choice expert of each probe token", "bold")]
+    out += _strip_rows(ev, "expert", color, categorical=True)
+    load = ev.array("expert_load")
+    if load is not None and len(load["shape"]) == 2:
+        L, E = load["shape"]
+        legend = Text.assemble(("experts   ", DIM))
+        for e in range(E):
+            rgb = CATEGORIES[e % len(CATEGORIES)]
+            legend.append(f" {e} ", Style(color="black", bgcolor=f"rgb({rgb[0]},{rgb[1]},{rgb[2]})") if color else None)
+        out.append(legend)
+        out.append(Text(""))
+        out.append(Text("token-choices per expert (load)", "bold"))
+        labels = load.get("labels") or [f"layer {i}" for i in range(L)]
+        for layer in range(L):
+            out.append(Text.assemble((labels[layer], DIM)))
+            out += bars(load["data"][layer * E:(layer + 1) * E], [f"expert {e}" for e in range(E)], width, "{:.0f}")
+    ent = ev.array("router_entropy")
+    if ent is not None:
+        out += [Text(""), Text("router entropy per token (nats; dark: sure, bright: undecided)", "bold")]
+        out += _strip_rows(ev, "router_entropy", color)
+    return out
+
+
+def draw_selectivity(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = [Text("Δ_t per probe token (mean over channels)", "bold")]
+    out += _strip_rows(ev, "delta", color, log=True)
+    if ev.array("exp_delta_A") is not None:
+        out += [Text(""), Text("share of the state kept, mean exp(Δ_t A)", "bold")]
+        out += _strip_rows(ev, "exp_delta_A", color)
+    a = ev.array("A")
+    if a is not None and len(a["shape"]) == 2:
+        L, N = a["shape"]
+        out += [Text(""), Text("time scales: log10(-A_n) per state n, mean over channels", "bold")]
+        labels = a.get("labels") or [f"layer {i}" for i in range(L)]
+        for layer in range(L):
+            vals = a["data"][layer * N:(layer + 1) * N]
+            numbers = "  ".join(f"{v:.2f}".replace("-0.00", "0.00") if finite(v) else "-" for v in vals)
+            out.append(Text.assemble((labels[layer][:9].ljust(10), DIM), numbers))
+    return out
+
+
+def draw_decay(ev: Internals, width: int, color: bool) -> list[Text]:
+    a = ev.array("decay")
+    out = []
+    if a is not None and len(a["shape"]) == 3:
+        L, H, Q = a["shape"]
+        w = max(width - 34, 20)
+        out.append(Text("w_t per head: min ─ [quartiles ━ median ┃] ─ max, on 0 … 1", "bold"))
+        labels = a.get("labels") or [f"layer {i}" for i in range(L)]
+        for layer in range(L):
+            for h in range(H):
+                q = a["data"][(layer * H + h) * Q:(layer * H + h + 1) * Q]
+                track = [" "] * w
+                if len(q) == 5 and all(finite(x) for x in q):
+                    c = [min(max(round(x * (w - 1)), 0), w - 1) for x in q]
+                    for i in range(c[0], c[4] + 1):
+                        track[i] = "─"
+                    for i in range(c[1], c[3] + 1):
+                        track[i] = "━"
+                    track[c[2]] = "┃"
+                    tail = f" median {q[2]:.4f}"
+                else:
+                    tail = " -"
+                name = (labels[layer] if h == 0 else "")[:9].ljust(10)
+                out.append(Text.assemble((f"{name}head {h} ", DIM), ("0|" + "".join(track) + "|1", "green"),
+                                         (tail, DIM)))
+    mix = ev.array("token_shift")
+    if mix is not None and len(mix["shape"]) == 2:
+        L, M = mix["shape"]
+        names = mix.get("cells") or [str(i) for i in range(L * M)]
+        out += [Text(""), Text("token shift μ: share of the previous token mixed into each projection", "bold")]
+        labels = mix.get("labels") or [f"layer {i}" for i in range(L)]
+        for layer in range(L):
+            vals = mix["data"][layer * M:(layer + 1) * M]
+            out.append(Text.assemble((labels[layer][:9].ljust(10), DIM)) + Text("  ".join(
+                f"{names[layer * M + i]} {v:.2f}" if finite(v) else "-" for i, v in enumerate(vals))))
+    return out
+
+
+def draw_ternary(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = []
+    h = ev.array("w_over_gamma")
+    if h is not None:
+        lo, hi = h.get("lo", -2.0), h.get("hi", 2.0)
+        vals = h["data"]
+        top = max((v for v in vals if finite(v)), default=0) or 1.0
+        n = len(vals)
+        out.append(Text("W/γ of every BitLinear (share of weights per bin)", "bold"))
+        for level in range(4, 0, -1):  # four lines of bars, the tallest bin filling them
+            line = Text()
+            for v in vals:
+                f = (max(v, 0) / top * 4 if finite(v) else 0) - (level - 1)
+                line.append(SPARK[min(max(round(f * 8), 0), 8)], "cyan")
+            out.append(line)
+
+        def col(x):
+            return min(max(round((x - lo) / (hi - lo) * n), 0), n - 1)
+        axis = ["─"] * n
+        for m in (-0.5, 0.5):
+            axis[col(m)] = "┼"
+        out.append(Text.assemble(("".join(axis), DIM)))
+        labels = [" "] * (n + 6)
+        for m in (lo, -0.5, 0, 0.5, hi):
+            t = f"{m:g}"
+            c = min(col(m), n + 6 - len(t))
+            labels[c:c + len(t)] = t
+        out.append(Text.assemble(("".join(labels), DIM)))
+        out.append(Text.assemble(("┼ the rounding thresholds ±0.5: inside → 0, outside → ±1", DIM)))
+    f = ev.array("flip_share")
+    if f is not None:
+        out += [Text(""), Text("share of ternary weights that flipped since the previous probe", "bold")]
+        labels = f.get("labels") or [str(i) for i in range(len(f["data"]))]
+        out += bars(f["data"], labels, width, "{:.2%}")
+    return out
+
+
+def draw_loss_by_t(ev: Internals, width: int, color: bool) -> list[Text]:
+    a = ev.array("loss_by_t")
+    n = len(a["data"])
+    lo, hi = a.get("lo", 0.0), a.get("hi", float(n))
+    step = (hi - lo) / max(n, 1)
+    labels = [f"t {lo + i * step:.0f}-{lo + (i + 1) * step:.0f}" for i in range(n)]
+    return [Text("loss on the fixed probe, by timestep", "bold")] + bars(a["data"], labels, width, "{:.4f}")
+
+
+def draw_adapters(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = []
+    sv = ev.array("lora_sv")
+    if sv is not None and len(sv["shape"]) == 2:
+        L, K = sv["shape"]
+        labels = sv.get("labels") or [str(i) for i in range(L)]
+        name_w = min(max(len(x) for x in labels), 40)
+        out.append(Text("singular values of ΔW = B·A per adapted layer, largest first (each row scaled to its own)",
+                        "bold"))
+        for layer in range(L):
+            vals = sv["data"][layer * K:(layer + 1) * K]
+            top = max((v for v in vals if finite(v)), default=0.0) or 1.0
+            spark = "".join(SPARK[min(max(round(v / top * 8), 0), 8)] if finite(v) else "?" for v in vals)
+            out.append(Text.assemble((labels[layer][-name_w:].rjust(name_w) + " ", DIM), (spark, "cyan"),
+                                     (f" σ1 {vals[0]:.3g}" if vals and finite(vals[0]) else "", DIM)))
+    ov = ev.array("lora_overlap")
+    if ov is not None:
+        out += [Text(""), Text("share of ΔW inside W0's top singular directions (as many as the adapter's rank)",
+                               "bold")]
+        out += bars(ov["data"], ov.get("labels") or [str(i) for i in range(len(ov["data"]))], width, "{:.1%}")
+    return out
+
+
+def draw_updates(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = []
+    g = ev.array("grad_norm")
+    if g is not None:
+        out.append(Text("gradient norm per layer (after clipping)", "bold"))
+        out += bars(g["data"], g.get("labels") or [str(i) for i in range(len(g["data"]))], width, "{:.3g}", "magenta")
+    r = ev.array("update_ratio")
+    if r is not None:
+        out += [Text(""), Text("log10 ‖ΔW‖/‖W‖ per parameter tensor (┼ at -3: a healthy learning rate)",
+                               "bold")]
+        vals = r["data"]
+        lo = min([-6.0] + [v for v in vals if finite(v)])
+        hi = max([0.0] + [v for v in vals if finite(v)])
+        out += number_line(vals, r.get("labels") or [str(i) for i in range(len(vals))], math.floor(lo),
+                           math.ceil(hi), width, marks=(-3,))
+    return out
+
+
+def draw_generic(name: str) -> Callable[[Internals, int, bool], list[Text]]:
+    def draw(ev: Internals, width: int, color: bool) -> list[Text]:
+        a = ev.array(name)
+        shape = a["shape"]
+        if len(shape) == 1:
+            return bars(a["data"], a.get("labels") or [str(i) for i in range(shape[0])], width)
+        if len(shape) == 2:
+            rows = matrix(a["data"], shape[0], shape[1])
+            return heatmap(rows, span(a["data"]), color)
+        return [Text.assemble((f"{name}: an array of shape {shape}", DIM))]
+    return draw
+
+
+VIEWS = (
+    View("attention", ("attention",), "each row is a query token reading the earlier ones: look for heads that "
+         "attend to the previous token, to the first, or (sort) to the digit that comes next", draw_maps),
+    View("retention", ("retention",), "each head's scores fade with distance at its own γ: the first heads look "
+         "a few tokens back, the last ones far; blue negative, red positive",
+         lambda ev, w, c: draw_maps(ev, w, c, "retention")),
+    View("logit lens", ("logit_lens",), "what each layer would predict next: early layers guess frequent tokens, "
+         "the answer settles in the later ones", draw_lens),
+    View("experts", ("expert", "expert_load", "router_entropy"), "the text coloured by its expert: a healthy router "
+         "gives similar tokens the same expert and spreads the load", draw_experts),
+    View("selectivity", ("delta", "exp_delta_A", "A"), "a large Δ resets the state to this token, a small one "
+         "keeps the past: watch spaces and punctuation stand out as Mamba learns", draw_selectivity),
+    View("decay", ("decay", "token_shift"), "each head's memory: decays near 1 keep long context, near 0 only the "
+         "last tokens; watch the heads spread apart as RWKV learns", draw_decay),
+    View("ternary weights", ("w_over_gamma", "flip_share"), "mass piled at ±0.5 is weights about to change their "
+         "ternary value; flips should fall as training settles", draw_ternary),
+    View("loss by timestep", ("loss_by_t",), "the noise levels the network has learned: the loss is highest at small "
+         "t, where the noise is hard to tell from the image", draw_loss_by_t),
+    View("adapters", ("lora_sv", "lora_overlap"), "ΔW has at most rank r: the singular values past it stay 0; a "
+         "small share inside W0's top directions means the adapter amplifies what W0 did not emphasise", draw_adapters),
+    View("gradients & updates", ("grad_norm", "update_ratio"), "update ratios near -3 mean a good learning rate; "
+         "far above, the weights churn; far below, they hardly move", draw_updates),
+)
+KNOWN = {name for v in VIEWS for name in v.arrays} | {"gamma"}
+
+
+def views_of(ev: Internals) -> list[View]:
+    """The views an event has arrays for, then one per array no view knows (drawn plainly)."""
+    names = {a["name"] for a in ev.arrays}
+    out = [v for v in VIEWS if names & set(v.arrays)]
+    seen = set()
+    for a in ev.arrays:
+        if a["name"] not in KNOWN and a["name"] not in seen:
+            seen.add(a["name"])
+            out.append(View(a["name"], (a["name"],), "an array this cockpit does not know how to explain",
+                            draw_generic(a["name"])))
+    return out
+
+
+def draw_view(view: View, ev: Internals, width: int, color: bool) -> list[Text]:
+    """A view's lines; a malformed array (shapes and labels are validated, but not their meaning) draws as a
+    note instead of failing."""
+    try:
+        return view.draw(ev, width, color)
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        return [Text(f"(cannot draw {view.title}: {type(e).__name__})", DIM)]
+
+
+def headline(ev: Internals) -> str:
+    parts = [f"internals at step {ev.step}"]
+    if ev.arch:
+        parts.append(f"arch {ev.arch}")
+    if ev.probe:
+        parts.append(f"probe: {ev.probe}")
+    return " · ".join(parts)
+
+
+def report_lines(ev: Internals, width: int, color: bool) -> list[Text]:
+    """Every view of one event, each under its title and caption: what `cockpit --replay` prints."""
+    out = [Text(headline(ev), "bold")]
+    if ev.tokens:
+        out.append(Text.assemble(("probe tokens: " + "".join(ev.tokens)[:width - 14], DIM)))
+    for view in views_of(ev):
+        out += [Text(""), Text(f"── {view.title} ", "bold")]
+        out += [Text(chunk, "italic") for chunk in textwrap.wrap(view.caption, max(width, 20))]
+        out += draw_view(view, ev, width, color)
+    return out

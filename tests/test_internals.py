@@ -1,0 +1,430 @@
+"""Internals (issue 24): the `internals` event is produced by short real CPU runs of every architecture, and what
+it shows is right, checked against the model the run's checkpoint holds; the protocol bounds it against hostile
+logs; the reducer keeps the recent probes; the internals view and `cockpit --replay` draw them."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from common import events as E
+from common.state import MAX_INTERNALS, RunState
+from tests.conftest import ROOT, cockpit, events_of, train_in_process
+
+FIXTURES = ROOT / "tests" / "fixtures" / "tui"
+QUICK = ("profile=cpu", "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.log_interval=1",
+         "train.eval_interval=1000", "train.eval_iters=1", "train.sample_interval=0", "train.sample_tokens=4",
+         "train.memory_interval=0", "train.checkpoint_interval=0", "train.system_interval=60",
+         "train.internals_interval=2")
+LM_TINY = ("model.n_layer=2", "model.n_embd=32", "model.block_size=16")
+RUNS = {  # preset: the tiny model it trains here
+    "nanogpt": (*LM_TINY, "model.n_head=2"),
+    "mingpt-sort": ("model.n_layer=2", "model.n_head=2", "model.n_embd=16"),
+    "moe": (*LM_TINY, "model.n_head=2", "model.n_expert=4"),
+    "mamba": (*LM_TINY, "model.d_state=4"),
+    "rwkv": (*LM_TINY, "model.head_size=16", "model.mix_lora=4", "model.decay_lora=4", "model.wkv_chunk=8"),
+    "retnet": (*LM_TINY, "model.n_head=2", "model.chunk_size=8"),
+    "bitnet": (*LM_TINY, "model.n_head=2"),
+    "lora": (*LM_TINY, "model.n_head=2", "finetune.rank=4"),
+    "dit": ("model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sample.rows=1", "sample.steps=2",
+            "sample.eval_samples=0"),
+    "unet": ("model.base_channels=8", "sample.rows=1", "sample.steps=2", "sample.eval_samples=0"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each preset's tiny run, once: {preset: (the run's events, its model with the final weights, its task)}."""
+    cache: dict = {}
+
+    def get(preset: str):
+        if preset not in cache:
+            from trainers import checkpoint
+            from trainers.tasks import load_task
+
+            log = tmp_path_factory.mktemp(preset) / "events.jsonl"
+            assert train_in_process(preset, *QUICK, *RUNS[preset], log=log) == 0
+            ckpt = checkpoint.load(log.parent / "ckpt.pt")
+            task = load_task(ckpt["config"], torch.device("cpu"))
+            model = task.build_model()
+            model.load_state_dict(ckpt["model"])
+            cache[preset] = (events_of(log, "internals"), model.eval(), task)
+        return cache[preset]
+    return get
+
+
+def arr(ev: dict, name: str) -> torch.Tensor:
+    a = next(a for a in ev["arrays"] if a["name"] == name)
+    return torch.tensor([float(x) for x in a["data"]], dtype=torch.float64).view(a["shape"])  # "nan" too
+
+
+# --- every trainable model: gradients and updates ---------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", list(RUNS))
+def test_every_architecture_writes_internals_at_the_first_step_and_each_interval(preset, runs):
+    evs, _, _ = runs(preset)
+    assert [e["step"] for e in evs] == [1, 2]
+    last = evs[-1]
+    assert E.convert(last).__class__ is E.Internals
+    assert last["arch"] == model_arch(preset)
+    grad = arr(last, "grad_norm")
+    assert (grad >= 0).all() and grad.sum() > 0
+    from trainers.internals import RATIO_FLOOR
+
+    ratios = arr(last, "update_ratio")
+    assert torch.isfinite(ratios).all() and (ratios < 1).all() and (ratios >= RATIO_FLOOR - 1e-3).all()
+    assert len(json.dumps(last)) < 120_000  # a few tens of KiB at most
+
+
+def model_arch(preset: str) -> str:
+    from trainers import config
+
+    return config.load(preset, ["profile=cpu"])["arch"]
+
+
+def test_update_ratios_and_gradient_norms_match_a_hand_computation_on_a_tiny_model():
+    """AdamW's first step, by hand: m̂ = g, v̂ = g², so W' = W (1 - lr·wd) - lr · g / (|g| + eps)."""
+    from trainers.internals import UpdateWatch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    lr, wd, eps = 0.01, 0.1, 1e-8
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, eps=eps)
+    model(torch.randn(5, 3)).pow(2).sum().backward()
+    by_hand = {}
+    for name, p in model.named_parameters():
+        g, w = p.grad.detach(), p.detach().clone()
+        delta = -lr * wd * w - lr * g / (g.abs() + eps)
+        by_hand[name] = math.log10(float(delta.norm()) / float(w.norm()))
+    grads = {layer: math.sqrt(sum(float(p.grad.norm()) ** 2 for n, p in model.named_parameters()
+                                  if n.startswith(layer + "."))) for layer in ("0", "1")}
+    watch = UpdateWatch(model)
+    opt.step()
+    grad, ratio = watch.arrays()
+    assert ratio["labels"] == list(by_hand)
+    assert ratio["data"] == pytest.approx(list(by_hand.values()), abs=2e-3)
+    assert grad["labels"] == ["0", "1"] and grad["data"] == pytest.approx([grads["0"], grads["1"]], rel=1e-5)
+
+
+def test_parameters_are_grouped_into_their_layers():
+    from trainers.internals import layer_of
+
+    assert layer_of("transformer.h.3.attn.c_attn.weight") == "h.3"
+    assert layer_of("transformer.wte.weight") == "wte"
+    assert layer_of("lm_head.weight") == "lm_head"
+    assert layer_of("net.blocks.0.attn.qkv.weight") == "blocks.0"
+
+
+# --- GPT family: attention maps and the logit lens ----------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["nanogpt", "mingpt-sort", "moe", "bitnet", "lora"])
+def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(preset, runs):
+    evs, _, task = runs(preset)
+    att = arr(evs[-1], "attention")                          # (layer, head, query, key)
+    L, H, T, _ = att.shape
+    assert T == len(evs[-1]["tokens"]) == task.probe().size(1)
+    assert att.sum(-1) == pytest.approx(torch.ones(L, H, T, dtype=torch.float64), abs=2e-3)
+    assert (att.triu(1) == 0).all() and (att >= 0).all()
+
+
+@pytest.mark.parametrize("preset", ["nanogpt", "mingpt-sort", "moe", "bitnet"])
+def test_the_logit_lens_last_layer_is_the_models_own_next_token(preset, runs):
+    evs, model, task = runs(preset)
+    lens = next(a for a in evs[-1]["arrays"] if a["name"] == "logit_lens")
+    _, P = lens["shape"]
+    with torch.no_grad():
+        logits, _ = model(task.probe(), torch.zeros_like(task.probe()))
+    top = logits[0, -P:].argmax(-1).tolist()
+    from trainers.internals import token_label
+
+    decoded = task.decode_each(top) if hasattr(task, "decode_each") else [str(i) for i in top]
+    assert lens["cells"][-P:] == [token_label(t) for t in decoded]
+    assert all(0 < p <= 1 for p in lens["data"])
+
+
+def test_the_sort_probe_is_a_fixed_unsorted_held_out_list_and_its_answer(runs):
+    evs, _, task = runs("mingpt-sort")
+    tokens = evs[0]["tokens"]
+    assert tokens == evs[-1]["tokens"] and len(tokens) == 2 * task.length - 1
+    digits = [int(t) for t in tokens[:task.length]]
+    assert digits != sorted(digits) and tuple(digits) in set(map(tuple, task.test_inputs.tolist()))
+    assert [int(t) for t in tokens[task.length:]] == sorted(digits)[:-1]
+
+
+# --- MoE, Mamba, RWKV, RetNet, BitNet, diffusion ------------------------------------------------------------------
+
+def test_moe_assignments_agree_with_the_routing_of_its_forward(runs):
+    evs, model, task = runs("moe")
+    ev = evs[-1]
+    load, first, entropy = arr(ev, "expert_load"), arr(ev, "expert"), arr(ev, "router_entropy")
+    T, k, E_ = task.probe().size(1), model.config.top_k, model.config.n_expert
+    with torch.no_grad():
+        model(task.probe())                                  # eval: nothing dropped
+    routed = torch.stack([layer.last_stats[0] for layer in model.moe_layers]).double()
+    assert torch.equal(load, routed)                         # the expert counts of the forward, per layer
+    assert (load.sum(-1) == T * k).all()
+    for layer in range(len(model.moe_layers)):              # every first choice is an expert that got tokens
+        assert all(load[layer, int(e)] > 0 for e in first[layer])
+    assert ((entropy >= 0) & (entropy <= math.log(E_) + 1e-3)).all()
+
+
+def test_mamba_step_sizes_are_positive_and_keep_part_of_the_state(runs):
+    evs, model, task = runs("mamba")
+    delta, kept = arr(evs[-1], "delta"), arr(evs[-1], "exp_delta_A")
+    assert delta.shape == (model.config.n_layer, task.probe().size(1))
+    assert (delta > 0).all()
+    assert ((kept > 0) & (kept <= 1)).all()
+
+
+def test_rwkv_decays_lie_strictly_between_zero_and_one(runs):
+    evs, model, _ = runs("rwkv")
+    decay = arr(evs[-1], "decay")                          # (layer, head, quantile)
+    assert decay.shape == (model.config.n_layer, model.config.n_embd // model.config.head_size, 5)
+    assert ((decay > 0) & (decay < 1)).all()
+    assert (decay.diff(dim=-1) >= 0).all()                   # quantiles in order
+
+
+def test_retnet_maps_are_the_scores_times_the_decay_mask_and_give_its_retention(runs):
+    from kernels.retention import retention_parallel
+
+    evs, model, task = runs("retnet")
+    maps = arr(evs[-1], "retention")
+    gammas = arr(evs[-1], "gamma")
+    inputs = []
+    hooks = [b.msr.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for b in model.blocks]
+    with torch.no_grad():
+        model(task.probe(), form="parallel")
+    for h in hooks:
+        h.remove()
+    T = task.probe().size(1)
+    n = torch.arange(T, dtype=torch.float64)
+    for layer, (block, x) in enumerate(zip(model.blocks, inputs)):
+        with torch.no_grad():
+            q, k, v = block.msr.qkv(x, torch.arange(T))
+        scores = (q @ k.transpose(-2, -1))[0].double()                   # (H, T, T)
+        for h, gamma in enumerate(gammas.tolist()):
+            mask = torch.where(n[:, None] >= n[None, :], gamma ** (n[:, None] - n[None, :]), 0.0)
+            assert maps[layer, h] == pytest.approx(scores[h] * mask, abs=2e-3)
+        y = retention_parallel(q.float(), k.float(), v.float(), block.msr.gamma)[0]
+        assert maps[layer].float() @ v[0].float() == pytest.approx(y, abs=0.05 * float(y.abs().max()) + 1e-4)
+
+
+def test_bitnet_weight_histogram_covers_every_weight_and_flips_are_shares(runs):
+    evs, _, _ = runs("bitnet")
+    first, last = evs[0], evs[-1]
+    hist = next(a for a in last["arrays"] if a["name"] == "w_over_gamma")
+    assert sum(hist["data"]) == pytest.approx(1.0, abs=1e-3) and hist["lo"] == -hist["hi"]
+    assert "flip_share" not in {a["name"] for a in first["arrays"]}  # nothing to compare with at the first probe
+    flips = arr(last, "flip_share")
+    assert ((flips >= 0) & (flips <= 1)).all() and flips.sum() > 0
+
+
+def test_lora_delta_w_has_rank_at_most_r_and_its_spectrum_is_the_adapters(runs):
+    import re
+
+    from trainers.lora import LoRALinear
+
+    evs, model, _ = runs("lora")
+    sv = next(a for a in evs[-1]["arrays"] if a["name"] == "lora_sv")
+    overlap = arr(evs[-1], "lora_overlap")
+    adapted = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    L, K = sv["shape"]
+    assert L == len(adapted) and ((overlap >= 0) & (overlap <= 1)).all()
+    for i, label in enumerate(sv["labels"]):
+        name, rank = re.fullmatch(r"(.+) \(rank (\d+)\)", label).groups()
+        values = torch.tensor(sv["data"][i * K:(i + 1) * K])
+        assert int(rank) == adapted[name].stacked_A().size(0) < K
+        assert values[0] > 0 and (values[int(rank):] <= 1e-4 * values[0]).all()    # rank(B·A) <= r
+        with torch.no_grad():
+            expected = torch.linalg.svdvals(adapted[name].delta_weight())[:K]
+        assert values == pytest.approx(expected, rel=1e-3, abs=1e-6 * float(values[0]))
+
+
+@pytest.mark.parametrize("preset", ["dit", "unet"])
+def test_diffusion_loss_by_timestep_bucket(preset, runs):
+    evs, model, task = runs(preset)
+    loss = next(a for a in evs[-1]["arrays"] if a["name"] == "loss_by_t")
+    assert loss["shape"] == [task.PROBE_BUCKETS] and (loss["lo"], loss["hi"]) == (0, task.diffusion.T)
+    assert all(0 < x < 10 for x in loss["data"])
+    g = task.generator("probe", 0)                                       # the probe, drawn again
+    x0, y, _, noise = task._draw("val", g, task.PROBE_IMAGES, drop_labels=False)
+    T, n = task.diffusion.T, task.PROBE_BUCKETS
+    for b in (0, n // 2, n - 1):                                          # each bucket: the loss at its middle t
+        t = torch.full((len(x0),), int((b + 0.5) * T / n))
+        with torch.no_grad():
+            assert loss["data"][b] == pytest.approx(task.diffusion.loss(model.net, x0, t, noise, y).item(),
+                                                    rel=1e-3, abs=1e-5)
+
+
+def test_attention_maps_too_large_for_an_event_are_pooled_keeping_rows_and_causality():
+    from trainers.internals import MAP_BUDGET, causal_attention, fitted_maps
+
+    q, k = torch.randn(12, 12, 32, 8), torch.randn(12, 12, 32, 8)   # gpt2-124m: 144 maps of 32 x 32
+    maps = fitted_maps(causal_attention(q, k))
+    assert maps.numel() <= MAP_BUDGET and maps.shape[-1] == 10
+    assert maps.sum(-1) == pytest.approx(torch.ones(12, 12, 10), abs=1e-5)
+    assert (maps.triu(1) == 0).all()
+
+
+def test_internals_interval_zero_turns_them_off(tmp_path):
+    log = tmp_path / "run" / "events.jsonl"
+    assert train_in_process("nanogpt", *QUICK, *RUNS["nanogpt"], "train.internals_interval=0", log=log) == 0
+    assert events_of(log, "internals") == [] and events_of(log, "run_end")[-1]["status"] == "completed"
+
+
+# --- protocol and reducer -----------------------------------------------------------------------------------
+
+def internals(step: int, **over) -> dict:
+    ev = {"type": "internals", "v": 1, "time": 1.0, "step": step, "arch": "gpt", "tokens": ["a", "b"],
+          "arrays": [{"name": "attention", "shape": [1, 1, 2, 2], "data": [1, 0, 0.5, 0.5],
+                      "dims": ["layer", "head", "query", "key"]}]}
+    ev.update(over)
+    return ev
+
+
+BAD = {
+    "data longer than its shape": {"arrays": [{"name": "a", "shape": [2], "data": [1, 2, 3]}]},
+    "more numbers than an event may hold": {"arrays": [{"name": "a", "shape": [70_000], "data": [0] * 70_000}]},
+    "many arrays adding up to too many": {"arrays": [{"name": f"a{i}", "shape": [2000], "data": [0] * 2000}
+                                                     for i in range(40)]},
+    "five axes": {"arrays": [{"name": "a", "shape": [1, 1, 1, 1, 1], "data": [0]}]},
+    "a shape of 0": {"arrays": [{"name": "a", "shape": [0], "data": []}]},
+    "labels that do not match": {"arrays": [{"name": "a", "shape": [2], "data": [1, 2], "labels": ["x"]}]},
+    "cells that do not match": {"arrays": [{"name": "a", "shape": [2], "data": [1, 2], "cells": ["x"]}]},
+    "axes that do not match": {"arrays": [{"name": "a", "shape": [2], "data": [1, 2], "dims": ["x", "y"]}]},
+    "data that is text": {"arrays": [{"name": "a", "shape": [1], "data": ["x"]}]},
+    "a token with an escape": {"tokens": ["\x1b[2J"]},
+    "no arrays": {"arrays": None},
+    "too many arrays": {"arrays": [{"name": "a", "shape": [1], "data": [0]}] * 65},
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_huge_or_malformed_internals_event_is_counted_and_skipped(case, tmp_path):
+    ev = internals(3, **BAD[case])
+    assert isinstance(E.convert(dict(ev)), E.Invalid)
+    log = tmp_path / "events.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in (internals(1), ev, internals(2))))
+    from common.state import load_state
+
+    s = load_state(log)
+    assert s.bad_events == 1 and [p.step for p in s.internals] == [1, 2]
+    r = cockpit("--replay", str(log), "--color", "never")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "ignored 1 events with missing or mistyped fields" in r.stdout
+
+
+def test_non_finite_values_travel_and_come_back():
+    line = E.encode("internals", {"step": 1, "arrays": [{"name": "update_ratio", "shape": [2],
+                                                         "data": [float("nan"), -math.inf]}]}, 1.0)
+    ev = E.decode(line[:-1])
+    assert math.isnan(ev.arrays[0]["data"][0]) and ev.arrays[0]["data"][1] == -math.inf
+
+
+def test_the_reducer_keeps_the_newest_probes_and_a_resume_drops_the_later_ones():
+    s = RunState().apply_all([internals(i) for i in range(1, MAX_INTERNALS + 11)])
+    assert len(s.internals) == MAX_INTERNALS and s.internals[-1].step == MAX_INTERNALS + 10
+    s.apply({"type": "run_start", "resumed_from": 30})
+    assert s.internals[-1].step == 30
+    s.apply(internals(20))                                   # a step probed again replaces the later probes
+    assert s.internals[-1].step == 20 and all(p.step < 20 for p in list(s.internals)[:-1])
+
+
+# --- the cockpit: the internals view and the replay ----------------------------------------------------------
+
+def test_replay_prints_the_most_recent_probe_as_text_heatmaps():
+    r = cockpit("--replay", str(FIXTURES / "mingpt-sort-internals" / "events.jsonl"), "--color", "never")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    out = r.stdout
+    assert "internals at step 600 · arch mingpt" in out and "11 probes recorded" in out
+    for title in ("── attention", "── logit lens", "── gradients & updates"):
+        assert title in out
+    assert out.count("L2 H") == 3                           # a small multiple per head of the last layer
+    maps = out.split("── attention", 1)[1].split("── logit lens", 1)[0].splitlines()
+    assert any(line.startswith("0 @@") for line in maps)    # the first token can only read itself: weight 1
+    assert "0 0 0 1 0 2 0 0 0 0 1" in out                   # the probe's tokens on the key axis
+
+
+def test_replay_in_colour_draws_half_block_heatmaps():
+    r = cockpit("--replay", str(FIXTURES / "mamba-internals" / "events.jsonl"), "--color", "always")
+    assert r.returncode == 0
+    assert "── selectivity" in r.stdout and "\x1b[" in r.stdout and "Δ_t per probe token" in r.stdout
+
+
+def test_every_view_draws_each_architectures_event_without_colour_and_in_colour(runs):
+    from cockpit.internals import draw_view, views_of
+
+    for preset in RUNS:
+        evs, _, _ = runs(preset)
+        ev = E.convert(evs[-1])
+        titles = [v.title for v in views_of(ev)]
+        assert len(titles) >= 2 and titles[-1] == "gradients & updates", (preset, titles)
+        for view in views_of(ev):
+            for color in (False, True):
+                lines = draw_view(view, ev, 100, color)
+                assert lines and not any("cannot draw" in line.plain for line in lines), (preset, view.title)
+
+
+def test_accepted_hostile_values_draw_in_every_view():
+    """Values the protocol lets through (NaN, ±inf, 1e308, empty labels, one-entry axes) draw as text."""
+    from cockpit.internals import VIEWS, draw_view
+
+    weird = [math.nan, math.inf, -math.inf, 1e308, -1e308, 0.0, 5e-324]
+    arrays = []
+    for view in VIEWS:
+        for name in view.arrays:
+            shape = {"attention": [1, 1, 2, 2], "retention": [1, 1, 2, 2], "logit_lens": [1, 4], "expert": [1, 7],
+                     "router_entropy": [1, 7], "expert_load": [1, 7], "delta": [1, 7], "exp_delta_A": [1, 7],
+                     "A": [1, 7], "decay": [1, 1, 5], "token_shift": [1, 5]}.get(name, [7])
+            n = math.prod(shape)
+            arrays.append({"name": name, "shape": shape, "data": (weird * n)[:n], "labels": [""] * shape[0],
+                           "cells": [""] * n, "lo": -1e308, "hi": 1e308})
+    ev = E.convert({"type": "internals", "step": 1, "arrays": arrays, "tokens": [""] * 7})
+    assert isinstance(ev, E.Internals)
+    for view in VIEWS:
+        for color in (False, True):
+            assert draw_view(view, ev, 40, color)
+
+
+async def test_the_internals_screen_steps_through_probes_and_views_and_goes_back():
+    from cockpit.app import CockpitApp
+    from cockpit.screens.internals import InternalsScreen
+    from cockpit.screens.run import RunScreen
+
+    app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-internals" / "events.jsonl"))
+    async with app.run_test(size=(120, 48)) as pilot:
+        for _ in range(200):
+            if isinstance(app.screen, RunScreen) and app.screen.loaded:
+                break
+            await pilot.pause(0.05)
+        await pilot.press("i")
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert isinstance(screen, InternalsScreen)
+
+        def head() -> str:
+            return str(screen.query_one("#internals-head").render())
+
+        def body() -> str:
+            return str(screen.query_one("#internals-view").render())
+        assert "probe 11/11" in head() and "step 600" in head() and "L2 H2" in body()
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        await pilot.pause(0.1)
+        assert "probe 9/11" in head() and "step 480" in head()
+        await pilot.press("right")
+        await pilot.pause(0.1)
+        assert "read at" in body()                         # the logit lens
+        assert "what each layer would predict" in str(screen.query_one("#internals-caption").render())
+        await pilot.press("right_square_bracket", "right_square_bracket", "right_square_bracket")
+        await pilot.pause(0.1)
+        assert "probe 11/11" in head() and "read at" in body()   # the view is kept while stepping
+        run_screen = app.screen_stack[-2]
+        newest = E.convert({**E.as_dict(run_screen.state.internals[-1]), "step": 660})
+        run_screen.state.apply(newest)                      # a live run's next probe arrives
+        await pilot.pause(1.5)
+        assert "probe 12/12" in head() and "step 660" in head()   # followed, since the newest was shown
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, RunScreen)
