@@ -22,6 +22,11 @@ TITLES = {"lr": "lr", "grad_norm": "grad norm", "throughput": "throughput",
           "sample_accuracy": "sample accuracy", "balance_loss": "MoE balance loss",
           "dropped_frac": "MoE dropped tokens"}
 
+# ... and shorter, for a narrow cell
+SHORT = {"accuracy": "held-out acc", "train_accuracy": "train acc", "sample_accuracy": "sample acc",
+         "balance_loss": "balance loss", "dropped_frac": "dropped", "train_loss": "train loss",
+         "ema_val_loss": "EMA val"}
+
 
 @dataclass(frozen=True)
 class Series:

@@ -8,7 +8,7 @@ import numpy as np
 from rich.text import Text
 from textual.widget import Widget
 
-from cockpit.metrics import Series, fmt_value, short_number
+from cockpit.metrics import SHORT, Series, fmt_value, short_number
 from cockpit.series import downsample_minmax
 from cockpit.widgets.braille import braille_rows, value_range
 from cockpit.widgets.render_cost import RenderCost
@@ -35,9 +35,23 @@ class MetricChart(RenderCost, Widget, can_focus=True):
 
     def show(self, series: Series | None, x_range: tuple[float, float] | None = None):
         self.series, self.x_range = series, x_range
-        if series is not None:
-            set_if_changed(self, "border_title", Text(f"{series.title} {fmt_value(series.last(), series.key, series.unit)}"))
+        self._title()
         self.refresh()
+
+    def on_resize(self, _event):
+        self._title()
+
+    def _title(self):
+        """`name value` in the border; a shorter name where the cell is too narrow for it."""
+        s = self.series
+        if s is None:
+            return
+        value = fmt_value(s.last(), s.key, s.unit)
+        title = f"{s.title} {value}"
+        room = self.outer_size.width - 5   # the border's corners and the spaces around the title
+        if room > 0 and len(title) > room and s.key in SHORT:
+            title = f"{SHORT[s.key]} {value}"
+        set_if_changed(self, "border_title", Text(title))
 
     def render(self):
         s = self.series
