@@ -83,3 +83,14 @@ class FakeTty:
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+    """A trainer run in this process (its `main` called directly) ends by ignoring SIGINT and SIGTERM; a
+    process the suite starts later would inherit that and outlive a SIGTERM. Every test leaves them as found."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for s, h in saved.items():
+        if signal.getsignal(s) is not h:
+            signal.signal(s, h)
