@@ -146,4 +146,12 @@ def _remove_own_lock(run_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        # A torchrun rank whose run has ended (log closed, checkpoint written, process group destroyed)
+        # leaves without the interpreter's teardown: there, a C++ thread of the gloo backend could still be
+        # joinable when its object is destroyed, and the rank then aborts (SIGABRT) after a clean run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
+    sys.exit(code)
