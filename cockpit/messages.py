@@ -15,6 +15,15 @@ class PresetsMeasured(Message):
 
 
 @dataclass
+class PresetMeasured(Message):
+    """One preset's facts arrived from the measuring worker: `done` of `total` presets measured so far."""
+
+    info: dict
+    done: int
+    total: int
+
+
+@dataclass
 class LaunchRequested(Message):
     """The picker (or the runs browser) wants a run of `preset` with `overrides`; `resume`: the run directory it
     continues from."""

@@ -49,7 +49,8 @@ class LogSource:
     def returncode(self) -> int | None:
         return None
 
-    def send(self, cmd: str, pid: int | None = None, started: float | None = None) -> str | None:
+    def send(self, cmd: str, pid: int | None = None, started: float | None = None,
+             prompt: str | None = None) -> str | None:
         """Deliver a command to the trainer of `pid` (whose run started at unix time `started`); returns None
         when sent, else why not (one line for the user)."""
         if cmd != "stop":
@@ -91,7 +92,8 @@ class TensorBoardSource(LogSource):
     def run_dir(self) -> Path:
         return self.follower.dir
 
-    def send(self, cmd: str, pid: int | None = None, started: float | None = None) -> str | None:
+    def send(self, cmd: str, pid: int | None = None, started: float | None = None,
+             prompt: str | None = None) -> str | None:
         return f"`{cmd}` needs a trainer this cockpit launched; a TensorBoard run is only watched"
 
 
@@ -163,14 +165,16 @@ class TrainerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def send(self, cmd: str, pid: int | None = None, started: float | None = None) -> str | None:
+    def send(self, cmd: str, pid: int | None = None, started: float | None = None,
+             prompt: str | None = None) -> str | None:
         """Queue one JSON-line command for the trainer's stdin; never blocks (a full pipe keeps the rest for
-        the next tick). Returns None when queued, else why not."""
+        the next tick). `prompt`: a sample's caption (text-conditioned runs). Returns None when queued, else why
+        not."""
         if cmd not in COMMANDS:
             return f"unknown command {cmd!r}"
         if not self.alive:
             return "the trainer is not running"
-        self._pending += encode_command(cmd)
+        self._pending += encode_command(cmd, prompt)
         self._flush()
         return None
 

@@ -31,6 +31,7 @@ import base64
 import math
 import numbers
 import sys
+import unicodedata
 from typing import Annotated, Any, ClassVar, Literal, NotRequired, Optional, TypedDict, Union
 
 import msgspec
@@ -299,6 +300,7 @@ class Sample(Event, tag="sample", kw_only=True, gc=False):
     grid: Optional[Grid] = None
     sampler: Optional[Name] = None
     guidance: Optional[Finite] = None
+    caption: Optional[Name] = None
 
     def __post_init__(self):
         if self.kind == "text" and self.text is None:
@@ -600,26 +602,51 @@ def as_dict(ev: Event) -> dict:
 # --- commands: cockpit -> trainer, one JSON object per line on the trainer's stdin -------------------------
 
 COMMANDS = ("pause", "resume", "stop", "sample", "checkpoint")
+PROMPT_MAX = NAME_MAX  # a prompt for a text-conditioned sample: one line, at most this many characters
 
 
-def encode_command(cmd: str) -> bytes:
+def clean_prompt(text) -> str | None:
+    """A prompt as the trainer takes it: control characters and surrounding blanks dropped, cut to PROMPT_MAX
+    characters; None when nothing is left (or it is not a string)."""
+    if not isinstance(text, str):
+        return None
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text).strip()
+    return " ".join(text.split())[:PROMPT_MAX] or None
+
+
+def encode_command(cmd: str, prompt: str | None = None) -> bytes:
+    """One command line; `prompt` (sample only): generate from this caption (a text-conditioned run)."""
     if cmd not in COMMANDS:
         raise ProtocolError(f"unknown command {cmd!r}; use one of {', '.join(COMMANDS)}")
-    return _encoder.encode({"cmd": cmd}) + b"\n"
+    prompt = clean_prompt(prompt)
+    if prompt is not None and cmd != "sample":
+        raise ProtocolError(f"only `sample` takes a prompt, not {cmd!r}")
+    return _encoder.encode({"cmd": cmd} if prompt is None else {"cmd": cmd, "prompt": prompt}) + b"\n"
 
 
-def decode_command(line: str | bytes) -> str | None:
-    """`{"cmd": "pause"}` (or a bare word, typed by hand) -> "pause"; None for anything else."""
+def parse_command(line: str | bytes) -> tuple[str, str | None] | None:
+    """`{"cmd": "sample", "prompt": "a red apple"}` -> ("sample", "a red apple"); `{"cmd": "pause"}` (or a bare
+    word, typed by hand) -> ("pause", None); None for anything else. A prompt is cleaned (clean_prompt); one on
+    another command, or that is not a string, is dropped and the command kept."""
     text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
     text = text.strip()
     if not text:
         return None
+    prompt = None
     if text.startswith("{"):
         try:
             obj = _untyped.decode(text)
         except (msgspec.DecodeError, RecursionError):
             return None
         cmd = obj.get("cmd") if isinstance(obj, dict) else None
+        if cmd == "sample":
+            prompt = clean_prompt(obj.get("prompt"))
     else:
         cmd = text
-    return cmd if cmd in COMMANDS else None
+    return (cmd, prompt) if cmd in COMMANDS else None
+
+
+def decode_command(line: str | bytes) -> str | None:
+    """`{"cmd": "pause"}` (or a bare word, typed by hand) -> "pause"; None for anything else."""
+    parsed = parse_command(line)
+    return parsed[0] if parsed else None

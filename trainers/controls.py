@@ -1,7 +1,7 @@
 """What a user asks of a running trainer: commands on stdin and signals. No torch here, so that the signal
 handlers can be installed before anything slow is imported.
 
-Commands are JSON lines (common/events.py decode_command: pause, resume, stop, sample, checkpoint). The
+Commands are JSON lines (common/events.py parse_command: pause, resume, stop, sample [with a prompt], checkpoint). The
 reader thread skips a line it cannot use (binary garbage, a 100000-deep JSON, a line longer than
 MAX_COMMAND_BYTES) and keeps reading: a bad line never costs the commands after it.
 
@@ -20,16 +20,18 @@ A run stopped by signals, one or several, at any moment, exits STOPPED_EXIT, as 
 """
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import sys
 import threading
 from contextlib import contextmanager
 
-from common.events import decode_command
+from common.events import parse_command
 
 STOPPED_EXIT = 0  # completed or stopped (by `stop`, Ctrl-C or SIGTERM); 1 failed; 2 bad input
 INSIST = 3  # the signal that abandons the work in progress
+MAX_PENDING_PROMPTS = 16  # prompts waiting for a step boundary; older ones give way
 MAX_COMMAND_BYTES = 64 * 1024  # a command is a few bytes; a longer line is skipped unread
 STARTING, TRAINING, ENDED = "starting", "training", "ended"
 
@@ -41,6 +43,7 @@ class Controls:
         self.paused = threading.Event()
         self.stop = threading.Event()
         self.sample = threading.Event()
+        self.prompts: collections.deque[str] = collections.deque(maxlen=MAX_PENDING_PROMPTS)  # sample's prompts
         self.checkpoint = threading.Event()
         self.wake = threading.Event()
         self.signals = 0
@@ -52,9 +55,10 @@ class Controls:
         # the first, outside every try that catches it
 
     def command(self, line: str | bytes):
-        cmd = decode_command(line)
-        if cmd is None:
+        parsed = parse_command(line)
+        if parsed is None:
             return
+        cmd, prompt = parsed
         if cmd == "pause":
             self.paused.set()
         elif cmd == "resume":
@@ -62,6 +66,8 @@ class Controls:
         elif cmd == "stop":
             self.stop.set()
         elif cmd == "sample":
+            if prompt is not None:
+                self.prompts.append(prompt)
             self.sample.set()
         elif cmd == "checkpoint":
             self.checkpoint.set()

@@ -116,6 +116,8 @@ def sync_controls(inbox, agreed) -> None:
     if checkpoint:
         agreed.checkpoint.set()
     if sample:
+        while rank0 and inbox.prompts:  # samples are written by rank 0 alone: only it needs the prompts
+            agreed.prompts.append(inbox.prompts.popleft())
         agreed.sample.set()
 
 

@@ -4,7 +4,7 @@ Each preset's full-size model is built on the meta device and measured by the fi
 state (2 x fp32) + the activations of one micro-batch as a CUDA GPU would save them (bf16, flash attention).
 The VRAM figure is an estimate, labelled so. `plan_facts` are what the picker plans a budget from.
 
-    python -m trainers.inspect [--json] [NAME ...]
+    python -m trainers.inspect [--json | --jsonl] [NAME ...]
 """
 from __future__ import annotations
 
@@ -153,6 +153,8 @@ def main(argv: list[str]) -> int:
                description="Parameter counts and memory estimates of presets, built on the meta device.")
     p.add_argument("presets", nargs="*", help="preset names or YAML paths (default: every preset)")
     p.add_argument("--json", action="store_true", help="one JSON list instead of one line per preset")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per preset, each printed as soon as it "
+                                                        "is measured")
     try:
         args = p.parse_args(argv)
     except BadInput as e:
@@ -163,6 +165,13 @@ def main(argv: list[str]) -> int:
         info = inspect_preset(n)
         info["inspect_s"] = round(time.time() - t0, 2)
         out.append(info)
+        if args.jsonl:
+            try:
+                print(json.dumps(info), flush=True)
+            except OSError as e:  # the reader has gone
+                return output_failed(e)
+    if args.jsonl:
+        return 0
     try:
         if args.json:
             print(json.dumps(out))

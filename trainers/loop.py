@@ -346,12 +346,19 @@ class Trainer:
         self.writer.emit("internals", step=self.step, arch=self.cfg["arch"],
                          arrays=arrays + probe.pop("arrays", []), **probe)
 
-    def samples(self):
+    def samples(self, prompt: str | None = None):
+        """The task's samples; `prompt` (the `sample` command's): generated from that caption by a
+        text-conditioned task (`takes_prompts`); another task says it cannot and samples as usual."""
         if not self.is_main:
             return
+        if prompt is not None and not getattr(self.task, "takes_prompts", False):
+            self.writer.emit("log", level="warning",
+                             message=f"this run is not text-conditioned: prompt {prompt!r} is ignored")
+            prompt = None
         self.raw_model.eval()
         try:
-            for payload in self.task.samples(self.raw_model, self.step):
+            for payload in (self.task.samples(self.raw_model, self.step, prompt=prompt) if prompt is not None
+                            else self.task.samples(self.raw_model, self.step)):
                 self.writer.emit("sample", step=self.step, **payload)
         finally:
             self.raw_model.train()
@@ -584,7 +591,11 @@ class Trainer:
             self.save_checkpoint("command")
         if c.sample.is_set():
             c.sample.clear()
-            self.samples()
+            prompts = []
+            while c.prompts:
+                prompts.append(c.prompts.popleft())
+            for prompt in prompts or [None]:
+                self.samples(prompt)
 
     def _sync_controls(self):
         """DDP: turn every rank's inbox of commands and signals into the same flags on all ranks."""

@@ -5,7 +5,8 @@ facts), and whether it has a published-scale size (profile=paper, set through `e
 browser, `?` lists every binding.
 
 The YAML facts (name, arch, description) show at once; parameters and VRAM are measured by
-`python -m trainers.inspect` in a worker (cached by cockpit.presets_info) and fill in when ready."""
+`python -m trainers.inspect` in a worker (cached by cockpit.presets_info) and fill in row by row as each
+preset is measured; the title says how many are done."""
 from __future__ import annotations
 
 from rich.markup import escape
@@ -16,8 +17,8 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Input, Static
 
-from cockpit.messages import LaunchRequested, PresetsMeasured
-from cockpit.presets_info import finetune_summary, merge_infos, preset_stubs, presets_info, vram_fits
+from cockpit.messages import LaunchRequested, PresetMeasured, PresetsMeasured
+from cockpit.presets_info import finetune_summary, merge_infos, preset_stubs, stream_presets_info, vram_fits
 from cockpit.screens.base import CockpitScreen
 from cockpit.widgets.preset_table import PresetTable
 from common.fmt import fmt_bytes, fmt_count
@@ -93,6 +94,7 @@ class PickerScreen(CockpitScreen):
         self.shown: list[dict] = []
         self.query_text = ""
         self.measuring = infos is None
+        self.progress: tuple[int, int] | None = None   # (measured, of) while measuring
         self.measure_error: str | None = None
         self.overrides: dict[str, list[str]] = {}
 
@@ -120,20 +122,35 @@ class PickerScreen(CockpitScreen):
 
     @work(thread=True, exclusive=True, group="presets")
     def measure(self):
+        """Every preset's facts, each posted as it is measured (a cold cache takes half a minute or more)."""
         try:
-            infos = presets_info()
+            infos = stream_presets_info(lambda info, done, total: self.post_message(PresetMeasured(info, done, total)))
         except Exception as e:  # noqa: BLE001 — the picker still works with the YAML facts
             self.post_message(PresetsMeasured([], f"{type(e).__name__}: {e}"))
             return
         self.post_message(PresetsMeasured(infos))
 
+    def on_preset_measured(self, msg: PresetMeasured):
+        self.infos = merge_infos(self.infos, [msg.info])
+        self.progress = (msg.done, msg.total)
+        self.refill()
+
     def on_presets_measured(self, msg: PresetsMeasured):
         self.measuring = False
+        self.progress = None
         if msg.error:
             self.measure_error = msg.error
         else:
             self.infos = merge_infos(self.infos, msg.infos)
         self.refill()
+
+    def show_title(self):
+        """The title, with how far measuring the presets' sizes has come while it runs."""
+        title = Text.assemble(("cockpit", "bold"), "  pick a preset to train")
+        if self.measuring:
+            done, total = self.progress or (0, len(self.infos))
+            title.append(f"  · measuring sizes {done}/{total}…", style="dim")
+        self.query_one("#picker-title", Static).update(title)
 
     # --- the table -----------------------------------------------------------------------------------
     def refill(self, keep_highlight: bool = True):
@@ -151,6 +168,7 @@ class PickerScreen(CockpitScreen):
                           key=info["name"])
         names = [i["name"] for i in self.shown]
         table.move_cursor(row=names.index(keep) if keep in names else 0)
+        self.show_title()
         self.show_details()
 
     def highlighted(self) -> dict | None:

@@ -93,6 +93,7 @@ class RunScreen(ChartKeys, CockpitScreen):
         self.loaded = False
         self.finished = False          # the launched trainer's process has exited and was accounted for
         self.note: str | None = None   # "pausing…", "stopping…": a command sent, not yet acknowledged
+        self.prompts: list[str] = []   # captions typed for samples of a text-conditioned run, oldest first
         self.quit_when_done = False
         self.follow_pid = follow_pid
         self._drawn = -1
@@ -240,12 +241,12 @@ class RunScreen(ChartKeys, CockpitScreen):
         self._held_back = self._gate.pending(sigs)
 
     # --- commands to the trainer ---------------------------------------------------------------------
-    def _send(self, cmd: str, note: str | None) -> bool:
+    def _send(self, cmd: str, note: str | None, prompt: str | None = None) -> bool:
         if not self.writer_alive:
             self.notify(f"the run has ended ({self.state.status}); `{cmd}` needs a live trainer",
                         severity="warning")
             return False
-        why = self.source.send(cmd, self.state.pid, self.state.run_started)
+        why = self.source.send(cmd, self.state.pid, self.state.run_started, prompt=prompt)
         if why:
             self.notify(why, severity="warning", markup=False)
             return False
@@ -260,9 +261,28 @@ class RunScreen(ChartKeys, CockpitScreen):
         else:
             self._send("pause", "pausing…")
 
+    @property
+    def text_conditioned(self) -> bool:
+        """The run generates from captions (its trainer said so in run_start's dataset): `s` asks for one."""
+        return (self.state.dataset or {}).get("conditioning") == "text"
+
     def action_sample(self):
-        if self._send("sample", None):
-            self.notify("sample requested: it appears after the current step")
+        if not self.text_conditioned:
+            if self._send("sample", None):
+                self.notify("sample requested: it appears after the current step")
+            return
+        from cockpit.screens.prompt import PromptScreen
+
+        def typed(prompt: str | None):
+            if prompt is None:
+                return
+            if self._send("sample", None, prompt=prompt or None):
+                self.notify(f"sample of {prompt!r} requested: it appears after the current step" if prompt
+                            else "sample of the fixed prompts requested: it appears after the current step",
+                            markup=False)
+
+        examples = (self.state.dataset or {}).get("prompts") or []
+        self.app.push_screen(PromptScreen(self.prompts, [str(e) for e in examples]), typed)
 
     def action_checkpoint(self):
         if self._send("checkpoint", None):

@@ -9,10 +9,9 @@ from rich.text import Text
 from textual.widget import Widget
 
 from cockpit.metrics import SHORT, Series, fmt_value, short_number
-from cockpit.series import downsample_minmax
+from cockpit.series import downsample_minmax, nice_ticks
 from cockpit.widgets.braille import braille_rows, value_range
 from cockpit.widgets.render_cost import RenderCost
-from cockpit.series import nice_ticks
 from cockpit.widgets.run_pane import set_if_changed
 
 LINE_STYLE = "cyan"

@@ -177,9 +177,17 @@ def lines_of(text: Text | None, width: int) -> int:
     return 0 if text is None else sum(-(-max(1, cell_len(line)) // max(1, width)) for line in text.plain.split("\n"))
 
 
+def caption_line(caption: str | None) -> Text | None:
+    """The caption a text-to-image grid was generated from, quoted, over the grid (wrapped, never cut)."""
+    if not caption:
+        return None
+    return Text.assemble(("prompt ", "dim"), (f"“{caption}”", "bold"))
+
+
 def render_image(ev: Sample, width: int, height: int):
-    """A Rich renderable of an image sample fitted to width x height cells: the grid scaled down with its rows
-    and columns kept, each column labelled with its class; or a one-line reason it cannot be drawn."""
+    """A Rich renderable of an image sample fitted to width x height cells: the caption it was generated from
+    (text-to-image) above the grid, the grid scaled down with its rows and columns kept, each column labelled
+    with its class (or prompt); or a one-line reason it cannot be drawn."""
     try:
         from cockpit import images
     except ImportError as e:
@@ -187,14 +195,17 @@ def render_image(ev: Sample, width: int, height: int):
     try:
         img = images.decode_image(ev.image)
         classes = ev.classes or []
-        reserved = 1 if classes else 0   # the label row
+        caption = caption_line(ev.caption)
+        above = lines_of(caption, width)
+        reserved = above + (1 if classes else 0)   # the caption, the label row
         for _ in range(2):   # a legend under the grid takes rows from it: fit again, smaller
             fitted, tiling = images.fit_grid(img, ev.grid, max(4, width), max(2, 2 * (height - reserved)))
             top, legend = class_labels(classes, tiling, width) if classes else (None, None)
-            if lines_of(top, width) + lines_of(legend, width) <= reserved:
+            if above + lines_of(top, width) + lines_of(legend, width) <= reserved:
                 break
-            reserved = lines_of(top, width) + lines_of(legend, width)
-        return Group(*(part for part in (top, images.halfblock(fitted), legend) if part is not None))
+            reserved = above + lines_of(top, width) + lines_of(legend, width)
+        parts = (caption, top, images.halfblock(fitted), legend)
+        return Group(*(part for part in parts if part is not None))
     except Exception as e:  # noqa: BLE001 — a malformed payload must not take the UI down
         return Text(f"(image sample could not be decoded: {type(e).__name__}: {e})", style="red")
 
