@@ -441,3 +441,20 @@ async def test_the_memory_panes_waiting_note_wraps_instead_of_being_cut_in_a_nar
         text = pane.render().plain
     assert "step 1)" in text and "…" not in text
     assert all(len(line) <= 26 for line in text.splitlines())
+
+
+def test_a_text_to_image_grid_shows_the_prompt_it_was_generated_from_above_its_images():
+    """A prompt typed with `s` on a text-conditioned run: the grid of its images comes under the prompt, whole
+    (wrapped on a narrow pane), and the grid still fits the rows the pane has."""
+    from cockpit.images import UPPER_HALF
+    from cockpit.widgets.samples_pane import render_image
+
+    prompt = "grinning face with smiling eyes and a red apple beside it"
+    ev = image_sample(rows=2, cols=4, classes=None)
+    ev.caption = prompt
+    for width, height in ((30, 12), (60, 20), (120, 30)):
+        lines = printed(render_image(ev, width, height), width)
+        grid = [n for n, line in enumerate(lines) if line.startswith(UPPER_HALF)]
+        above = " ".join(lines[:grid[0]])
+        assert above.split() == ["prompt", f"“{prompt.split()[0]}", *prompt.split()[1:-1], f"{prompt.split()[-1]}”"]
+        assert len(lines) <= height, (width, lines)
