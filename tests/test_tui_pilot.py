@@ -572,13 +572,19 @@ async def test_an_image_grid_keeps_its_class_columns_under_their_labels_on_the_r
             assert labels[j * (cell + gap):j * (cell + gap) + cell].strip() == name, (size, labels)
 
 
+def watching_a_copy(tmp_path, fixture: str):
+    """(a run directory holding a copy of a recorded fixture's log, a cockpit watching it): what `w` writes
+    lands beside the copy, never in the fixtures."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text((FIXTURES / fixture / "events.jsonl").read_text())
+    return run_dir, CockpitApp(watch=str(run_dir / "events.jsonl"))
+
+
 async def test_w_saves_the_sample_shown_to_the_run_directory_and_y_copies_it(tmp_path):
     """w writes the sample on screen beside the run's log and says where; in the sample diff, both sides;
     y puts a text sample on the clipboard."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "events.jsonl").write_text((FIXTURES / "nanogpt-tiny" / "events.jsonl").read_text())
-    app = CockpitApp(watch=str(run_dir / "events.jsonl"))
+    run_dir, app = watching_a_copy(tmp_path, "nanogpt-tiny")
     async with app.run_test(size=SIZE) as pilot:
         run = await watched(pilot, app)
         samples = run.state.samples
@@ -606,10 +612,7 @@ async def test_w_saves_an_image_sample_as_a_png_with_its_classes_over_the_column
 
     from cockpit.images import decode_image, labelled_grid, to_rgb, upscale
 
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "events.jsonl").write_text((FIXTURES / "unet-tiny" / "events.jsonl").read_text())
-    app = CockpitApp(watch=str(run_dir / "events.jsonl"))
+    run_dir, app = watching_a_copy(tmp_path, "unet-tiny")
     async with app.run_test(size=SIZE) as pilot:
         run = await watched(pilot, app)
         ev = run.state.samples[-1]

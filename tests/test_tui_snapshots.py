@@ -63,31 +63,28 @@ def test_picker_snapshot(snap_compare, size):
 SIZES = [(80, 24), (120, 40), (200, 60)]
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_run_screen_snapshot_from_a_recorded_run(snap_compare, size):
-    app = CockpitApp(watch=str(FIXTURES / "nanogpt-tiny" / "events.jsonl"))
+def snap_recorded_run(snap_compare, fixture: str, size) -> bool:
+    """The run screen of a recorded fixture run, once loaded, against its snapshot."""
+    app = CockpitApp(watch=str(FIXTURES / fixture / "events.jsonl"))
 
     async def before(pilot):
         await settle(pilot, loaded_run(app))
-    assert snap_compare(app, terminal_size=size, run_before=before)
+    return snap_compare(app, terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_run_screen_snapshot_from_a_recorded_run(snap_compare, size):
+    assert snap_recorded_run(snap_compare, "nanogpt-tiny", size)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_run_screen_snapshot_of_mingpt_sort_with_its_accuracy_charted(snap_compare, size):
-    app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-tiny" / "events.jsonl"))
-
-    async def before(pilot):
-        await settle(pilot, loaded_run(app))
-    assert snap_compare(app, terminal_size=size, run_before=before)
+    assert snap_recorded_run(snap_compare, "mingpt-sort-tiny", size)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_run_screen_snapshot_of_a_diffusion_run_with_its_class_grid(snap_compare, size):
-    app = CockpitApp(watch=str(FIXTURES / "dit-tiny" / "events.jsonl"))
-
-    async def before(pilot):
-        await settle(pilot, loaded_run(app))
-    assert snap_compare(app, terminal_size=size, run_before=before)
+    assert snap_recorded_run(snap_compare, "dit-tiny", size)
 
 
 def test_run_screen_snapshot_of_a_failed_run_with_its_traceback(snap_compare):
