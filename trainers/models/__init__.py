@@ -1,5 +1,6 @@
 """Models, one architecture per file. `trainers.models.<arch>` defines `Config` (a dataclass) and `Model`,
-which meets one of the contracts of trainers/models/contract.py (LanguageModel or Denoiser).
+which meets one of the contracts of trainers/models/contract.py (LanguageModel, Denoiser or
+Autoencoder).
 
 An arch name maps to its module by replacing '-' with '_' (arch `gpt` -> trainers/models/gpt.py).
 
