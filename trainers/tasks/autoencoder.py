@@ -66,7 +66,7 @@ class Task(BaseTask):
         self.data = load_images(dataset, path, net.image_size)
         self.train_set, self.val_set = self.data.split(cfg["data"]["val_fraction"])
         self.latent_shape = (net.latent_channels, self.data.size // net.factor, self.data.size // net.factor)
-        self.model = None  # the model build_model made: the checkpoint's scale factor is measured on it
+        self.model = None  # the model build_model last made (the loop's): checkpoints measure the scale factor on it
         s = self.data
         self.log("info", f"data: {s.source}, {len(s.images)} images ({len(self.train_set.images)} train, "
                          f"{len(self.val_set.images)} val), {s.channels}x{s.size}x{s.size}; latents "
