@@ -11,14 +11,15 @@ import torch.nn as nn
 
 from trainers import config, models
 from trainers.config import ConfigError
-from trainers.models.contract import Denoiser, LanguageModel, LanguageModelBase
+from trainers.models.contract import Autoencoder, Denoiser, LanguageModel, LanguageModelBase
 
 LANGUAGE_MODELS = {"bitnet", "gpt", "llama", "mamba", "mingpt", "moe", "retnet", "rwkv", "speedrun"}
+AUTOENCODERS = {"vae"}
 
 
 @pytest.mark.parametrize("arch", models.arch_names())
 def test_every_shipped_arch_meets_the_contract_of_its_kind(arch):
-    kind = LanguageModel if arch in LANGUAGE_MODELS else Denoiser
+    kind = LanguageModel if arch in LANGUAGE_MODELS else Autoencoder if arch in AUTOENCODERS else Denoiser
     with torch.device("meta"):
         model = models.build_model(arch, {}, contract=kind)
     assert isinstance(model, LanguageModelBase) == (kind is LanguageModel)

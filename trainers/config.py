@@ -47,7 +47,7 @@ class ConfigError(BadInput, ValueError):
 COMMON: dict[str, tuple] = {
     "name": (str, "", None, None),
     "arch": (str, "gpt", None, None),
-    "task": (str, "lm", None, ("lm", "sort", "diffusion", "finetune")),
+    "task": (str, "lm", None, ("lm", "sort", "diffusion", "finetune", "autoencoder")),
     "description": (str, "", None, None),
     "device": (str, "auto", None, ("auto", "cpu", "cuda")),
     "profile": (str, "auto", None, ("auto", "full", "cpu", "paper")),

@@ -1,5 +1,6 @@
 """Models, one architecture per file. `trainers.models.<arch>` defines `Config` (a dataclass) and `Model`,
-which meets one of the contracts of trainers/models/contract.py (LanguageModel or Denoiser).
+which meets one of the contracts of trainers/models/contract.py (LanguageModel, Denoiser or
+Autoencoder).
 
 An arch name maps to its module by replacing '-' with '_' (arch `gpt` -> trainers/models/gpt.py).
 
@@ -103,7 +104,7 @@ def model_module(arch: str, contract: type | None = None):
         fits = ", ".join(a for a in arch_names() if not class_gaps(arch_module(a).Model, contract))
         other = next((c for c in CONTRACTS if c is not contract and not class_gaps(mod.Model, c)), None)
         if other is not None:  # a model of the other kind: the arch does not suit the task
-            raise ConfigError(f"{where} is a {other.__name__}; this task needs a {contract.__name__} "
+            raise ConfigError(f"{where} is {article(other.__name__)}; this task needs {article(contract.__name__)} "
                               f"(trainers/models/contract.py): use one of {fits}")
         raise ConfigError(f"{_contract_error(where, contract, gaps[contract])}; use an arch that meets it ({fits})")
     return mod, met
@@ -118,6 +119,11 @@ def build_model(arch: str, model_cfg: dict, *, contract: type | None = None, **e
     if missing:
         raise ConfigError(_contract_error(_where(arch, mod), met, missing))
     return model
+
+
+def article(noun: str) -> str:
+    """'a Denoiser', 'an Autoencoder'."""
+    return f"{'an' if noun[0].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _contract_error(where: str, contract, gaps: list[str]) -> str:

@@ -8,7 +8,7 @@ trainers/models/<arch>.py defines
              the checks at the end of this file: a ValueError naming `model.<key>` and the fix, which
              make_config turns into the one-line error a user sees before anything is created.
     Model    an nn.Module built as Model(Config(...)) that keeps its config as `model.config` and meets one
-             of the two contracts below.
+             of the contracts below.
 
 LanguageModel (tasks lm, sort, finetune)
     forward(idx, targets=None) -> (logits, loss)
@@ -30,6 +30,15 @@ LanguageModel (tasks lm, sort, finetune)
 Denoiser (task diffusion)
     forward(x, t, y) -> eps    x (B, C, H, W) noisy images, t (B,) timesteps, y (B,) class ids (num_classes:
                                the null class) -> the predicted noise (B, C, H, W)
+
+Autoencoder (task autoencoder; its checkpoints are the latent space of latent diffusion, trainers/latent.py)
+    encode(x) -> (mean, logvar)   x (B, C, H, W) in [-1, 1] -> the posterior q(z|x) = N(mean, exp(logvar)),
+                                  each (B, latent_channels, H / factor, W / factor)
+    decode(z) -> x                z (B, latent_channels, h, w) -> the reconstruction (B, C, h * factor, w * factor)
+    forward(x, noise=None) -> (reconstruction, mean, logvar)
+                                  decodes z = mean + exp(logvar / 2) * noise (the reparameterisation; noise
+                                  (B, latent_channels, h, w) drawn by the task), or z = mean without noise
+    its Config has latent_channels and factor (the downsampling of H and W)
 
 build_model (trainers/models/__init__.py) checks every model against its contract when it is built, so a
 model that lacks part of it fails there, with one message naming the arch and what is missing.
@@ -169,7 +178,18 @@ class RecurrentLanguageModelBase(LanguageModelBase):
         return torch.cat(out, dim=1)
 
 
-CONTRACTS = (LanguageModel, Denoiser)
+class Autoencoder(Protocol):
+    config: Any
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+CONTRACTS = (LanguageModel, Denoiser, Autoencoder)
 
 
 def _methods(contract) -> dict[str, inspect.Signature]:

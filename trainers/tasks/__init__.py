@@ -159,7 +159,7 @@ def task_class(cfg: dict) -> type[Task]:
         mod = importlib.import_module(f"trainers.tasks.{name}")
     except ModuleNotFoundError as e:
         if e.name == f"trainers.tasks.{name}":
-            raise ConfigError(f"task '{name}' is not available; use lm, sort, diffusion or finetune") from None
+            raise ConfigError(f"task '{name}' is not available; use lm, sort, diffusion, finetune or autoencoder") from None
         raise
     return mod.Task
 
