@@ -8,15 +8,21 @@ glyphs, one row per line, darker glyphs for larger values. Histograms, number li
 """
 from __future__ import annotations
 
+import itertools
 import math
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.style import Style
 from rich.text import Text
 
 from common.events import Internals
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RAMP = " .:-=+*#%@"                      # glyphs from low to high, for text without colour
 SPARK = " ▁▂▃▄▅▆▇█"                      # a column filling up, by eighths
@@ -26,6 +32,7 @@ DIVERGING = ((33, 102, 172), (247, 247, 247), (178, 24, 43))                    
 CATEGORIES = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 MISSING = Style(color="grey30", bgcolor="grey11")
+MISSING_RGB = (78, 78, 78)               # grey30: a value that is not a number, in a saved heatmap
 DIM = Style(dim=True)
 
 
@@ -705,3 +712,51 @@ def report_lines(ev: Internals, width: int, color: bool, probes: list[Internals]
         out += [Text(chunk, "italic") for chunk in textwrap.wrap(view.caption, max(width, 20))]
         out += draw_view(view, ev, width, color, probes)
     return out
+
+
+# --- heatmaps as images ---------------------------------------------------------------------------------------
+
+MAX_HEATMAPS = 256      # images one probe may give (its arrays hold at most 65,536 numbers: many tiny maps)
+CATEGORICAL = {"expert"}  # arrays of categories (an expert's index), coloured as the view colours them
+
+
+def _file_part(text: str) -> str:
+    """A name from the log as part of a file name: letters, digits, `_`, `.` and `-` only, 48 at most."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:48] or "array"
+
+
+def _pixel(x, scale: Scale, categorical: bool) -> tuple[int, int, int]:
+    if not finite(x) or (categorical and abs(x) > 1e9):
+        return MISSING_RGB
+    return CATEGORIES[int(x) % len(CATEGORIES)] if categorical else lerp_rgb(scale.stops, scale.t(x))
+
+
+def heatmap_images(ev: Internals) -> tuple[list[tuple[str, np.ndarray]], int]:
+    """Every heatmap of a probe as an RGB image, one pixel per value, coloured as the views colour it: each
+    array of two axes or more gives one image per entry of its leading axes (a layer's and a head's map), its
+    last two axes as rows and columns, named after the array and those entries (`attention-layer0-head1`).
+    Attention weights span 0 … 1, retention scores diverge about 0, `expert` takes the category colours and the
+    others span their own range. Returns ([(name, (rows, cols, 3) uint8)], how many
+    more there were than MAX_HEATMAPS)."""
+    import numpy as np
+
+    images, skipped = [], 0
+    for a in ev.arrays:
+        shape = a["shape"]
+        if len(shape) < 2:
+            continue
+        rows, cols = shape[-2:]
+        lead = shape[:-2]
+        count = math.prod(lead)
+        if len(images) + count > MAX_HEATMAPS:
+            skipped += count
+            continue
+        data, name = a["data"], a["name"]
+        scale = Scale(0.0, 1.0) if name == "attention" else span(data, symmetric=name == "retention")
+        colors = [_pixel(x, scale, name in CATEGORICAL) for x in data]
+        dims = a.get("dims") or [f"axis{i}" for i in range(len(shape))]
+        for n, index in enumerate(itertools.product(*map(range, lead))):   # row-major, as the data
+            part = "-".join(f"{_file_part(d)}{i}" for d, i in zip(dims, index))
+            img = np.array(colors[n * rows * cols:(n + 1) * rows * cols], dtype=np.uint8).reshape(rows, cols, 3)
+            images.append((_file_part(name) + (f"-{part}" if part else ""), img))
+    return images, skipped

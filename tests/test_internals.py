@@ -596,3 +596,32 @@ def test_bitnet_activation_outliers_name_a_planted_outlier_channel():
     view = next(v for v in VIEWS if v.title == "activation outliers")
     drawn = no_colour(draw_view(view, ev, 120, False))
     assert any("blocks.0.attn.c_attn" in line and f"ch 13 ×{out['data'][row * k]:.3g}" in line for line in drawn)
+
+
+# --- `cockpit --replay RUN --images DIR`: the heatmaps as PNG -------------------------------------------------
+
+def test_replay_images_writes_each_heatmap_of_the_latest_probe_as_an_enlarged_png(tmp_path):
+    from PIL import Image
+
+    from cockpit.internals import SEQUENTIAL
+
+    log = FIXTURES / "mingpt-sort-internals" / "events.jsonl"
+    out = tmp_path / "pngs" / "here"
+    r = cockpit("--replay", str(log), "--color", "never", "--images", str(out))
+    assert r.returncode == 0, r.stderr
+    last = events_of(log, "internals")[-1]
+    maps = {a["name"]: a for a in last["arrays"] if len(a["shape"]) >= 2}
+    L, H, T, S = maps["attention"]["shape"]
+    expected = {f"internals-{last['step']}-attention-layer{l}-head{h}.png": (T, S)
+                for l in range(L) for h in range(H)}
+    expected[f"internals-{last['step']}-logit_lens.png"] = tuple(maps["logit_lens"]["shape"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    for name, (rows, cols) in expected.items():
+        factor = max(1, min(16, -(-256 // min(rows, cols))))             # to 256 pixels, at most 16 times
+        img = Image.open(out / name)
+        assert img.size == (cols * factor, rows * factor) and img.mode == "RGB"
+    first = Image.open(out / f"internals-{last['step']}-attention-layer0-head0.png")
+    factor = first.size[0] // S
+    assert first.getpixel((0, 0)) == SEQUENTIAL[-1]                     # the first token reads itself: 1
+    assert first.getpixel((S * factor - 1, 0)) == SEQUENTIAL[0]         # never a later token: 0
+    assert f"saved {len(expected)} internals heatmaps of step {last['step']}" in r.stdout
