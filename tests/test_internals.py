@@ -625,3 +625,18 @@ def test_replay_images_writes_each_heatmap_of_the_latest_probe_as_an_enlarged_pn
     assert first.getpixel((0, 0)) == SEQUENTIAL[-1]                     # the first token reads itself: 1
     assert first.getpixel((S * factor - 1, 0)) == SEQUENTIAL[0]         # never a later token: 0
     assert f"saved {len(expected)} internals heatmaps of step {last['step']}" in r.stdout
+
+
+def test_replay_images_keep_hostile_array_names_inside_the_directory_and_refuse_one_that_is_a_file(tmp_path):
+    log = tmp_path / "run" / "events.jsonl"
+    log.parent.mkdir()
+    log.write_text(json.dumps(internals(7, arrays=[{"name": "../../escape/me", "shape": [2, 3], "data": [0] * 6,
+                                                    "dims": ["../x", "y"]}])) + "\n")
+    out = tmp_path / "out"
+    r = cockpit("--replay", str(log), "--color", "never", "--images", str(out))
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in out.iterdir()] == ["internals-7-escape_me.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
+    a_file = tmp_path / "run" / "events.jsonl"
+    r = cockpit("--replay", str(log), "--images", str(a_file))
+    assert r.returncode == 2 and r.stderr.startswith(f"cockpit: error: --images: cannot make the directory {a_file}")
