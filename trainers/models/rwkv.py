@@ -283,7 +283,7 @@ class Model(RecurrentLanguageModelBase):
                 array("state_norm", torch.stack(norms), ["layer", "token"], labels=names),
                 array("token_shift", torch.stack(mixes), ["layer", "mix"], labels=names,
                       cells=[m for _ in names for m in shifts]),
-                array("token_shift_dd", torch.stack(dd), ["layer", "mix", "token"], labels=names)]
+                array("token_shift_dd", torch.stack(dd), ["layer", "mix", "token"], labels=names, digits=6)]
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):
