@@ -264,15 +264,17 @@ class Model(RecurrentLanguageModelBase):
         for block in self.blocks:
             att, h = block.att, block.ln1(x)
             h_prev = token_shift(h)
-            r, k, v, _, log_w = (t[0].float() for t in att.project(h, h_prev))   # (T, C) each
-            w = torch.exp(log_w).view(T, H, K).transpose(0, 1).reshape(H, T * K)  # per head
-            decays.append(torch.quantile(w, q, dim=1).t())                        # (H, 5)
-            S, u = r.new_zeros(1, H, K, K), att.bonus.view(H, K).float()
-            norm = []
-            for t in range(T):                                                    # the recurrence, token by token
-                _, S = wkv_step(*(z[t].view(1, H, K) for z in (r, k, v, log_w)), u, S)
-                norm.append(S.norm())
-            norms.append(torch.stack(norm))
+            _, k, v, _, log_w = (t[0].float() for t in att.project(h, h_prev))   # (T, C) each
+            w = torch.exp(log_w)                                                  # (T, C) decays w_t
+            decays.append(torch.quantile(w.view(T, H, K).transpose(0, 1).reshape(H, T * K), q, dim=1).t())  # (H, 5)
+            # S_t = diag(w_t) S_t-1 + k_tᵀ v_t, token by token (the outputs r_t·(...) are not needed here)
+            kv = k.view(T, H, K, 1) * v.view(T, H, 1, K)                          # (T, H, K, K)
+            decay = w.view(T, H, K, 1)
+            S, norm = kv.new_zeros(H, K, K), kv.new_empty(T)
+            for t in range(T):
+                S = torch.addcmul(kv[t], decay[t], S)
+                norm[t] = torch.linalg.vector_norm(S)
+            norms.append(norm)
             mixes.append(torch.cat([att.maa_wkvrg.view(5, -1).mean(1),
                                     torch.stack([block.ffn.maa_k.mean(), block.ffn.maa_r.mean()])]))
             dd.append(att.ddlerp_mix(h, h_prev - h)[:, 0].float().mean(-1))       # (5, T)
