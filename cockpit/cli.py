@@ -31,7 +31,7 @@ from common.cli import STDOUT_CLOSED, BadInput, Parser, drop_stdout, fail, outpu
 
 USAGE = """cockpit [PRESET [k=v ...]]
        cockpit SUBCOMMAND [--help] ...
-       cockpit --replay FILE [FILE ...] [--images] [--color WHEN] [--x AXIS] [--smooth S]"""
+       cockpit --replay FILE [FILE ...] [--images [DIR]] [--color WHEN] [--x AXIS] [--smooth S]"""
 
 DESCRIPTION = """A terminal cockpit for training runs.
 
@@ -256,13 +256,15 @@ def run_torchrun(argv: list[str]) -> int:
 def replay_parser() -> Parser:
     """`cockpit --replay`: not a subcommand, an option of `cockpit` that takes the whole command line."""
     p = Parser(prog="cockpit --replay", formatter_class=_Formatter, epilog=EPILOG,
-               usage="%(prog)s FILE [FILE ...] [--images] [--color WHEN] [--x AXIS] [--smooth S]",
+               usage="%(prog)s FILE [FILE ...] [--images [DIR]] [--color WHEN] [--x AXIS] [--smooth S]",
                description="A headless report of a recorded run (no UI, no terminal needed); of two or more "
                            "runs, one comparison.")
     p.add_argument("--replay", nargs="*", default=[], metavar="FILE",
                    help="event logs (events.jsonl) or run directories; or TensorBoard runs (a directory of "
                         "event files, or one), with the tensorboard extra")
-    p.add_argument("--images", action="store_true", help="save image samples as PNG beside the log")
+    p.add_argument("--images", nargs="?", const="", default=None, metavar="DIR",
+                   help="save image samples and the latest internals probe's heatmaps as PNG, in DIR (made if "
+                        "missing) or beside the log")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto", metavar="WHEN",
                    help="colour codes: auto (on a terminal only), always or never")
     p.add_argument("--x", choices=("step", "tokens", "time"), default="step", metavar="AXIS",
@@ -304,7 +306,14 @@ def replay(argv: list[str]) -> int:
         sys.stdout.write(compare_report(loaded, color=color, x_axis=a.x, smoothing=a.smooth))
         return 0
     path, state, stats = loaded[0]
-    images_dir = tfevents.run_dir(Path(path)) if a.images else None
+    images_dir = None
+    if a.images is not None:
+        images_dir = Path(a.images) if a.images else tfevents.run_dir(Path(path))
+        try:
+            images_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"--images: cannot make the directory {images_dir} ({e.strerror or e}); give one "
+                           "that can be written") from None
     sys.stdout.write(report(path, state, stats, color=color, images_dir=images_dir, x_axis=a.x,
                             smoothing=a.smooth))
     sys.stdout.flush()

@@ -8,15 +8,21 @@ glyphs, one row per line, darker glyphs for larger values. Histograms, number li
 """
 from __future__ import annotations
 
+import itertools
 import math
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.style import Style
 from rich.text import Text
 
 from common.events import Internals
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RAMP = " .:-=+*#%@"                      # glyphs from low to high, for text without colour
 SPARK = " ▁▂▃▄▅▆▇█"                      # a column filling up, by eighths
@@ -26,6 +32,7 @@ DIVERGING = ((33, 102, 172), (247, 247, 247), (178, 24, 43))                    
 CATEGORIES = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 MISSING = Style(color="grey30", bgcolor="grey11")
+MISSING_RGB = (78, 78, 78)               # grey30: a value that is not a number, in a saved heatmap
 DIM = Style(dim=True)
 
 
@@ -33,13 +40,18 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def lerp_color(stops, t: float) -> str:
-    """The colour at t in [0, 1] along `stops`, as rich's rgb()."""
+def lerp_rgb(stops, t: float) -> tuple[int, int, int]:
+    """The colour at t in [0, 1] along `stops`, as (r, g, b)."""
     t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
     i = min(int(t), len(stops) - 2)
     f = t - i
     r, g, b = (round(a + (c - a) * f) for a, c in zip(stops[i], stops[i + 1]))
-    return f"rgb({r},{g},{b})"
+    return r, g, b
+
+
+def lerp_color(stops, t: float) -> str:
+    """The colour at t in [0, 1] along `stops`, as rich's rgb()."""
+    return "rgb({},{},{})".format(*lerp_rgb(stops, t))
 
 
 @dataclass
@@ -216,7 +228,8 @@ class View:
     title: str
     arrays: tuple[str, ...]      # the arrays it draws (the first present decides that the view is shown)
     caption: str
-    draw: Callable[[Internals, int, bool], list[Text]]
+    draw: Callable[..., list[Text]]   # (event, width, colour) -> lines; with history, also the probes
+    history: bool = False        # draws the probes up to the event (oldest first), not the event alone
 
 
 def _tokens(ev: Internals, n: int) -> list[str]:
@@ -393,17 +406,127 @@ def draw_decay(ev: Internals, width: int, color: bool) -> list[Text]:
                 name = (labels[layer] if h == 0 else "")[:9].ljust(10)
                 out.append(Text.assemble((f"{name}head {h} ", DIM), ("0|" + "".join(track) + "|1", "green"),
                                          (tail, DIM)))
+    return out
+
+
+def labelled_rows(rows: list[list[float]], labels: list[str], scale: Scale, color: bool, cw: int = 1,
+                  label_w: int = 10) -> list[Text]:
+    """A matrix as one line of text per row, each row's label at its left (in colour each row fills both
+    halves of its line's cells, so that every row keeps its own label)."""
+    lines = heatmap([r for row in rows for r in (row, row)] if color else rows, scale, color, cw)
+    return [Text.assemble((label[:label_w - 1].ljust(label_w), DIM)) + line for label, line in zip(labels, lines)]
+
+
+def draw_state(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = [Text("‖S_t‖: norm of each layer's WKV state after each probe token", "bold")]
+    return out + _strip_rows(ev, "state_norm", color)
+
+
+def draw_token_shift(ev: Internals, width: int, color: bool) -> list[Text]:
+    out = []
     mix = ev.array("token_shift")
     if mix is not None and len(mix["shape"]) == 2:
         L, M = mix["shape"]
         names = mix.get("cells") or [str(i) for i in range(L * M)]
-        out += [Text(""), Text("token shift μ: share of the previous token mixed into each projection", "bold")]
+        out.append(Text("learned token shift μ: share of the previous token each projection reads (mean over "
+                        "channels)", "bold"))
         labels = mix.get("labels") or [f"layer {i}" for i in range(L)]
         for layer in range(L):
             vals = mix["data"][layer * M:(layer + 1) * M]
             out.append(Text.assemble((labels[layer][:9].ljust(10), DIM)) + Text("  ".join(
                 f"{names[layer * M + i]} {v:.2f}" if finite(v) else "-" for i, v in enumerate(vals))))
+    dd = ev.array("token_shift_dd")
+    if dd is not None and len(dd["shape"]) == 3:
+        L, M, T = dd["shape"]
+        data = list(dd["data"])
+        learned = mix is not None and mix["shape"][0] == L and mix["shape"][1] >= M
+        if learned:  # ddlerp's own part: the coefficient at each token less the learned μ it starts from
+            M0 = mix["shape"][1]
+            data = [x - mix["data"][(i // (M * T)) * M0 + (i // T) % M] for i, x in enumerate(data)]
+        scale = span(data, symmetric=learned)
+        toks = _tokens(ev, T)
+        cw = 2 if 12 + 2 * T <= width else 1
+        mixes = [f"att {m}" for m in "wkvrg"] if M == 5 else [f"mix {i}" for i in range(M)]
+        labels = dd.get("labels") or [f"layer {i}" for i in range(L)]
+        out += [Text(""), Text("data-dependent token shift (ddlerp) at each probe token, mean over channels"
+                               + (", less the learned μ" if learned else ""), "bold")]
+        for layer in range(L):
+            out.append(Text(labels[layer], DIM))
+            out += labelled_rows(matrix(data, M, T, layer * M * T), mixes, scale, color, cw, label_w=12)
+        out.append(Text(" " * 12 + "".join(first_char(t).ljust(cw) for t in toks), DIM))
+        out.append(color_key(scale, color, "more of the previous token than μ (+) or less (-)" if learned
+                             else "share of the previous token"))
     return out
+
+
+def _load_shares(ev: Internals) -> list[list[float]] | None:
+    """The probe's expert_load as each expert's share of its layer's token-choices, (layer, expert)."""
+    a = ev.array("expert_load")
+    if a is None or len(a["shape"]) != 2:
+        return None
+    L, E = a["shape"]
+    shares = []
+    for row in matrix(a["data"], L, E):
+        total = sum(x for x in row if finite(x)) or 1.0
+        shares.append([x / total if finite(x) else math.nan for x in row])
+    return shares
+
+
+def draw_load_history(ev: Internals, width: int, color: bool, probes: list[Internals]) -> list[Text]:
+    """Each MoE layer as an expert-by-probe heatmap of load shares, the newest probes that fit the width."""
+    load = ev.array("expert_load")
+    if load is None or len(load["shape"]) != 2:
+        return draw_generic("expert_load")(ev, width, color)
+    L, E = load["shape"]
+    label_w = 11
+    cw = 2 if label_w + 2 * len(probes) <= width else 1
+    history = [(p.step, _load_shares(p)) for p in probes
+               if p.array("expert_load") is not None and p.array("expert_load")["shape"] == [L, E]]
+    history = history[-max((width - label_w) // cw, 1):]
+    scale = Scale(0.0, max([1.0 / E] + [x for _, sh in history for row in sh for x in row if finite(x)]))
+    labels = load.get("labels") or [f"layer {i}" for i in range(L)]
+    out = [Text(f"share of each probe's token-choices per expert, over {len(history)} probes (oldest left)",
+                "bold")]
+    for layer in range(L):
+        out.append(Text(labels[layer], DIM))
+        rows = [[sh[layer][e] for _, sh in history] for e in range(E)]
+        out += labelled_rows(rows, [f"expert {e}" for e in range(E)], scale, color, cw, label_w)
+    first, last = history[0][0], history[-1][0]
+    out.append(Text(" " * label_w + (f"step {first} … step {last}" if first != last else f"step {last}"), DIM))
+    out.append(color_key(scale, color, f"load share (even: 1/{E} = {1 / E:.3g})"))
+    return out
+
+
+def draw_dropped(ev: Internals, width: int, color: bool) -> list[Text]:
+    a = ev.array("dropped")
+    labels = a.get("labels") or [str(i) for i in range(len(a["data"]))]
+    load = ev.array("expert_load")
+    routed = None
+    if load is not None and len(load["shape"]) == 2 and load["shape"][0] == len(labels):
+        routed = [sum(x for x in row if finite(x)) for row in matrix(load["data"], *load["shape"])]
+    out = [Text("token-choices past their expert's training capacity, were the probe a training batch", "bold")]
+    out += bars(a["data"], labels, width, "{:.0f}", "red")
+    if routed:
+        out.append(Text("of " + ", ".join(f"{r:.0f}" for r in routed) + " token-choices routed per layer", DIM))
+    return out
+
+
+def draw_outliers(ev: Internals, width: int, color: bool) -> list[Text]:
+    a = ev.array("act_outliers")
+    shape = a["shape"]
+    n, k = (shape[0], shape[1]) if len(shape) == 2 else (shape[0], 1)
+    cells = a.get("cells") or [str(i) for i in range(n * k)]
+    labels = a.get("labels") or [str(i) for i in range(n)]
+    tops = [a["data"][i * k] for i in range(n)]
+    channels = [", ".join(f"{cells[i * k + j]} ×{a['data'][i * k + j]:.3g}" if finite(a["data"][i * k + j])
+                          else "-" for j in range(k)) for i in range(n)]
+    tail = max((len(c) for c in channels), default=0) + 6
+    out = [Text("largest channel |x̂| over the median |x̂| of each BitLinear's input (×), and its top channels",
+                "bold")]
+    lines = bars(tops, labels, max(width - tail, 30), "×{:.3g}", "yellow")
+    for line, text in zip(lines, channels):
+        line.append("  ch " + text, DIM)
+    return out + lines
 
 
 def draw_ternary(ev: Internals, width: int, color: bool) -> list[Text]:
@@ -516,12 +639,24 @@ VIEWS = (
          "the answer settles in the later ones", draw_lens),
     View("experts", ("expert", "expert_load", "router_entropy"), "the text coloured by its expert: a healthy router "
          "gives similar tokens the same expert and spreads the load", draw_experts),
+    View("expert load over probes", ("expert_load",), "each expert's share of the load at every probe so far: "
+         "watch it even out towards 1/E, or an expert go dark as the router abandons it", draw_load_history,
+         history=True),
+    View("dropped tokens", ("dropped",), "token-choices over their expert's capacity keep only their residual: "
+         "many drops mean the router crowds a few experts", draw_dropped),
     View("selectivity", ("delta", "exp_delta_A", "A"), "a large Δ resets the state to this token, a small one "
          "keeps the past: watch spaces and punctuation stand out as Mamba learns", draw_selectivity),
-    View("decay", ("decay", "token_shift"), "each head's memory: decays near 1 keep long context, near 0 only the "
+    View("decay", ("decay",), "each head's memory: decays near 1 keep long context, near 0 only the "
          "last tokens; watch the heads spread apart as RWKV learns", draw_decay),
+    View("state", ("state_norm",), "how much each layer's state holds: it grows as tokens are written in and "
+         "levels off where the decay forgets as fast; a norm that keeps climbing never forgets", draw_state),
+    View("token shift", ("token_shift", "token_shift_dd"), "how much of the previous token each projection "
+         "mixes in: μ as learned, and Finch's ddlerp moving it token by token", draw_token_shift),
     View("ternary weights", ("w_over_gamma", "flip_share"), "mass piled at ±0.5 is weights about to change their "
          "ternary value; flips should fall as training settles", draw_ternary),
+    View("activation outliers", ("act_outliers",), "a channel far above the median takes the 8-bit absmax scale "
+         "for itself and leaves the others a few levels: watch for the same channel index layer after layer",
+         draw_outliers),
     View("loss by timestep", ("loss_by_t",), "the noise levels the network has learned: the loss is highest at small "
          "t, where the noise is hard to tell from the image", draw_loss_by_t),
     View("adapters", ("lora_sv", "lora_overlap"), "ΔW has at most rank r: the singular values past it stay 0; a "
@@ -545,10 +680,13 @@ def views_of(ev: Internals) -> list[View]:
     return out
 
 
-def draw_view(view: View, ev: Internals, width: int, color: bool) -> list[Text]:
-    """A view's lines; a malformed array (shapes and labels are validated, but not their meaning) draws as a
-    note instead of failing."""
+def draw_view(view: View, ev: Internals, width: int, color: bool, probes: list[Internals] | None = None) -> list[Text]:
+    """A view's lines; `probes`, the run's probes up to `ev` (oldest first, `ev` the last), for the views that
+    draw a history (ev alone when not given). A malformed array (shapes and labels are validated, but not their
+    meaning) draws as a note instead of failing."""
     try:
+        if view.history:
+            return view.draw(ev, width, color, probes if probes else [ev])
         return view.draw(ev, width, color)
     except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
         return [Text(f"(cannot draw {view.title}: {type(e).__name__})", DIM)]
@@ -563,13 +701,62 @@ def headline(ev: Internals) -> str:
     return " · ".join(parts)
 
 
-def report_lines(ev: Internals, width: int, color: bool) -> list[Text]:
-    """Every view of one event, each under its title and caption: what `cockpit --replay` prints."""
+def report_lines(ev: Internals, width: int, color: bool, probes: list[Internals] | None = None) -> list[Text]:
+    """Every view of one event, each under its title and caption: what `cockpit --replay` prints (`probes`: the
+    run's probes up to it, for the views of a history)."""
     out = [Text(headline(ev), "bold")]
     if ev.tokens:
         out.append(Text.assemble(("probe tokens: " + "".join(ev.tokens)[:width - 14], DIM)))
     for view in views_of(ev):
         out += [Text(""), Text(f"── {view.title} ", "bold")]
         out += [Text(chunk, "italic") for chunk in textwrap.wrap(view.caption, max(width, 20))]
-        out += draw_view(view, ev, width, color)
+        out += draw_view(view, ev, width, color, probes)
     return out
+
+
+# --- heatmaps as images ---------------------------------------------------------------------------------------
+
+MAX_HEATMAPS = 256      # images one probe may give (its arrays hold at most 65,536 numbers: many tiny maps)
+CATEGORICAL = {"expert"}  # arrays of categories (an expert's index), coloured as the view colours them
+
+
+def _file_part(text: str) -> str:
+    """A name from the log as part of a file name: letters, digits, `_`, `.` and `-` only, 48 at most."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:48] or "array"
+
+
+def _pixel(x, scale: Scale, categorical: bool) -> tuple[int, int, int]:
+    if not finite(x) or (categorical and abs(x) > 1e9):
+        return MISSING_RGB
+    return CATEGORIES[int(x) % len(CATEGORIES)] if categorical else lerp_rgb(scale.stops, scale.t(x))
+
+
+def heatmap_images(ev: Internals) -> tuple[list[tuple[str, np.ndarray]], int]:
+    """Every heatmap of a probe as an RGB image, one pixel per value, coloured as the views colour it: each
+    array of two axes or more gives one image per entry of its leading axes (a layer's and a head's map), its
+    last two axes as rows and columns, named after the array and those entries (`attention-layer0-head1`).
+    Attention weights span 0 … 1, retention scores diverge about 0, `expert` takes the category colours and the
+    others span their own range. Returns ([(name, (rows, cols, 3) uint8)], how many
+    more there were than MAX_HEATMAPS)."""
+    import numpy as np
+
+    images, skipped = [], 0
+    for a in ev.arrays:
+        shape = a["shape"]
+        if len(shape) < 2:
+            continue
+        rows, cols = shape[-2:]
+        lead = shape[:-2]
+        count = math.prod(lead)
+        if len(images) + count > MAX_HEATMAPS:
+            skipped += count
+            continue
+        data, name = a["data"], a["name"]
+        scale = Scale(0.0, 1.0) if name == "attention" else span(data, symmetric=name == "retention")
+        colors = [_pixel(x, scale, name in CATEGORICAL) for x in data]
+        dims = a.get("dims") or [f"axis{i}" for i in range(len(shape))]
+        for n, index in enumerate(itertools.product(*map(range, lead))):   # row-major, as the data
+            part = "-".join(f"{_file_part(d)}{i}" for d, i in zip(dims, index))
+            img = np.array(colors[n * rows * cols:(n + 1) * rows * cols], dtype=np.uint8).reshape(rows, cols, 3)
+            images.append((_file_part(name) + (f"-{part}" if part else ""), img))
+    return images, skipped

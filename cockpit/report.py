@@ -170,13 +170,13 @@ _PLACE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENO
 
 
 def save_image(images, path: Path, img) -> None:
-    """`--images`: one sample as a PNG beside the log (written whole or not at all)."""
+    """`--images`: one image as a PNG in the run's directory or the one given (written whole or not at all)."""
     try:
         images.write_png(path, images.upscale(img))
     except OSError as e:
         if e.errno in _PLACE_ERRORS:
-            raise BadInput(f"--images: cannot write {path} ({e.strerror}); the images are saved beside the log: "
-                           "replay a copy of the run directory in a writable place") from None
+            raise BadInput(f"--images: cannot write {path} ({e.strerror}); give a writable directory "
+                           "(`--images DIR`)") from None
         raise OSError(e.errno, e.strerror, str(path)) from None  # named: cockpit/cli.py main says which file
 
 
@@ -189,9 +189,9 @@ def _ansi(images, img) -> str:
     return cap.get().rstrip("\n")
 
 
-def internals_text(s: RunState, width: int, color: bool) -> str:
+def internals_text(s: RunState, width: int, color: bool, images_dir: Path | None = None) -> str:
     """The most recent internals probe, every view of it as text heatmaps, bars and number lines
-    (cockpit/internals.py)."""
+    (cockpit/internals.py); with images_dir, its heatmaps saved there as PNGs too."""
     from rich.console import Console
 
     from cockpit.internals import report_lines
@@ -199,10 +199,28 @@ def internals_text(s: RunState, width: int, color: bool) -> str:
     console = Console(force_terminal=color, color_system="truecolor" if color else None, width=width,
                       no_color=not color, highlight=False)
     with console.capture() as cap:
-        for line in report_lines(s.internals[-1], width, color):
+        for line in report_lines(s.internals[-1], width, color, list(s.internals)):
             console.print(line, overflow="crop", no_wrap=True)
     note = f"({len(s.internals)} probes recorded; the internals view, `i` on the run screen, steps through them)"
-    return cap.get().rstrip("\n") + "\n" + note
+    out = cap.get().rstrip("\n") + "\n" + note
+    if images_dir is not None:
+        out += "\n" + "\n".join(save_heatmaps(s.internals[-1], images_dir))
+    return out
+
+
+def save_heatmaps(ev, images_dir: Path) -> list[str]:
+    """`--images`: each heatmap of a probe (cockpit/internals.py heatmap_images) as a PNG, its pixels enlarged
+    to squares (images.upscale), named `internals-STEP-ARRAY[-AXIS#...].png`."""
+    from cockpit import images
+    from cockpit.internals import MAX_HEATMAPS, heatmap_images
+
+    maps, skipped = heatmap_images(ev)
+    for name, img in maps:
+        save_image(images, images_dir / f"internals-{ev.step}-{name}.png", img)
+    out = [f"saved {len(maps)} internals heatmaps of step {ev.step} as {images_dir / f'internals-{ev.step}-*.png'}"]
+    if skipped:
+        out.append(f"(and not the other {skipped}: at most {MAX_HEATMAPS} a probe)")
+    return out
 
 
 def kernel_lines(s: RunState) -> list[str]:
@@ -230,7 +248,7 @@ def report(path: str, state: RunState, stats: ReadStats | None, *, color: bool |
     if state.kernels:
         parts += ["\n".join(kernel_lines(state)), ""]
     if state.internals:
-        parts += [internals_text(state, width, color), ""]
+        parts += [internals_text(state, width, color, images_dir), ""]
     parts.append("\n".join(system_lines(state)))
     if state.error:
         parts += ["", "error:", state.error.rstrip()]

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common import events as E
 from common.state import MAX_INTERNALS, RunState
@@ -428,3 +429,214 @@ async def test_the_internals_screen_steps_through_probes_and_views_and_goes_back
         await pilot.press("escape")
         await pilot.pause(0.1)
         assert isinstance(app.screen, RunScreen)
+
+
+# --- RWKV's state and token shift, MoE's drops and load over time, BitNet's activation outliers ------------------
+
+def no_colour(lines) -> list[str]:
+    return [line.plain for line in lines]
+
+
+def test_rwkv_state_norm_is_the_wkv_recurrence_by_hand_and_the_token_shift_its_mixing():
+    """‖S_t‖ of layer 1 by hand: S_t = diag(w_t) S_t-1 + k_tᵀ v_t per head, in float64, from the layer's own
+    projections of its input (layer 0's output)."""
+    from cockpit.internals import VIEWS, draw_view
+    from trainers.models.rwkv import Config, Model, token_shift
+
+    torch.manual_seed(0)
+    cfg = Config(n_layer=2, n_embd=32, head_size=16, mix_lora=4, decay_lora=4, block_size=16)
+    model = Model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():             # off the initialisation (zero LoRAs, zero outputs)
+            p.add_(0.1 * torch.randn_like(p))
+    idx = torch.randint(0, cfg.vocab_size, (1, 12))
+    ev = E.convert({"type": "internals", "step": 1, "tokens": [str(i) for i in range(12)],
+                    "arrays": model.internals(idx, lambda ids: [str(i) for i in ids])})
+    norm = torch.tensor(ev.array("state_norm")["data"]).view(ev.array("state_norm")["shape"])
+    assert norm.shape == (2, 12) and torch.isfinite(norm).all() and (norm >= 0).all()
+
+    H, K = cfg.n_embd // cfg.head_size, cfg.head_size
+    block = model.blocks[1]
+    with torch.no_grad():
+        h = block.ln1(model.blocks[0](model.ln0(model.wte(idx))))
+        _, k, v, _, log_w = (t[0].double() for t in block.att.project(h, token_shift(h)))
+        S, by_hand = torch.zeros(H, K, K, dtype=torch.float64), []
+        for t in range(12):
+            kh, vh, wh = k[t].view(H, K), v[t].view(H, K), log_w[t].exp().view(H, K)
+            S = wh.unsqueeze(-1) * S + kh.unsqueeze(-1) * vh.unsqueeze(-2)
+            by_hand.append(float(S.pow(2).sum().sqrt()))
+        mix = block.att.ddlerp_mix(h, token_shift(h) - h)[:, 0].mean(-1)            # (5, T)
+    assert norm[1].tolist() == pytest.approx(by_hand, rel=1e-4)
+    shift = ev.array("token_shift")
+    assert shift["shape"] == [2, 7] and shift["cells"][:7] == ["att w", "att k", "att v", "att r", "att g",
+                                                                "ffn k", "ffn r"]
+    assert shift["data"][7 + 5] == pytest.approx(float(block.ffn.maa_k.detach().mean()), abs=1e-3)
+    dd = torch.tensor(ev.array("token_shift_dd")["data"]).view(2, 5, 12)
+    assert dd[1] == pytest.approx(mix, abs=1e-3) and dd[1].std() > 0    # ddlerp moves μ token by token
+
+    state = next(v for v in VIEWS if v.title == "state")
+    drawn = "\n".join(no_colour(draw_view(state, ev, 100, False)))
+    assert f"{min(by_hand):.3g} … {max(by_hand):.3g}" in drawn          # layer 1's range, on its row
+    assert state.caption.count("\n") == 0 and "state" in state.caption
+
+
+def test_moe_dropped_tokens_are_the_choices_past_each_experts_capacity():
+    """By hand: each expert takes at most C = ceil(capacity_factor · T · k / E) of the probe's token-choices;
+    the rest of its choices are dropped, whatever their order. The same count as a training forward drops."""
+    from cockpit.internals import VIEWS, draw_view
+    from trainers.models.moe import Config, Model
+
+    torch.manual_seed(1)
+    cfg = Config(n_layer=4, n_head=2, n_embd=32, block_size=16, n_expert=4, top_k=2, capacity_factor=0.75)
+    model = Model(cfg).eval()
+    idx = torch.randint(0, cfg.vocab_size, (1, 16))
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0][0])) for m in model.moe_layers]
+    arrays = model.internals(idx, lambda ids: [str(i) for i in ids])
+    for h in hooks:
+        h.remove()
+    dropped = next(a for a in arrays if a["name"] == "dropped")
+    cap = math.ceil(cfg.capacity_factor * 16 * cfg.top_k / cfg.n_expert)
+    by_hand = []
+    for moe, x in zip(model.moe_layers, inputs):
+        top_e = F.softmax(moe.router_logits(x), dim=-1).topk(cfg.top_k, dim=-1).indices
+        per_expert = torch.bincount(top_e.reshape(-1), minlength=cfg.n_expert)
+        by_hand.append(sum(max(int(n) - cap, 0) for n in per_expert))
+    assert dropped["data"] == by_hand and sum(by_hand) > 0 and dropped["labels"] == ["layer 1", "layer 3"]
+    model.train()
+    with torch.no_grad():
+        model(idx)
+    assert [int(m.last_stats[2]) for m in model.moe_layers] == by_hand
+
+    ev = E.convert({"type": "internals", "step": 1, "arrays": arrays})
+    view = next(v for v in VIEWS if v.title == "dropped tokens")
+    drawn = no_colour(draw_view(view, ev, 80, False))
+    for label, n in zip(dropped["labels"], by_hand):
+        assert any(line.strip().startswith(label) and line.endswith(f" {n}") for line in drawn), drawn
+    assert drawn[-1] == f"of {16 * cfg.top_k}, {16 * cfg.top_k} token-choices routed per layer"
+
+
+def load_probe(step: int, loads: list[list[int]]) -> dict:
+    return {"type": "internals", "step": step, "arrays": [
+        {"name": "expert_load", "shape": [len(loads), len(loads[0])], "data": [x for row in loads for x in row],
+         "dims": ["layer", "expert"], "labels": [f"layer {2 * i + 1}" for i in range(len(loads))]}]}
+
+
+def test_expert_load_over_probes_is_each_experts_share_probe_by_probe():
+    from cockpit.internals import draw_view, views_of
+
+    probes = [E.convert(load_probe(s, [[4, 0]])) for s in (10, 20)] + [E.convert(load_probe(30, [[0, 4]]))]
+    probes.insert(2, E.convert(load_probe(25, [[2, 2]])))
+    view = next(v for v in views_of(probes[-1]) if v.title == "expert load over probes")
+    assert view.history
+    lines = no_colour(draw_view(view, probes[-1], 80, False, probes))
+    rows = {line[:11].strip(): line[11:] for line in lines if line.startswith("expert")}
+    # shares 1, 1, ½, 0 for expert 0 (and the other way round for expert 1): the ramp's top, middle and blank
+    assert rows == {"expert 0": "@@@@++  ", "expert 1": "    ++@@"}
+    assert "step 10 … step 30" in "\n".join(lines) and "over 4 probes" in lines[0]
+    older = no_colour(draw_view(view, probes[1], 80, False, probes[:2]))   # stepped back: the history up to it
+    assert {line[:11].strip(): line[11:] for line in older if line.startswith("expert")} == {
+        "expert 0": "@@@@", "expert 1": "    "}
+
+
+async def test_the_internals_screen_draws_the_load_history_up_to_the_probe_shown(tmp_path):
+    from cockpit.app import CockpitApp
+    from cockpit.screens.internals import InternalsScreen
+    from cockpit.screens.run import RunScreen
+
+    log = tmp_path / "events.jsonl"
+    loads = ([[3, 1]], [[2, 2]], [[1, 3]])
+    log.write_text("".join(json.dumps({**load_probe(10 * (i + 1), load), "v": 1, "time": 1.0 + i}) + "\n"
+                           for i, load in enumerate(loads)))
+    app = CockpitApp(watch=str(log))
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(200):
+            if isinstance(app.screen, RunScreen) and app.screen.loaded:
+                break
+            await pilot.pause(0.05)
+        await pilot.press("i")
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert isinstance(screen, InternalsScreen)
+        for _ in range(4):                          # to the view of the history
+            if screen.view_title == "expert load over probes":
+                break
+            await pilot.press("right")
+            await pilot.pause(0.05)
+        await pilot.pause(0.1)
+        body = str(screen.query_one("#internals-view").render())
+        assert "over 3 probes" in body and "step 10 … step 30" in body
+        assert "watch it even out towards 1/E" in str(screen.query_one("#internals-caption").render())
+        await pilot.press("left_square_bracket")
+        await pilot.pause(0.1)
+        body = str(screen.query_one("#internals-view").render())
+        assert "over 2 probes" in body and "step 10 … step 20" in body
+
+
+def test_bitnet_activation_outliers_name_a_planted_outlier_channel():
+    from cockpit.internals import VIEWS, draw_view
+    from trainers.models.bitnet import Config, Model
+
+    torch.manual_seed(2)
+    cfg = Config(n_layer=2, n_head=2, n_embd=32, block_size=16)
+    model = Model(cfg).eval()
+    with torch.no_grad():
+        model.wte.weight[:, 13] = 3.0                # every token's channel 13: far above the others (~0.02)
+    idx = torch.randint(0, cfg.vocab_size, (1, 12))
+    ev = E.convert({"type": "internals", "step": 1, "arrays": model.internals(idx, lambda ids: [str(i) for i in ids])})
+    out = ev.array("act_outliers")
+    k = out["shape"][1]
+    row = out["labels"].index("blocks.0.attn.c_attn")    # block 0's first BitLinear reads the embeddings
+    assert out["cells"][row * k] == "13"
+    with torch.no_grad():
+        xn = F.rms_norm(model.wte(idx)[0], (cfg.n_embd,), eps=1e-5).abs()
+    assert out["data"][row * k] == pytest.approx(float(xn[:, 13].max() / xn.median()), rel=1e-3)
+    assert out["data"][row * k] > 10 * out["data"][row * k + 1]
+    assert len(out["labels"]) == 4 * cfg.n_layer                     # c_attn, c_proj, w13, w2 of each block
+    view = next(v for v in VIEWS if v.title == "activation outliers")
+    drawn = no_colour(draw_view(view, ev, 120, False))
+    assert any("blocks.0.attn.c_attn" in line and f"ch 13 ×{out['data'][row * k]:.3g}" in line for line in drawn)
+
+
+# --- `cockpit --replay RUN --images DIR`: the heatmaps as PNG -------------------------------------------------
+
+def test_replay_images_writes_each_heatmap_of_the_latest_probe_as_an_enlarged_png(tmp_path):
+    from PIL import Image
+
+    from cockpit.internals import SEQUENTIAL
+
+    log = FIXTURES / "mingpt-sort-internals" / "events.jsonl"
+    out = tmp_path / "pngs" / "here"
+    r = cockpit("--replay", str(log), "--color", "never", "--images", str(out))
+    assert r.returncode == 0, r.stderr
+    last = events_of(log, "internals")[-1]
+    maps = {a["name"]: a for a in last["arrays"] if len(a["shape"]) >= 2}
+    L, H, T, S = maps["attention"]["shape"]
+    expected = {f"internals-{last['step']}-attention-layer{l}-head{h}.png": (T, S)
+                for l in range(L) for h in range(H)}
+    expected[f"internals-{last['step']}-logit_lens.png"] = tuple(maps["logit_lens"]["shape"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    for name, (rows, cols) in expected.items():
+        factor = max(1, min(16, -(-256 // min(rows, cols))))             # to 256 pixels, at most 16 times
+        img = Image.open(out / name)
+        assert img.size == (cols * factor, rows * factor) and img.mode == "RGB"
+    first = Image.open(out / f"internals-{last['step']}-attention-layer0-head0.png")
+    factor = first.size[0] // S
+    assert first.getpixel((0, 0)) == SEQUENTIAL[-1]                     # the first token reads itself: 1
+    assert first.getpixel((S * factor - 1, 0)) == SEQUENTIAL[0]         # never a later token: 0
+    assert f"saved {len(expected)} internals heatmaps of step {last['step']}" in r.stdout
+
+
+def test_replay_images_keep_hostile_array_names_inside_the_directory_and_refuse_one_that_is_a_file(tmp_path):
+    log = tmp_path / "run" / "events.jsonl"
+    log.parent.mkdir()
+    log.write_text(json.dumps(internals(7, arrays=[{"name": "../../escape/me", "shape": [2, 3], "data": [0] * 6,
+                                                    "dims": ["../x", "y"]}])) + "\n")
+    out = tmp_path / "out"
+    r = cockpit("--replay", str(log), "--color", "never", "--images", str(out))
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in out.iterdir()] == ["internals-7-escape_me.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
+    a_file = tmp_path / "run" / "events.jsonl"
+    r = cockpit("--replay", str(log), "--images", str(a_file))
+    assert r.returncode == 2 and r.stderr.startswith(f"cockpit: error: --images: cannot make the directory {a_file}")

@@ -1,9 +1,10 @@
 """`i` on the run screen: inside the model while it learns. The run's recorded internals probes (common/state.py
 keeps the newest), one view at a time (cockpit/internals.py): attention maps per layer and head, the logit lens,
-MoE routing, Mamba's Δ, RWKV's decays, RetNet's retention, BitNet's ternary weights, diffusion loss by timestep,
-gradient norms and update ratios. `[` and `]` step through the probes so a pattern can be watched as it forms;
-left and right change the view. While the run trains, the newest probe is shown as it arrives (unless an older
-one was chosen)."""
+MoE routing and its load over the probes, Mamba's Δ, RWKV's decays, state and token shift, RetNet's retention,
+BitNet's ternary weights and activation outliers, diffusion loss by timestep, gradient norms and update ratios.
+`[` and `]` step through the probes so a pattern can be watched as it forms (a view of the history shows the
+probes up to the one chosen); left and right change the view. While the run trains, the newest probe is shown as
+it arrives (unless an older one was chosen)."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -86,7 +87,7 @@ class InternalsScreen(CockpitScreen):
                 titles.append(f" {v.title} ", style="reverse bold" if v is view else "dim")
             head.update(Text("\n").join([text, titles]))
             caption.update(view.caption if view else "")
-        self.query_one(InternalsView).show(ev, view)
+        self.query_one(InternalsView).show(ev, view, probes[:probes.index(ev) + 1] if ev is not None else [])
 
     # --- keys ------------------------------------------------------------------------------------------
     def _step(self, delta: int):

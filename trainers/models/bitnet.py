@@ -184,18 +184,39 @@ class Model(LanguageModelBase):
     W_RANGE = 2.0   # the histogram of W/γ spans ±W_RANGE (the rounding thresholds are at ±0.5)
     W_BINS = 40
 
+    TOP_CHANNELS = 3  # outlier channels named per BitLinear
+
     @torch.no_grad()
     def internals(self, idx, decode):
-        """On a probe idx (1, T): attention maps and the logit lens (trainers/internals.py); and the ternary
+        """On a probe idx (1, T): attention maps and the logit lens (trainers/internals.py); the ternary
         weights: the histogram of every BitLinear's latent W/γ (`w_over_gamma`, share of weights per bin; |W/γ|
         < 0.5 rounds to 0, beyond to ±1, so mass piling at ±0.5 is weights about to flip), and the share of each
-        BitLinear's ternary weights that changed since the previous probe (`flip_share`, from the second probe on)."""
+        BitLinear's ternary weights that changed since the previous probe (`flip_share`, from the second probe on);
+        and the outliers among the activations each BitLinear quantises (`act_outliers`, one row per BitLinear):
+        the largest |x̂| of each channel over the probe, x̂ = RMSNorm(x) as the 8-bit absmax quantiser sees it,
+        over the median |x̂| of all of them, for the TOP_CHANNELS largest channels (the channel index as the
+        cell's label). One channel far above the rest takes the absmax scale 127 / max|x̂| for itself, and every
+        other channel is left a few of the 256 levels."""
         x = self.wte(idx)
-        maps, residuals = [], []
-        for block in self.blocks:
-            maps.append(block.attn.attention_map(x))
-            x = block(x)
-            residuals.append(x)
+        maps, residuals, inputs = [], [], {}
+        layers = {module: name for name, module in self.named_modules() if isinstance(module, BitLinear)}
+        hooks = [m.register_forward_pre_hook(lambda m, args: inputs.setdefault(layers[m], args[0].detach()))
+                 for m in layers]
+        try:
+            for block in self.blocks:
+                maps.append(block.attn.attention_map(x))
+                x = block(x)
+                residuals.append(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        outliers, channels = [], []
+        for name in layers.values():
+            xn = F.rms_norm(inputs[name][0].float(), (inputs[name].size(-1),), eps=1e-5)   # (T, C_in) x̂
+            peak = xn.abs().amax(dim=0)                                         # (C_in,) each channel's absmax
+            top = peak.topk(min(self.TOP_CHANNELS, peak.numel()))
+            outliers.append(top.values / xn.abs().median().clamp_min(1e-12))
+            channels += [str(c) for c in top.indices.tolist()]
         seen = getattr(self, "_probed_ternary", None)
         if seen is None:
             seen = self._probed_ternary = {}  # name -> the ternary weights at the previous probe (not saved)
@@ -213,7 +234,9 @@ class Model(LanguageModelBase):
         r = torch.cat(ratios).clamp(-self.W_RANGE, self.W_RANGE)
         hist = torch.histc(r, bins=self.W_BINS, min=-self.W_RANGE, max=self.W_RANGE) / r.numel()
         out = [attention_arrays(maps), logit_lens(residuals, lambda h: self.lm_head(self.norm_f(h)), decode),
-               array("w_over_gamma", hist, ["bin"], lo=-self.W_RANGE, hi=self.W_RANGE, digits=5)]
+               array("w_over_gamma", hist, ["bin"], lo=-self.W_RANGE, hi=self.W_RANGE, digits=5),
+               array("act_outliers", torch.stack(outliers), ["linear", "rank"], labels=list(layers.values()),
+                     cells=channels, digits=3)]
         if flips:  # from the second probe on
             out.append(array("flip_share", flips, ["layer"], labels=names, digits=5))
         return out

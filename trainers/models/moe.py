@@ -111,6 +111,15 @@ class MoE(nn.Module):
     def capacity(self, n_tokens: int, factor: float | None = None) -> int:
         return math.ceil((factor or self.capacity_factor) * n_tokens * self.top_k / self.n_expert)
 
+    def queue(self, top_e):
+        """top_e (N, k) chosen experts -> (token-choices per expert (E,), each choice's position in its expert's
+        queue (N, k)): first choices are queued before second choices (GShard's priority); a position at or
+        past the capacity is a dropped choice."""
+        N, k = top_e.shape
+        onehot = F.one_hot(top_e.t().reshape(-1), self.n_expert)            # (k·N, E), choice-major order
+        position = ((onehot.cumsum(dim=0) - 1) * onehot).sum(-1).view(k, N).t()
+        return onehot.sum(0), position
+
     def router_logits(self, x):
         """x (N, C) -> router logits (N, E) in float32, with autocast off: a bf16 router's logits would be
         rounded to 8 significant bits before the softmax that ranks the experts (Switch's selective precision)."""
@@ -126,10 +135,7 @@ class MoE(nn.Module):
         probs = F.softmax(logits, dim=-1)
         top_p, top_e = probs.topk(k, dim=-1)                                 # (N, k)
         gates = top_p if k == 1 else top_p / top_p.sum(dim=-1, keepdim=True)  # Switch's raw p for k = 1
-        onehot = F.one_hot(top_e.t().reshape(-1), E)                         # (k·N, E), choice-major order
-        counts = onehot.sum(0)                                               # (E,) token-choices per expert
-        # capacity: position of each token-choice in its expert's queue, first choices before second choices
-        position = ((onehot.cumsum(dim=0) - 1) * onehot).sum(-1).view(k, N).t()  # (N, k)
+        counts, position = self.queue(top_e)                                 # (E,), (N, k)
         if self.training or self.eval_capacity_factor > 0:
             cap = self.capacity(N, None if self.training else self.eval_capacity_factor)
         else:  # no drops: room for the busiest expert's tokens (the meta device has no values: every token)
@@ -244,10 +250,12 @@ class Model(LanguageModelBase):
         """On a probe idx (1, T): the attention maps and logit lens of a GPT (trainers/internals.py), and how
         each MoE layer routes each probe token: its first-choice expert (`expert`), the entropy of the router's
         distribution in nats (`router_entropy`: ln E for a router that cannot decide, 0 for a sure one), and the
-        token-choices each expert receives (`expert_load`, adding up to T x top_k per layer)."""
+        token-choices each expert receives (`expert_load`, adding up to T x top_k per layer), and the token-choices
+        that would be dropped were the probe a training batch (`dropped`: past the training capacity
+        C = ceil(capacity_factor · T · top_k / E) of their expert; at eval nothing is dropped)."""
         pos = torch.arange(idx.size(1), device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)
-        maps, residuals, first, entropy, load, names = [], [], [], [], [], []
+        maps, residuals, first, entropy, load, dropped, names = [], [], [], [], [], [], []
         for i, block in enumerate(self.transformer.h):
             maps.append(block.attn.attention_map(block.ln_1(x)))
             if isinstance(block.mlp, MoE):
@@ -257,7 +265,9 @@ class Model(LanguageModelBase):
                 top_e = p.topk(moe.top_k, dim=-1).indices                              # (T, k), as forward picks
                 first.append(top_e[:, 0])
                 entropy.append(-(p * p.clamp_min(1e-30).log()).sum(-1))
-                load.append(torch.bincount(top_e.reshape(-1), minlength=moe.n_expert))
+                counts, position = moe.queue(top_e)
+                load.append(counts)
+                dropped.append((position >= moe.capacity(idx.size(1))).sum())
                 names.append(f"layer {i}")
             x, _, _ = block(x)
             residuals.append(x)
@@ -266,7 +276,8 @@ class Model(LanguageModelBase):
         if names:
             out += [array("expert", torch.stack(first), ["layer", "token"], labels=names),
                     array("router_entropy", torch.stack(entropy), ["layer", "token"], labels=names, digits=4),
-                    array("expert_load", torch.stack(load), ["layer", "expert"], labels=names)]
+                    array("expert_load", torch.stack(load), ["layer", "expert"], labels=names),
+                    array("dropped", torch.stack(dropped), ["layer"], labels=names)]
         return out
 
     # --- expert statistics --------------------------------------------------------------------------

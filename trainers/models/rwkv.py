@@ -121,14 +121,18 @@ class TimeMix(nn.Module):
         self.ln_x = nn.GroupNorm(self.n_head, C, eps=64e-5)                  # per-head norm (eps 1e-5 * 8²)
         nn.init.constant_(self.ln_x.weight, ((1 + layer_id) / cfg.n_layer) ** 0.7)  # RWKV-LM's layer scale
 
-    def project(self, x, x_prev):
-        """ddlerp token shift -> r, k, v, g, log_w, each (..., C)."""
-        xx = x_prev - x
+    def ddlerp_mix(self, x, xx):
+        """The data-dependent token-shift coefficients μ_□ + lora_□(x + xx ⊙ μ_x) of w, k, v, r, g: (5, ..., C),
+        the share of the previous token (xx = x_t-1 - x_t) each channel of each projection reads."""
         lora = torch.tanh((x + xx * self.maa_x) @ self.maa_A)                # (..., 5 * rank)
         lora = lora.view(-1, 5, lora.size(-1) // 5).transpose(0, 1)          # (5, N, rank)
         m = torch.bmm(lora, self.maa_B).view(5, *x.shape)                    # (5, ..., C)
-        mu = self.maa_wkvrg.view(5, *([1] * (x.dim() - 1)), -1)
-        xw, xk, xv, xr, xg = (x + xx * (mu + m)).unbind(0)
+        return self.maa_wkvrg.view(5, *([1] * (x.dim() - 1)), -1) + m
+
+    def project(self, x, x_prev):
+        """ddlerp token shift -> r, k, v, g, log_w, each (..., C)."""
+        xx = x_prev - x
+        xw, xk, xv, xr, xg = (x + xx * self.ddlerp_mix(x, xx)).unbind(0)
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         g = F.silu(self.gate(xg))
         log_w = -torch.exp(self.decay + torch.tanh(xw @ self.decay_A) @ self.decay_B)  # log of w = exp(-exp(.))
@@ -238,28 +242,50 @@ class Model(RecurrentLanguageModelBase):
         return head_and_loss(x, self.head, targets, fused=self.config.kernels == "triton", l2wrap=self.config.l2wrap)
 
     QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+    MIXES = ("w", "k", "v", "r", "g")          # TimeMix's token-shifted projections, in maa_wkvrg's order
 
     @torch.no_grad()
     def internals(self, idx, decode):
-        """On a probe idx (1, T): the distribution of each head's data-dependent decay w_t = exp(-exp(.)) in (0, 1)
-        over the probe's tokens and the head's channels, by layer (`decay`: quantiles; a head near 1 keeps a long
-        memory, one near 0 only the last tokens), and the token-shift mixing μ of w, k, v, r, g per layer (the
-        share of the previous token each projection reads, averaged over channels, before its LoRA)."""
+        """On a probe idx (1, T), per layer:
+            decay           each head's data-dependent decay w_t = exp(-exp(.)) in (0, 1) over the probe's tokens
+                            and the head's channels (quantiles; a head near 1 keeps a long memory, one near 0
+                            only the last tokens)
+            state_norm      ‖S_t‖ after each probe token, the Frobenius norm of the WKV state of all heads
+                            (S_t = diag(w_t) S_t-1 + k_tᵀ v_t): how much the layer remembers, token by token
+            token_shift     the learned token-shift μ of TimeMix's w, k, v, r, g and ChannelMix's k, r (the
+                            share of the previous token each projection reads, mean over channels, before the
+                            ddlerp LoRA)
+            token_shift_dd  Finch's data-dependent token shift μ_□ + lora_□(.) of w, k, v, r, g at each probe
+                            token (mean over channels): what ddlerp makes of μ, token by token"""
         x = self.ln0(self.wte(idx))
         T, H, K = idx.size(1), self.config.n_embd // self.config.head_size, self.config.head_size
         q = torch.tensor(self.QUANTILES, device=idx.device)
-        decays, mixes = [], []
+        decays, norms, mixes, dd = [], [], [], []
         for block in self.blocks:
-            h = block.ln1(x)
-            log_w = block.att.project(h, token_shift(h))[-1][0].float()          # (T, C)
-            w = torch.exp(log_w).view(T, H, K).transpose(0, 1).reshape(H, T * K)  # per head
-            decays.append(torch.quantile(w, q, dim=1).t())                        # (H, 5)
-            mixes.append(block.att.maa_wkvrg.view(5, -1).mean(1))
+            att, h = block.att, block.ln1(x)
+            h_prev = token_shift(h)
+            _, k, v, _, log_w = (t[0].float() for t in att.project(h, h_prev))   # (T, C) each
+            w = torch.exp(log_w)                                                  # (T, C) decays w_t
+            decays.append(torch.quantile(w.view(T, H, K).transpose(0, 1).reshape(H, T * K), q, dim=1).t())  # (H, 5)
+            # S_t = diag(w_t) S_t-1 + k_tᵀ v_t, token by token (the outputs r_t·(...) are not needed here)
+            kv = k.view(T, H, K, 1) * v.view(T, H, 1, K)                          # (T, H, K, K)
+            decay = w.view(T, H, K, 1)
+            S, norm = kv.new_zeros(H, K, K), kv.new_empty(T)
+            for t in range(T):
+                S = torch.addcmul(kv[t], decay[t], S)
+                norm[t] = torch.linalg.vector_norm(S)
+            norms.append(norm)
+            mixes.append(torch.cat([att.maa_wkvrg.view(5, -1).mean(1),
+                                    torch.stack([block.ffn.maa_k.mean(), block.ffn.maa_r.mean()])]))
+            dd.append(att.ddlerp_mix(h, h_prev - h)[:, 0].float().mean(-1))       # (5, T)
             x = block(x)
         names = [f"layer {i}" for i in range(len(self.blocks))]
+        shifts = [f"att {m}" for m in self.MIXES] + ["ffn k", "ffn r"]
         return [array("decay", torch.stack(decays), ["layer", "head", "quantile"], labels=names),
+                array("state_norm", torch.stack(norms), ["layer", "token"], labels=names),
                 array("token_shift", torch.stack(mixes), ["layer", "mix"], labels=names,
-                      cells=[m for _ in names for m in ("w", "k", "v", "r", "g")], digits=3)]
+                      cells=[m for _ in names for m in shifts]),
+                array("token_shift_dd", torch.stack(dd), ["layer", "mix", "token"], labels=names, digits=6)]
 
     # --- recurrent inference ------------------------------------------------------------------------
     def init_state(self, batch: int, device):
