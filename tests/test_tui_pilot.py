@@ -462,7 +462,7 @@ async def test_watching_a_run_offers_only_the_keys_that_work_and_x_asks_before_i
     log = tmp_path / "events.jsonl"
     log.write_text(json.dumps(start) + "\n" + "".join(lines[1:20]))
     sent = []
-    monkeypatch.setattr("cockpit.trainer_proc.LogSource.send", lambda self, cmd, pid, started: sent.append(cmd))
+    monkeypatch.setattr("cockpit.trainer_proc.LogSource.send", lambda self, cmd, pid, started, prompt=None: sent.append(cmd))
     app = CockpitApp(watch=str(log))
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.loaded, 10, "the log")
