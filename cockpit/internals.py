@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
 
@@ -205,11 +206,12 @@ def bars(values: list[float], labels: list[str], width: int, fmt: str = "{:.3g}"
 
 
 def token_strip(values: list[float], tokens: list[str], scale: Scale, color: bool,
-                categorical: bool = False) -> Text:
-    """The probe's tokens in a row, each on the colour of its value (or, without colour, a glyph beneath)."""
+                categorical: bool = False, cw: int = 2) -> Text:
+    """The probe's tokens in a row, each on the colour of its value in `cw` cells (or, without colour, a glyph
+    beneath)."""
     line = Text()
     for x, tok in zip(values, tokens):
-        ch = first_char(tok) + (" " if color else "")
+        ch = first_char(tok) + (" " if color and cw > 1 else "")
         if not color:
             line.append(str(int(x)) if categorical and finite(x) else scale.glyph(x))
         elif categorical and finite(x):
@@ -264,12 +266,15 @@ def draw_maps(ev: Internals, width: int, color: bool, name: str = "attention") -
                                                                       _tokens(ev, S), color, cw))
             out += side_by_side(blocks)
         out.append(Text(""))
-    out.append(color_key(scale, color, "attention weight" if name == "attention" else "retention score"))
+    out.append(color_key(scale, color, "attention weight" if name == "attention" else "retention score", width))
     return out
 
 
-def color_key(scale: Scale, color: bool, what: str) -> Text:
-    key = Text.assemble((f"{what}: {scale.lo:.3g} ", DIM))
+def color_key(scale: Scale, color: bool, what: str, width: int | None = None) -> Text:
+    """`what: lo ▁▂…█ hi`; within `width` cells, `what` goes on a line of its own when the whole is wider."""
+    ramp_w = len(f"{scale.lo:.3g}  {scale.hi:.3g}") + 16
+    sep = "\n" if width is not None and cell_len(what) + 2 + ramp_w > width else ": "
+    key = Text.assemble((f"{what}{sep}{scale.lo:.3g} ", DIM))
     for i in range(16):
         x = scale.lo + (scale.hi - scale.lo) * i / 15
         if color:
@@ -310,9 +315,11 @@ def draw_lens(ev: Internals, width: int, color: bool) -> list[Text]:
     return out
 
 
-def _strip_rows(ev: Internals, name: str, color: bool, categorical: bool = False, log: bool = False) -> list[Text]:
+def _strip_rows(ev: Internals, name: str, color: bool, width: int, categorical: bool = False,
+                log: bool = False) -> list[Text]:
     """A (layer, token) array as one row of coloured tokens per layer, each row on its own scale (which tokens
-    stand out within a layer), its range at the end of the row."""
+    stand out within a layer), its range at the end of the row; a token takes two cells in colour where the row
+    still fits `width`, else one."""
     a = ev.array(name)
     if a is None or len(a["shape"]) != 2:
         return []
@@ -321,13 +328,14 @@ def _strip_rows(ev: Internals, name: str, color: bool, categorical: bool = False
     toks = _tokens(ev, T)
     labels = a.get("labels") or [f"layer {i}" for i in range(L)]
     out = []
+    cw = 2 if color and 10 + 2 * T + (0 if categorical else 22) <= width else 1   # 22: "  1.23e-05 … 4.56e+03"
     if not color:
         out.append(Text(" " * 10 + "".join(first_char(t) for t in toks), DIM))
     for layer in range(L):
         row = data[layer * T:(layer + 1) * T]
         shown = [math.log10(x) if finite(x) and x > 0 else math.nan for x in row] if log else row
         scale = span(shown)
-        line = Text.assemble((labels[layer][:9].ljust(10), DIM)) + token_strip(shown, toks, scale, color, categorical)
+        line = Text.assemble((labels[layer][:9].ljust(10), DIM)) + token_strip(shown, toks, scale, color, categorical, cw)
         if not categorical:
             lo, hi = (10 ** scale.lo, 10 ** scale.hi) if log else (scale.lo, scale.hi)
             line.append(f"  {lo:.3g} … {hi:.3g}", DIM)
@@ -341,7 +349,7 @@ def _strip_rows(ev: Internals, name: str, color: bool, categorical: bool = False
 
 def draw_experts(ev: Internals, width: int, color: bool) -> list[Text]:
     out = [Text("first-choice expert of each probe token", "bold")]
-    out += _strip_rows(ev, "expert", color, categorical=True)
+    out += _strip_rows(ev, "expert", color, width, categorical=True)
     load = ev.array("expert_load")
     if load is not None and len(load["shape"]) == 2:
         L, E = load["shape"]
@@ -359,16 +367,33 @@ def draw_experts(ev: Internals, width: int, color: bool) -> list[Text]:
     ent = ev.array("router_entropy")
     if ent is not None:
         out += [Text(""), Text("router entropy per token (nats; dark: sure, bright: undecided)", "bold")]
-        out += _strip_rows(ev, "router_entropy", color)
+        out += _strip_rows(ev, "router_entropy", color, width)
     return out
+
+
+def labelled_entries(label: str, entries: list[str], width: int, label_w: int = 10) -> list[Text]:
+    """`label` then the entries two spaces apart, on as many lines of `width` cells as they need (continued
+    under the first entry, never split), so that a row of numbers never wraps into the label column."""
+    lines, line = [], ""
+    room = max(width - label_w, 1)
+    for entry in entries:
+        joined = f"{line}  {entry}" if line else entry
+        if line and cell_len(joined) > room:
+            lines.append(line)
+            line = entry
+        else:
+            line = joined
+    lines.append(line)
+    return [Text.assemble(((label[:label_w - 1] if k == 0 else "").ljust(label_w), DIM), text)
+            for k, text in enumerate(lines)]
 
 
 def draw_selectivity(ev: Internals, width: int, color: bool) -> list[Text]:
     out = [Text("Δ_t per probe token (mean over channels)", "bold")]
-    out += _strip_rows(ev, "delta", color, log=True)
+    out += _strip_rows(ev, "delta", color, width, log=True)
     if ev.array("exp_delta_A") is not None:
         out += [Text(""), Text("share of the state kept, mean exp(Δ_t A)", "bold")]
-        out += _strip_rows(ev, "exp_delta_A", color)
+        out += _strip_rows(ev, "exp_delta_A", color, width)
     a = ev.array("A")
     if a is not None and len(a["shape"]) == 2:
         L, N = a["shape"]
@@ -376,8 +401,8 @@ def draw_selectivity(ev: Internals, width: int, color: bool) -> list[Text]:
         labels = a.get("labels") or [f"layer {i}" for i in range(L)]
         for layer in range(L):
             vals = a["data"][layer * N:(layer + 1) * N]
-            numbers = "  ".join(f"{v:.2f}".replace("-0.00", "0.00") if finite(v) else "-" for v in vals)
-            out.append(Text.assemble((labels[layer][:9].ljust(10), DIM), numbers))
+            out += labelled_entries(labels[layer], [f"{v:.2f}".replace("-0.00", "0.00") if finite(v) else "-"
+                                                    for v in vals], width)
     return out
 
 
@@ -386,7 +411,8 @@ def draw_decay(ev: Internals, width: int, color: bool) -> list[Text]:
     out = []
     if a is not None and len(a["shape"]) == 3:
         L, H, Q = a["shape"]
-        w = max(width - 34, 20)
+        # the track takes what the label (10), "head h ", "0|", "|1" and " median 0.1234" leave
+        w = max(width - 10 - len(f"head {H - 1} ") - 4 - len(" median 0.0000"), 20)
         out.append(Text("w_t per head: min ─ [quartiles ━ median ┃] ─ max, on 0 … 1", "bold"))
         labels = a.get("labels") or [f"layer {i}" for i in range(L)]
         for layer in range(L):
@@ -419,7 +445,7 @@ def labelled_rows(rows: list[list[float]], labels: list[str], scale: Scale, colo
 
 def draw_state(ev: Internals, width: int, color: bool) -> list[Text]:
     out = [Text("‖S_t‖: norm of each layer's WKV state after each probe token", "bold")]
-    return out + _strip_rows(ev, "state_norm", color)
+    return out + _strip_rows(ev, "state_norm", color, width)
 
 
 def draw_token_shift(ev: Internals, width: int, color: bool) -> list[Text]:
@@ -433,8 +459,8 @@ def draw_token_shift(ev: Internals, width: int, color: bool) -> list[Text]:
         labels = mix.get("labels") or [f"layer {i}" for i in range(L)]
         for layer in range(L):
             vals = mix["data"][layer * M:(layer + 1) * M]
-            out.append(Text.assemble((labels[layer][:9].ljust(10), DIM)) + Text("  ".join(
-                f"{names[layer * M + i]} {v:.2f}" if finite(v) else "-" for i, v in enumerate(vals))))
+            out += labelled_entries(labels[layer], [f"{names[layer * M + i]} {v:.2f}" if finite(v) else "-"
+                                                    for i, v in enumerate(vals)], width)
     dd = ev.array("token_shift_dd")
     if dd is not None and len(dd["shape"]) == 3:
         L, M, T = dd["shape"]
@@ -455,7 +481,7 @@ def draw_token_shift(ev: Internals, width: int, color: bool) -> list[Text]:
             out += labelled_rows(matrix(data, M, T, layer * M * T), mixes, scale, color, cw, label_w=12)
         out.append(Text(" " * 12 + "".join(first_char(t).ljust(cw) for t in toks), DIM))
         out.append(color_key(scale, color, "more of the previous token than μ (+) or less (-)" if learned
-                             else "share of the previous token"))
+                             else "share of the previous token", width))
     return out
 
 
@@ -493,7 +519,7 @@ def draw_load_history(ev: Internals, width: int, color: bool, probes: list[Inter
         out += labelled_rows(rows, [f"expert {e}" for e in range(E)], scale, color, cw, label_w)
     first, last = history[0][0], history[-1][0]
     out.append(Text(" " * label_w + (f"step {first} … step {last}" if first != last else f"step {last}"), DIM))
-    out.append(color_key(scale, color, f"load share (even: 1/{E} = {1 / E:.3g})"))
+    out.append(color_key(scale, color, f"load share (even: 1/{E} = {1 / E:.3g})", width))
     return out
 
 
@@ -518,13 +544,17 @@ def draw_outliers(ev: Internals, width: int, color: bool) -> list[Text]:
     cells = a.get("cells") or [str(i) for i in range(n * k)]
     labels = a.get("labels") or [str(i) for i in range(n)]
     tops = [a["data"][i * k] for i in range(n)]
-    channels = [", ".join(f"{cells[i * k + j]} ×{a['data'][i * k + j]:.3g}" if finite(a["data"][i * k + j])
-                          else "-" for j in range(k)) for i in range(n)]
-    tail = max((len(c) for c in channels), default=0) + 6
-    out = [Text("largest channel |x̂| over the median |x̂| of each BitLinear's input (×), and its top channels",
-                "bold")]
-    lines = bars(tops, labels, max(width - tail, 30), "×{:.3g}", "yellow")
-    for line, text in zip(lines, channels):
+    name_w = min(max((len(label) for label in labels), default=4), 28)
+    for shown in range(k, -1, -1):   # as many top channels as leave the bars 8 cells or more
+        channels = [", ".join(f"{cells[i * k + j]} ×{a['data'][i * k + j]:.3g}" if finite(a["data"][i * k + j])
+                              else "-" for j in range(shown)) for i in range(n)]
+        tail = max((len(c) for c in channels), default=0) + 5 if shown else 0
+        if width - tail >= name_w + 20 or not shown:
+            break
+    out = [Text("largest channel |x̂| over the median |x̂| of each BitLinear's input (×)"
+                + (", and its top channels" if shown else ""), "bold")]
+    lines = bars(tops, labels, width - tail, "×{:.3g}", "yellow")
+    for line, text in zip(lines, channels if shown else []):
         line.append("  ch " + text, DIM)
     return out + lines
 
@@ -581,7 +611,7 @@ def draw_adapters(ev: Internals, width: int, color: bool) -> list[Text]:
     if sv is not None and len(sv["shape"]) == 2:
         L, K = sv["shape"]
         labels = sv.get("labels") or [str(i) for i in range(L)]
-        name_w = min(max(len(x) for x in labels), 40)
+        name_w = max(min(max(len(x) for x in labels), 40, width - K - 11), 8)  # a long name keeps its end
         out.append(Text("singular values of ΔW = B·A per adapted layer, largest first (each row scaled to its own)",
                         "bold"))
         for layer in range(L):

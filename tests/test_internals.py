@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.cells import cell_len
 
 from common import events as E
 from common.state import MAX_INTERNALS, RunState
@@ -366,6 +367,10 @@ def test_every_view_draws_each_architectures_event_without_colour_and_in_colour(
             for color in (False, True):
                 lines = draw_view(view, ev, 100, color)
                 assert lines and not any("cannot draw" in line.plain for line in lines), (preset, view.title)
+            for width in (60, 80, 100, 118, 200):   # a drawn line never wider than the pane: wrapped, it breaks the picture
+                wide = [line.plain for c in (False, True) for line in draw_view(view, ev, width, c)
+                        if max(map(cell_len, line.plain.split("\n"))) > width and line.spans]  # (prose may wrap)
+                assert not wide, (preset, view.title, width, wide[:2])
 
 
 def test_accepted_hostile_values_draw_in_every_view():
