@@ -8,7 +8,9 @@ and the cross-attention from image positions to caption tokens. Not an arch (the
                                                      all-PAD caption still has one key to attend to
     per layer (pre-LN): ctx = ctx + SelfAttn(LN(ctx), keys = START and the caption's bytes)
                         ctx = ctx + MLP(LN(ctx))
-    ctx   = LN(ctx)
+    ctx   = LN(ctx)                              without a learned gain or bias: every token stays at unit scale and
+                                                 its own direction (with them, early training shrank the gain and
+                                                 grew the bias, and the caption's tokens collapsed to one vector)
     cross-attention ("encoder-decoder attention", Vaswani et al. 2017 sec. 3.2.3; LDM's conditioning,
     Rombach et al. 2022 eq. 3): Attn(Q = x W_q, K = ctx W_k, V = ctx W_v) = softmax(Q K^T / sqrt(d) + M) V,
                         M = -inf at PAD keys
@@ -143,7 +145,7 @@ class ByteTextEncoder(nn.Module):
         self.start = nn.Parameter(torch.randn(1, 1, E) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, 1 + cfg.text_len, E) * 0.02)
         self.layers = nn.ModuleList([TextLayer(E, cfg.text_heads) for _ in range(cfg.text_layers)])
-        self.norm = nn.LayerNorm(E)
+        self.norm = nn.LayerNorm(E, elementwise_affine=False)  # see `norm` below
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
@@ -184,7 +186,7 @@ class PretrainedTextEncoder(nn.Module):
         self.max_len = cfg.text_len
         self.start = nn.Parameter(torch.randn(1, 1, cfg.text_embd) * 0.02)
         self.proj = nn.Linear(hidden, cfg.text_embd)
-        self.norm = nn.LayerNorm(cfg.text_embd)
+        self.norm = nn.LayerNorm(cfg.text_embd, elementwise_affine=False)  # as the byte encoder's
 
     def train(self, mode: bool = True):
         super().train(mode)
