@@ -167,6 +167,8 @@ def test_samples_are_a_column_per_prompt_or_a_grid_of_the_asked_prompt():
     assert decode_image(p).shape == (2 * 17 - 1, 2 * 17 - 1, 1)
     (q,) = task.samples(model, 0, prompt="a  thin 4")
     assert q["prompt"] == "a thin 4" and (q["grid"]["rows"], q["grid"]["cols"]) == (2, 3) and "classes" not in q
+    assert task.takes_prompts and task.dataset_info()["conditioning"] == "text"
+    assert task.dataset_info()["prompts"] == ["a 7", "the digit one"], "run_start tells the cockpit the prompts"
     default = load_task(pixart_cfg(), torch.device("cpu"))
     assert default.prompts == [f"the digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six",
                                                           "seven", "eight", "nine")]
@@ -203,6 +205,8 @@ def test_the_text_unet_trains_through_the_task_and_its_class_default_is_unchange
         model.net.conv_out.weight.normal_(std=0.1)
     task.loss(model, batch).backward()
     assert model.net.mid_cross.attn.proj.weight.grad.abs().max() > 0, "the caption's path is trained"
+    assert not load_task(config.load("unet", ["sample.eval_samples=0"], profile="cpu", has_cuda=False),
+                         torch.device("cpu")).takes_prompts
     plain = build_model("unet", dict(TINY["unet"], conditioning="class", num_classes=3))
     assert not any(isinstance(m, CrossAttention) for m in plain.modules()) and hasattr(plain, "class_emb")
 

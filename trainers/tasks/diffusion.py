@@ -171,6 +171,20 @@ class Task(BaseTask):
                          + (", captioned" if self.text else "")
                          + (f", trained as {s.channels}x{s.size}x{s.size} latents" if self.codec else ""))
 
+    @property
+    def takes_prompts(self) -> bool:
+        """A text-conditioned task samples the `sample` command's prompt (trainers/loop.py Trainer.samples)."""
+        return self.text
+
+    def dataset_info(self) -> dict:
+        """run_start's `dataset`: where the images come from, what the model is conditioned on and, for captions,
+        the prompts sampled at each sample interval (the cockpit offers them when it asks for a prompt)."""
+        info = {"name": self.data.source, "images": len(self.data.images),
+                "conditioning": "text" if self.text else "class"}
+        if self.text:
+            info["prompts"] = self.prompts
+        return info
+
     def _encoded(self, data: ImageSet) -> ImageSet:
         """The data set with its images replaced by their latents (encoded once, in chunks, on the run's device)."""
         with torch.no_grad():
