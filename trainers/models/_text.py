@@ -8,9 +8,7 @@ and the cross-attention from image positions to caption tokens. Not an arch (the
                                                      all-PAD caption still has one key to attend to
     per layer (pre-LN): ctx = ctx + SelfAttn(LN(ctx), keys = START and the caption's bytes)
                         ctx = ctx + MLP(LN(ctx))
-    ctx   = LN(ctx)                              without a learned gain or bias: every token stays at unit scale and
-                                                 its own direction (with them, early training shrank the gain and
-                                                 grew the bias, and the caption's tokens collapsed to one vector)
+    ctx   = LN(ctx)                              without a learned gain or bias: every token at unit scale
     cross-attention ("encoder-decoder attention", Vaswani et al. 2017 sec. 3.2.3; LDM's conditioning,
     Rombach et al. 2022 eq. 3): Attn(Q = x W_q, K = ctx W_k, V = ctx W_v) = softmax(Q K^T / sqrt(d) + M) V,
                         M = -inf at PAD keys
@@ -141,16 +139,18 @@ class ByteTextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         E = cfg.text_embd
-        self.tok = nn.Embedding(VOCAB, E)
-        self.start = nn.Parameter(torch.randn(1, 1, E) * 0.02)
-        self.pos = nn.Parameter(torch.randn(1, 1 + cfg.text_len, E) * 0.02)
+        self.tok = nn.Embedding(VOCAB, E)        # N(0, 1), as are START and the positions: see below
+        self.start = nn.Parameter(torch.randn(1, 1, E))
+        self.pos = nn.Parameter(torch.randn(1, 1 + cfg.text_len, E))
         self.layers = nn.ModuleList([TextLayer(E, cfg.text_heads) for _ in range(cfg.text_layers)])
-        self.norm = nn.LayerNorm(E, elementwise_affine=False)  # see `norm` below
+        self.norm = nn.LayerNorm(E, elementwise_affine=False)
+        # Linears N(0, 0.02) as GPT-2's; the embeddings at unit scale, far above what the layers add at first.
+        # (At GPT-2's 0.02 the layers' shared output soon outweighed them, and after the final LayerNorm every
+        # token of every caption was nearly one vector: the denoiser had no caption to read.)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.tok.weight, std=0.02)
 
     def forward(self, y):
         B, L = y.shape
@@ -184,7 +184,7 @@ class PretrainedTextEncoder(nn.Module):
         self.encoder.requires_grad_(False).eval()
         hidden = getattr(model.config, "hidden_size", None) or model.config.text_config.hidden_size
         self.max_len = cfg.text_len
-        self.start = nn.Parameter(torch.randn(1, 1, cfg.text_embd) * 0.02)
+        self.start = nn.Parameter(torch.randn(1, 1, cfg.text_embd))
         self.proj = nn.Linear(hidden, cfg.text_embd)
         self.norm = nn.LayerNorm(cfg.text_embd, elementwise_affine=False)  # as the byte encoder's
 
