@@ -1,4 +1,5 @@
-"""Image samples in the terminal and on disk: payload decoding, half-block rendering, PNG writing/reading."""
+"""Image samples in the terminal and on disk: payload decoding, half-block rendering, PNG writing/reading; the
+captions of image data sets (digits, emoji names, folders, .npz)."""
 from __future__ import annotations
 
 import base64
@@ -23,7 +24,8 @@ from cockpit.images import (
     upscale,
     write_png,
 )
-from trainers.images import read_png
+from trainers.config import ConfigError
+from trainers.images import load_digits, load_emoji, load_images, read_png
 from trainers.tasks.diffusion import image_grid, image_payload
 
 
@@ -295,3 +297,82 @@ def test_replay_images_are_enlarged_to_a_visible_size_with_crisp_pixels(tmp_path
         assert min(png.size) >= 256
     assert upscale(np.zeros((512, 512, 3), np.uint8)).shape == (512, 512, 3)   # large enough already
     assert upscale(np.zeros((1, 4, 1), np.uint8)).shape == (16, 64, 1)         # at most 16x
+
+
+# --- captions ------------------------------------------------------------------------------------------
+def test_every_digit_is_captioned_by_its_name_its_numeral_and_thin_or_bold_by_half():
+    data = load_digits()
+    assert len(data.captions) == len(data.images)
+    for caption, label in zip(data.captions[:50], data.labels[:50].tolist()):
+        assert caption[:2] == (f"the digit {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'][label]}",
+                               f"a {label}")
+        assert caption[2] in (f"a thin {label}", f"a bold {label}")
+    ink = data.images.sum(dim=(1, 2, 3))
+    for d in range(10):
+        of_d = [i for i, y in enumerate(data.labels.tolist()) if y == d]
+        thin = [i for i in of_d if data.captions[i][2].startswith("a thin")]
+        assert 0.35 < len(thin) / len(of_d) < 0.55, "thin and bold split each digit near its median ink"
+        bold = [i for i in of_d if i not in set(thin)]
+        assert ink[thin].mean() < ink[bold].mean()
+    train, val = data.split(0.1)
+    assert len(train.captions) == len(train.images) and len(val.captions) == len(val.images)
+
+
+def test_emoji_take_their_names_as_captions_when_the_file_has_them_and_none_without(tmp_path):
+    images = np.full((3, 32, 32, 3), 255, dtype=np.uint8)
+    np.savez(tmp_path / "named.npz", images=images, codepoints=np.array([0x1F600, 0x1F34E, 0x1F431]),
+             names=np.array(["grinning face", "red apple", "cat face"]))
+    np.savez(tmp_path / "plain.npz", images=images)
+    named = load_emoji(32, path=tmp_path / "named.npz")
+    assert named.captions == [("grinning face",), ("red apple",), ("cat face",)] and not named.labelled
+    assert load_emoji(32, path=tmp_path / "plain.npz").captions is None
+
+
+def test_an_npz_may_carry_captions_with_newline_separated_variants(tmp_path):
+    np.savez(tmp_path / "c.npz", images=np.zeros((2, 8, 8), dtype=np.uint8),
+             captions=np.array(["a black square\nan empty box", "night"]))
+    data = load_images("digits", str(tmp_path / "c.npz"), 8)
+    assert data.captions == [("a black square", "an empty box"), ("night",)]
+    np.savez(tmp_path / "short.npz", images=np.zeros((3, 8, 8), dtype=np.uint8), captions=np.array(["one", "two"]))
+    with pytest.raises(ConfigError, match=r"short.npz: `captions` .* not 3 strings"):
+        load_images("digits", str(tmp_path / "short.npz"), 8)
+    np.savez(tmp_path / "blank.npz", images=np.zeros((2, 8, 8), dtype=np.uint8), captions=np.array(["one", " "]))
+    with pytest.raises(ConfigError, match=r"blank.npz: caption 1 is empty"):
+        load_images("digits", str(tmp_path / "blank.npz"), 8)
+
+
+def folder_of(tmp_path, names: list[str]):
+    root = tmp_path / "imgs"
+    root.mkdir(parents=True)
+    for name in names:
+        write_png(root / name, np.zeros((8, 8, 3), dtype=np.uint8))
+    return root
+
+
+def test_a_folder_is_captioned_by_text_files_beside_its_images_and_a_captions_jsonl(tmp_path):
+    root = folder_of(tmp_path, ["a.png", "b.png", "c.png"])
+    (root / "a.txt").write_text("a red apple\n\n  a  fruit\t\n")
+    (root / "captions.jsonl").write_text('{"file": "b.png", "caption": "a blue bird"}\n\n'
+                                         '{"file": "c.png", "caption": "a cat"}\n'
+                                         '{"file": "c.png", "caption": "a small cat"}\n')
+    data = load_images("digits", str(root), 8)
+    assert data.captions == [("a red apple", "a fruit"), ("a blue bird",), ("a cat", "a small cat")]
+    assert load_images("digits", str(folder_of(tmp_path / "plain", ["x.png", "y.png"])), 8).captions is None
+
+
+@pytest.mark.parametrize("jsonl,txt,match", [
+    (None, {"a.txt": "an apple"}, r"b.png has no caption while other images have; write b.txt beside it"),
+    ('{"file": "a.png", "caption": "x"}\nnot json\n', None, r"captions.jsonl line 2 is not JSON"),
+    ('{"file": "z.png", "caption": "x"}\n', None, r"captions.jsonl line 1 names 'z.png', not an image"),
+    ('{"file": "a.png"}\n', None, r"captions.jsonl line 1 lacks a string `file` and `caption`"),
+    (None, {"a.txt": "\n  \n", "b.txt": "b"}, r"a.txt holds no caption"),
+])
+def test_bad_captions_are_config_errors_naming_the_file_and_the_fix(tmp_path, jsonl, txt, match):
+    root = folder_of(tmp_path, ["a.png", "b.png"])
+    if jsonl is not None:
+        (root / "captions.jsonl").write_text(jsonl)
+    for name, text in (txt or {}).items():
+        (root / name).write_text(text)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_images("digits", str(root), 8)
+    assert "\n" not in str(err.value)

@@ -1,21 +1,27 @@
 """Image data for the diffusion task: the shipped digits and emoji, a folder of PNG/JPEG files, or an .npz.
 
     digits   1797 grey 8x8 handwritten digits (UCI optdigits via scikit-learn), labels 0-9, upsampled to
-             16x16 (the CPU default; trainers/assets/sklearn_digits.csv.gz)
-    emoji    1432 colour 32x32 Noto Color Emoji on white, unlabelled (the full-size default;
-             trainers/assets/noto_emoji_32.npz)
+             16x16 (the CPU default; trainers/assets/sklearn_digits.csv.gz); captions "the digit seven",
+             "a 7" and "a thin 7" or "a bold 7" (digit_captions)
+    emoji    colour 32x32 Noto Color Emoji on white, unlabelled (the full-size default;
+             trainers/assets/noto_emoji_32.npz); captioned by their Unicode names when the file has `names`
     DIR      every .png/.jpg/.jpeg below DIR, resized (shorter side) and centre-cropped to data.image_size;
-             when DIR holds sub-folders of images, each sub-folder is a class (torchvision's ImageFolder)
-    FILE.npz key `images` (N,H,W) or (N,H,W,C), uint8 0-255 or float 0-1, optional integer `labels`
+             when DIR holds sub-folders of images, each sub-folder is a class (torchvision's ImageFolder).
+             Captions: NAME.txt beside NAME.png (one caption a line, each line a variant), and/or
+             DIR/captions.jsonl, one {"file": "NAME.png", "caption": "..."} a line (a file named again: a variant)
+    FILE.npz key `images` (N,H,W) or (N,H,W,C), uint8 0-255 or float 0-1, optional integer `labels`, optional
+             string `captions` (N,) (variants of one image separated by newlines)
 
 Images come out as float tensors (N, C, H, W) in [-1, 1], the range DDPM trains in. Unlabelled data gets one
 class, 0 (named "all"), so the same class-conditional models train on it. PNG and JPEG are decoded by Pillow.
+Captions are per image a tuple of one or more variants (a batch picks one), or None for the whole set.
 """
 from __future__ import annotations
 
 import csv
 import gzip
 import io
+import json
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,6 +46,7 @@ class ImageSet:
     class_names: list[str]
     source: str
     labelled: bool = True           # False: one class "all", the labels are all 0
+    captions: list[tuple[str, ...]] | None = None  # per image its caption variants; None: the data has none
     extra: dict = field(default_factory=dict)
 
     @property
@@ -73,7 +80,8 @@ class ImageSet:
         return self.subset(tr), self.subset(va)
 
     def subset(self, idx: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.source, self.labelled)
+        captions = None if self.captions is None else [self.captions[i] for i in idx.tolist()]
+        return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.source, self.labelled, captions)
 
 
 def asset_path(name: str) -> Path:
@@ -108,19 +116,120 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return rows[:, :64].reshape(-1, 8, 8).astype(np.uint8), rows[:, 64]
 
 
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def digit_prompt(d: int) -> str:
+    """The caption every digit d has among its variants: "the digit seven"."""
+    return f"the digit {DIGIT_WORDS[d]}"
+
+
+def digit_captions(pixels: np.ndarray, labels: np.ndarray) -> list[tuple[str, ...]]:
+    """Per digit image: ("the digit seven", "a 7", "a thin 7" or "a bold 7"). Thin or bold is the image's ink
+    (the sum of its 8x8 intensities) against the median ink of the images of the same digit: below the median
+    is thin, else bold (so each digit splits in half; a 1 has less ink than an 8 without being thinner)."""
+    ink = pixels.reshape(len(pixels), -1).sum(axis=1)
+    median = {d: np.median(ink[labels == d]) for d in np.unique(labels)}
+    return [(digit_prompt(int(d)), f"a {d}", f"a {'thin' if m < median[d] else 'bold'} {d}")
+            for m, d in zip(ink, labels)]
+
+
 def load_digits(image_size: int = 16) -> ImageSet:
     pixels, labels = load_digits_arrays()
     x = torch.from_numpy(pixels).float().unsqueeze(1) / 16.0 * 2 - 1      # (N, 1, 8, 8) in [-1, 1]
     x = resize(x, image_size).clamp(-1, 1)
     return ImageSet(x, torch.from_numpy(labels), [str(d) for d in range(10)], "embedded digits (8x8 -> "
-                    f"{image_size}x{image_size})")
+                    f"{image_size}x{image_size})", captions=digit_captions(pixels, labels))
 
 
-def load_emoji(image_size: int = 32) -> ImageSet:
-    with np.load(asset_path("noto_emoji_32.npz")) as z:
+def load_emoji(image_size: int = 32, path: Path | None = None) -> ImageSet:
+    """The shipped emoji (or an .npz of the same layout at `path`): `images`, and `names` as captions when present."""
+    with np.load(path or asset_path("noto_emoji_32.npz")) as z:
         imgs = z["images"]
+        names = [str(n) for n in z["names"]] if "names" in z.files else None
     x = resize(to_unit_range(imgs), image_size).clamp(-1, 1)
-    return ImageSet(x, torch.zeros(len(x), dtype=torch.long), ["all"], "embedded Noto emoji", labelled=False)
+    captions = None if names is None else [(clean_caption(n),) for n in names]
+    return ImageSet(x, torch.zeros(len(x), dtype=torch.long), ["all"], "embedded Noto emoji", labelled=False,
+                    captions=captions)
+
+
+# --- captions ----------------------------------------------------------------------------------------
+CAPTIONS_JSONL = "captions.jsonl"
+
+
+def clean_caption(text: str) -> str:
+    """One line of caption: runs of whitespace (tabs, newlines) as one space, no space at the ends."""
+    return " ".join(text.split())
+
+
+def caption_variants(text: str) -> tuple[str, ...]:
+    """A caption file's or string's variants: its non-blank lines, each cleaned."""
+    return tuple(c for c in (clean_caption(line) for line in text.splitlines()) if c)
+
+
+def read_caption_file(path: Path) -> tuple[str, ...]:
+    """NAME.txt beside NAME.png: its lines are the image's caption variants."""
+    fix = "write the caption(s) as UTF-8 text, one a line"
+    with open_regular(path, f"data.path: {path}", fix) as f:
+        data = f.read()
+    try:
+        variants = caption_variants(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"data.path: {path} is not UTF-8 text; {fix}") from None
+    if not variants:
+        raise ConfigError(f"data.path: {path} holds no caption; {fix}, or delete it")
+    return variants
+
+
+def read_captions_jsonl(path: Path, root: Path, files: list[Path]) -> dict[Path, list[str]]:
+    """DIR/captions.jsonl: {"file": path relative to DIR, "caption": text} a line -> captions by image file."""
+    fix = 'write one {"file": "NAME.png", "caption": "..."} object a line, file relative to the folder'
+    with open_regular(path, f"data.path: {path}", fix) as f:
+        data = f.read()
+    known = set(files)
+    out: dict[Path, list[str]] = {}
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"data.path: {path} is not UTF-8 text; {fix}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise ConfigError(f"data.path: {path} line {n} is not JSON ({e}); {fix}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not isinstance(rec.get("caption"), str):
+            raise ConfigError(f"data.path: {path} line {n} lacks a string `file` and `caption`; {fix}")
+        image = root / rec["file"]
+        if image not in known:
+            raise ConfigError(f"data.path: {path} line {n} names {rec['file']!r}, not an image of the folder; "
+                              f"{fix}")
+        caption = clean_caption(rec["caption"])
+        if not caption:
+            raise ConfigError(f"data.path: {path} line {n} has an empty caption; give it text or drop the line")
+        out.setdefault(image, []).append(caption)
+    return out
+
+
+def folder_captions(root: Path, files: list[Path]) -> list[tuple[str, ...]] | None:
+    """The captions of a folder's images (NAME.txt beside each, and DIR/captions.jsonl), None when it has none;
+    a folder that captions some of its images but not all is refused, naming the first without one."""
+    listed = read_captions_jsonl(root / CAPTIONS_JSONL, root, files) if (root / CAPTIONS_JSONL).exists() else {}
+    captions = []
+    for image in files:
+        txt = image.with_suffix(".txt")
+        variants = list(listed.get(image, []))
+        if txt.exists():
+            variants.extend(read_caption_file(txt))
+        captions.append(tuple(variants))
+    if not any(captions):
+        return None
+    missing = next((f for f, c in zip(files, captions) if not c), None)
+    if missing is not None:
+        raise ConfigError(f"data.path={root}: {missing} has no caption while other images have; write "
+                          f"{missing.with_suffix('.txt').name} beside it or a line for it in {CAPTIONS_JSONL}")
+    return captions
 
 
 # --- user data ---------------------------------------------------------------------------------------
@@ -187,7 +296,7 @@ def load_folder(root: Path, image_size: int) -> ImageSet:
     labels = torch.tensor([names.index(c) for c in class_of], dtype=torch.long) if labelled else \
         torch.zeros(len(files), dtype=torch.long)
     return ImageSet(torch.stack(tensors), labels, [n or "." for n in names] if labelled else ["all"],
-                    f"{root} ({len(files)} images)", labelled=labelled)
+                    f"{root} ({len(files)} images)", labelled=labelled, captions=folder_captions(root, files))
 
 
 def _check_fits(path: Path, z) -> None:
@@ -215,6 +324,7 @@ def load_npz(path: Path, image_size: int) -> ImageSet:
                                       "the images as np.savez(path, images=..., labels=...)")
                 _check_fits(path, z)
                 imgs, labels = z["images"], (z["labels"] if "labels" in z.files else None)
+                texts = z["captions"] if "captions" in z.files else None
         except ConfigError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, not a zip, pickled objects
@@ -230,13 +340,29 @@ def load_npz(path: Path, image_size: int) -> ImageSet:
                               f"in [{imgs.min()}, {imgs.max()}]")
         imgs = (imgs * 255).round().astype(np.uint8)
     x = torch.stack([square_crop_resize(a, image_size) for a in imgs])
+    captions = None if texts is None else npz_captions(path, texts, len(imgs))
     if labels is None:
-        return ImageSet(x, torch.zeros(len(x), dtype=torch.long), ["all"], str(path), labelled=False)
+        return ImageSet(x, torch.zeros(len(x), dtype=torch.long), ["all"], str(path), labelled=False,
+                        captions=captions)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(imgs) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise ConfigError(f"data.path={path}: `labels` must be {len(imgs)} non-negative integers (one per image)")
     n = int(labels.max()) + 1
-    return ImageSet(x, torch.from_numpy(labels.astype(np.int64)), [str(i) for i in range(n)], str(path))
+    return ImageSet(x, torch.from_numpy(labels.astype(np.int64)), [str(i) for i in range(n)], str(path),
+                    captions=captions)
+
+
+def npz_captions(path: Path, texts: np.ndarray, n: int) -> list[tuple[str, ...]]:
+    """An .npz's `captions`: one string per image, its variants separated by newlines."""
+    fix = "save np.savez(path, images=..., captions=np.array([...])) with one caption string per image"
+    if texts.dtype.kind != "U" or texts.shape != (n,):
+        raise ConfigError(f"data.path={path}: `captions` is {texts.dtype} of shape {texts.shape}, not {n} strings; "
+                          f"{fix}")
+    captions = [caption_variants(str(t)) for t in texts]
+    empty = next((i for i, c in enumerate(captions) if not c), None)
+    if empty is not None:
+        raise ConfigError(f"data.path={path}: caption {empty} is empty; {fix}")
+    return captions
 
 
 def image_source(dataset: str, path: str = "") -> tuple[str, Path | None]:
