@@ -4,15 +4,18 @@ diffusion task's text path (caption dropout, prompts, cross-attention internals,
 to end, and the full size's memory plan."""
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cockpit.images import decode_image
-from tests.conftest import events_of, train_in_process
+from common.events import encode_command
+from tests.conftest import ROOT, events_of, train_in_process
 from trainers import config
 from trainers.config import ConfigError
 from trainers.diffusion import Diffusion
@@ -166,7 +169,8 @@ def test_samples_are_a_column_per_prompt_or_a_grid_of_the_asked_prompt():
     assert p["classes"] == ["a 7", "the digit one"] and (p["grid"]["rows"], p["grid"]["cols"]) == (2, 2)
     assert decode_image(p).shape == (2 * 17 - 1, 2 * 17 - 1, 1)
     (q,) = task.samples(model, 0, prompt="a  thin 4")
-    assert q["prompt"] == "a thin 4" and (q["grid"]["rows"], q["grid"]["cols"]) == (2, 3) and "classes" not in q
+    assert q["caption"] == "a thin 4" and (q["grid"]["rows"], q["grid"]["cols"]) == (2, 3) and "classes" not in q
+    assert q["prompt"].startswith("ddim-") and "caption" not in p   # how it was sampled; the fixed set has none
     assert task.takes_prompts and task.dataset_info()["conditioning"] == "text"
     assert task.dataset_info()["prompts"] == ["a 7", "the digit one"], "run_start tells the cockpit the prompts"
     default = load_task(pixart_cfg(), torch.device("cpu"))
@@ -268,3 +272,53 @@ def test_the_full_size_plans_within_12_gb_and_the_paper_size_is_pixart_xl2(tmp_p
     paper = config.load("pixart", ["profile=paper", f"data.path={tmp_path / 'emoji.npz'}"], has_cuda=True)
     paper["device"] = "cpu"
     assert 0.58e9 < Estimator(paper).n_params < 0.66e9, "PixArt-XL/2: about 0.6B parameters"
+
+
+def test_latent_diffusion_through_a_trained_vae_run_samples_images_of_the_datas_size(tmp_path):
+    """A vae run's checkpoint is the codec (`model.latent=RUN/ckpt.pt`): pixart trains on its 4x4x4 latents of
+    the 16x16 digits, and its samples are decoded back to 16x16 grey digits."""
+    vae_log = tmp_path / "vae" / "events.jsonl"
+    assert train_in_process("vae", "profile=cpu", "device=cpu", "model.base_channels=8", "model.num_res_blocks=1",
+                            "model.mid_attention=false", "train.max_steps=2", "train.batch_size=8",
+                            "train.eval_iters=1", "train.sample_interval=0", "train.internals_interval=0",
+                            log=vae_log) == 0
+    log = tmp_path / "latent" / "events.jsonl"
+    assert train_in_process("pixart", "profile=cpu", "device=cpu", f"model.latent={vae_log.parent / 'ckpt.pt'}",
+                            "model.patch_size=1", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                            "model.text_layers=1", "model.text_embd=16", "train.max_steps=2", "train.batch_size=4",
+                            "train.eval_iters=1", "train.eval_interval=2", "train.internals_interval=0",
+                            "sample.eval_samples=0", "sample.steps=2", "sample.rows=1",
+                            "sample.prompts=the digit seven|a thin 1", log=log) == 0
+    start = events_of(log, "run_start")[0]
+    assert start["config"]["model"]["latent"].endswith("ckpt.pt")
+    sample = events_of(log, "sample")[-1]
+    assert (sample["grid"]["cell_h"], sample["grid"]["cell_w"], sample["image"]["c"]) == (16, 16, 1)
+    assert (sample["image"]["h"], sample["image"]["w"]) == (16, 2 * 17 - 1)
+
+
+def trainer_with_commands(tmp_path, preset: str, overrides: list[str], commands: list[bytes]) -> Path:
+    """A trainer run as the cockpit launches one (`--commands`), its stdin fed these command lines."""
+    log = tmp_path / preset / "events.jsonl"
+    r = subprocess.run([sys.executable, "-m", "trainers", preset, *overrides, "--log", str(log), "--commands"],
+                       input=b"".join(commands), cwd=ROOT, capture_output=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    return log
+
+
+def test_a_prompt_sent_to_a_running_pixart_comes_back_as_a_grid_under_that_caption(tmp_path):
+    log = trainer_with_commands(tmp_path, "pixart", [
+        "profile=cpu", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.text_layers=1",
+        "model.text_embd=16", "train.max_steps=4", "train.batch_size=4", "train.eval_iters=1",
+        "train.sample_interval=0", "train.internals_interval=0", "sample.eval_samples=0", "sample.steps=2",
+        "sample.rows=1", "sample.cols=3"], [encode_command("sample", "a thin 7")])
+    asked = [s for s in events_of(log, "sample") if s.get("caption")]
+    assert [s["caption"] for s in asked] == ["a thin 7"]
+    assert (asked[0]["grid"]["rows"], asked[0]["grid"]["cols"]) == (1, 3) and "classes" not in asked[0]
+
+
+def test_a_prompt_sent_to_a_run_that_is_not_text_conditioned_is_named_in_a_warning_and_sampling_goes_on(tmp_path):
+    log = trainer_with_commands(tmp_path, "mingpt-sort", ["train.max_steps=4", "train.eval_interval=4"],
+                                [encode_command("sample", "a red apple")])
+    warnings = [e["message"] for e in events_of(log, "log") if e["level"] == "warning"]
+    assert any("not text-conditioned" in m and "a red apple" in m for m in warnings), warnings
+    assert events_of(log, "run_end")[-1]["status"] == "completed"

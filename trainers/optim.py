@@ -30,7 +30,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-
 # What a model marks on a parameter for the optimizer (read by param_groups):
 NO_WEIGHT_DECAY = "_no_weight_decay"  # True: never decayed, whatever its shape (mamba_simple.py's attribute)
 LR_SCALE = "_lr_scale"                # a float: this parameter's lr is the schedule's times it (RWKV-LM's lr_2x)

@@ -52,7 +52,6 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from kernels import integrate

@@ -36,8 +36,16 @@ import torch.nn.functional as F
 
 from kernels import integrate
 from kernels.integrate import RMSNorm
-from trainers.models.contract import (LanguageModelBase, at_least, divisible, fraction, head_and_loss, one_of,
-                                      require, through_blocks)
+from trainers.models.contract import (
+    LanguageModelBase,
+    at_least,
+    divisible,
+    fraction,
+    head_and_loss,
+    one_of,
+    require,
+    through_blocks,
+)
 
 SWIGLU_MULTIPLE = 256  # LLaMA's `multiple_of`: the SwiGLU width is rounded up to it
 ROPE_SCALINGS = ("none", "llama3")

@@ -36,8 +36,14 @@ from kernels import integrate
 from kernels.integrate import RMSNorm, fp32
 from kernels.selective_scan import selective_scan_chunked, selective_scan_step
 from trainers.internals import array
-from trainers.models.contract import (RecurrentLanguageModelBase, at_least, fraction, head_and_loss, require,
-                                      through_blocks)
+from trainers.models.contract import (
+    RecurrentLanguageModelBase,
+    at_least,
+    fraction,
+    head_and_loss,
+    require,
+    through_blocks,
+)
 
 
 @dataclass

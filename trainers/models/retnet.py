@@ -36,8 +36,14 @@ from kernels.integrate import LayerNorm, fp32, kernel_dtype
 from kernels.retention import retention_chunkwise, retention_parallel, retention_recurrent
 from kernels.rope import rope_pairs
 from trainers.internals import array, fitted_maps
-from trainers.models.contract import (RecurrentLanguageModelBase, at_least, divisible, fraction, head_and_loss,
-                                      through_blocks)
+from trainers.models.contract import (
+    RecurrentLanguageModelBase,
+    at_least,
+    divisible,
+    fraction,
+    head_and_loss,
+    through_blocks,
+)
 
 
 @dataclass

@@ -45,8 +45,15 @@ from kernels import integrate
 from kernels.integrate import LayerNorm, fp32
 from kernels.wkv import wkv_chunked, wkv_step
 from trainers.internals import array
-from trainers.models.contract import (RecurrentLanguageModelBase, at_least, divisible, fraction, head_and_loss,
-                                      require, through_blocks)
+from trainers.models.contract import (
+    RecurrentLanguageModelBase,
+    at_least,
+    divisible,
+    fraction,
+    head_and_loss,
+    require,
+    through_blocks,
+)
 
 
 @dataclass

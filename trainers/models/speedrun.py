@@ -44,8 +44,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.integrate import GELUTanh, LayerNorm
-from trainers.models.contract import (LanguageModelBase, at_least, divisible, fraction, head_and_loss, require,
-                                      through_blocks)
+from trainers.models.contract import (
+    LanguageModelBase,
+    at_least,
+    divisible,
+    fraction,
+    head_and_loss,
+    require,
+    through_blocks,
+)
 
 
 @dataclass

@@ -330,7 +330,7 @@ class Task(BaseTask):
             prompt = " ".join(prompt.split())
             cols = int(self.opts["cols"])
             images = self.generate(model, self.conditions([prompt] * (rows * cols)), seed=seed)
-            return [self._grid_event(images, rows, cols, prompt, None)]
+            return [self._grid_event(images, rows, cols, about, None, caption=prompt)]
         if self.text:
             names = self.prompts
             conds = self.conditions(names).repeat_interleave(rows, dim=0)   # column-major: prompt j in column j
@@ -341,13 +341,18 @@ class Task(BaseTask):
         images = self.generate(model, conds, seed=seed)
         return [self._grid_event(images, rows, len(names), about, names)]
 
-    def _grid_event(self, images, rows: int, cols: int, prompt: str, classes: list[str] | None) -> dict:
+    def _grid_event(self, images, rows: int, cols: int, prompt: str, classes: list[str] | None,
+                    caption: str | None = None) -> dict:
+        """A sample event of a grid; `prompt` says how it was sampled, `caption` what every image was generated
+        from (a prompt asked for with the `sample` command), `classes` each column's class or prompt."""
         size = images.shape[-1]
         event = {"kind": "image", "image": image_payload(image_grid(images, rows, cols)),
                  "grid": {"rows": rows, "cols": cols, "cell_h": size, "cell_w": size, "pad": GRID_PAD},
                  "sampler": self.sampler_name(), "guidance": float(self.opts["guidance"]), "prompt": prompt}
         if classes is not None:
             event["classes"] = classes
+        if caption is not None:
+            event["caption"] = caption
         return event
 
     PROBE_IMAGES = 8     # fixed held-out images, noise and classes of the internals probe
