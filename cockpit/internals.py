@@ -646,6 +646,53 @@ def draw_updates(ev: Internals, width: int, color: bool) -> list[Text]:
     return out
 
 
+def trajectory_frames(a) -> list[list[list[tuple[int, int, int]]]]:
+    """An x0_trajectory array (frame, channel, row, column) in [-1, 1] as frames of RGB rows (grey images
+    repeat their one channel; a value that is not finite is mid grey)."""
+    S, C, H, W = a["shape"]
+    data = a["data"]
+
+    def level(x: float) -> int:
+        return 128 if not finite(x) else int(round((min(max(x, -1.0), 1.0) + 1) * 127.5))
+
+    frames = []
+    for s in range(S):
+        base = s * C * H * W
+        frames.append([[tuple(level(data[base + (c if C >= 3 else 0) * H * W + r * W + x]) for c in range(3))
+                        for x in range(W)] for r in range(H)])
+    return frames
+
+
+def draw_trajectory(ev: Internals, width: int, color: bool) -> list[Text]:
+    """The frames of one sampling trajectory side by side, as many to a row as fit: half-block pixels in colour
+    (two image rows a line), else a glyph per pair of rows by brightness; each frame titled with its label."""
+    a = ev.array("x0_trajectory")
+    if a is None or len(a["shape"]) != 4:
+        return [Text("x0_trajectory: needs (frame, channel, row, column)", DIM)]
+    S, _, H, W = a["shape"]
+    labels = a.get("labels") or [str(s) for s in range(S)]
+    out = [Text("x̂0 at steps of one DDIM trajectory, pure noise (left) to the sample (right)", "bold")]
+    blocks = []
+    for frame, label in zip(trajectory_frames(a), labels):
+        lines = [Text(label[:max(W, 1)], DIM)]
+        for r in range(0, H, 2):
+            top, bottom = frame[r], frame[r + 1] if r + 1 < H else None
+            line = Text()
+            for x in range(W):
+                if color:
+                    fg, bg = top[x], (bottom[x] if bottom is not None else top[x])
+                    line.append("▀", Style(color="rgb({},{},{})".format(*fg), bgcolor="rgb({},{},{})".format(*bg)))
+                else:
+                    lum = (sum(top[x]) + sum(bottom[x] if bottom is not None else top[x])) / (6 * 255)
+                    line.append(RAMP[min(int(lum * len(RAMP)), len(RAMP) - 1)])
+            lines.append(line)
+        blocks.append(lines)
+    per_row = max(1, width // (W + 1))
+    for k in range(0, len(blocks), per_row):
+        out += side_by_side(blocks[k:k + per_row], gap=1)
+    return out
+
+
 def draw_generic(name: str) -> Callable[[Internals, int, bool], list[Text]]:
     def draw(ev: Internals, width: int, color: bool) -> list[Text]:
         a = ev.array(name)
@@ -687,6 +734,8 @@ VIEWS = (
     View("activation outliers", ("act_outliers",), "a channel far above the median takes the 8-bit absmax scale "
          "for itself and leaves the others a few levels: watch for the same channel index layer after layer",
          draw_outliers),
+    View("denoising", ("x0_trajectory",), "the network's guess of the clean image at each step of one sampling "
+         "run: the layout settles in the first noisy steps, the details in the last", draw_trajectory),
     View("loss by timestep", ("loss_by_t",), "the noise levels the network has learned: the loss is highest at small "
          "t, where the noise is hard to tell from the image", draw_loss_by_t),
     View("adapters", ("lora_sv", "lora_overlap"), "ΔW has at most rank r: the singular values past it stay 0; a "

@@ -260,6 +260,27 @@ def test_diffusion_loss_by_timestep_bucket(preset, runs):
                                                     rel=1e-3, abs=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["dit", "unet"])
+def test_diffusion_x0_trajectory_runs_from_noise_to_the_sample_the_ema_weights_draw(preset, runs):
+    """The denoising strip: x̂0 at evenly spaced steps of one DDIM run, the first at the noisiest t and the last at
+    t = 0, where x̂0 is the sample itself (drawn again here from the same noise)."""
+    evs, model, task = runs(preset)
+    a = next(a for a in evs[-1]["arrays"] if a["name"] == "x0_trajectory")
+    C, S = task.data.channels, task.data.size
+    frames = min(task.TRAJECTORY_FRAMES, len(task.diffusion.ddim_timesteps(int(task.opts["steps"]))))
+    assert frames >= 2 and a["shape"] == [frames, C, S, S] and a["dims"] == ["frame", "channel", "row", "column"]
+    assert a["labels"][0] == f"t={task.diffusion.T - 1}" and a["labels"][-1] == "t=0"
+    assert all(-1 <= x <= 1 for x in a["data"])
+    o = task.opts
+    with torch.no_grad():
+        sample = task.diffusion.ddim_sample(model.ema_net, torch.zeros(1, dtype=torch.long), (C, S, S),
+                                            generator=torch.Generator().manual_seed(task.cfg["train"]["seed"] + 2),
+                                            null_class=task.null_class, steps=int(o["steps"]), eta=float(o["eta"]),
+                                            guidance=float(o["guidance"]))
+    last = torch.tensor(a["data"]).view(a["shape"])[-1]
+    assert torch.allclose(last, sample[0], atol=2e-3)
+
+
 def test_attention_maps_too_large_for_an_event_are_pooled_keeping_rows_and_causality():
     from trainers.internals import MAP_BUDGET, causal_attention, fitted_maps
 
@@ -645,3 +666,18 @@ def test_replay_images_keep_hostile_array_names_inside_the_directory_and_refuse_
     a_file = tmp_path / "run" / "events.jsonl"
     r = cockpit("--replay", str(log), "--images", str(a_file))
     assert r.returncode == 2 and r.stderr.startswith(f"cockpit: error: --images: cannot make the directory {a_file}")
+
+
+def test_the_denoising_view_draws_the_frames_side_by_side_titled_by_timestep():
+    from cockpit.internals import draw_view, views_of
+
+    S, C, H, W = 5, 3, 8, 8
+    data = [((s + c + r + x) % 7) / 3 - 1 for s in range(S) for c in range(C) for r in range(H) for x in range(W)]
+    ev = E.Internals(step=3, arrays=[{"name": "x0_trajectory", "shape": [S, C, H, W], "data": data,
+                                      "labels": [f"t={999 - 250 * s}" for s in range(S)]}])
+    view = next(v for v in views_of(ev) if v.title == "denoising")
+    lines = [line.plain for line in draw_view(view, ev, 60, False)]
+    assert lines[1].split() == ["t=999", "t=749", "t=499", "t=249", "t=-1"][:len(lines[1].split())]
+    assert len(lines) == 2 + H // 2 and all(len(line.rstrip()) <= 60 for line in lines[1:])   # 5 frames of 9 fit
+    narrow = [line.plain for line in draw_view(view, ev, 20, False)]
+    assert len(narrow) == 1 + 3 * (1 + H // 2)                   # 2 frames a row: three rows of frames

@@ -126,8 +126,9 @@ class Diffusion:
 
     @torch.no_grad()
     def ddim_sample(self, net, y: torch.Tensor, shape: tuple, *, generator: torch.Generator, null_class: int,
-                    steps: int = 20, eta: float = 0.0, guidance: float = 1.0) -> torch.Tensor:
-        """DDIM with `steps` model calls (eta 0: deterministic given the starting noise; eta 1: DDPM-like)."""
+                    steps: int = 20, eta: float = 0.0, guidance: float = 1.0, on_x0=None) -> torch.Tensor:
+        """DDIM with `steps` model calls (eta 0: deterministic given the starting noise; eta 1: DDPM-like).
+        on_x0(t, x0_hat): called at each step with its timestep and the clipped prediction of the clean image."""
         B, device = y.shape[0], y.device
         x = torch.randn((B, *shape), generator=generator).to(device)
         ts = self.ddim_timesteps(steps)
@@ -135,6 +136,8 @@ class Diffusion:
             t = torch.full((B,), i, dtype=torch.long, device=device)
             eps = self.guided_eps(net, x, t, y, null_class, guidance)
             x0 = self._x0(x, t, eps)
+            if on_x0 is not None:
+                on_x0(i, x0)
             ab = self.abar[i].item()
             eps = (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)  # the noise consistent with the clipped x0
             ab_prev = self.abar[ts[j + 1]].item() if j + 1 < len(ts) else 1.0

@@ -380,7 +380,35 @@ class Task(BaseTask):
             cross = self._cross_attention_probe(model, x0[:1], noise[:1])
             out["arrays"] += cross["arrays"]
             out["tokens"], out["probe"] = cross["tokens"], f"{out['probe']}; {cross['probe']}"
+        trajectory, about = self._trajectory(model)
+        out["arrays"].append(trajectory)
+        out["probe"] = f"{out['probe']}; {about}"
         return out
+
+    TRAJECTORY_FRAMES = 8   # x0 predictions kept along the probe's sampling trajectory
+
+    def _trajectory(self, model) -> tuple[dict, str]:
+        """The `x0_trajectory` array (frame, channel, row, column): the EMA network's prediction of the clean image
+        at TRAJECTORY_FRAMES evenly spaced steps of one DDIM run (sample.steps, the same starting noise at every
+        probe) for the first class or sample prompt, decoded to pixels in latent space; labelled by timestep."""
+        o = self.opts
+        cond = self.conditions([self.prompts[0]]) if self.text else torch.zeros(1, dtype=torch.long)
+        frames: list[tuple[int, torch.Tensor]] = []
+        shape = (self.data.channels, self.data.size, self.data.size)
+        with self.autocast():
+            self.diffusion.ddim_sample(model.ema_net, cond.to(self.device), shape,
+                                       generator=torch.Generator().manual_seed(self.cfg["train"]["seed"] + 2),
+                                       null_class=self.null_class, steps=int(o["steps"]), eta=float(o["eta"]),
+                                       guidance=float(o["guidance"]), on_x0=lambda t, x0: frames.append((t, x0)))
+        n = min(self.TRAJECTORY_FRAMES, len(frames))
+        keep = sorted({round(k * (len(frames) - 1) / max(n - 1, 1)) for k in range(n)})
+        images = torch.cat([frames[k][1] for k in keep]).float()
+        if self.codec is not None:
+            images = self.codec.decode(images).float()
+        what = repr(self.prompts[0]) if self.text else f"class {self.data.class_names[0]!r}"
+        return (array("x0_trajectory", images.clamp(-1, 1), ["frame", "channel", "row", "column"],
+                      labels=[f"t={frames[k][0]}" for k in keep], digits=3),
+                f"x0 along one {self.sampler_name()} trajectory for {what} (EMA weights)")
 
     def _cross_attention_probe(self, model, x0, noise) -> dict:
         """The `cross_attention` array (patch x token) and the caption's tokens as the event's `tokens`."""
