@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["nanogpt", "llama", "speedrun", "sequence", "plan", "fidelity", "speed", "data", "diffusion", "finetune",
-         "kernels", "gpu_compile", "reliability", "internals"]
+ORDER = ["nanogpt", "llama", "speedrun", "sequence", "plan", "fidelity", "speed", "data", "diffusion", "text2image",
+         "finetune", "kernels", "gpu_compile", "reliability", "internals"]
 HEADER = """# Benchmarks
 
 Every figure below was measured by a script in `scripts/` on the machine and date it names, and is
