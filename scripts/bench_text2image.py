@@ -25,27 +25,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 TARGET = 0.40          # prompt_accuracy the pixart CPU profile must reach (chance: 0.10)
 TEXT_UNET = ["model.conditioning=text", "model.text_len=16", "model.text_embd=64"]
 
 
 def train(name: str, preset: str, overrides: list[str], runs: Path) -> dict:
+    """The preset's CPU profile through the real trainer (scripts/bench_diffusion.py's train) in runs/name."""
+    from bench_diffusion import train as train_preset
+
     run_dir = runs / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "events.jsonl"
-    if log.exists():
-        log.unlink()
-    cmd = [sys.executable, "-m", "trainers", preset, "profile=cpu", *overrides, "--log", str(log)]
-    print("$", " ".join(cmd), flush=True)
     load_before = os.getloadavg()[0]
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, check=False)
-    wall = time.time() - t0
-    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    if proc.returncode != 0:
-        end = next((e for e in events if e["type"] == "run_end"), {})
-        raise SystemExit(f"{name}: trainer exited {proc.returncode}: {end.get('error', '')[:2000]}")
+    wall, events = train_preset(preset, run_dir, overrides)
     start = next(e for e in events if e["type"] == "run_start")
     evals = [e for e in events if e["type"] == "eval"]
     return {"run_dir": run_dir, "wall": wall, "n_params": start["n_params"], "evals": evals,

@@ -29,6 +29,8 @@ RUNS = {  # preset: the tiny model it trains here
     "rwkv": (*LM_TINY, "model.head_size=16", "model.mix_lora=4", "model.decay_lora=4", "model.wkv_chunk=8"),
     "retnet": (*LM_TINY, "model.n_head=2", "model.chunk_size=8"),
     "bitnet": (*LM_TINY, "model.n_head=2"),
+    "llama": (*LM_TINY, "model.n_head=4", "model.n_kv_head=2"),
+    "speedrun": (*LM_TINY, "model.n_layer=4", "model.n_head=2", "model.value_embeds=1"),
     "lora": (*LM_TINY, "model.n_head=2", "finetune.rank=4"),
     "dit": ("model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sample.rows=1", "sample.steps=2",
             "sample.eval_samples=0"),
@@ -121,7 +123,7 @@ def test_parameters_are_grouped_into_their_layers():
 
 # --- GPT family: attention maps and the logit lens ----------------------------------------------------------------
 
-@pytest.mark.parametrize("preset", ["nanogpt", "mingpt-sort", "moe", "bitnet", "lora"])
+@pytest.mark.parametrize("preset", ["nanogpt", "mingpt-sort", "moe", "bitnet", "lora", "llama", "speedrun"])
 def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(preset, runs):
     evs, _, task = runs(preset)
     att = arr(evs[-1], "attention")                          # (layer, head, query, key)
@@ -131,7 +133,7 @@ def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(preset, runs)
     assert (att.triu(1) == 0).all() and (att >= 0).all()
 
 
-@pytest.mark.parametrize("preset", ["nanogpt", "mingpt-sort", "moe", "bitnet"])
+@pytest.mark.parametrize("preset", ["nanogpt", "mingpt-sort", "moe", "bitnet", "llama", "speedrun"])
 def test_the_logit_lens_last_layer_is_the_models_own_next_token(preset, runs):
     evs, model, task = runs(preset)
     lens = next(a for a in evs[-1]["arrays"] if a["name"] == "logit_lens")
@@ -415,21 +417,28 @@ def test_accepted_hostile_values_draw_in_every_view():
             assert draw_view(view, ev, 40, color)
 
 
+async def internals_screen(app, pilot):
+    """The internals view, opened with `i` once the watched run's screen has loaded."""
+    from cockpit.screens.internals import InternalsScreen
+    from cockpit.screens.run import RunScreen
+
+    for _ in range(200):
+        if isinstance(app.screen, RunScreen) and app.screen.loaded:
+            break
+        await pilot.pause(0.05)
+    await pilot.press("i")
+    await pilot.pause(0.2)
+    assert isinstance(app.screen, InternalsScreen)
+    return app.screen
+
+
 async def test_the_internals_screen_steps_through_probes_and_views_and_goes_back():
     from cockpit.app import CockpitApp
-    from cockpit.screens.internals import InternalsScreen
     from cockpit.screens.run import RunScreen
 
     app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-internals" / "events.jsonl"))
     async with app.run_test(size=(120, 48)) as pilot:
-        for _ in range(200):
-            if isinstance(app.screen, RunScreen) and app.screen.loaded:
-                break
-            await pilot.pause(0.05)
-        await pilot.press("i")
-        await pilot.pause(0.2)
-        screen = app.screen
-        assert isinstance(screen, InternalsScreen)
+        screen = await internals_screen(app, pilot)
 
         def head() -> str:
             return str(screen.query_one("#internals-head").render())
@@ -567,8 +576,6 @@ def test_expert_load_over_probes_is_each_experts_share_probe_by_probe():
 
 async def test_the_internals_screen_draws_the_load_history_up_to_the_probe_shown(tmp_path):
     from cockpit.app import CockpitApp
-    from cockpit.screens.internals import InternalsScreen
-    from cockpit.screens.run import RunScreen
 
     log = tmp_path / "events.jsonl"
     loads = ([[3, 1]], [[2, 2]], [[1, 3]])
@@ -576,14 +583,7 @@ async def test_the_internals_screen_draws_the_load_history_up_to_the_probe_shown
                            for i, load in enumerate(loads)))
     app = CockpitApp(watch=str(log))
     async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(200):
-            if isinstance(app.screen, RunScreen) and app.screen.loaded:
-                break
-            await pilot.pause(0.05)
-        await pilot.press("i")
-        await pilot.pause(0.2)
-        screen = app.screen
-        assert isinstance(screen, InternalsScreen)
+        screen = await internals_screen(app, pilot)
         for _ in range(4):                          # to the view of the history
             if screen.view_title == "expert load over probes":
                 break
@@ -681,3 +681,35 @@ def test_the_denoising_view_draws_the_frames_side_by_side_titled_by_timestep():
     assert len(lines) == 2 + H // 2 and all(len(line.rstrip()) <= 60 for line in lines[1:])   # 5 frames of 9 fit
     narrow = [line.plain for line in draw_view(view, ev, 20, False)]
     assert len(narrow) == 1 + 3 * (1 + H // 2)                   # 2 frames a row: three rows of frames
+
+
+def test_llama_and_speedrun_attention_maps_are_the_weights_their_forward_applies():
+    """The map the view draws, applied to the values, gives the attention output the model computes (GQA's
+    shared key heads, rotary positions, QK-norm and a sliding window included)."""
+    from trainers.models import build_model
+    from trainers.models.llama import rope_cos_sin
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 12, 32)
+    llama = build_model("llama", dict(vocab_size=50, block_size=16, n_layer=1, n_head=4, n_kv_head=2, n_embd=32,
+                                      qk_norm=True, sliding_window=5)).eval()
+    attn = llama.transformer.h[0].attn
+    cos, sin = rope_cos_sin(llama.config, 12, x.device)
+    with torch.no_grad():
+        weights = attn.attention_map(x, cos, sin)                                   # (1, 4, 12, 12)
+        _, _, v = attn.qkv(x, cos, sin)
+        y = weights @ v.repeat_interleave(2, dim=1).float()
+        expected = attn(x, cos, sin)
+    assert (weights.triu(1) == 0).all() and (weights.tril(-5) == 0).all()          # causal, 5-token window
+    assert torch.allclose(attn.o_proj(y.transpose(1, 2).reshape(1, 12, 32)), expected, atol=1e-5)
+
+    run = build_model("speedrun", dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, window=4,
+                                       value_embeds=0)).eval()
+    sa = run.transformer.h[0].attn
+    with torch.no_grad():
+        weights = sa.attention_map(x)
+        _, _, v = sa.qkv(x)
+        y = (weights @ v.float()).transpose(1, 2).reshape(1, 12, 32)
+        expected = sa(x)
+    assert (weights.tril(-4) == 0).all()
+    assert torch.allclose(sa.c_proj(y), expected, atol=1e-5)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from kernels import integrate
 from kernels.integrate import RMSNorm
+from trainers.internals import attention_arrays, causal_attention, logit_lens
 from trainers.models.contract import (
     LanguageModelBase,
     at_least,
@@ -155,7 +156,8 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, D
         self.window, self.dropout = cfg.sliding_window, cfg.dropout
 
-    def forward(self, x, cos, sin):
+    def qkv(self, x, cos, sin):
+        """x (B, T, C) -> q (B, nh, T, D), k and v (B, nkv, T, D): projected, normalised (Qwen3), rotated."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)       # (B, T, nh, D)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)    # (B, T, nkv, D)
@@ -163,7 +165,23 @@ class Attention(nn.Module):
         if self.q_norm is not None:  # Qwen3: each head's q and k normalised before they are rotated
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+
+    def attention_map(self, x, cos, sin):
+        """The weights (B, nh, T, T) SDPA applies in forward (which never builds them), for the internals view:
+        softmax(Q Kᵀ / sqrt(D)) under the causal (or sliding-window) mask, each query head reading its group's
+        key head."""
+        q, k, _ = self.qkv(x, cos, sin)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)   # GQA: a key head per query head
+        T = x.size(1)
+        if not (self.window and T > self.window):
+            return causal_attention(q, k)
+        att = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)
+        return F.softmax(att.masked_fill(~window_mask(T, self.window, x.device), float("-inf")), dim=-1)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x, cos, sin)
         dropout = self.dropout if self.training else 0.0
         grouped = self.n_kv_head != self.n_head
         if self.window and T > self.window:
@@ -241,6 +259,21 @@ class Model(LanguageModelBase):
         x = through_blocks(self.transformer.h, x, cos, sin,
                            checkpointed=self.config.activation_checkpointing and self.training)
         return self.transformer.ln_f(x)
+
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): every layer's attention maps per head, and the logit lens (each layer's
+        residual stream read out through the final RMSNorm and the head) at the last positions
+        (trainers/internals.py)."""
+        cos, sin = rope_cos_sin(self.config, idx.size(1), idx.device)
+        x = self.transformer.wte(idx)
+        maps, residuals = [], []
+        for block in self.transformer.h:
+            maps.append(block.attn.attention_map(block.ln_1(x), cos, sin))
+            x = block(x, cos, sin)
+            residuals.append(x)
+        return [attention_arrays(maps),
+                logit_lens(residuals, lambda h: self.lm_head(self.transformer.ln_f(h)), decode,
+                           vocab=self.config.vocab_size)]
 
     def forward(self, idx, targets=None):
         """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, negative targets (-100 on prompts) ignored."""

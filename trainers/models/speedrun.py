@@ -44,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels.integrate import GELUTanh, LayerNorm
+from trainers.internals import attention_arrays, causal_attention, logit_lens
 from trainers.models.contract import (
     LanguageModelBase,
     at_least,
@@ -142,7 +143,8 @@ class CausalSelfAttention(nn.Module):
             self.value_lambdas = nn.Parameter(torch.tensor([0.5, 0.5]))
         self.n_head, self.n_embd, self.dropout, self.window = cfg.n_head, cfg.n_embd, cfg.dropout, cfg.window
 
-    def forward(self, x, ve=None):
+    def qkv(self, x):
+        """x (B, T, C) -> q, k, v (B, nh, T, hs), q and k normalised (qk_norm) and rotated (rope)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
@@ -153,12 +155,30 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if hasattr(self, "rotary"):
             q, k = self.rotary(q), self.rotary(k)
+        return q, k, v
+
+    def window_mask(self, T: int, device) -> torch.Tensor | None:
+        """(T, T) bool of the keys each query may read (None: plain causal)."""
+        if not 0 < self.window < T:
+            return None
+        t = torch.arange(T, device=device)  # query t sees keys t - window < s <= t
+        return (t[None, :] <= t[:, None]) & (t[:, None] - t[None, :] < self.window)
+
+    def attention_map(self, x):
+        """The weights (B, nh, T, T) SDPA applies in forward (which never builds them), for the internals view."""
+        q, k, _ = self.qkv(x)
+        mask = self.window_mask(x.size(1), x.device)
+        if mask is None:
+            return causal_attention(q, k)
+        att = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(k.size(-1))
+        return F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
+
+    def forward(self, x, ve=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x)
         if ve is not None:
             v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view(B, T, self.n_head, -1).transpose(1, 2)
-        mask = None
-        if 0 < self.window < T:  # query t sees keys t - window < s <= t
-            t = torch.arange(T, device=x.device)
-            mask = (t[None, :] <= t[:, None]) & (t[:, None] - t[None, :] < self.window)
+        mask = self.window_mask(T, x.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
@@ -197,9 +217,12 @@ class Block(nn.Module):
         if cfg.skips:  # x = l0 * x + l1 * x0: the embedding's shortcut into every block
             self.x0_lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))
 
+    def mixed(self, x, x0=None):
+        """The block's input with the embedding's shortcut mixed in (skips), or x."""
+        return x if x0 is None else self.x0_lambdas[0] * x + self.x0_lambdas[1] * x0
+
     def forward(self, x, x0=None, ve=None):
-        if x0 is not None:
-            x = self.x0_lambdas[0] * x + self.x0_lambdas[1] * x0
+        x = self.mixed(x, x0)
         x = x + self.attn(self.ln_1(x), ve)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -260,8 +283,9 @@ class Model(LanguageModelBase):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden(self, idx):
-        """Final hidden states (B, T, n_embd) after ln_f."""
+    def hidden(self, idx, trace: list | None = None):
+        """Final hidden states (B, T, n_embd) after ln_f. `trace` (the internals probe): gets (attention map,
+        output) of each block in turn."""
         T = idx.size(1)
         cfg = self.config
         assert T <= cfg.block_size, f"sequence of {T} tokens exceeds block_size {cfg.block_size}"
@@ -273,7 +297,7 @@ class Model(LanguageModelBase):
             x = tr.ln_0(x)
         x = tr.drop(x)
         blocks, L = tr.h, cfg.n_layer
-        if not cfg.skips and not cfg.value_embeds:  # gpt.py's forward
+        if trace is None and not cfg.skips and not cfg.value_embeds:  # gpt.py's forward
             x = through_blocks(blocks, x, checkpointed=cfg.activation_checkpointing and self.training)
             return tr.ln_f(x)
         ve = [None] * L
@@ -287,11 +311,24 @@ class Model(LanguageModelBase):
         for i, block in enumerate(blocks):
             if cfg.skips and i >= n_enc and kept:  # U-net: the decoder takes the encoder's outputs in reverse
                 x = x + self.skip_weights[i - n_enc] * kept.pop()
+            seen = None if trace is None else block.attn.attention_map(block.ln_1(block.mixed(x, x0)))
             x = through_blocks([block], x, x0, ve[i],
                                checkpointed=cfg.activation_checkpointing and self.training)
+            if trace is not None:
+                trace.append((seen, x))
             if cfg.skips and i < n_enc:
                 kept.append(x)
         return tr.ln_f(x)
+
+    def internals(self, idx, decode):
+        """On a probe idx (1, T): every layer's attention maps per head (what each block's attention reads, skips
+        and value embeddings included), and the logit lens through ln_f and the (soft-capped) head
+        (trainers/internals.py)."""
+        trace: list = []
+        self.hidden(idx, trace)
+        return [attention_arrays([m for m, _ in trace]),
+                logit_lens([x for _, x in trace], lambda h: self.lm_head(self.transformer.ln_f(h)), decode,
+                           vocab=self.config.vocab_size)]
 
     def forward(self, idx, targets=None):
         """idx (B, T) token ids -> logits (B, T, vocab); loss is mean cross-entropy, targets -1 ignored."""
