@@ -458,3 +458,20 @@ def test_a_text_to_image_grid_shows_the_prompt_it_was_generated_from_above_its_i
         above = " ".join(lines[:grid[0]])
         assert above.split() == ["prompt", f"“{prompt.split()[0]}", *prompt.split()[1:-1], f"{prompt.split()[-1]}”"]
         assert len(lines) <= height, (width, lines)
+
+
+def test_prompts_over_a_grid_say_their_common_words_once():
+    """Ten prompts "the digit zero" .. "the digit nine" over ten narrow columns: "the digit …" once, then the
+    word that differs over each column (or numbered in the legend), so that the grid keeps the pane's rows."""
+    from cockpit.widgets.samples_pane import class_labels, common_words
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    prompts = [f"the digit {w}" for w in words]
+    assert common_words(prompts) == ("the digit", words)
+    assert common_words(["a 7", "a thin 7"]) == ("", ["a 7", "a thin 7"])       # "a" is not worth a line
+    top, legend = class_labels(prompts, {"cols": 10, "cell_w": 5, "pad": 1}, 60)
+    assert top.plain.split() == [fit if len(w) <= 5 else w[:4] + "…" for w, fit in zip(words, words)]
+    assert legend.plain == "the digit …"
+    top, legend = class_labels(prompts, {"cols": 10, "cell_w": 2, "pad": 1}, 30)
+    assert top.plain.split() == [str(j) for j in range(1, 11)]
+    assert legend.plain.startswith("the digit …\n1 zero  2 one") and len(legend.plain.split("\n")) <= 4

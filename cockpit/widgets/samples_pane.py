@@ -145,19 +145,42 @@ def class_labels(classes: list, tiling: dict | None, width: int) -> tuple[Text |
     ellipsis); else column numbers over the columns and a legend of the names; without a tiling (no grid
     metadata) only a legend."""
     names = [str(c) for c in classes]
-    legend = Text(("every column: " + names[0]) if len(set(names)) == 1 else "classes: " + ", ".join(names),
-                  style="dim")
+    if len(set(names)) == 1:
+        legend = Text("every column: " + names[0], style="dim")
+        head = ""
+    else:
+        head, names = common_words(names)   # prompts "the digit zero" .. "the digit nine": "the digit …" once
+        legend = Text((f"{head} …: " if head else "classes: ") + ", ".join(names), style="dim")
     if tiling is None or len(names) != tiling["cols"]:
         return None, legend
     cw, gap = tiling["cell_w"], " " * tiling["pad"]
     cut = [fit_label(n, cw) for n in names]
+    lead = Text(f"{head} …", style="dim") if head else None
     if all(cell_len(n) <= cw for n in names) or (cw >= 4 and len(set(cut)) == len(set(names))):
-        return Text(gap.join(cut), style="bold", no_wrap=True, overflow="crop"), None
+        return Text(gap.join(cut), style="bold", no_wrap=True, overflow="crop"), lead
     numbers = [str(j + 1) for j in range(len(names))]
     if cell_len(numbers[-1]) > cw:
         return None, legend
     key = Text(packed([f"{k} {n}" for k, n in zip(numbers, names)], width), style="dim")
+    if head:
+        key = Text(f"{head} …\n", style="dim") + key
     return Text(gap.join(fit_label(k, cw) for k in numbers), style="bold", no_wrap=True, overflow="crop"), key
+
+
+MIN_COMMON_CHARS = 5   # a shared prefix shorter than this ("a", "the") stays in every label
+
+
+def common_words(names: list[str]) -> tuple[str, list[str]]:
+    """(the words every name starts with, each name without them): said once instead of in every column.
+    Nothing is taken when a name would be left empty, nor a prefix too short to be worth a line ("a")."""
+    split = [n.split(" ") for n in names]
+    k = 0
+    while all(len(w) > k + 1 for w in split) and len({tuple(w[:k + 1]) for w in split}) == 1:
+        k += 1
+    head = " ".join(split[0][:k])
+    if len(head) < MIN_COMMON_CHARS:
+        return "", list(names)
+    return head, [" ".join(w[k:]) for w in split]
 
 
 def packed(entries: list[str], width: int, sep: str = "  ") -> str:
