@@ -693,6 +693,33 @@ def draw_trajectory(ev: Internals, width: int, color: bool) -> list[Text]:
     return out
 
 
+def draw_cross_attention(ev: Internals, width: int, color: bool) -> list[Text]:
+    """For each caption token, the image's patch grid coloured by how much each patch reads that token (one
+    scale for all: 0 to the largest weight), titled with the token; as many tokens to a row as fit."""
+    a = ev.array("cross_attention")
+    if a is None or len(a["shape"]) != 2:
+        return [Text("cross_attention: needs (patch, token)", DIM)]
+    P, K = a["shape"]
+    side = math.isqrt(P)
+    if side * side != P:
+        return draw_generic("cross_attention")(ev, width, color)
+    toks = _tokens(ev, K)
+    scale = Scale(0.0, max((x for x in a["data"] if finite(x)), default=1.0) or 1.0)
+    cw = 2 if color else 1
+    blocks = []
+    for k in range(K):
+        rows = [[a["data"][(r * side + c) * K + k] for c in range(side)] for r in range(side)]
+        title = "start" if toks[k] == "<start>" else f"'{toks[k]}'"
+        blocks.append([Text(title[:side * cw], "bold")] + heatmap(rows, scale, color, cw))
+    out = [Text("how much each image patch (the grid) reads each caption token, the last block's heads "
+                "averaged", "bold")]
+    per_row = max(1, width // (side * cw + 1))
+    for k in range(0, len(blocks), per_row):
+        out += side_by_side(blocks[k:k + per_row], gap=1)
+    out.append(color_key(scale, color, "attention weight", width))
+    return out
+
+
 def draw_generic(name: str) -> Callable[[Internals, int, bool], list[Text]]:
     def draw(ev: Internals, width: int, color: bool) -> list[Text]:
         a = ev.array(name)
@@ -736,6 +763,9 @@ VIEWS = (
          draw_outliers),
     View("denoising", ("x0_trajectory",), "the network's guess of the clean image at each step of one sampling "
          "run: the layout settles in the first noisy steps, the details in the last", draw_trajectory),
+    View("cross-attention", ("cross_attention",), "each caption token's grid shows where in the image it is "
+         "read: a trained model lights up the strokes for the digit's word and leaves 'the' dark",
+         draw_cross_attention),
     View("loss by timestep", ("loss_by_t",), "the noise levels the network has learned: the loss is highest at small "
          "t, where the noise is hard to tell from the image", draw_loss_by_t),
     View("adapters", ("lora_sv", "lora_overlap"), "ΔW has at most rank r: the singular values past it stay 0; a "

@@ -35,6 +35,8 @@ RUNS = {  # preset: the tiny model it trains here
     "dit": ("model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sample.rows=1", "sample.steps=2",
             "sample.eval_samples=0"),
     "unet": ("model.base_channels=8", "sample.rows=1", "sample.steps=2", "sample.eval_samples=0"),
+    "pixart": ("model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.text_layers=1", "model.text_embd=16",
+               "sample.rows=1", "sample.steps=2", "sample.eval_samples=0"),
 }
 
 
@@ -262,7 +264,7 @@ def test_diffusion_loss_by_timestep_bucket(preset, runs):
                                                     rel=1e-3, abs=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["dit", "unet"])
+@pytest.mark.parametrize("preset", ["dit", "unet", "pixart"])
 def test_diffusion_x0_trajectory_runs_from_noise_to_the_sample_the_ema_weights_draw(preset, runs):
     """The denoising strip: x̂0 at evenly spaced steps of one DDIM run, the first at the noisiest t and the last at
     t = 0, where x̂0 is the sample itself (drawn again here from the same noise)."""
@@ -275,7 +277,8 @@ def test_diffusion_x0_trajectory_runs_from_noise_to_the_sample_the_ema_weights_d
     assert all(-1 <= x <= 1 for x in a["data"])
     o = task.opts
     with torch.no_grad():
-        sample = task.diffusion.ddim_sample(model.ema_net, torch.zeros(1, dtype=torch.long), (C, S, S),
+        cond = task.conditions(task.prompts[:1]) if task.text else torch.zeros(1, dtype=torch.long)
+        sample = task.diffusion.ddim_sample(model.ema_net, cond, (C, S, S),
                                             generator=torch.Generator().manual_seed(task.cfg["train"]["seed"] + 2),
                                             null_class=task.null_class, steps=int(o["steps"]), eta=float(o["eta"]),
                                             guidance=float(o["guidance"]))
@@ -713,3 +716,22 @@ def test_llama_and_speedrun_attention_maps_are_the_weights_their_forward_applies
         expected = sa(x)
     assert (weights.tril(-4) == 0).all()
     assert torch.allclose(sa.c_proj(y), expected, atol=1e-5)
+
+
+def test_the_cross_attention_view_is_a_patch_grid_per_caption_token(runs):
+    """pixart's map (patch x token) drawn as one grid of the image's patches per token of the probe caption,
+    titled with the token; every patch's weights over the tokens sum to 1."""
+    from cockpit.internals import draw_view, views_of
+
+    evs, _, _ = runs("pixart")
+    ev = E.convert(evs[-1])
+    cross = ev.array("cross_attention")
+    P, K = cross["shape"]
+    rows = torch.tensor(cross["data"], dtype=torch.float64).view(P, K).sum(1)
+    assert torch.allclose(rows, torch.ones(P, dtype=torch.float64), atol=1e-3)
+    view = next(v for v in views_of(ev) if v.title == "cross-attention")
+    lines = [line.plain for line in draw_view(view, ev, 200, False)]
+    titles = lines[1].split()
+    assert titles[0] == "start" and titles[1:4] == ["'t'", "'h'", "'e'"]
+    side = int(P ** 0.5)
+    assert all(len(line.split()[0]) == side for line in lines[2:2 + side])   # a row of the grid per patch row
