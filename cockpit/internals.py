@@ -705,7 +705,7 @@ def draw_cross_attention(ev: Internals, width: int, color: bool) -> list[Text]:
         return draw_generic("cross_attention")(ev, width, color)
     toks = _tokens(ev, K)
     scale = Scale(0.0, max((x for x in a["data"] if finite(x)), default=1.0) or 1.0)
-    cw = 2 if color else 1
+    cw = 1 if color else 2   # square patches: half blocks put two rows in a line; glyphs one
     blocks = []
     for k in range(K):
         rows = [[a["data"][(r * side + c) * K + k] for c in range(side)] for r in range(side)]
