@@ -87,6 +87,23 @@ def test_run_screen_snapshot_of_a_diffusion_run_with_its_class_grid(snap_compare
     assert snap_recorded_run(snap_compare, "dit-tiny", size)
 
 
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_run_screen_snapshot_of_a_text_to_image_run_with_a_column_per_prompt(snap_compare, size):
+    """pixart: the fixed prompts "the digit zero" .. "the digit nine", their common words said once."""
+    assert snap_recorded_run(snap_compare, "pixart-tiny", size)
+
+
+def test_samples_pane_snapshot_of_a_grid_drawn_from_a_typed_prompt(snap_compare):
+    """The grid of "a thin 7" (typed with `s`), browsed back to with `[`: the prompt over its images."""
+    app = CockpitApp(watch=str(FIXTURES / "pixart-tiny" / "events.jsonl"))
+
+    async def before(pilot):
+        await settle(pilot, loaded_run(app))
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        await pilot.pause(0.3)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=before)
+
+
 def test_run_screen_snapshot_of_a_failed_run_with_its_traceback(snap_compare):
     app = CockpitApp(watch=str(FIXTURES / "nanogpt-failed" / "events.jsonl"))
 
