@@ -48,6 +48,13 @@ async def settle(pilot, cond, timeout=20.0):
     await pilot.pause(0.3)
 
 
+async def open_internals(pilot, app):
+    """The run screen loaded, then `i`: its internals view."""
+    await settle(pilot, loaded_run(app))
+    await pilot.press("i")
+    await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+
+
 def loaded_run(app):
     return lambda: getattr(app.screen, "loaded", False) and type(app.screen).__name__ == "RunScreen"
 
@@ -151,9 +158,7 @@ def test_internals_view_snapshot_of_mingpt_sort_attention(snap_compare):
     app = CockpitApp(watch=str(FIXTURES / "mingpt-sort-internals" / "events.jsonl"))
 
     async def before(pilot):
-        await settle(pilot, loaded_run(app))
-        await pilot.press("i")
-        await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+        await open_internals(pilot, app)
     assert snap_compare(app, terminal_size=(120, 48), run_before=before)
 
 
@@ -162,9 +167,7 @@ def test_internals_view_snapshot_of_mamba_selectivity_one_probe_back(snap_compar
     app = CockpitApp(watch=str(FIXTURES / "mamba-internals" / "events.jsonl"))
 
     async def before(pilot):
-        await settle(pilot, loaded_run(app))
-        await pilot.press("i")
-        await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+        await open_internals(pilot, app)
         await pilot.press("left_square_bracket")
         await pilot.pause(0.3)
     assert snap_compare(app, terminal_size=(120, 40), run_before=before)
@@ -175,9 +178,7 @@ def test_internals_view_snapshot_of_dit_loss_by_timestep(snap_compare):
     app = CockpitApp(watch=str(FIXTURES / "dit-internals" / "events.jsonl"))
 
     async def before(pilot):
-        await settle(pilot, loaded_run(app))
-        await pilot.press("i")
-        await settle(pilot, lambda: type(app.screen).__name__ == "InternalsScreen")
+        await open_internals(pilot, app)
     assert snap_compare(app, terminal_size=(100, 30), run_before=before)
 
 
