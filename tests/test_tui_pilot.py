@@ -628,3 +628,15 @@ async def test_w_saves_an_image_sample_as_a_png_with_its_classes_over_the_column
         await pilot.pause(0.2)
         assert app.clipboard == ""
         assert any("cannot be copied as text" in n.message for n in app._notifications)
+
+
+async def test_slash_in_the_emptied_picker_filter_starts_a_filter_instead_of_typing_a_slash():
+    """Esc empties the filter and leaves it focused; `/` pressed then, as to filter again, is not typed in: the
+    filter that follows matches (it was "/nano", matching nothing)."""
+    app = CockpitApp(presets=INFOS)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, PickerScreen), 10, "the picker")
+        picker = app.screen
+        await pilot.press("slash", *"zzz", "escape", "slash", *"nano")
+        await pilot.pause(0.1)
+        assert picker.query_text == "nano" and [i["name"] for i in picker.shown] == ["nanogpt"]

@@ -255,6 +255,9 @@ class PickerScreen(CockpitScreen):
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed):
+        if event.value == "/":   # `/` pressed again in the focused, empty filter: it means "filter", not a slash
+            event.input.value = ""
+            return
         self.query_text = event.value
         self.refill(keep_highlight=False)
 

@@ -292,6 +292,9 @@ class RunsScreen(CockpitScreen):
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed):
+        if event.value == "/":   # `/` pressed again in the focused, empty filter: it means "filter", not a slash
+            event.input.value = ""
+            return
         self.query_text = event.value
         self.refill()
 
